@@ -1,0 +1,1 @@
+"""The `tramontane` command line: one CLI for platform teams and tenants."""

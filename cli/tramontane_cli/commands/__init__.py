@@ -1,0 +1,1 @@
+"""Subcommands of the `tramontane` CLI, one module each."""

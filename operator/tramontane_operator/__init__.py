@@ -1,0 +1,1 @@
+"""Tramontane operator: Kopf handlers reconciling tramontane.dev resources into KubeRay pools."""

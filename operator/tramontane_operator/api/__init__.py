@@ -1,0 +1,1 @@
+"""The tramontane.dev API: pydantic models are the single source of truth for the CRDs."""

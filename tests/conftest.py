@@ -1,0 +1,41 @@
+"""Fixtures shared by every test tier.
+
+One Ray session serves the whole test run (starting Ray costs ~7 s); tests that need it ask
+for `ray_session`. Paths to the repository, CRDs and KubeRay's reference CRDs live here so
+that no test guesses them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CRDS_DIR = REPO_ROOT / "crds"
+EXAMPLES_DIR = REPO_ROOT / "examples"
+KUBERAY_CRDS_DIR = REPO_ROOT.parent / "shared" / "reference" / "kuberay-v1.7.0"
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """One local Ray session for the whole run; shut down at the end."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=int(os.environ.get("TRAMONTANE_TEST_RAY_CPUS", "4")),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - Serve may never have started
+        pass
+    ray.shutdown()
