@@ -28,7 +28,7 @@ def _app(name: str = "chat", **kw: object) -> ServeAppConfig:
         served_model_name="tiny",
         adapters=[AdapterSource(name="legal", uri="pvc://adapters/legal")],
     )
-    return ServeAppConfig(name=name, route_prefix=f"/{name}", engine=engine, **kw)  # type: ignore[arg-type]
+    return ServeAppConfig(name=name, route_prefix=f"/{name}", engine=engine, **kw)
 
 
 def test_render_has_grpc_apps_and_deployment_options() -> None:
