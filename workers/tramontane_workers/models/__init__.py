@@ -1,0 +1,1 @@
+"""Model checkpoints: loading from URIs, format detection, and the tiny test model."""
