@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "tramontane_cli.commands.crds",
     "tramontane_cli.commands.validate",
+    "tramontane_cli.commands.dataset",
 )
 
 

@@ -1,0 +1,286 @@
+"""ModelDeployment: a Mistral model (plus LoRA adapters) served by Ray worker pools.
+
+One ModelDeployment becomes one KubeRay RayService per placed member cluster. The spec says
+what to serve (model, runtime, adapters), on what hardware (resources), how many replicas
+(scaling), where (placement) and how to roll out changes (rollout).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from .common import (
+    AGE_COLUMN,
+    LIST_SET,
+    PHASE_COLUMN,
+    READY_COLUMN,
+    ApiModel,
+    Conditions,
+    DnsLabel,
+    GpuType,
+    KindInfo,
+    LabelSelector,
+    LocalObjectReference,
+    ModelUri,
+    PrinterColumn,
+    Quantity,
+    Resource,
+    Rule,
+    ScaleSubresource,
+    Toleration,
+    config_with_rules,
+    list_map,
+)
+
+# RayService names get suffixes from KubeRay (RayCluster "-xxxxx", "-head-svc", ...);
+# 40 characters keeps every derived name a valid DNS label.
+MAX_NAME_LENGTH = 40
+
+
+class ModelSource(ApiModel):
+    """The model to serve and where its weights are."""
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=128,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+            description="Served model name: what clients put in a request's `model` field.",
+        ),
+    ]
+    source: ModelUri
+    format: Literal["auto", "mistral", "hf"] = Field(
+        default="auto",
+        description="Checkpoint format: mistral (consolidated.safetensors + params.json), hf "
+        "(config.json), or auto to detect it.",
+    )
+
+
+class Runtime(ApiModel):
+    """Engine settings."""
+
+    model_config = config_with_rules(
+        Rule(
+            "self.engine == 'vllm' || self.tensorParallelSize == 1",
+            "tensorParallelSize > 1 needs engine vllm",
+            field_path=".tensorParallelSize",
+        )
+    )
+
+    engine: Literal["vllm", "transformers"] = Field(
+        default="vllm",
+        description="vllm on GPUs; transformers is the reference engine (CPU or GPU).",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_model_len: Annotated[int, Field(ge=16, le=1_048_576)] | None = Field(
+        default=None, description="Context length; defaults to the model's own."
+    )
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=16)] = 1
+    tool_calling: bool = Field(default=True, description="Parse tool calls from model output.")
+    max_adapters_per_replica: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=4, description="LoRA adapters kept loaded per replica (LRU beyond that)."
+    )
+    image: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None, description="Worker container image; defaults to the operator's setting."
+    )
+
+
+class Adapter(ApiModel):
+    """A LoRA adapter served on top of the base model, from a URI or a FineTuneJob's output."""
+
+    model_config = config_with_rules(
+        Rule(
+            "has(self.uri) != has(self.fineTuneJobRef)",
+            "set exactly one of uri or fineTuneJobRef",
+        )
+    )
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=128,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+            description="Adapter name clients use in a request's `model` field.",
+        ),
+    ]
+    uri: ModelUri | None = None
+    fine_tune_job_ref: LocalObjectReference | None = None
+
+
+class GpuRequest(ApiModel):
+    type: GpuType
+    count: Annotated[int, Field(ge=0, le=16)] = 1
+
+
+class Resources(ApiModel):
+    """Per-replica resources and scheduling (no full PodTemplateSpec on purpose)."""
+
+    gpu: GpuRequest | None = Field(default=None, description="Omit for CPU-only replicas.")
+    cpu: Quantity = "4"
+    memory: Quantity = "32Gi"
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = None
+
+
+class Scaling(ApiModel):
+    """Replica counts per ModelDeployment (split across clusters by placement)."""
+
+    model_config = config_with_rules(
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "minReplicas must not exceed maxReplicas",
+            field_path=".minReplicas",
+        ),
+        Rule(
+            "!has(self.replicas) || (self.replicas >= self.minReplicas"
+            " && self.replicas <= self.maxReplicas)",
+            "replicas must lie between minReplicas and maxReplicas",
+            field_path=".replicas",
+        ),
+    )
+
+    replicas: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="Replicas to start with (`kubectl scale` sets it); the autoscaler moves "
+        "between minReplicas and maxReplicas.",
+    )
+    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    target_ongoing_requests: Annotated[float, Field(gt=0)] = 2.0
+    scale_down_delay_seconds: Annotated[int, Field(ge=0)] = 600
+
+
+PlacementStrategy = Literal["Spread", "Failover", "Pinned"]
+
+
+class Placement(ApiModel):
+    """Which member clusters run pools."""
+
+    model_config = config_with_rules(
+        Rule(
+            "!(has(self.clusters) && has(self.clusterSelector))",
+            "set clusters or clusterSelector, not both",
+        ),
+        Rule(
+            "self.strategy != 'Pinned' || (has(self.clusters) && size(self.clusters) > 0)",
+            "strategy Pinned needs clusters",
+            field_path=".clusters",
+        ),
+    )
+
+    clusters: Annotated[list[DnsLabel], Field(json_schema_extra=LIST_SET)] | None = Field(
+        default=None, description="ComputeCluster names, in order of preference."
+    )
+    cluster_selector: LabelSelector | None = Field(
+        default=None, description="Select ComputeClusters by their labels."
+    )
+    strategy: PlacementStrategy = Field(
+        default="Spread",
+        description="Spread: split replicas over up to maxClusters clusters. Failover: one "
+        "cluster, moved to the next eligible one when it fails. Pinned: exactly `clusters`.",
+    )
+    max_clusters: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class Rollout(ApiModel):
+    max_surge_percent: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=25,
+        description="Extra capacity during an upgrade, as a percent of replicas; 0 replaces the "
+        "whole Ray cluster at once.",
+    )
+
+
+class ModelDeploymentSpec(ApiModel):
+    model_config = config_with_rules(
+        Rule(
+            "!has(self.resources.gpu) || self.resources.gpu.count >= "
+            "self.runtime.tensorParallelSize",
+            "resources.gpu.count must be at least runtime.tensorParallelSize",
+            field_path=".resources.gpu.count",
+        ),
+        Rule(
+            "self.runtime.engine != 'vllm' || (has(self.resources.gpu) && "
+            "self.resources.gpu.count > 0)",
+            "engine vllm needs resources.gpu",
+            field_path=".runtime.engine",
+        ),
+    )
+
+    model: ModelSource
+    runtime: Runtime = Field(default_factory=Runtime)
+    adapters: Annotated[list[Adapter], Field(json_schema_extra=list_map("name"))] | None = None
+    resources: Resources = Field(default_factory=Resources)
+    scaling: Scaling = Field(default_factory=Scaling)
+    placement: Placement = Field(default_factory=Placement)
+    rollout: Rollout = Field(default_factory=Rollout)
+
+
+ModelDeploymentPhase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+
+
+class ClusterStatus(ApiModel):
+    """The pool in one member cluster."""
+
+    name: str
+    ray_service: str | None = None
+    desired_replicas: int = 0
+    ready_replicas: int = 0
+    state: str | None = Field(default=None, description="What KubeRay reports for the pool.")
+    endpoint: str | None = Field(default=None, description="gRPC endpoint routers use.")
+    message: str | None = None
+
+
+class ModelDeploymentStatus(ApiModel):
+    phase: ModelDeploymentPhase | None = None
+    observed_generation: int | None = None
+    conditions: Conditions | None = None
+    replicas: int | None = Field(default=None, description="Desired replicas, all clusters.")
+    ready_replicas: int | None = None
+    gpus: int | None = Field(default=None, description="GPUs requested, all clusters.")
+    cluster_names: str | None = Field(default=None, description="Placed clusters, for display.")
+    clusters: Annotated[list[ClusterStatus], Field(json_schema_extra=list_map("name"))] | None = (
+        None
+    )
+    adapters: list[str] | None = None
+    last_failover_time: datetime | None = None
+
+
+class ModelDeployment(Resource):
+    """A served Mistral model with its adapters, placed on one or more member clusters."""
+
+    KIND_INFO: ClassVar[KindInfo] = KindInfo(
+        kind="ModelDeployment",
+        plural="modeldeployments",
+        singular="modeldeployment",
+        scope="Namespaced",
+        short_names=("md",),
+        printer_columns=(
+            READY_COLUMN,
+            PHASE_COLUMN,
+            PrinterColumn("Model", "string", ".spec.model.name"),
+            PrinterColumn("Replicas", "integer", ".status.replicas", "Desired replicas"),
+            PrinterColumn("Available", "integer", ".status.readyReplicas", "Ready replicas"),
+            PrinterColumn("GPUs", "integer", ".status.gpus", "GPUs requested"),
+            PrinterColumn("Clusters", "string", ".status.clusterNames"),
+            PrinterColumn("Engine", "string", ".spec.runtime.engine", priority=1),
+            AGE_COLUMN,
+        ),
+        scale=ScaleSubresource(".spec.scaling.replicas", ".status.replicas"),
+        root_rules=(
+            Rule(
+                f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+                f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
+                "(KubeRay derives longer names from it)",
+                field_path=".metadata.name",
+            ),
+        ),
+    )
+
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
