@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -95,13 +96,10 @@ def test_hf_is_offline_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_object_store_without_backend_names_the_extra() -> None:
     pytest.importorskip("fsspec")
-    try:
-        import adlfs  # noqa: F401
-    except ImportError:
-        with pytest.raises(ModelLoadError, match=r"tramontane\[azure\]"):
-            materialize("az://container/model")
-    else:
+    if importlib.util.find_spec("adlfs") is not None:
         pytest.skip("adlfs installed; the missing-extra path cannot be exercised")
+    with pytest.raises(ModelLoadError, match=r"tramontane\[azure\]"):
+        materialize("az://container/model")
 
 
 def test_object_store_via_fsspec_memory_layout(
