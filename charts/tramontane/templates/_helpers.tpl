@@ -1,0 +1,90 @@
+{{/*
+Helpers of the Tramontane chart. Every helper is named tramontane.*.
+*/}}
+
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "tramontane.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name, truncated to 63 characters (a DNS label). The release name alone
+when it already contains the chart name.
+*/}}
+{{- define "tramontane.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Chart name and version, for the helm.sh/chart label. */}}
+{{- define "tramontane.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select the operator pods; never change them after the first release. */}}
+{{- define "tramontane.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tramontane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* Labels on every object of the chart. */}}
+{{- define "tramontane.labels" -}}
+helm.sh/chart: {{ include "tramontane.chart" . }}
+{{ include "tramontane.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tramontane
+{{- end }}
+
+{{/* Name of the operator's ServiceAccount. */}}
+{{- define "tramontane.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tramontane.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Operator image: repository@digest when a digest is set, else repository:tag (appVersion). */}}
+{{- define "tramontane.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Operator command: all namespaces by default, or one --namespace per watched namespace (Kopf
+refuses --all-namespaces together with --namespace).
+*/}}
+{{- define "tramontane.command" -}}
+- tramontane
+- operator
+- run
+{{- if .Values.watchNamespaces }}
+{{- range .Values.watchNamespaces }}
+- --namespace
+- {{ . | quote }}
+{{- end }}
+{{- else }}
+- --all-namespaces
+{{- end }}
+{{- range .Values.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the metrics Service (also the ServiceMonitor's target). */}}
+{{- define "tramontane.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "tramontane.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
