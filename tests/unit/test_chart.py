@@ -1,0 +1,404 @@
+"""The Helm chart: lints strictly, renders, rejects typos, and renders valid Kubernetes.
+
+helm comes from `.ci/install-tools.sh` (`<repo>/.tools/bin/helm`) or PATH. Without helm these
+tests skip on a developer machine but fail in CI (`CI` set), so a broken install cannot pass
+silently. Rendered manifests are validated offline against the strict Kubernetes JSON schemas
+shipped by `kubernetes-validate`, for the oldest Kubernetes the chart supports and the newest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from kubernetes_validate.utils import (  # type: ignore[import-untyped]
+    SchemaNotFoundError,
+    latest_version,
+)
+
+from tests.conftest import CRDS_DIR, REPO_ROOT
+
+CHART_DIR = REPO_ROOT / "charts" / "tramontane"
+CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
+FULL_VALUES = CHART_DIR / "ci" / "full-values.yaml"
+INSTALL_DOC = REPO_ROOT / "docs" / "install.md"
+NAMESPACE = "tramontane-system"
+CHART = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+APP_VERSION: str = CHART["appVersion"]
+DEFAULTS: dict[str, Any] = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+SCHEMA: dict[str, Any] = json.loads((CHART_DIR / "values.schema.json").read_text())
+# Kinds with no schema in kubernetes-validate; each has its own test below instead.
+NON_CORE_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+
+def _min_kube_version() -> str:
+    match = re.fullmatch(r">=\s*(\d+\.\d+)\.\d+(-0)?", CHART["kubeVersion"])
+    if match is None:
+        raise ValueError(f"Chart.yaml kubeVersion {CHART['kubeVersion']!r} is not '>=X.Y.Z-0'")
+    return match.group(1)
+
+
+KUBE_VERSIONS = (_min_kube_version(), latest_version())
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """Path to helm v4; skip locally when absent, fail in CI."""
+    local = REPO_ROOT / ".tools" / "bin" / "helm"
+    found = str(local) if local.is_file() else shutil.which("helm")
+    if found is None:
+        message = "helm not found: run `bash .ci/install-tools.sh` (installs .tools/bin/helm)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def render(
+    helm: str,
+    values: Sequence[Path] = (),
+    sets: Sequence[str] = (),
+    include_crds: bool = False,
+) -> list[dict[str, Any]]:
+    """`helm template` the chart; the rendered objects, in order."""
+    args = ["template", "tramontane", str(CHART_DIR), "--namespace", NAMESPACE]
+    for path in values:
+        args += ["--values", str(path)]
+    for item in sets:
+        args += ["--set", item]
+    if include_crds:
+        args.append("--include-crds")
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    matches = [doc for doc in docs if doc["kind"] == kind]
+    assert len(matches) == 1, f"expected one {kind}, got {len(matches)}"
+    return matches[0]
+
+
+def value_paths(schema: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Dotted paths of the chart's options, from values.schema.json: the chart's own objects
+    are walked into; a Kubernetes type (resources, affinity...) or a map is one option."""
+    for key, node in schema.get("properties", {}).items():
+        if key == "global":  # Helm's, for subcharts
+            continue
+        if "properties" in node:
+            yield from value_paths(node, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def has_path(values: dict[str, Any], dotted: str) -> bool:
+    node: Any = values
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+VALUE_SETS = [pytest.param((), id="defaults")] + [
+    pytest.param((path,), id=path.stem) for path in CI_VALUES
+]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_helm_lint_strict(helm: str, values: tuple[Path, ...]) -> None:
+    args = ["lint", "--strict", str(CHART_DIR)]
+    for path in values:
+        args += ["--values", str(path)]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_defaults_render_the_operator_and_nothing_optional(helm: str) -> None:
+    docs = render(helm)
+    kinds = sorted(doc["kind"] for doc in docs)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    deployment = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == f"ghcr.io/tramontane/tramontane:{APP_VERSION}"
+    assert container["command"] == ["tramontane", "operator", "run", "--all-namespaces"]
+    assert {"name": "TRAMONTANE_CLUSTER_NAME", "value": "hub"} in container["env"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"metrics": 9090, "healthz": 8080}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    # Restricted pod security: non-root, read-only root FS, no capabilities, seccomp.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert pod["serviceAccountName"] == by_kind(docs, "ServiceAccount")["metadata"]["name"]
+
+
+def test_full_values_reach_the_manifests(helm: str) -> None:
+    values = yaml.safe_load(FULL_VALUES.read_text())
+    docs = render(helm, [FULL_VALUES])
+    assert {doc["kind"] for doc in docs} >= {"ServiceMonitor", "PodDisruptionBudget"}
+    fullname = values["fullnameOverride"]
+    assert {doc["metadata"]["name"] for doc in docs if doc["kind"] != "ServiceAccount"} == {
+        fullname,
+        f"{fullname}-metrics",
+    }
+    deployment = by_kind(docs, "Deployment")
+    template = deployment["spec"]["template"]
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    image = values["image"]
+    assert container["image"] == f"{image['repository']}@{image['digest']}"
+    assert container["imagePullPolicy"] == image["pullPolicy"]
+    namespaces = [arg for ns in values["watchNamespaces"] for arg in ("--namespace", ns)]
+    assert container["command"] == ["tramontane", "operator", "run", *namespaces, "--verbose"]
+    assert container["env"][0]["value"] == values["clusterName"]
+    assert container["env"][1:] == values["extraEnv"]
+    assert container["resources"] == values["resources"]
+    assert container["securityContext"] == values["containerSecurityContext"]
+    assert container["livenessProbe"]["failureThreshold"] == 6
+    assert deployment["spec"]["replicas"] == values["replicaCount"]
+    assert template["metadata"]["annotations"] == values["podAnnotations"]
+    assert values["podLabels"].items() <= template["metadata"]["labels"].items()
+    for key in ("nodeSelector", "tolerations", "affinity", "imagePullSecrets"):
+        assert pod[key] == values[key], key
+    assert pod["securityContext"] == values["podSecurityContext"]
+    assert pod["priorityClassName"] == values["priorityClassName"]
+    account = by_kind(docs, "ServiceAccount")
+    assert account["metadata"]["name"] == pod["serviceAccountName"] == "tramontane"
+    assert account["metadata"]["annotations"] == values["serviceAccount"]["annotations"]
+    assert by_kind(docs, "Service")["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
+    monitor = by_kind(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+    assert by_kind(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def test_values_yaml_and_full_values_set_every_option() -> None:
+    """values.yaml gives every option of the schema a default; ci/full-values.yaml sets each."""
+    options = list(value_paths(SCHEMA))
+    assert len(options) > 30
+    assert [path for path in options if not has_path(DEFAULTS, path)] == []
+    full = yaml.safe_load(FULL_VALUES.read_text())
+    assert [path for path in options if not has_path(full, path)] == []
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_rendered_manifests_are_valid_kubernetes(
+    helm: str, values: tuple[Path, ...], kube_version: str
+) -> None:
+    docs = render(helm, values, include_crds=True)
+    problems = []
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in NON_CORE_KINDS:
+            continue
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(part) for part in error.path)
+            problems.append(f"{name}: {path}: {error.message}")
+        except SchemaNotFoundError:
+            problems.append(f"{name}: no schema for {doc['apiVersion']} in {kube_version}")
+    assert problems == []
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_services_select_the_operator_pod(helm: str, values: tuple[Path, ...]) -> None:
+    docs = render(helm, values)
+    deployment = by_kind(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    service = by_kind(docs, "Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    container_ports = {port["name"] for port in container["ports"]}
+    assert {port["targetPort"] for port in service["spec"]["ports"]} <= container_ports
+    for monitor in (doc for doc in docs if doc["kind"] == "ServiceMonitor"):
+        # No schema for ServiceMonitor offline: check that it really scrapes our Service.
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+            service["metadata"]["labels"].items()
+        )
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        service_ports = {port["name"] for port in service["spec"]["ports"]}
+        assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= service_ports
+
+
+def test_cluster_role_is_least_privilege(helm: str) -> None:
+    docs = render(helm)
+    rules = by_kind(docs, "ClusterRole")["rules"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert not any(
+        "*" in (group, resource) or "*" in verbs for (group, resource), verbs in granted.items()
+    )
+    read = {"get", "list", "watch"}
+    assert granted[("", "secrets")] == read
+    assert granted[("apiextensions.k8s.io", "customresourcedefinitions")] == read
+    assert granted[("", "namespaces")] == {"list", "watch"}
+    assert granted[("", "events")] == {"create", "patch"}
+    assert {"create", "delete"} <= granted[("ray.io", "rayservices")]
+    assert {"get"} <= granted[("ray.io", "rayservices/status")]
+    assert {"list", "watch", "patch"} <= granted[("kopf.dev", "clusterkopfpeerings")]
+    for plural in ("modeldeployments", "finetunejobs", "tenants", "computeclusters"):
+        assert {"list", "watch", "patch"} <= granted[("tramontane.dev", plural)]
+        assert "patch" in granted[("tramontane.dev", f"{plural}/status")]
+        assert "update" in granted[("tramontane.dev", f"{plural}/finalizers")]
+    groups = {group for group, _ in granted}
+    assert groups == {
+        "",
+        "tramontane.dev",
+        "ray.io",
+        "events.k8s.io",
+        "apiextensions.k8s.io",
+        "kopf.dev",
+    }
+    binding = by_kind(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == by_kind(docs, "ClusterRole")["metadata"]["name"]
+    account = by_kind(docs, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (["replicas=2"], "additional properties 'replicas' not allowed"),
+        (["metrics.serviceMonitor.enable=true"], "additional properties 'enable' not allowed"),
+        (["image.tags=1.0"], "additional properties 'tags' not allowed"),
+        (["podSecurityContext.runAsNonroot=true"], "'runAsNonroot' not allowed"),
+        (["affinity.nodeAffinity.required=x"], "additional properties 'required' not allowed"),
+        (["extraEnv[0].name=A", "extraEnv[0].vaule=b"], "'vaule' not allowed"),
+        (["replicaCount=two"], "/replicaCount"),
+        (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        (["podDisruptionBudget.maxUnavailable=half"], "/podDisruptionBudget/maxUnavailable"),
+        (["clusterName=Not_A_Name"], "/clusterName"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and "=" not in value else None,
+)
+def test_schema_rejects_misspelled_or_mistyped_values(
+    helm: str, sets: list[str], expected: str
+) -> None:
+    args = ["template", "tramontane", str(CHART_DIR)]
+    for item in sets:
+        args += ["--set", item]
+    result = run_helm(helm, *args)
+    assert result.returncode != 0
+    assert "don't meet the specifications of the schema" in result.stderr
+    assert expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (
+            [
+                "podDisruptionBudget.enabled=true",
+                "podDisruptionBudget.minAvailable=1",
+                "podDisruptionBudget.maxUnavailable=1",
+            ],
+            "set minAvailable or maxUnavailable, not both",
+        ),
+        (
+            ["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"],
+            "metrics.serviceMonitor.enabled needs metrics.service.enabled",
+        ),
+    ],
+    ids=["pdb-both-bounds", "servicemonitor-without-service"],
+)
+def test_contradictory_values_fail_with_a_message(
+    helm: str, sets: list[str], expected: str
+) -> None:
+    args = ["template", "tramontane", str(CHART_DIR)]
+    for item in sets:
+        args += ["--set", item]
+    result = run_helm(helm, *args)
+    assert result.returncode != 0
+    assert expected in result.stderr
+
+
+def object_schemas(node: Any, pointer: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(JSON pointer, schema) for every subschema whose type allows an object."""
+    if isinstance(node, dict):
+        types = node.get("type")
+        if types == "object" or (isinstance(types, list) and "object" in types):
+            yield pointer or "/", node
+        for key, value in node.items():
+            yield from object_schemas(value, f"{pointer}/{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from object_schemas(item, f"{pointer}/{index}")
+
+
+def test_schema_closes_every_object() -> None:
+    """Each object is closed (additionalProperties: false) or a map with typed values."""
+    open_objects = [
+        pointer
+        for pointer, node in object_schemas(SCHEMA)
+        if node.get("additionalProperties") is not False
+        and not isinstance(node.get("additionalProperties"), dict)
+    ]
+    assert open_objects == []
+    assert len(list(object_schemas(SCHEMA))) > 30  # the walk really saw the nested types
+
+
+def test_schema_vendored_kubernetes_types_are_in_sync() -> None:
+    script = CHART_DIR / "hack" / "k8s_schema_defs.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_chart_crds_are_a_copy_of_the_generated_crds() -> None:
+    generated = {path.name: path.read_bytes() for path in sorted(CRDS_DIR.glob("*.yaml"))}
+    if not generated:
+        pytest.skip("crds/ is empty: `tramontane crds generate` has not run yet")
+    chart = {path.name: path.read_bytes() for path in sorted((CHART_DIR / "crds").glob("*.yaml"))}
+    assert sorted(chart) == sorted(generated), "run `tramontane crds generate` to sync the chart"
+    stale = [name for name, content in generated.items() if chart[name] != content]
+    assert stale == [], "run `tramontane crds generate` to sync the chart"
+
+
+def test_install_doc_lists_every_value() -> None:
+    doc = INSTALL_DOC.read_text()
+    missing = [path for path in value_paths(SCHEMA) if f"| `{path}` |" not in doc]
+    assert missing == []
+
+
+def test_notes_name_examples_that_exist(helm: str) -> None:
+    result = run_helm(
+        helm, "install", "tramontane", str(CHART_DIR), "--dry-run=client", "-n", NAMESPACE
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert 'ComputeCluster named "hub"' in notes
+    mentioned = set(re.findall(r"examples/[\w./-]+\.yaml", notes))
+    assert mentioned, "NOTES.txt should point at the examples"
+    assert sorted(path for path in mentioned if not (REPO_ROOT / path).is_file()) == []
