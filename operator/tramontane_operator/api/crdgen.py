@@ -59,8 +59,11 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if ref is None:
         return node
     target: dict[str, Any] = copy.deepcopy(defs[ref.rsplit("/", 1)[-1]])
-    siblings = {k: v for k, v in node.items() if k != "$ref"}
-    target.update(siblings)
+    for key, value in node.items():
+        if key == "x-kubernetes-validations":
+            target[key] = [*target.get(key, []), *value]
+        elif key != "$ref":
+            target[key] = value
     return target
 
 
@@ -92,11 +95,16 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
 
-    names = node.get("propertyNames")
-    if names and "pattern" in names:
+    # Dictionaries with constrained keys: OpenAPI v3 has no patternProperties, so the values'
+    # schema becomes additionalProperties and the key pattern a CEL rule.
+    pattern_properties = node.get("patternProperties")
+    if pattern_properties:
+        ((pattern, values),) = pattern_properties.items()
+        out.pop("patternProperties", None)
+        out["additionalProperties"] = _structural(values, defs)
         rule = {
-            "rule": f"self.all(k, k.matches('{names['pattern']}'))",
-            "message": f"keys must match {names['pattern']}",
+            "rule": f"self.all(k, k.matches('{pattern}'))",
+            "message": f"keys must match {pattern}",
         }
         out.setdefault("x-kubernetes-validations", []).append(rule)
     if (

@@ -65,11 +65,21 @@ class SchemaValidator:
     def validate(
         self, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None
     ) -> list[Problem]:
-        """Every problem with `obj` (an update of `old` when given); empty when valid."""
+        """Every problem with `obj` (an update of `old` when given); empty when valid.
+
+        As an API server does: schema defaults are applied first, then the schema is checked,
+        then (only on a structurally valid object) the CEL rules."""
+        obj = self.apply_defaults(obj)
         problems = self.structural_problems(obj)
         if problems:
             return problems
-        return self.rule_problems(obj, old)
+        return self.rule_problems(obj, None if old is None else self.apply_defaults(old))
+
+    def apply_defaults(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of `obj` with the schema's `default`s filled in, as the API server stores it."""
+        out = copy.deepcopy(dict(obj))
+        _default(self.schema, out)
+        return out
 
     def structural_problems(self, obj: Mapping[str, Any]) -> list[Problem]:
         problems: list[Problem] = []
@@ -81,6 +91,12 @@ class SchemaValidator:
                     Problem(format_path([*path, key]), "unknown field")
                     for key in error.instance
                     if key not in known
+                )
+            elif error.validator == "required" and isinstance(error.instance, dict):
+                problems.extend(
+                    Problem(format_path([*path, key]), "required field is missing")
+                    for key in error.validator_value
+                    if key not in error.instance
                 )
             else:
                 problems.append(Problem(format_path(path), _schema_message(error)))
@@ -95,11 +111,25 @@ class SchemaValidator:
         return problems
 
 
+def _default(schema: Mapping[str, Any], value: Any) -> None:
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                _default(sub, value[key])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, Mapping):
+            for key in value:
+                if key not in schema.get("properties", {}):
+                    _default(extra, value[key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for item in value:
+            _default(schema["items"], item)
+
+
 def _schema_message(error: jsonschema.ValidationError) -> str:
-    message = str(error.message)
-    if error.validator == "required":
-        return message.replace("is a required property", "is required")
-    return message
+    return str(error.message)
 
 
 def _to_json_schema(node: Any, strict: bool) -> Any:

@@ -37,7 +37,11 @@ def schema_validator(kind: str) -> SchemaValidator:
 def _pydantic_problems(error: ValidationError) -> list[Problem]:
     problems = []
     for item in error.errors():
-        loc = [p for p in item["loc"] if not (isinstance(p, str) and "[" in p)]
+        loc = list(item["loc"])
+        prefix = ""
+        if loc and loc[-1] == "[key]":  # a bad dictionary key: report it at the dictionary
+            prefix = f"key {loc[-2]!r}: "
+            loc = loc[:-2]
         if item["type"] == "extra_forbidden":
             message = "unknown field"
         elif item["type"] == "missing":
@@ -45,9 +49,11 @@ def _pydantic_problems(error: ValidationError) -> list[Problem]:
         elif item["type"] == "string_pattern_mismatch":
             pattern = str((item.get("ctx") or {}).get("pattern", ""))
             message = PATTERN_HINTS.get(pattern, item["msg"])
+        elif item["type"] in ("literal_error", "enum"):
+            message = f"{item['msg']}, got {item.get('input')!r}"
         else:
             message = item["msg"]
-        problems.append(Problem(format_path(loc), message))
+        problems.append(Problem(format_path(loc), prefix + message))
     return problems
 
 
