@@ -1,0 +1,241 @@
+"""Streaming validation of Mistral chat fine-tuning datasets (JSONL), shared by CLI and job.
+
+`validate_uri(uri)` is what the operator's `Validating` phase and `tramontane dataset validate`
+call: it reads the file line by line (memory stays flat whatever its size; a single line is
+capped at `MAX_LINE_BYTES`), reports at most one `LineError` per bad line with its 1-based
+number and field path, and returns a `DatasetSummary` (lines, conversations, tokens with the
+real v3 tokenizer, bad lines, the first errors); an `on_error` callback sees every bad line
+as it is found. `processes > 1` spreads batches of lines over a process pool, in order.
+`iter_checked` yields each line's tokens and loss mask, for the trainer.
+
+`open_uri` is the only I/O seam: `file://` URIs and plain paths are opened directly; other
+schemes (s3://, gs://, abfs://...) go through fsspec when it is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import unquote, urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tramontane_workers.contract.datasets_rules import Violation, check_record
+from tramontane_workers.contract.datasets_tokens import Encoded, encode_record
+
+MAX_LINE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_ERRORS = 20
+BATCH_LINES = 1000  # lines per task when validating in a process pool
+
+
+class DatasetUnreadable(OSError):
+    """The dataset cannot be opened or read (missing file, unknown scheme, I/O error)."""
+
+
+class LineError(BaseModel):
+    """One bad line: its 1-based number, the field path (may be empty) and the broken rule."""
+
+    model_config = ConfigDict(frozen=True)
+
+    line: int = Field(ge=1)
+    path: str = ""
+    message: str
+
+    def describe(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class DatasetSummary(BaseModel):
+    """What validation found in one dataset; `errors` holds at most the first max_errors."""
+
+    source: str
+    lines: int = 0
+    conversations: int = 0
+    tokens: int = 0
+    trainable_tokens: int = 0
+    bad_lines: int = 0
+    errors: list[LineError] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.bad_lines == 0
+
+
+@dataclass(frozen=True, slots=True)
+class LineOutcome:
+    """What validation keeps of one line: token counts, or its error (neither: blank line)."""
+
+    line: int
+    tokens: int = 0
+    trainable: int = 0
+    error: LineError | None = None
+    blank: bool = False
+
+
+def check_line(raw: bytes) -> Encoded | Violation:
+    """Decode, check and tokenize one raw JSONL line (pure apart from the cached tokenizer)."""
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        return Violation("", f"not valid UTF-8 ({exc.reason} at byte {exc.start + 1})")
+    try:
+        record: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = "at the end of the line" if exc.pos >= len(text) else f"at column {exc.colno}"
+        return Violation("", f"invalid JSON: {exc.msg} {where}")
+    violation = check_record(record)
+    if violation is not None:
+        return violation
+    return encode_record(record)
+
+
+def _split_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # 1 letter: a Windows drive
+        path = unquote(parsed.path) if parsed.scheme == "file" else uri
+        return "file", path
+    return parsed.scheme, uri
+
+
+@contextmanager
+def open_uri(uri: str) -> Iterator[IO[bytes]]:
+    """Open a dataset for binary reading: a path, a file:// URI, or any fsspec URI."""
+    scheme, target = _split_uri(uri)
+    try:
+        if scheme == "file":
+            handle: IO[bytes] = open(target, "rb")  # noqa: SIM115 - closed below
+        else:
+            try:
+                import fsspec
+            except ImportError as exc:
+                raise DatasetUnreadable(f"{uri}: reading {scheme}:// needs fsspec") from exc
+            handle = fsspec.open(target, "rb").open()
+    except DatasetUnreadable:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DatasetUnreadable(f"{uri}: {exc}") from exc
+    with handle:
+        yield handle
+
+
+def raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
+    """(number, bytes) per line; bytes is None for a line longer than MAX_LINE_BYTES."""
+    number = 0
+    while True:
+        chunk = stream.readline(MAX_LINE_BYTES + 1)
+        if not chunk:
+            return
+        number += 1
+        if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+            while chunk and not chunk.endswith(b"\n"):  # skip the rest of the giant line
+                chunk = stream.readline(MAX_LINE_BYTES)
+            yield number, None
+        else:
+            yield number, chunk
+
+
+def check_raw(raw: bytes | None) -> Encoded | Violation | None:
+    """`check_line` for what `raw_lines` yields: None for a blank line."""
+    if raw is None:
+        return Violation("", f"line longer than {MAX_LINE_BYTES} bytes")
+    if not raw.strip():
+        return None
+    return check_line(raw)
+
+
+def iter_checked(stream: IO[bytes]) -> Iterator[tuple[int, Encoded | Violation | None]]:
+    """Every line's number and result, in order (the trainer reads datasets through this)."""
+    for number, raw in raw_lines(stream):
+        yield number, check_raw(raw)
+
+
+def _outcome(number: int, result: Encoded | Violation | None) -> LineOutcome:
+    if result is None:
+        return LineOutcome(number, blank=True)
+    if isinstance(result, Violation):
+        return LineOutcome(
+            number, error=LineError(line=number, path=result.path, message=result.message)
+        )
+    return LineOutcome(number, tokens=len(result.tokens), trainable=result.trainable)
+
+
+def _check_batch(batch: list[tuple[int, bytes | None]]) -> list[LineOutcome]:
+    """Runs in a pool process: only counts and errors travel back, never token lists."""
+    return [_outcome(number, check_raw(raw)) for number, raw in batch]
+
+
+def _batches(stream: IO[bytes]) -> Iterator[list[tuple[int, bytes | None]]]:
+    batch: list[tuple[int, bytes | None]] = []
+    for item in raw_lines(stream):
+        batch.append(item)
+        if len(batch) == BATCH_LINES:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def iter_outcomes(stream: IO[bytes], processes: int = 1) -> Iterator[LineOutcome]:
+    """Line outcomes in order; with processes > 1 batches are checked in a process pool, with
+    at most two batches per process in flight so memory stays bounded."""
+    if processes <= 1:
+        for number, result in iter_checked(stream):
+            yield _outcome(number, result)
+        return
+    context = multiprocessing.get_context("spawn")  # safe beside threads (operator, Ray)
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        pending: deque[Future[list[LineOutcome]]] = deque()
+        for batch in _batches(stream):
+            pending.append(pool.submit(_check_batch, batch))
+            if len(pending) >= 2 * processes:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def validate_stream(
+    stream: IO[bytes],
+    source: str,
+    *,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+    on_error: Callable[[LineError], None] | None = None,
+    processes: int = 1,
+) -> DatasetSummary:
+    """Validate an open binary stream; `on_error` sees every bad line, the summary the first few."""
+    summary = DatasetSummary(source=source)
+    for outcome in iter_outcomes(stream, processes):
+        summary.lines = outcome.line
+        if outcome.error is not None:
+            summary.bad_lines += 1
+            if len(summary.errors) < max_errors:
+                summary.errors.append(outcome.error)
+            if on_error is not None:
+                on_error(outcome.error)
+        elif not outcome.blank:
+            summary.conversations += 1
+            summary.tokens += outcome.tokens
+            summary.trainable_tokens += outcome.trainable
+    return summary
+
+
+def validate_uri(
+    uri: str,
+    *,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+    on_error: Callable[[LineError], None] | None = None,
+    processes: int = 1,
+) -> DatasetSummary:
+    """Validate the dataset at `uri`; raises DatasetUnreadable if it cannot be read."""
+    with open_uri(uri) as stream:
+        try:
+            return validate_stream(
+                stream, uri, max_errors=max_errors, on_error=on_error, processes=processes
+            )
+        except OSError as exc:
+            raise DatasetUnreadable(f"{uri}: {exc}") from exc
