@@ -1,0 +1,106 @@
+"""The Ray Serve application of a ModelDeployment pool (what goes into `serveConfigV2`).
+
+Adapters given by `uri` are served as is; adapters given by `fineTuneJobRef` need the URI of
+the FineTuneJob's output, which the caller supplies (`adapter_uris`: FineTuneJob name -> URI).
+An adapter whose job has no output yet is left out and reported by `resolve_adapters`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tramontane_workers.contract.serve_config import (
+    AdapterSource,
+    AutoscalingConfig,
+    EngineConfig,
+    ReplicaResources,
+    ServeAppConfig,
+)
+
+from tramontane_operator.api.v1alpha1 import ModelDeployment
+from tramontane_operator.placement import PoolSize
+
+_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+}  # fmt: skip
+
+
+def parse_quantity(text: str, field: str) -> float:
+    """A Kubernetes quantity as a number ("500m" -> 0.5, "16Gi" -> 17179869184.0)."""
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)], _SUFFIXES[suffix]
+            break
+    else:
+        number, scale = text, 1
+    try:
+        return float(number) * scale
+    except ValueError:
+        raise ValueError(f"{field}: {text!r} is not a Kubernetes quantity") from None
+
+
+def ray_cpus(md: ModelDeployment) -> int:
+    """Whole CPUs Ray sees in one worker pod (and one replica asks for): ceil of the request."""
+    return max(1, math.ceil(parse_quantity(md.spec.resources.cpu, "spec.resources.cpu")))
+
+
+@dataclass(frozen=True)
+class ResolvedAdapters:
+    served: list[AdapterSource]
+    unresolved: list[str]  # adapter names whose FineTuneJob output is not known yet
+
+
+def resolve_adapters(
+    md: ModelDeployment, adapter_uris: Mapping[str, str] | None = None
+) -> ResolvedAdapters:
+    """The adapters a pool can serve now; `adapter_uris`: FineTuneJob name -> output URI."""
+    uris = adapter_uris or {}
+    served: list[AdapterSource] = []
+    unresolved: list[str] = []
+    for adapter in md.spec.adapters or []:
+        if adapter.uri is not None:
+            served.append(AdapterSource(name=adapter.name, uri=adapter.uri))
+        elif adapter.fine_tune_job_ref is not None and adapter.fine_tune_job_ref.name in uris:
+            served.append(
+                AdapterSource(name=adapter.name, uri=uris[adapter.fine_tune_job_ref.name])
+            )
+        else:
+            unresolved.append(adapter.name)
+    return ResolvedAdapters(served, unresolved)
+
+
+def serve_app(
+    md: ModelDeployment, pool: PoolSize, adapter_uris: Mapping[str, str] | None = None
+) -> ServeAppConfig:
+    """The Serve application for one pool of `md` sized `pool`."""
+    spec = md.spec
+    gpu = spec.resources.gpu
+    return ServeAppConfig(
+        name=md.metadata.name,
+        route_prefix=f"/{md.metadata.name}",
+        engine=EngineConfig(
+            engine=spec.runtime.engine,
+            model_uri=spec.model.source,
+            served_model_name=spec.model.name,
+            format=spec.model.format,
+            dtype=spec.runtime.dtype,
+            max_model_len=spec.runtime.max_model_len,
+            tensor_parallel_size=spec.runtime.tensor_parallel_size,
+            enable_tool_calling=spec.runtime.tool_calling,
+            max_adapters_per_replica=spec.runtime.max_adapters_per_replica,
+            adapters=resolve_adapters(md, adapter_uris).served,
+        ),
+        autoscaling=AutoscalingConfig(
+            min_replicas=pool.min_replicas,
+            max_replicas=pool.max_replicas,
+            initial_replicas=pool.replicas,
+            target_ongoing_requests=spec.scaling.target_ongoing_requests,
+            downscale_delay_s=float(spec.scaling.scale_down_delay_seconds),
+        ),
+        resources=ReplicaResources(
+            num_cpus=float(ray_cpus(md)), num_gpus=float(gpu.count if gpu else 0)
+        ),
+    )

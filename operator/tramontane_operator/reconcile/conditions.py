@@ -1,0 +1,109 @@
+"""Condition types, typed reasons, and the merge that keeps `lastTransitionTime` stable.
+
+A condition's `lastTransitionTime` changes only when its `status` changes; reason and message
+may change in place (the Kubernetes API conventions for metav1.Condition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Literal
+
+from tramontane_operator.api.v1alpha1 import Condition
+
+Status = Literal["True", "False", "Unknown"]
+
+# ModelDeployment condition types.
+READY: Final = "Ready"
+PROGRESSING: Final = "Progressing"
+DEGRADED: Final = "Degraded"
+PLACED: Final = "Placed"
+MODELDEPLOYMENT_CONDITIONS: Final = (READY, PROGRESSING, DEGRADED, PLACED)
+
+# ComputeCluster condition types.
+REACHABLE: Final = "Reachable"
+KUBERAY_INSTALLED: Final = "KubeRayInstalled"
+COMPUTECLUSTER_CONDITIONS: Final = (READY, REACHABLE, KUBERAY_INSTALLED)
+
+
+class Reason:
+    """Every condition reason the operator writes (CamelCase, as the API requires)."""
+
+    # Placed (True: the placement reason from `placement`; these are the False ones and more).
+    PLACED: Final = "Placed"
+    FAILED_OVER: Final = "FailedOver"
+    INSUFFICIENT_CAPACITY: Final = "InsufficientCapacity"
+    NO_ELIGIBLE_CLUSTER: Final = "NoEligibleCluster"
+    NO_FAILOVER_TARGET: Final = "NoFailoverTarget"
+    PINNED_CLUSTER_MISSING: Final = "PinnedClusterMissing"
+    INVALID_SPEC: Final = "InvalidSpec"
+    # Ready.
+    POOLS_READY: Final = "PoolsReady"
+    POOLS_NOT_READY: Final = "PoolsNotReady"
+    NOT_PLACED: Final = "NotPlaced"
+    # Progressing.
+    CREATING: Final = "Creating"
+    DEPLOYING: Final = "Deploying"
+    UPGRADING: Final = "Upgrading"
+    ADAPTERS_PENDING: Final = "AdaptersPending"
+    STABLE: Final = "Stable"
+    # Degraded.
+    HEALTHY: Final = "Healthy"
+    CLUSTER_UNREACHABLE: Final = "ClusterUnreachable"
+    POOL_FAILED: Final = "PoolFailed"
+    # ComputeCluster.
+    REACHABLE: Final = "Reachable"
+    UNREACHABLE: Final = "Unreachable"
+    KUBERAY_FOUND: Final = "CRDsFound"
+    KUBERAY_MISSING: Final = "CRDsMissing"
+    NOT_PROBED: Final = "NotProbed"
+    CLUSTER_READY: Final = "ClusterReady"
+    CORDONED: Final = "Cordoned"
+
+
+@dataclass(frozen=True)
+class ConditionSpec:
+    """A condition as computed, before `lastTransitionTime` is decided."""
+
+    type: str
+    status: Status
+    reason: str
+    message: str = ""
+
+
+def merge_conditions(
+    computed: Sequence[ConditionSpec],
+    previous: Sequence[Condition] | None,
+    now: datetime,
+    generation: int | None,
+) -> list[Condition]:
+    """Conditions in `computed` order; a condition whose status did not change keeps its
+    previous `lastTransitionTime`."""
+    before = {c.type: c for c in previous or []}
+    out = []
+    for spec in computed:
+        old = before.get(spec.type)
+        since = old.last_transition_time if old is not None and old.status == spec.status else now
+        out.append(
+            Condition(
+                type=spec.type,
+                status=spec.status,
+                reason=spec.reason,
+                message=spec.message,
+                last_transition_time=since,
+                observed_generation=generation,
+            )
+        )
+    return out
+
+
+def find(conditions: Sequence[Condition] | None, type_: str) -> Condition | None:
+    """The condition of `type_`, if present."""
+    return next((c for c in conditions or [] if c.type == type_), None)
+
+
+def is_true(conditions: Sequence[Condition] | None, type_: str) -> bool:
+    found = find(conditions, type_)
+    return found is not None and found.status == "True"

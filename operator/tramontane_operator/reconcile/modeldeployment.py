@@ -1,0 +1,241 @@
+"""Reconcile a ModelDeployment: desired children, and status from what was observed.
+
+`desired_children` renders one RayService per placed cluster. `compute_status` aggregates the
+pools KubeRay reports into the ModelDeployment status (per-cluster replicas and endpoint, the
+Ready / Progressing / Degraded / Placed conditions, a phase derived from them).
+`status_changed` says whether that status needs writing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tramontane_operator.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
+from tramontane_operator.api.v1alpha1.modeldeployment import ClusterStatus
+from tramontane_operator.builders import BuildSettings, build_rayservice, resolve_adapters
+from tramontane_operator.placement import PlacementDecision
+from tramontane_operator.placement import types as placement_types
+from tramontane_operator.placement.types import ClusterView
+
+from . import pools
+from .conditions import (
+    DEGRADED,
+    PLACED,
+    PROGRESSING,
+    READY,
+    ConditionSpec,
+    Reason,
+    merge_conditions,
+)
+
+
+@dataclass(frozen=True)
+class ObservedPool:
+    """What the runtime saw of one pool: its cluster, whether it answered, its RayService."""
+
+    cluster: str
+    reachable: bool
+    rayservice: Mapping[str, Any] | None
+    endpoint: str | None = None  # the cluster's gRPC ingress (ComputeCluster spec.ingress)
+
+
+def desired_children(
+    md: ModelDeployment,
+    decision: PlacementDecision,
+    clusters: Mapping[str, ClusterView],
+    settings: BuildSettings,
+    tenant: str | None,
+    adapter_uris: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Cluster name -> the RayService to create or patch there (placed clusters only)."""
+    out = {}
+    for name in decision.replicas:
+        if name not in clusters:
+            raise KeyError(f"placement names cluster {name!r} but no ClusterView was given")
+        out[name] = build_rayservice(
+            md, clusters[name], decision.size(name), settings, tenant, adapter_uris
+        )
+    return out
+
+
+def current_replicas(md: ModelDeployment) -> dict[str, int]:
+    """Replicas per cluster as the last written status says (`place`'s `current`)."""
+    status = md.status
+    if status is None or not status.clusters:
+        return {}
+    return {c.name: c.desired_replicas for c in status.clusters}
+
+
+def failed_clusters(observed: Sequence[ObservedPool], app_name: str) -> frozenset[str]:
+    """Clusters whose pool KubeRay reports as failed (`place`'s `failed`)."""
+    return frozenset(
+        o.cluster
+        for o in observed
+        if pools.read_pool(o.rayservice, app_name, reachable=o.reachable).state == pools.FAILED
+    )
+
+
+def _placed_condition(decision: PlacementDecision) -> ConditionSpec:
+    if not decision.placed:
+        return ConditionSpec(PLACED, "False", decision.reason, decision.message)
+    return ConditionSpec(PLACED, "True", decision.reason, decision.message)
+
+
+def _phase(conds: Mapping[str, ConditionSpec]) -> str:
+    if conds[PLACED].status == "False":
+        return "Failed" if conds[PLACED].reason == Reason.INVALID_SPEC else "Pending"
+    if conds[DEGRADED].status == "True":
+        return "Degraded"
+    if conds[READY].status == "True":
+        return "Ready"
+    return "Progressing"
+
+
+def compute_status(
+    md: ModelDeployment,
+    decision: PlacementDecision,
+    observed: Sequence[ObservedPool],
+    previous: ModelDeploymentStatus | None,
+    now: datetime,
+    adapter_uris: Mapping[str, str] | None = None,
+) -> ModelDeploymentStatus:
+    """The ModelDeployment status for this placement and these observed pools."""
+    app = md.metadata.name
+    seen = {o.cluster: o for o in observed}
+    rows: list[ClusterStatus] = []
+    readings: dict[str, pools.PoolReading] = {}
+    for name, replicas in decision.replicas.items():
+        obs = seen.get(name)
+        reading = (
+            pools.read_pool(obs.rayservice, app, reachable=obs.reachable)
+            if obs is not None
+            else pools.read_pool(None, app)
+        )
+        readings[name] = reading
+        rows.append(
+            ClusterStatus(
+                name=name,
+                ray_service=app,
+                desired_replicas=replicas,
+                ready_replicas=reading.ready_replicas,
+                state=reading.state,
+                endpoint=obs.endpoint if obs is not None else None,
+                message=reading.message or None,
+            )
+        )
+    adapters = resolve_adapters(md, adapter_uris)
+    conds = {c.type: c for c in _conditions(md, decision, readings, adapters.unresolved)}
+    gpu = md.spec.resources.gpu
+    failover_time = previous.last_failover_time if previous else None
+    if decision.reason == placement_types.REASON_FAILOVER and (
+        previous is None or {c.name for c in previous.clusters or []} != set(decision.replicas)
+    ):
+        failover_time = now
+    ordered = [conds[t] for t in (READY, PROGRESSING, DEGRADED, PLACED)]
+    return ModelDeploymentStatus(
+        phase=_phase(conds),
+        observed_generation=md.metadata.generation,
+        conditions=merge_conditions(
+            ordered, previous.conditions if previous else None, now, md.metadata.generation
+        ),
+        replicas=decision.total,
+        ready_replicas=sum(r.ready_replicas for r in rows),
+        gpus=decision.total * (gpu.count if gpu else 0),
+        cluster_names=",".join(decision.replicas) or None,
+        clusters=rows or None,
+        adapters=[a.name for a in adapters.served] or None,
+        last_failover_time=failover_time,
+    )
+
+
+def _conditions(
+    md: ModelDeployment,
+    decision: PlacementDecision,
+    readings: Mapping[str, pools.PoolReading],
+    unresolved_adapters: Sequence[str],
+) -> list[ConditionSpec]:
+    placed = _placed_condition(decision)
+    if not decision.placed:
+        return [
+            ConditionSpec(READY, "False", Reason.NOT_PLACED, decision.message),
+            ConditionSpec(PROGRESSING, "False", Reason.NOT_PLACED, decision.message),
+            ConditionSpec(DEGRADED, "True", decision.reason, decision.message),
+            placed,
+        ]
+    by_state: dict[str, list[str]] = {}
+    for name, reading in readings.items():
+        by_state.setdefault(reading.state, []).append(name)
+
+    def names(state: str) -> str:
+        return ", ".join(by_state.get(state, []))
+
+    sizes = {name: decision.size(name) for name in readings}
+    all_ready = all(
+        r.state in (pools.READY, pools.UPGRADING) and r.ready_replicas >= sizes[n].min_replicas
+        for n, r in readings.items()
+    )
+    ready = (
+        ConditionSpec(READY, "True", Reason.POOLS_READY, f"ready in {', '.join(readings)}")
+        if all_ready
+        else ConditionSpec(
+            READY,
+            "False",
+            Reason.POOLS_NOT_READY,
+            "; ".join(
+                f"{n}: {r.state}" + (f" ({r.message})" if r.message else "")
+                for n, r in readings.items()
+                if r.state != pools.READY
+            )
+            or "waiting for ready replicas",
+        )
+    )
+    if by_state.get(pools.FAILED):
+        degraded = ConditionSpec(
+            DEGRADED, "True", Reason.POOL_FAILED, f"pool failed in {names(pools.FAILED)}"
+        )
+    elif by_state.get(pools.UNREACHABLE):
+        degraded = ConditionSpec(
+            DEGRADED,
+            "True",
+            Reason.CLUSTER_UNREACHABLE,
+            f"cluster unreachable: {names(pools.UNREACHABLE)}",
+        )
+    elif (
+        decision.reason != placement_types.REASON_PLACED
+        and decision.reason != placement_types.REASON_FAILOVER
+    ):
+        degraded = ConditionSpec(DEGRADED, "True", decision.reason, decision.message)
+    else:
+        degraded = ConditionSpec(DEGRADED, "False", Reason.HEALTHY, "")
+    if by_state.get(pools.CREATING):
+        progressing = ConditionSpec(
+            PROGRESSING, "True", Reason.CREATING, f"creating in {names(pools.CREATING)}"
+        )
+    elif by_state.get(pools.DEPLOYING):
+        progressing = ConditionSpec(
+            PROGRESSING, "True", Reason.DEPLOYING, f"deploying in {names(pools.DEPLOYING)}"
+        )
+    elif by_state.get(pools.UPGRADING):
+        progressing = ConditionSpec(
+            PROGRESSING, "True", Reason.UPGRADING, f"upgrading in {names(pools.UPGRADING)}"
+        )
+    elif unresolved_adapters:
+        progressing = ConditionSpec(
+            PROGRESSING,
+            "True",
+            Reason.ADAPTERS_PENDING,
+            f"waiting for fine-tuned adapters: {', '.join(unresolved_adapters)}",
+        )
+    else:
+        progressing = ConditionSpec(PROGRESSING, "False", Reason.STABLE, "")
+    return [ready, progressing, degraded, placed]
+
+
+def status_changed(old: ModelDeploymentStatus | None, new: ModelDeploymentStatus) -> bool:
+    """Whether `new` differs from `old` (times kept by `merge_conditions` compare equal)."""
+    if old is None:
+        return True
+    return old.model_dump(mode="json") != new.model_dump(mode="json")
