@@ -68,13 +68,12 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
-def render(
+def helm_template(
     helm: str,
     values: Sequence[Path] = (),
     sets: Sequence[str] = (),
     include_crds: bool = False,
-) -> list[dict[str, Any]]:
-    """`helm template` the chart; the rendered objects, in order."""
+) -> subprocess.CompletedProcess[str]:
     args = ["template", "tramontane", str(CHART_DIR), "--namespace", NAMESPACE]
     for path in values:
         args += ["--values", str(path)]
@@ -82,7 +81,17 @@ def render(
         args += ["--set", item]
     if include_crds:
         args.append("--include-crds")
-    result = run_helm(helm, *args)
+    return run_helm(helm, *args)
+
+
+def render(
+    helm: str,
+    values: Sequence[Path] = (),
+    sets: Sequence[str] = (),
+    include_crds: bool = False,
+) -> list[dict[str, Any]]:
+    """`helm template` the chart; the rendered objects, in order."""
+    result = helm_template(helm, values, sets, include_crds)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -305,10 +314,7 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
 def test_schema_rejects_misspelled_or_mistyped_values(
     helm: str, sets: list[str], expected: str
 ) -> None:
-    args = ["template", "tramontane", str(CHART_DIR)]
-    for item in sets:
-        args += ["--set", item]
-    result = run_helm(helm, *args)
+    result = helm_template(helm, sets=sets)
     assert result.returncode != 0
     assert "don't meet the specifications of the schema" in result.stderr
     assert expected in result.stderr
@@ -335,10 +341,7 @@ def test_schema_rejects_misspelled_or_mistyped_values(
 def test_contradictory_values_fail_with_a_message(
     helm: str, sets: list[str], expected: str
 ) -> None:
-    args = ["template", "tramontane", str(CHART_DIR)]
-    for item in sets:
-        args += ["--set", item]
-    result = run_helm(helm, *args)
+    result = helm_template(helm, sets=sets)
     assert result.returncode != 0
     assert expected in result.stderr
 
