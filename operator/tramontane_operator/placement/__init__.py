@@ -5,6 +5,7 @@ Pure functions. The runtime builds a `ClusterView` per ComputeCluster and calls 
 
 from __future__ import annotations
 
+from .capacity import gpu_allocations, gpu_summary
 from .eligibility import candidates, selector_matches
 from .strategies import desired_replicas, place, pool_sizes
 from .types import (
@@ -35,6 +36,8 @@ __all__ = [
     "PoolSize",
     "candidates",
     "desired_replicas",
+    "gpu_allocations",
+    "gpu_summary",
     "place",
     "pool_sizes",
     "selector_matches",

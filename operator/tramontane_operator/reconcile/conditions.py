@@ -1,4 +1,5 @@
-"""Condition types, typed reasons, and the merge that keeps `lastTransitionTime` stable.
+"""Condition types, typed reasons, the merge that keeps `lastTransitionTime` stable, and the
+status comparison that decides whether a status needs writing.
 
 A condition's `lastTransitionTime` changes only when its `status` changes; reason and message
 may change in place (the Kubernetes API conventions for metav1.Condition).
@@ -10,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
+
+from pydantic import BaseModel
 
 from tramontane_operator.api.v1alpha1 import Condition
 
@@ -107,3 +110,14 @@ def find(conditions: Sequence[Condition] | None, type_: str) -> Condition | None
 def is_true(conditions: Sequence[Condition] | None, type_: str) -> bool:
     found = find(conditions, type_)
     return found is not None and found.status == "True"
+
+
+def status_differs(
+    old: BaseModel | None, new: BaseModel, ignore: frozenset[str] = frozenset()
+) -> bool:
+    """Whether `new` differs from `old` outside the `ignore`d fields (None differs)."""
+    if old is None:
+        return True
+    return old.model_dump(mode="json", exclude=set(ignore)) != new.model_dump(
+        mode="json", exclude=set(ignore)
+    )

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from tramontane_operator.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
-from tramontane_operator.api.v1alpha1.modeldeployment import ClusterStatus
+from tramontane_operator.api.v1alpha1.modeldeployment import ClusterStatus, ModelDeploymentPhase
 from tramontane_operator.builders import BuildSettings, build_rayservice, resolve_adapters
 from tramontane_operator.placement import PlacementDecision
 from tramontane_operator.placement import types as placement_types
@@ -29,6 +29,7 @@ from .conditions import (
     ConditionSpec,
     Reason,
     merge_conditions,
+    status_differs,
 )
 
 
@@ -84,7 +85,7 @@ def _placed_condition(decision: PlacementDecision) -> ConditionSpec:
     return ConditionSpec(PLACED, "True", decision.reason, decision.message)
 
 
-def _phase(conds: Mapping[str, ConditionSpec]) -> str:
+def _phase(conds: Mapping[str, ConditionSpec]) -> ModelDeploymentPhase:
     if conds[PLACED].status == "False":
         return "Failed" if conds[PLACED].reason == Reason.INVALID_SPEC else "Pending"
     if conds[DEGRADED].status == "True":
@@ -236,6 +237,33 @@ def _conditions(
 
 def status_changed(old: ModelDeploymentStatus | None, new: ModelDeploymentStatus) -> bool:
     """Whether `new` differs from `old` (times kept by `merge_conditions` compare equal)."""
-    if old is None:
-        return True
-    return old.model_dump(mode="json") != new.model_dump(mode="json")
+    return status_differs(old, new)
+
+
+def invalid_spec_status(
+    generation: int | None,
+    message: str,
+    previous: ModelDeploymentStatus | None,
+    now: datetime,
+) -> ModelDeploymentStatus:
+    """Status for a spec that failed validation: phase Failed, reason InvalidSpec everywhere.
+
+    Takes the generation, not the model, since an invalid object does not parse. What the
+    previous status said about existing pools is kept: nothing is created or moved.
+    """
+    specs = [
+        ConditionSpec(READY, "False", Reason.INVALID_SPEC, message),
+        ConditionSpec(PROGRESSING, "False", Reason.INVALID_SPEC, message),
+        ConditionSpec(DEGRADED, "True", Reason.INVALID_SPEC, message),
+        ConditionSpec(PLACED, "False", Reason.INVALID_SPEC, message),
+    ]
+    base = previous or ModelDeploymentStatus()
+    return base.model_copy(
+        update={
+            "phase": "Failed",
+            "observed_generation": generation,
+            "conditions": merge_conditions(
+                specs, previous.conditions if previous else None, now, generation
+            ),
+        }
+    )
