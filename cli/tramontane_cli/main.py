@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tramontane_cli.commands.crds",
     "tramontane_cli.commands.validate",
     "tramontane_cli.commands.dataset",
+    "tramontane_cli.commands.finetune",
 )
 
 
