@@ -81,3 +81,31 @@ def write_tiny_mistral(
         json.dumps({"num_layers": num_layers, "hidden_size": hidden_size, "seed": seed}) + "\n"
     )
     return path
+
+
+def write_tiny_lora(base_dir: Path, path: Path, *, rank: int = 8, seed: int = 1) -> Path:
+    """Write a peft LoRA adapter for the checkpoint at `base_dir`, with seeded random weights.
+
+    Both LoRA matrices are random (peft initialises B to zero, which would make the adapter a
+    no-op), so routing a request to this adapter visibly changes the output.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import MistralForCausalLM
+
+    base = MistralForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if "lora_" in name:
+                param.normal_(0.0, 0.5, generator=generator)
+    path = Path(path)
+    model.save_pretrained(str(path))
+    return path

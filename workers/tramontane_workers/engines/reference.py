@@ -1,0 +1,318 @@
+"""The reference engine: Hugging Face `transformers` Mistral on CPU or GPU, with batching.
+
+Continuous batching: a background loop keeps one batch of running sequences with a shared,
+left-padded KV cache. Each iteration admits waiting sequences (each prefilled on its own and
+merged into the batch cache), then decodes one token for every running sequence in a single
+forward pass. LoRA adapters are peft adapters; one batch mixes sequences of different adapters
+(peft's `adapter_names`). The model only runs in a worker thread, under `_model_lock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tramontane_workers.engines.base import (
+    Engine,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    TokenStep,
+)
+from tramontane_workers.engines.sampling import choose_token
+from tramontane_workers.errors import AdapterUnavailable, EngineUnavailable
+from tramontane_workers.models.loading import detect_format
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request: GenerationRequest
+    out: asyncio.Queue[TokenStep | BaseException]
+    generator: torch.Generator
+    generated: int = 0
+    last_token: int = 0
+    position: int = 0  # position id of `last_token`
+    done: bool = False
+    cancelled: bool = False
+    events: list[TokenStep] = field(default_factory=list)
+
+
+def _resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype in ("auto", "float32"):
+        return torch.float32
+    if dtype in ("bfloat16", "float16"):
+        return getattr(torch, dtype)  # type: ignore[no-any-return]
+    raise EngineUnavailable(f"dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+
+
+class TransformersEngine(Engine):
+    """Reference engine over a Hugging Face Mistral checkpoint."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        max_batch_size: int = 8,
+        device: str | None = None,
+    ) -> None:
+        if detect_format(model_dir) != "hf":
+            raise EngineUnavailable(
+                f"checkpoint {model_dir} is in Mistral format; the transformers engine needs a "
+                "Hugging Face checkpoint (config.json) — serve it with engine: vllm"
+            )
+        from transformers import MistralForCausalLM
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model: Any = MistralForCausalLM.from_pretrained(model_dir, dtype=_resolve_dtype(dtype))
+        self.model: Any = model.to(self.device)
+        self.model.eval()
+        limit = int(self.model.config.max_position_embeddings)
+        self.max_model_len = min(max_model_len or limit, limit)
+        self.max_batch_size = max_batch_size
+        self._waiting: deque[_Sequence] = deque()
+        self._batch: list[_Sequence] = []  # one per row of `_cache`, in row order
+        self._cache: Any = None  # transformers Cache shared by `_batch`, left-padded
+        self._mask: torch.Tensor | None = None  # (batch, cache length) attention mask
+        self._adapters: set[str] = set()
+        self._peft = False  # becomes a peft model on the first adapter, and stays one
+        self._retired: set[str] = set()  # adapters to delete once no sequence uses them
+        self._wake = asyncio.Event()
+        self._model_lock = asyncio.Lock()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------------------------- public API
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
+        if request.adapter is not None and request.adapter not in self.loaded_adapters():
+            raise AdapterUnavailable(f"adapter {request.adapter!r} is not loaded")
+        seed = request.sampling.seed
+        generator = torch.Generator().manual_seed(
+            seed if seed is not None else random.getrandbits(63)
+        )
+        seq = _Sequence(request, asyncio.Queue(), generator)
+        self._ensure_loop()
+        self._waiting.append(seq)
+        self._wake.set()
+        try:
+            while True:
+                item = await seq.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            seq.cancelled = True  # the loop drops it at its next iteration
+            self._wake.set()
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        if not (path / "adapter_config.json").is_file():
+            raise AdapterUnavailable(f"adapter {name!r}: no adapter_config.json in {path}")
+        async with self._model_lock:
+            self._retired.discard(name)
+            if name in self._adapters:
+                return
+            try:
+                await asyncio.to_thread(self._load_adapter, name, path)
+            except Exception as exc:
+                raise AdapterUnavailable(f"adapter {name!r} at {path}: {exc}") from exc
+            self._adapters.add(name)
+
+    async def remove_adapter(self, name: str) -> None:
+        if name in self._adapters:
+            self._retired.add(name)
+            self._wake.set()
+            if self._loop_task is None:
+                async with self._model_lock:
+                    self._delete_retired()
+
+    def loaded_adapters(self) -> set[str]:
+        return self._adapters - self._retired
+
+    def stats(self) -> EngineStats:
+        running = sum(1 for s in self._batch if not (s.done or s.cancelled))
+        waiting = sum(1 for s in self._waiting if not s.cancelled)
+        return EngineStats(running, waiting, self.max_batch_size)
+
+    async def shutdown(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
+    # ---------------------------------------------------------------------------- the loop
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            active = [s for s in self._batch if not (s.done or s.cancelled)]
+            if not active and not any(not s.cancelled for s in self._waiting):
+                self._waiting.clear()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            room = self.max_batch_size - len(active)
+            admitted: list[_Sequence] = []
+            while self._waiting and len(admitted) < room:
+                seq = self._waiting.popleft()
+                if not seq.cancelled:
+                    admitted.append(seq)
+            async with self._model_lock:
+                try:
+                    await asyncio.to_thread(self._step, admitted)
+                except Exception as exc:  # a bug or OOM: fail these requests, keep serving
+                    for seq in [*self._batch, *admitted]:
+                        seq.events.clear()
+                        seq.out.put_nowait(exc)
+                        seq.done = True
+                    self._batch, self._cache, self._mask = [], None, None
+                self._delete_retired()
+            for seq in [*self._batch, *admitted]:
+                for event in seq.events:
+                    seq.out.put_nowait(event)
+                seq.events.clear()
+
+    # ------------------------------------------------------------ model work (worker thread)
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        cache: Any,
+        adapters: list[str],
+    ) -> tuple[torch.Tensor, Any]:
+        kwargs: dict[str, Any] = {}
+        if self._peft:
+            kwargs["adapter_names"] = adapters
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=pos.to(self.device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        return out.logits[:, -1, :].float().cpu(), out.past_key_values
+
+    @torch.inference_mode()
+    def _step(self, admitted: list[_Sequence]) -> None:
+        self._compact()
+        if self._batch and self._mask is not None:
+            batch = self._batch
+            ids = torch.tensor([[s.last_token] for s in batch])
+            mask = torch.cat([self._mask, torch.ones(len(batch), 1, dtype=torch.long)], dim=1)
+            pos = torch.tensor([[s.position] for s in batch])
+            names = [s.request.adapter or BASE_ADAPTER for s in batch]
+            logits, self._cache = self._forward(ids, mask, pos, self._cache, names)
+            self._mask = mask
+            for row, seq in enumerate(batch):
+                self._emit(seq, logits[row])
+        for seq in admitted:
+            self._prefill(seq)
+
+    def _prefill(self, seq: _Sequence) -> None:
+        prompt = seq.request.prompt_tokens
+        ids = torch.tensor([prompt])
+        mask = torch.ones(1, len(prompt), dtype=torch.long)
+        pos = torch.arange(len(prompt)).unsqueeze(0)
+        logits, cache = self._forward(ids, mask, pos, None, [seq.request.adapter or BASE_ADAPTER])
+        seq.position = len(prompt) - 1
+        self._emit(seq, logits[0])
+        if not seq.done:
+            self._merge(cache, mask)
+            self._batch.append(seq)
+
+    def _emit(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        params = seq.request.sampling
+        token = choose_token(
+            logits, temperature=params.temperature, top_p=params.top_p, generator=seq.generator
+        )
+        seq.generated += 1
+        seq.last_token = token
+        seq.position += 1
+        finish: FinishReason | None = None
+        if token in params.stop_token_ids:
+            finish = "stop"
+        elif seq.generated >= params.max_tokens or seq.position >= self.max_model_len:
+            finish = "length"
+        seq.events.append(TokenStep([token], finish))
+        seq.done = finish is not None
+
+    def _merge(self, cache: Any, mask: torch.Tensor) -> None:
+        """Add a prefilled sequence (batch of one) to the batch cache, left-padding both."""
+        if self._cache is None or self._mask is None or self._mask.shape[0] == 0:
+            self._cache, self._mask = cache, mask
+            return
+        length = max(self._mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
+            mine.values = torch.cat(
+                [_left_pad(mine.values, length), _left_pad(theirs.values, length)]
+            )
+        self._mask = torch.cat([_left_pad(self._mask, length), _left_pad(mask, length)])
+
+    def _compact(self) -> None:
+        """Drop finished or cancelled rows from the batch cache, then all-padding columns."""
+        keep = [i for i, s in enumerate(self._batch) if not (s.done or s.cancelled)]
+        if self._mask is None or self._cache is None:
+            return
+        if len(keep) != self._mask.shape[0]:
+            index = torch.tensor(keep, dtype=torch.long)
+            for layer in self._cache.layers:
+                layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))
+                layer.values = layer.values.index_select(0, index.to(layer.values.device))
+            self._mask = self._mask.index_select(0, index)
+            self._batch = [self._batch[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        used = (self._mask.sum(dim=0) > 0).nonzero()
+        first = int(used[0].item()) if len(used) else 0
+        if first > 0:
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[:, :, first:, :]
+                layer.values = layer.values[:, :, first:, :]
+            self._mask = self._mask[:, first:]
+
+    def _load_adapter(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(path), adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            self._peft = True
+        self.model.eval()
+
+    def _delete_retired(self) -> None:
+        busy = {s.request.adapter for s in [*self._batch, *self._waiting] if not s.done}
+        for name in sorted(self._retired - busy):
+            self.model.delete_adapter(name)
+            self._adapters.discard(name)
+            self._retired.discard(name)
+
+
+def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """Left-pad dim 2 (cache: batch, heads, seq, dim) or dim 1 (mask: batch, seq) with zeros."""
+    dim = 2 if tensor.dim() == 4 else 1
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
