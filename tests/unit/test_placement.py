@@ -446,3 +446,13 @@ def test_cluster_view_from_example_compute_cluster() -> None:
     assert view.free_gpus("L4") == 0
     assert view.selector_labels["tier"] == "production"
     assert not view.kuberay_installed
+
+
+def test_a_recovered_cluster_with_a_stale_child_does_not_pull_the_pool_back() -> None:
+    # Status says "secondary"; the old child in "primary" reappears when primary comes back.
+    clusters = [h100("primary"), h100("secondary")]
+    decision = place(failover_md(), clusters, current={"secondary": 2, "primary": 2})
+    assert dict(decision.replicas) == {"secondary": 2}
+    md = make_md(spec_for("Spread", 4, maxClusters=2, clusters=["a", "b", "c"]))
+    spread = place(md, [h100("a"), h100("b"), h100("c")], current={"b": 2, "c": 2, "a": 2})
+    assert dict(spread.replicas) == {"b": 2, "c": 2}

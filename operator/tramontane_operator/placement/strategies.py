@@ -8,6 +8,11 @@ never reshuffle a running placement.
 Replica count: `scaling.replicas` when set, else `scaling.minReplicas`. With 0 replicas
 (minReplicas 0) a pool is still placed, in one cluster (Spread, Failover) or every pinned
 cluster, with 0 workers: its autoscaler starts workers when requests arrive.
+
+Spread and Failover only use clusters that are reachable and have KubeRay; "stays
+unreachable" is the runtime's call (its probe backs off before it reports a cluster down).
+Pinned places on exactly the named clusters whatever their state (maxClusters does not
+apply) and leaves it to the status to report them Degraded.
 """
 
 from __future__ import annotations
@@ -111,7 +116,9 @@ def _spread(
 ) -> PlacementDecision:
     total = desired_replicas(md)
     wanted = min(md.spec.placement.max_clusters, max(total, 1))
-    kept = [c for c in cands if c.name in current and can_keep(md, c, failed)][:wanted]
+    by_name = {c.name: c for c in cands}
+    kept = [by_name[n] for n in current if n in by_name and can_keep(md, by_name[n], failed)]
+    kept = kept[:wanted]
     fresh = [c for c in cands if c not in kept and can_take(md, c, failed)]
     chosen_set = {c.name for c in kept + fresh[: wanted - len(kept)]}
     chosen = [c for c in cands if c.name in chosen_set]
@@ -141,7 +148,8 @@ def _failover(
     failed: frozenset[str],
 ) -> PlacementDecision:
     total = desired_replicas(md)
-    here = next((c for c in cands if c.name in current), None)
+    by_name = {c.name: c for c in cands}
+    here = next((by_name[n] for n in current if n in by_name), None)
     if here is not None and can_keep(md, here, failed):
         return _one_cluster(md, here, total, REASON_PLACED, f"on {here.name}")
     target = next((c for c in cands if c is not here and can_take(md, c, failed)), None)
@@ -200,8 +208,11 @@ def place(
 ) -> PlacementDecision:
     """Where `md`'s pools go.
 
-    `current`: replicas per cluster where pools exist now (from status or the children);
-    `failed`: clusters whose pool KubeRay reports as failed.
+    `current`: replicas per cluster where pools exist now, most authoritative first (the last
+    written status, then children found that it does not list): when more pools exist than
+    the strategy keeps, the first ones stay, so a recovered cluster whose stale child
+    reappears does not pull the pool back. `failed`: clusters whose pool KubeRay reports as
+    failed.
     """
     current = dict(current or {})
     strategy = md.spec.placement.strategy
