@@ -78,9 +78,22 @@ def kuberay_status(
     }
 
 
-def observed_rs(md: ModelDeployment, cluster: str, **status: Any) -> dict[str, Any]:
+def observed_rs(
+    md: ModelDeployment,
+    cluster: str,
+    *,
+    lag: bool = False,
+    no_conditions: bool = False,
+    **status: Any,
+) -> dict[str, Any]:
+    """Our RayService as read back with a KubeRay status; `lag`: KubeRay is a generation
+    behind; `no_conditions`: an older KubeRay that only writes `serviceStatus`."""
     rs = build_rayservice(md, VIEWS[cluster], 2, SETTINGS, None)
+    rs["metadata"]["generation"] = 3
     rs["status"] = kuberay_status(**status)
+    rs["status"]["observedGeneration"] = 2 if lag else 3
+    if no_conditions:
+        del rs["status"]["conditions"]
     return rs
 
 
@@ -92,7 +105,13 @@ def condition(status: ModelDeploymentStatus, type_: str) -> tuple[str, str]:
 
 def test_kuberay_status_fixture_is_valid_for_kuberay() -> None:
     md = make_md()
-    for kwargs in ({}, {"app": "DEPLOY_FAILED", "serving": False}, {"upgrading": True}):
+    variants: list[dict[str, Any]] = [
+        {},
+        {"app": "DEPLOY_FAILED", "serving": False},
+        {"upgrading": True},
+        {"lag": True, "no_conditions": True},
+    ]
+    for kwargs in variants:
         assert rayservice_validator().validate(observed_rs(md, "a", **kwargs)) == []
 
 
@@ -134,6 +153,11 @@ CASES: list[tuple[str, Any, str, int, dict[str, str]]] = [
     ("upgrading", {"upgrading": True}, "Ready", 2,
      {"Ready": "PoolsReady", "Progressing": "Upgrading"}),
     ("short of min", {"ready": 1}, "Progressing", 1, {"Ready": "PoolsNotReady"}),
+    ("patched, not yet seen", {"lag": True}, "Ready", 2,
+     {"Ready": "PoolsReady", "Progressing": "Updating"}),
+    ("old kuberay, running", {"no_conditions": True}, "Ready", 2, {"Ready": "PoolsReady"}),
+    ("old kuberay, starting", {"no_conditions": True, "serving": False}, "Progressing", 0,
+     {"Progressing": "Deploying"}),
     ("deploy failed", {"app": "DEPLOY_FAILED", "ready": 0, "serving": False,
                        "message": "ImportError"}, "Degraded", 0, {"Degraded": "PoolFailed"}),
     ("unhealthy", {"app": "UNHEALTHY", "ready": 1}, "Degraded", 0, {"Degraded": "PoolFailed"}),

@@ -14,6 +14,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel
 
+from tramontane_operator import placement
 from tramontane_operator.api.v1alpha1 import Condition
 
 Status = Literal["True", "False", "Unknown"]
@@ -34,13 +35,13 @@ COMPUTECLUSTER_CONDITIONS: Final = (READY, REACHABLE, KUBERAY_INSTALLED)
 class Reason:
     """Every condition reason the operator writes (CamelCase, as the API requires)."""
 
-    # Placed (True: the placement reason from `placement`; these are the False ones and more).
-    PLACED: Final = "Placed"
-    FAILED_OVER: Final = "FailedOver"
-    INSUFFICIENT_CAPACITY: Final = "InsufficientCapacity"
-    NO_ELIGIBLE_CLUSTER: Final = "NoEligibleCluster"
-    NO_FAILOVER_TARGET: Final = "NoFailoverTarget"
-    PINNED_CLUSTER_MISSING: Final = "PinnedClusterMissing"
+    # Placed: the placement decision's reason, or InvalidSpec.
+    PLACED: Final = placement.REASON_PLACED
+    FAILED_OVER: Final = placement.REASON_FAILOVER
+    INSUFFICIENT_CAPACITY: Final = placement.REASON_INSUFFICIENT_CAPACITY
+    NO_ELIGIBLE_CLUSTER: Final = placement.REASON_NO_ELIGIBLE_CLUSTER
+    NO_FAILOVER_TARGET: Final = placement.REASON_NO_FAILOVER_TARGET
+    PINNED_CLUSTER_MISSING: Final = placement.REASON_PINNED_CLUSTER_MISSING
     INVALID_SPEC: Final = "InvalidSpec"
     # Ready.
     POOLS_READY: Final = "PoolsReady"
@@ -50,6 +51,7 @@ class Reason:
     CREATING: Final = "Creating"
     DEPLOYING: Final = "Deploying"
     UPGRADING: Final = "Upgrading"
+    UPDATING: Final = "Updating"
     ADAPTERS_PENDING: Final = "AdaptersPending"
     STABLE: Final = "Stable"
     # Degraded.

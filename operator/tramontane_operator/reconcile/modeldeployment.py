@@ -17,7 +17,6 @@ from tramontane_operator.api.v1alpha1 import ModelDeployment, ModelDeploymentSta
 from tramontane_operator.api.v1alpha1.modeldeployment import ClusterStatus, ModelDeploymentPhase
 from tramontane_operator.builders import BuildSettings, build_rayservice, resolve_adapters
 from tramontane_operator.placement import PlacementDecision
-from tramontane_operator.placement import types as placement_types
 from tramontane_operator.placement.types import ClusterView
 
 from . import pools
@@ -79,12 +78,6 @@ def failed_clusters(observed: Sequence[ObservedPool], app_name: str) -> frozense
     )
 
 
-def _placed_condition(decision: PlacementDecision) -> ConditionSpec:
-    if not decision.placed:
-        return ConditionSpec(PLACED, "False", decision.reason, decision.message)
-    return ConditionSpec(PLACED, "True", decision.reason, decision.message)
-
-
 def _phase(conds: Mapping[str, ConditionSpec]) -> ModelDeploymentPhase:
     if conds[PLACED].status == "False":
         return "Failed" if conds[PLACED].reason == Reason.INVALID_SPEC else "Pending"
@@ -128,10 +121,10 @@ def compute_status(
             )
         )
     adapters = resolve_adapters(md, adapter_uris)
-    conds = {c.type: c for c in _conditions(md, decision, readings, adapters.unresolved)}
+    conds = {c.type: c for c in _conditions(decision, readings, adapters.unresolved)}
     gpu = md.spec.resources.gpu
     failover_time = previous.last_failover_time if previous else None
-    if decision.reason == placement_types.REASON_FAILOVER and (
+    if decision.reason == Reason.FAILED_OVER and (
         previous is None or {c.name for c in previous.clusters or []} != set(decision.replicas)
     ):
         failover_time = now
@@ -153,12 +146,14 @@ def compute_status(
 
 
 def _conditions(
-    md: ModelDeployment,
     decision: PlacementDecision,
     readings: Mapping[str, pools.PoolReading],
     unresolved_adapters: Sequence[str],
 ) -> list[ConditionSpec]:
-    placed = _placed_condition(decision)
+    """Ready, Progressing, Degraded and Placed, in that order."""
+    placed = ConditionSpec(
+        PLACED, "True" if decision.placed else "False", decision.reason, decision.message
+    )
     if not decision.placed:
         return [
             ConditionSpec(READY, "False", Reason.NOT_PLACED, decision.message),
@@ -169,70 +164,70 @@ def _conditions(
     by_state: dict[str, list[str]] = {}
     for name, reading in readings.items():
         by_state.setdefault(reading.state, []).append(name)
+    return [
+        _ready(decision, readings),
+        _progressing(by_state, unresolved_adapters),
+        _degraded(decision, by_state),
+        placed,
+    ]
 
-    def names(state: str) -> str:
-        return ", ".join(by_state.get(state, []))
 
-    sizes = {name: decision.size(name) for name in readings}
-    all_ready = all(
-        r.state in (pools.READY, pools.UPGRADING) and r.ready_replicas >= sizes[n].min_replicas
-        for n, r in readings.items()
+def _ready(decision: PlacementDecision, readings: Mapping[str, pools.PoolReading]) -> ConditionSpec:
+    """Ready: every placed pool serves, with at least its share of minReplicas ready."""
+    lagging = {
+        name: r
+        for name, r in readings.items()
+        if r.state not in pools.SERVING or r.ready_replicas < decision.size(name).min_replicas
+    }
+    if not lagging:
+        return ConditionSpec(READY, "True", Reason.POOLS_READY, f"ready in {', '.join(readings)}")
+    detail = "; ".join(
+        f"{n}: {r.state}, {r.ready_replicas} ready" + (f" ({r.message})" if r.message else "")
+        for n, r in lagging.items()
     )
-    ready = (
-        ConditionSpec(READY, "True", Reason.POOLS_READY, f"ready in {', '.join(readings)}")
-        if all_ready
-        else ConditionSpec(
-            READY,
-            "False",
-            Reason.POOLS_NOT_READY,
-            "; ".join(
-                f"{n}: {r.state}" + (f" ({r.message})" if r.message else "")
-                for n, r in readings.items()
-                if r.state != pools.READY
+    return ConditionSpec(READY, "False", Reason.POOLS_NOT_READY, detail)
+
+
+# Progressing reasons by pool state, the first that applies wins.
+_PROGRESS: tuple[tuple[str, str, str], ...] = (
+    (pools.CREATING, Reason.CREATING, "creating in"),
+    (pools.DEPLOYING, Reason.DEPLOYING, "deploying in"),
+    (pools.UPGRADING, Reason.UPGRADING, "upgrading in"),
+    (pools.UPDATING, Reason.UPDATING, "updating in"),
+)
+
+
+def _progressing(
+    by_state: Mapping[str, list[str]], unresolved_adapters: Sequence[str]
+) -> ConditionSpec:
+    for state, reason, words in _PROGRESS:
+        if by_state.get(state):
+            return ConditionSpec(
+                PROGRESSING, "True", reason, f"{words} {', '.join(by_state[state])}"
             )
-            or "waiting for ready replicas",
-        )
-    )
-    if by_state.get(pools.FAILED):
-        degraded = ConditionSpec(
-            DEGRADED, "True", Reason.POOL_FAILED, f"pool failed in {names(pools.FAILED)}"
-        )
-    elif by_state.get(pools.UNREACHABLE):
-        degraded = ConditionSpec(
-            DEGRADED,
-            "True",
-            Reason.CLUSTER_UNREACHABLE,
-            f"cluster unreachable: {names(pools.UNREACHABLE)}",
-        )
-    elif (
-        decision.reason != placement_types.REASON_PLACED
-        and decision.reason != placement_types.REASON_FAILOVER
-    ):
-        degraded = ConditionSpec(DEGRADED, "True", decision.reason, decision.message)
-    else:
-        degraded = ConditionSpec(DEGRADED, "False", Reason.HEALTHY, "")
-    if by_state.get(pools.CREATING):
-        progressing = ConditionSpec(
-            PROGRESSING, "True", Reason.CREATING, f"creating in {names(pools.CREATING)}"
-        )
-    elif by_state.get(pools.DEPLOYING):
-        progressing = ConditionSpec(
-            PROGRESSING, "True", Reason.DEPLOYING, f"deploying in {names(pools.DEPLOYING)}"
-        )
-    elif by_state.get(pools.UPGRADING):
-        progressing = ConditionSpec(
-            PROGRESSING, "True", Reason.UPGRADING, f"upgrading in {names(pools.UPGRADING)}"
-        )
-    elif unresolved_adapters:
-        progressing = ConditionSpec(
+    if unresolved_adapters:
+        waiting = ", ".join(unresolved_adapters)
+        return ConditionSpec(
             PROGRESSING,
             "True",
             Reason.ADAPTERS_PENDING,
-            f"waiting for fine-tuned adapters: {', '.join(unresolved_adapters)}",
+            f"waiting for fine-tuned adapters: {waiting}",
         )
-    else:
-        progressing = ConditionSpec(PROGRESSING, "False", Reason.STABLE, "")
-    return [ready, progressing, degraded, placed]
+    return ConditionSpec(PROGRESSING, "False", Reason.STABLE, "")
+
+
+def _degraded(decision: PlacementDecision, by_state: Mapping[str, list[str]]) -> ConditionSpec:
+    if by_state.get(pools.FAILED):
+        failed = ", ".join(by_state[pools.FAILED])
+        return ConditionSpec(DEGRADED, "True", Reason.POOL_FAILED, f"pool failed in {failed}")
+    if by_state.get(pools.UNREACHABLE):
+        down = ", ".join(by_state[pools.UNREACHABLE])
+        return ConditionSpec(
+            DEGRADED, "True", Reason.CLUSTER_UNREACHABLE, f"cluster unreachable: {down}"
+        )
+    if decision.reason not in (Reason.PLACED, Reason.FAILED_OVER):
+        return ConditionSpec(DEGRADED, "True", decision.reason, decision.message)
+    return ConditionSpec(DEGRADED, "False", Reason.HEALTHY, "")
 
 
 def status_changed(old: ModelDeploymentStatus | None, new: ModelDeploymentStatus) -> bool:

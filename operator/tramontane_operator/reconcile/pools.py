@@ -1,10 +1,12 @@
 """Read a pool's state from what KubeRay reports in a RayService's status.
 
-Fields used (KubeRay v1.7.0 `ray.io_rayservices.yaml`): `status.conditions` (`Ready`,
-`UpgradeInProgress`), `status.serviceStatus` (`Running` once serving),
-`status.activeServiceStatus.applicationStatuses.<app>.status` (Ray Serve's RUNNING,
-DEPLOYING, DEPLOY_FAILED, UNHEALTHY, ...), `...rayClusterStatus.readyWorkerReplicas`
-(falling back to `availableWorkerReplicas`) and `...rayClusterStatus.state`.
+Fields used (KubeRay v1.7.0 `ray.io_rayservices.yaml`):
+- `status.activeServiceStatus.applicationStatuses.<app>.status`: Ray Serve's RUNNING,
+  DEPLOYING, DEPLOY_FAILED, UNHEALTHY, ...;
+- `status.conditions`: `Ready` (serve endpoints exist) and `UpgradeInProgress`; without
+  conditions (older KubeRay) `status.serviceStatus == "Running"` stands for Ready;
+- `...rayClusterStatus.readyWorkerReplicas` (else `availableWorkerReplicas`) and `.state`;
+- `status.observedGeneration` against `metadata.generation`: a patched spec not acted on yet.
 One worker pod runs one Serve replica, so ready worker pods are ready replicas.
 """
 
@@ -17,7 +19,8 @@ from typing import Any, Final
 # Pool states written to status.clusters[].state.
 CREATING: Final = "Creating"  # reachable, RayService not there yet
 DEPLOYING: Final = "Deploying"
-UPGRADING: Final = "Upgrading"
+UPGRADING: Final = "Upgrading"  # serving; KubeRay is bringing up a new Ray cluster
+UPDATING: Final = "Updating"  # serving; KubeRay has not yet acted on the latest spec
 READY: Final = "Ready"
 FAILED: Final = "Failed"
 UNREACHABLE: Final = "Unreachable"
@@ -67,11 +70,22 @@ def read_pool(
         return PoolReading(FAILED, 0, f"Serve application {app_status or 'cluster'}: {detail}")
     upgrading = _condition(status, "UpgradeInProgress")
     ready_cond = _condition(status, "Ready")
-    serving = app_status == "RUNNING" and (ready_cond is None or ready_cond.get("status") == "True")
+    if ready_cond is not None:
+        endpoints = ready_cond.get("status") == "True"
+    else:
+        endpoints = status.get("serviceStatus") in (None, "Running")
+    serving = app_status == "RUNNING" and endpoints
     if not serving:
         return PoolReading(
             DEPLOYING, 0, app_message or f"Serve application {app_status or 'not started'}"
         )
     if upgrading is not None and upgrading.get("status") == "True":
         return PoolReading(UPGRADING, ready, str(upgrading.get("message") or "upgrade in progress"))
+    generation = (rayservice.get("metadata") or {}).get("generation")
+    seen = status.get("observedGeneration")
+    if isinstance(generation, int) and isinstance(seen, int) and seen < generation:
+        return PoolReading(UPDATING, ready, f"KubeRay has not applied generation {generation} yet")
     return PoolReading(READY, ready)
+
+
+SERVING: Final = frozenset({READY, UPGRADING, UPDATING})
