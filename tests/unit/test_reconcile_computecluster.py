@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 import yaml
@@ -79,25 +80,16 @@ def test_probe_to_status(
 
 def test_repeated_probe_is_not_a_change_but_a_flip_is() -> None:
     cc = example()
-    version = "v1.31.2"
-    first = compute_cluster_status(
+    up = partial(
+        compute_cluster_status,
         cc,
         reachable=True,
         kuberay_installed=True,
         allocated_gpus={},
-        previous=None,
-        now=T0,
-        kubernetes_version=version,
+        kubernetes_version="v1.31.2",
     )
-    again = compute_cluster_status(
-        cc,
-        reachable=True,
-        kuberay_installed=True,
-        allocated_gpus={},
-        previous=first,
-        now=T1,
-        kubernetes_version=version,
-    )
+    first = up(previous=None, now=T0)
+    again = up(previous=first, now=T1)
     assert again.last_probe_time == T1
     assert not cluster_status_changed(first, again)
     down = compute_cluster_status(
