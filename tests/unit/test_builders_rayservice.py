@@ -351,3 +351,12 @@ def test_the_crd_check_rejects_what_kuberay_would(path: tuple[str, ...], value: 
         node = node[key]
     node[path[-1]] = value
     assert rayservice_validator().validate(rs) != []
+
+
+@pytest.mark.parametrize(("target", "expected"), [(2, 16), (8, 16), (12.5, 25), (100, 200)])
+def test_max_ongoing_requests_stays_above_the_autoscaling_target(
+    target: float, expected: int
+) -> None:
+    md = make_md({"scaling": {"targetOngoingRequests": target}})
+    deployment = serve_config(build_rayservice(md, MEMBER, 1, SETTINGS, None))["applications"][0]
+    assert deployment["deployments"][0]["max_ongoing_requests"] == expected

@@ -103,4 +103,11 @@ def serve_app(
         resources=ReplicaResources(
             num_cpus=float(ray_cpus(md)), num_gpus=float(gpu.count if gpu else 0)
         ),
+        max_ongoing_requests=max_ongoing_requests(spec.scaling.target_ongoing_requests),
     )
+
+
+def max_ongoing_requests(target: float) -> int:
+    """Requests one replica accepts at once: twice the autoscaling target, at least 16, so
+    the autoscaler sees load building before replicas start queueing it away."""
+    return max(16, math.ceil(2 * target))
