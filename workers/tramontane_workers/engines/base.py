@@ -71,6 +71,10 @@ class Engine(abc.ABC):
         """Unload adapter `name`; sequences already using it finish first or are cancelled."""
 
     @abc.abstractmethod
+    def loaded_adapters(self) -> set[str]:
+        """Names of the adapters requests may use now."""
+
+    @abc.abstractmethod
     def stats(self) -> EngineStats:
         """Current load."""
 

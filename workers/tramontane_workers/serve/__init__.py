@@ -1,0 +1,1 @@
+"""The Ray Serve application: one deployment per model, gRPC ingress, LoRA multiplexing."""
