@@ -7,6 +7,7 @@ that no test guesses them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +33,8 @@ def ray_session() -> Iterator[Any]:
             configure_logging=False,
         )
     yield ray
-    try:
-        from ray import serve
+    from ray import serve
 
+    with contextlib.suppress(Exception):  # Serve may never have started
         serve.shutdown()
-    except Exception:  # noqa: BLE001 - Serve may never have started
-        pass
     ray.shutdown()
