@@ -1,0 +1,194 @@
+"""The Serve application end to end: real Ray, real Serve, real gRPC proxy, tiny model.
+
+Serve starts once for the module; the application is built from the `args` that
+`render_serve_config_v2` renders (what KubeRay hands Ray Serve).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tramontane_workers.contract import inference_pb2 as pb
+from tramontane_workers.contract import inference_pb2_grpc as pb_grpc
+from tramontane_workers.contract.serve_config import (
+    AdapterSource,
+    AutoscalingConfig,
+    EngineConfig,
+    ReplicaResources,
+    ServeAppConfig,
+)
+
+APP = "tiny-app"
+METADATA = (("application", APP),)
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def stub(
+    ray_session: Any, tiny_model_dir: Path, tiny_adapters: dict[str, Path]
+) -> Iterator[pb_grpc.InferenceStub]:
+    from ray import serve
+    from tramontane_workers.serve.local import run_local
+
+    config = ServeAppConfig(
+        name=APP,
+        route_prefix="/tiny",
+        engine=EngineConfig(
+            engine="transformers",
+            model_uri=f"file://{tiny_model_dir}",
+            served_model_name="tiny",
+            max_adapters_per_replica=2,
+            adapters=[AdapterSource(name=n, uri=f"file://{p}") for n, p in tiny_adapters.items()],
+        ),
+        autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=1),
+        resources=ReplicaResources(num_cpus=1),
+    )
+    port = _free_port()
+    run_local([config], grpc_port=port, http_port=_free_port())
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+    channel.close()
+    serve.delete(APP)
+
+
+def _request(model: str = "tiny", content: str = "Hello there", **kw: Any) -> pb.ChatRequest:
+    return pb.ChatRequest(model=model, messages=[pb.Message(role="user", content=content)], **kw)
+
+
+def test_unary_chat_has_text_and_usage(stub: pb_grpc.InferenceStub) -> None:
+    response = stub.Chat(_request(max_tokens=8, random_seed=1), metadata=METADATA)
+    (choice,) = response.choices
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason == "length"
+    assert response.usage.completion_tokens == 8
+    assert response.usage.prompt_tokens > 0
+    assert response.usage.total_tokens == response.usage.prompt_tokens + 8
+
+
+def test_stream_equals_unary_for_same_seed(stub: pb_grpc.InferenceStub) -> None:
+    request = _request(max_tokens=24, random_seed=7, temperature=0.9, top_p=0.95)
+    unary = stub.Chat(request, metadata=METADATA)
+    chunks = list(stub.ChatStream(request, metadata=METADATA))
+    assert len(chunks) > 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.HasField("usage") and c.usage.prompt_tokens > 0 for c in chunks)
+    streamed = "".join(c.choices[0].delta.content for c in chunks)
+    assert streamed == unary.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == unary.choices[0].finish_reason
+    assert chunks[-1].usage == unary.usage
+
+
+def test_adapter_routing_changes_output(stub: pb_grpc.InferenceStub) -> None:
+    def greedy(model: str, metadata: tuple[tuple[str, str], ...] = METADATA) -> str:
+        reply = stub.Chat(_request(model, max_tokens=12, temperature=0.0), metadata=metadata)
+        return str(reply.choices[0].message.content)
+
+    base, alpha, beta = greedy("tiny"), greedy("alpha"), greedy("beta")
+    assert len({base, alpha, beta}) == 3
+    assert greedy("alpha") == alpha
+    by_metadata = greedy("", (*METADATA, ("multiplexed_model_id", "beta")))
+    assert by_metadata == beta
+
+
+def test_lru_evicts_least_recently_used(stub: pb_grpc.InferenceStub) -> None:
+    for name in ("alpha", "beta", "gamma"):
+        stub.Chat(_request(name, max_tokens=1), metadata=METADATA)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the eviction's unload completes asynchronously
+        stats = stub.GetStats(pb.GetStatsRequest(), metadata=METADATA)
+        if list(stats.loaded_adapters) == ["beta", "gamma"]:
+            break
+        time.sleep(0.2)
+    assert list(stats.loaded_adapters) == ["beta", "gamma"]
+    assert stats.max_adapters == 2
+    cards = {c.id: c for c in stub.ListModels(pb.ListModelsRequest(), metadata=METADATA).data}
+    assert cards["tiny"].kind == "base"
+    assert not cards["alpha"].loaded and cards["gamma"].loaded
+    # alpha comes back on demand, evicting beta
+    stub.Chat(_request("alpha", max_tokens=1), metadata=METADATA)
+    stats = stub.GetStats(pb.GetStatsRequest(), metadata=METADATA)
+    assert list(stats.loaded_adapters) == ["gamma", "alpha"]
+
+
+def test_unknown_adapter_is_not_found(stub: pb_grpc.InferenceStub) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Chat(_request("no-such-adapter"), metadata=METADATA)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no-such-adapter" in err.value.details()
+
+
+def test_broken_adapter_fails_clearly_and_replica_survives(stub: pb_grpc.InferenceStub) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Chat(_request("broken", max_tokens=2), metadata=METADATA)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "adapter 'broken'" in err.value.details()
+    assert "no_such_proj" in err.value.details()
+    after = stub.Chat(_request(max_tokens=2), metadata=METADATA)
+    assert after.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize(
+    ("request_", "needle"),
+    [
+        (pb.ChatRequest(model="tiny"), "messages: must not be empty"),
+        (
+            pb.ChatRequest(model="tiny", messages=[pb.Message(role="assistant", content="hi")]),
+            "messages: ",
+        ),
+        (
+            pb.ChatRequest(model="tiny", messages=[pb.Message(role="bot", content="hi")]),
+            "messages[0].role",
+        ),
+        (_request(content="word " * 2100), "longer than the model's context"),
+        (
+            _request(
+                tools=[
+                    pb.Tool(
+                        type="function", function=pb.Function(name="f", parameters='{"type": 5}')
+                    )
+                ]
+            ),
+            "tools",
+        ),
+        (_request(temperature=3.0), "temperature"),
+    ],
+    ids=["empty", "role-order", "bad-role", "too-long", "bad-tool-schema", "temperature"],
+)
+def test_bad_requests_are_invalid_argument(
+    stub: pb_grpc.InferenceStub, request_: pb.ChatRequest, needle: str
+) -> None:
+    for call in (stub.Chat, lambda r, metadata: list(stub.ChatStream(r, metadata=metadata))):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request_, metadata=METADATA)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith(needle) or needle in err.value.details()
+
+
+def test_cancelled_stream_frees_the_replica(stub: pb_grpc.InferenceStub) -> None:
+    stream = stub.ChatStream(_request(max_tokens=1800, temperature=0.0), metadata=METADATA)
+    assert next(stream).choices[0].delta.content is not None
+    next(stream)
+    running = stub.GetStats(pb.GetStatsRequest(), metadata=METADATA).running_requests
+    assert running == 1
+    stream.cancel()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stats = stub.GetStats(pb.GetStatsRequest(), metadata=METADATA)
+        if stats.running_requests == 0 and stats.queue_depth == 0:
+            break
+        time.sleep(0.1)
+    assert (stats.running_requests, stats.queue_depth) == (0, 0)
+    assert stub.Chat(_request(max_tokens=3), metadata=METADATA).usage.completion_tokens == 3
