@@ -88,9 +88,17 @@ class TransformersEngine(Engine):
         self._adapters: set[str] = set()
         self._peft = False  # becomes a peft model on the first adapter, and stays one
         self._retired: set[str] = set()  # adapters to delete once no sequence uses them
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._model_lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
+
+    def _bind_loop(self) -> None:
+        """Bind the asyncio primitives to the running loop (a new loop gets fresh ones)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._wake, self._model_lock = loop, asyncio.Event(), asyncio.Lock()
+            self._loop_task = None
 
     # ----------------------------------------------------------------------------- public API
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
@@ -100,6 +108,7 @@ class TransformersEngine(Engine):
         generator = torch.Generator().manual_seed(
             seed if seed is not None else random.getrandbits(63)
         )
+        self._bind_loop()
         seq = _Sequence(request, asyncio.Queue(), generator)
         self._ensure_loop()
         self._waiting.append(seq)
@@ -119,6 +128,7 @@ class TransformersEngine(Engine):
     async def add_adapter(self, name: str, path: Path) -> None:
         if not (path / "adapter_config.json").is_file():
             raise AdapterUnavailable(f"adapter {name!r}: no adapter_config.json in {path}")
+        self._bind_loop()
         async with self._model_lock:
             self._retired.discard(name)
             if name in self._adapters:
@@ -130,6 +140,7 @@ class TransformersEngine(Engine):
             self._adapters.add(name)
 
     async def remove_adapter(self, name: str) -> None:
+        self._bind_loop()
         if name in self._adapters:
             self._retired.add(name)
             self._wake.set()

@@ -1,0 +1,157 @@
+"""The reference engine: continuous batching, seeded sampling, cancellation, LoRA adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tramontane_workers.engines.base import GenerationRequest, SamplingParams
+from tramontane_workers.engines.reference import TransformersEngine
+from tramontane_workers.errors import AdapterUnavailable, EngineUnavailable
+
+PROMPT_A = [1, 3, 12782, 4]
+PROMPT_B = [1, 3, 1000, 1001, 1002, 1003, 1004, 1005, 4]
+GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Iterator[TransformersEngine]:
+    yield TransformersEngine(tiny_model_dir, max_batch_size=4)
+
+
+async def _run(engine: TransformersEngine, request: GenerationRequest) -> list[int]:
+    tokens: list[int] = []
+    async for step in engine.generate(request):
+        tokens += step.token_ids
+    return tokens
+
+
+async def test_batched_equals_sequential(engine: TransformersEngine) -> None:
+    alone_a = await _run(engine, GenerationRequest("a", PROMPT_A, GREEDY))
+    alone_b = await _run(engine, GenerationRequest("b", PROMPT_B, GREEDY))
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, engine.stats().running)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+
+    async def later(delay: float, request: GenerationRequest) -> list[int]:
+        await asyncio.sleep(delay)  # joins a batch already decoding
+        return await _run(engine, request)
+
+    results = await asyncio.gather(
+        _run(engine, GenerationRequest("a1", PROMPT_A, GREEDY)),
+        later(0.01, GenerationRequest("b1", PROMPT_B, GREEDY)),
+        later(0.02, GenerationRequest("a2", PROMPT_A, GREEDY)),
+        _run(engine, GenerationRequest("b2", PROMPT_B, GREEDY)),
+        _run(engine, GenerationRequest("a3", PROMPT_A, GREEDY)),  # 5 > max_batch_size: waits
+    )
+    watcher.cancel()
+    assert list(results) == [alone_a, alone_b, alone_a, alone_b, alone_a]
+    assert peak >= 2  # decoded together, not one at a time
+    assert peak <= engine.max_batch_size
+    assert len(alone_a) == 16
+
+
+async def test_seeded_sampling_is_repeatable(engine: TransformersEngine) -> None:
+    def sampled(seed: int) -> GenerationRequest:
+        params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=seed)
+        return GenerationRequest(f"s{seed}", PROMPT_A, params)
+
+    first = await _run(engine, sampled(5))
+    # same seed while another sequence shares the batch: same tokens
+    again, _ = await asyncio.gather(
+        _run(engine, sampled(5)), _run(engine, GenerationRequest("x", PROMPT_B, GREEDY))
+    )
+    assert again == first
+    assert await _run(engine, sampled(6)) != first
+
+
+async def test_stop_token_ends_with_stop(engine: TransformersEngine) -> None:
+    greedy = await _run(engine, GenerationRequest("g", PROMPT_A, GREEDY))
+    params = SamplingParams(max_tokens=16, temperature=0.0, stop_token_ids=frozenset({greedy[2]}))
+    steps = [s async for s in engine.generate(GenerationRequest("st", PROMPT_A, params))]
+    assert [t for s in steps for t in s.token_ids] == greedy[: greedy.index(greedy[2]) + 1]
+    assert steps[-1].finish_reason == "stop"
+
+
+async def test_closing_the_stream_frees_the_slot(engine: TransformersEngine) -> None:
+    long = SamplingParams(max_tokens=1500, temperature=0.0)
+    stream = engine.generate(GenerationRequest("long", PROMPT_A, long))
+    await anext(stream)
+    await anext(stream)
+    assert engine.stats().running == 1
+    await stream.aclose()
+    for _ in range(200):
+        if engine.stats().running == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.stats().running == 0
+    assert len(await _run(engine, GenerationRequest("after", PROMPT_A, GREEDY))) == 16
+
+
+async def test_adapters_mix_in_one_batch(
+    engine: TransformersEngine, tiny_adapters: dict[str, Path]
+) -> None:
+    await engine.add_adapter("alpha", tiny_adapters["alpha"])
+    await engine.add_adapter("beta", tiny_adapters["beta"])
+    requests = [
+        GenerationRequest("base", PROMPT_A, GREEDY),
+        GenerationRequest("al", PROMPT_A, GREEDY, adapter="alpha"),
+        GenerationRequest("be", PROMPT_A, GREEDY, adapter="beta"),
+    ]
+    alone = [await _run(engine, r) for r in requests]
+    mixed = await asyncio.gather(*(_run(engine, r) for r in requests))
+    assert list(mixed) == alone
+    assert len({tuple(t) for t in alone}) == 3  # each adapter changes the output
+    await engine.remove_adapter("alpha")
+    for _ in range(100):
+        if "alpha" not in engine.loaded_adapters():
+            break
+        await asyncio.sleep(0.01)
+    assert engine.loaded_adapters() == {"beta"}
+    with pytest.raises(AdapterUnavailable, match="'alpha' is not loaded"):
+        await _run(engine, requests[1])
+
+
+async def test_bad_adapters_are_refused(
+    engine: TransformersEngine, tiny_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(AdapterUnavailable, match=r"no adapter_config\.json"):
+        await engine.add_adapter("empty", tmp_path)
+    with pytest.raises(AdapterUnavailable, match="no_such_proj"):
+        await engine.add_adapter("broken", tiny_adapters["broken"])
+    assert "broken" not in engine.loaded_adapters()
+    assert len(await _run(engine, GenerationRequest("ok", PROMPT_A, GREEDY))) == 16
+
+
+def test_mistral_format_needs_vllm(tmp_path: Path) -> None:
+    (tmp_path / "consolidated.safetensors").write_bytes(b"")
+    (tmp_path / "params.json").write_text(json.dumps({"dim": 64}))
+    with pytest.raises(EngineUnavailable, match="engine: vllm"):
+        TransformersEngine(tmp_path)
+
+
+def test_vllm_engine_refuses_clearly_without_gpu(tiny_model_dir: Path) -> None:
+    from tramontane_workers.engines.vllm_engine import VLLMEngine, vllm_unavailable_reason
+
+    reason = vllm_unavailable_reason()
+    if reason is None:
+        pytest.skip("vLLM and a GPU are present; tests/gpu covers this machine")
+    with pytest.raises(EngineUnavailable, match="engine vllm: "):
+        VLLMEngine(
+            model_dir=tiny_model_dir,
+            checkpoint_format="hf",
+            served_model_name="tiny",
+            dtype="auto",
+            max_model_len=None,
+            tensor_parallel_size=1,
+            max_loras=2,
+        )
