@@ -1,0 +1,1 @@
+"""Kopf handlers, one module per kind, and the runtime state they share."""

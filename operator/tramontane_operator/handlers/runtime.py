@@ -1,0 +1,238 @@
+"""State the handlers share while the operator runs: clients, member clusters, wake-ups, locks.
+
+One `Runtime` per operator run. Reconciles of one ModelDeployment are serialised by a per-object
+lock (Kopf's change handlers and our per-object daemon may both want to run it). A child event
+from any member cluster, or a member cluster changing health, wakes the affected
+ModelDeployments' daemons instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from tramontane_operator.api.v1alpha1 import ComputeCluster, ModelDeploymentStatus
+from tramontane_operator.builders.labels import OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL
+from tramontane_operator.kube import (
+    SECRET,
+    ApiError,
+    ClusterConfig,
+    ClusterRegistry,
+    KubeClient,
+    KubeconfigError,
+    MemberCluster,
+    NotFound,
+    ResourceRef,
+    Unreachable,
+)
+from tramontane_operator.kube.clusters import NOT_PROBED
+from tramontane_operator.kube.patches import diff
+from tramontane_operator.observability import PhaseTracker, set_cluster_reachable
+from tramontane_operator.placement import ClusterView
+from tramontane_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+class ClusterConnectionError(Exception):
+    """The ComputeCluster's connection cannot be built (Secret missing, bad kubeconfig)."""
+
+
+class Runtime:
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.build = settings.build_settings()
+        self.clusters = ClusterRegistry(
+            self._on_child_event,
+            self._on_health_change,
+            base_backoff_s=settings.backoff_base_s,
+            max_backoff_s=settings.backoff_max_s,
+            client_options={"timeout_s": settings.request_timeout_s, **settings.client_options},
+        )
+        self.md_phases = PhaseTracker("ModelDeployment")
+        self.cc_phases = PhaseTracker("ComputeCluster")
+        self._hub: KubeClient | None = None
+        self._wakeups: dict[Key, asyncio.Event] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._member_locks: dict[str, asyncio.Lock] = {}
+        self.connection_errors: dict[str, str] = {}
+        self._connections: dict[str, str] = {}
+        self._statuses: dict[Key, tuple[str | None, ModelDeploymentStatus]] = {}
+
+    @property
+    def hub(self) -> KubeClient:
+        if self._hub is None:
+            self._hub = KubeClient("hub", self.settings.hub_config(), **self._client_options())
+        return self._hub
+
+    def _client_options(self) -> dict[str, Any]:
+        return {"timeout_s": self.settings.request_timeout_s, **self.settings.client_options}
+
+    async def close(self) -> None:
+        await self.clusters.close()
+        if self._hub is not None:
+            await self._hub.close()
+            self._hub = None
+
+    async def write_status(
+        self,
+        ref: ResourceRef,
+        namespace: str | None,
+        name: str,
+        previous: BaseModel | None,
+        status: BaseModel,
+    ) -> bool:
+        """Merge-patch the status subresource from `previous` to `status`; False if gone."""
+        before = (
+            previous.model_dump(by_alias=True, exclude_none=True, mode="json") if previous else {}
+        )
+        patch = diff(before, status.model_dump(by_alias=True, exclude_none=True, mode="json"))
+        if patch is None:
+            return True
+        try:
+            await self.hub.patch(ref, namespace, name, {"status": patch}, "status")
+        except NotFound:
+            return False
+        return True
+
+    # Wake-ups and locks, per ModelDeployment.
+    def wakeup(self, key: Key) -> asyncio.Event:
+        return self._wakeups.setdefault(key, asyncio.Event())
+
+    def wake(self, key: Key) -> None:
+        event = self._wakeups.get(key)
+        if event is not None:
+            event.set()
+
+    def wake_all(self) -> None:
+        for event in self._wakeups.values():
+            event.set()
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def forget(self, key: Key) -> None:
+        self._wakeups.pop(key, None)
+        self._locks.pop(key, None)
+        self._statuses.pop(key, None)
+        self.md_phases.set(key[0], key[1], None)
+
+    # The status we last wrote, per object: newer than the body of a watch event in flight.
+    def last_status(self, body: Mapping[str, Any]) -> ModelDeploymentStatus | None:
+        key, uid = _identity(body)
+        uid_and_status = self._statuses.get(key)
+        if uid_and_status is None or uid_and_status[0] != uid:
+            return None
+        return uid_and_status[1]
+
+    def remember_status(self, body: Mapping[str, Any], status: ModelDeploymentStatus) -> None:
+        key, uid = _identity(body)
+        self._statuses[key] = (uid, status)
+
+    def _on_child_event(self, cluster: str, obj: Mapping[str, Any]) -> None:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        namespace, name = labels.get(OWNER_NAMESPACE_LABEL), labels.get(OWNER_NAME_LABEL)
+        if namespace and name:
+            self.wake((namespace, name))
+
+    def _on_health_change(self, cluster: str) -> None:
+        member = self.clusters.get(cluster)
+        set_cluster_reachable(cluster, member.probe.reachable if member else None)
+        self.wake_all()
+
+    # Member clusters.
+    async def ensure_member(
+        self, cc: ComputeCluster, refresh: bool = False
+    ) -> MemberCluster | None:
+        """The connected member for `cc`, probed at least once; None if it cannot be built.
+
+        The connection (and its kubeconfig Secret) is read again only when `refresh` is set
+        (the ComputeCluster's own handlers do) or the spec's connection changed.
+        """
+        name = cc.metadata.name
+        connection = cc.spec.connection.model_dump_json()
+        async with self._member_locks.setdefault(name, asyncio.Lock()):
+            member = self.clusters.get(name)
+            if refresh or member is None or self._connections.get(name) != connection:
+                try:
+                    config = await self._config_for(cc)
+                except ClusterConnectionError as exc:
+                    self.connection_errors[name] = str(exc)
+                    self._connections.pop(name, None)
+                    await self.clusters.remove(name)
+                    return None
+                self.connection_errors.pop(name, None)
+                member = await self.clusters.connect(
+                    name, config, bool(cc.spec.connection.in_cluster)
+                )
+                self._connections[name] = connection
+            if refresh or member.probe.error == NOT_PROBED:
+                await self.clusters.probe(name)
+            return member
+
+    async def remove_member(self, name: str) -> None:
+        async with self._member_locks.setdefault(name, asyncio.Lock()):
+            self._connections.pop(name, None)
+            self.connection_errors.pop(name, None)
+            await self.clusters.remove(name)
+
+    async def _config_for(self, cc: ComputeCluster) -> ClusterConfig:
+        connection = cc.spec.connection
+        if connection.in_cluster:
+            return self.hub.config
+        ref = connection.kubeconfig_secret_ref
+        if ref is None:  # the CRD's CEL rule forbids this; say so rather than crash
+            raise ClusterConnectionError("spec.connection: set inCluster or kubeconfigSecretRef")
+        try:
+            secret = await self.hub.get(SECRET, ref.namespace, ref.name)
+        except (ApiError, Unreachable) as exc:
+            raise ClusterConnectionError(
+                f"reading Secret {ref.namespace}/{ref.name}: {exc}"
+            ) from exc
+        if secret is None:
+            raise ClusterConnectionError(f"Secret {ref.namespace}/{ref.name} not found")
+        encoded = (secret.get("data") or {}).get(ref.key)
+        if encoded is None:
+            raise ClusterConnectionError(
+                f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r}"
+            )
+        try:
+            text = base64.b64decode(encoded, validate=True).decode()
+            return ClusterConfig.from_kubeconfig_text(text)
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise ClusterConnectionError(f"Secret {ref.namespace}/{ref.name}: {exc}") from exc
+        except KubeconfigError as exc:
+            raise ClusterConnectionError(f"Secret {ref.namespace}/{ref.name}: {exc}") from exc
+
+    async def cluster_views(
+        self, ccs: Iterable[ComputeCluster], allocations: Mapping[str, Mapping[str, int]]
+    ) -> dict[str, ClusterView]:
+        """A ClusterView per ComputeCluster, connecting (and probing) new ones first."""
+        ccs = list(ccs)
+        members = await asyncio.gather(*(self.ensure_member(cc) for cc in ccs))
+        views = {}
+        for cc, member in zip(ccs, members, strict=True):
+            views[cc.metadata.name] = ClusterView.from_compute_cluster(
+                cc,
+                reachable=member is not None and member.probe.reachable,
+                kuberay_installed=member is not None and member.probe.kuberay_installed,
+                gpus_allocated=allocations.get(cc.metadata.name, {}),
+            )
+        return views
+
+
+def _identity(body: Mapping[str, Any]) -> tuple[Key, str | None]:
+    meta = body.get("metadata") or {}
+    return (meta.get("namespace") or "default", meta["name"]), meta.get("uid")
+
+
+def _dump(status: BaseModel) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")

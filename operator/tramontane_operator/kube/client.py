@@ -1,0 +1,312 @@
+"""The async Kubernetes client: one per cluster, the only place that talks HTTP to an API server.
+
+Plain aiohttp (Kopf's own transport, already in the process) rather than the `kubernetes`
+package, whose client is synchronous and would block the event loop for every call to a slow
+member cluster. The surface is what a controller needs: get, list, watch, create, merge-patch
+(optionally the status subresource), delete, and `apply` (create-or-patch by deterministic
+name, writing only when something differs).
+
+Errors are mapped so callers decide by type: `NotFound` (404), `Conflict` (409), `Invalid`
+(422, never retried), `ApiError` for the rest; 429/5xx are retried with exponential backoff;
+a cluster that cannot be reached raises `Unreachable` after a short retry, without blocking
+any other cluster's client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Literal
+
+import aiohttp
+
+from .config import ClusterConfig
+from .patches import matches_labels, merge_patch_diff
+from .resources import ResourceRef
+
+log = logging.getLogger(__name__)
+
+ApplyOutcome = Literal["created", "patched", "unchanged"]
+
+
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, cluster: str, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{cluster}: HTTP {status} {reason}: {message}")
+        self.cluster = cluster
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    pass
+
+
+class Invalid(ApiError):
+    """422: the server rejected the object (schema, CEL rule); retrying cannot help."""
+
+
+class Unreachable(Exception):
+    """The cluster's API server did not answer (connection refused, timeout, DNS)."""
+
+    def __init__(self, cluster: str, cause: str) -> None:
+        super().__init__(f"{cluster}: unreachable: {cause}")
+        self.cluster = cluster
+        self.cause = cause
+
+
+_ERRORS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 422: Invalid}
+_RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class KubeClient:
+    """Async client for one cluster. Create inside a running event loop; `close()` when done."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ClusterConfig,
+        *,
+        timeout_s: float = 10.0,
+        attempts: int = 4,
+        backoff_s: float = 0.1,
+        max_connections: int = 32,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 3.0))
+        self._ssl: ssl.SSLContext | bool = _ssl_context(config)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections, ssl=self._ssl),
+            headers={"Accept": "application/json", "User-Agent": "tramontane-operator"},
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {}
+        token = self.config.bearer_token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One API call with retries on 429/5xx and on connection errors."""
+        url = self.config.server + path
+        data = None if body is None else json.dumps(body)
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * (2 ** (attempt - 1)))
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    data=data,
+                    params=params,
+                    headers=self._headers(content_type if data is not None else None),
+                    timeout=self._timeout,
+                ) as resp:
+                    text = await resp.text()
+                    if resp.status < 400:
+                        return json.loads(text) if text else None
+                    error = _api_error(self.name, resp.status, text)
+                    if resp.status not in _RETRIED_STATUSES:
+                        raise error
+                    last = error
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                last = Unreachable(self.name, str(exc) or type(exc).__name__)
+        if last is None:  # pragma: no cover - attempts >= 1
+            raise RuntimeError("no attempt made")
+        raise last
+
+    async def get(
+        self, ref: ResourceRef, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self.request("GET", ref.path(namespace, name))
+        except NotFound:
+            return None
+        return result
+
+    async def list(
+        self,
+        ref: ResourceRef,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Items (filtered by `labels` here too: not every server honours the selector)."""
+        params = {"labelSelector": _selector(labels)} if labels else None
+        result = await self.request("GET", ref.path(namespace), params=params)
+        items = [i for i in result.get("items") or [] if matches_labels(i, labels)]
+        return items, (result.get("metadata") or {}).get("resourceVersion")
+
+    async def create(self, ref: ResourceRef, obj: Mapping[str, Any]) -> dict[str, Any]:
+        namespace = obj.get("metadata", {}).get("namespace")
+        result: dict[str, Any] = await self.request("POST", ref.path(namespace), body=obj)
+        return result
+
+    async def patch(
+        self,
+        ref: ResourceRef,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """JSON merge patch (RFC 7386): nested maps merge, lists replace, None removes."""
+        result: dict[str, Any] = await self.request(
+            "PATCH",
+            ref.path(namespace, name, subresource),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    async def delete(self, ref: ResourceRef, namespace: str | None, name: str) -> bool:
+        """Delete (background propagation); False when it was already gone."""
+        try:
+            await self.request(
+                "DELETE",
+                ref.path(namespace, name),
+                body={
+                    "kind": "DeleteOptions",
+                    "apiVersion": "v1",
+                    "propagationPolicy": "Background",
+                },
+            )
+        except NotFound:
+            return False
+        return True
+
+    async def apply(
+        self, ref: ResourceRef, desired: Mapping[str, Any], current: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any], ApplyOutcome]:
+        """Create `desired`, or patch `current` towards it; writes nothing when they agree.
+
+        `current` is what the caller last observed (None: believed absent). A 409 on create
+        means someone (a previous run of the operator) created it meanwhile: re-read, patch.
+        """
+        meta = desired["metadata"]
+        namespace, name = meta.get("namespace"), meta["name"]
+        if current is None:
+            try:
+                return await self.create(ref, desired), "created"
+            except Conflict:
+                current = await self.get(ref, namespace, name)
+                if current is None:
+                    return await self.create(ref, desired), "created"
+        patch = merge_patch_diff(current, desired)
+        if patch is None:
+            return dict(current), "unchanged"
+        return await self.patch(ref, namespace, name, patch), "patched"
+
+    async def watch(
+        self,
+        ref: ResourceRef,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        resource_version: str | None = None,
+        timeout_s: int = 300,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events ({"type", "object"}) until the server closes the stream."""
+        params = {"watch": "true", "timeoutSeconds": str(timeout_s), "allowWatchBookmarks": "true"}
+        if labels:
+            params["labelSelector"] = _selector(labels)
+        if resource_version and resource_version.isdigit():
+            params["resourceVersion"] = resource_version
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=timeout_s + 30)
+        try:
+            async with self._session.get(
+                self.config.server + ref.path(namespace),
+                params=params,
+                headers=self._headers(),
+                timeout=timeout,
+            ) as resp:
+                if resp.status >= 400:
+                    raise _api_error(self.name, resp.status, await resp.text())
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise _api_error(
+                            self.name, int(status.get("code", 500)), json.dumps(status)
+                        )
+                    obj = event.get("object") or {}
+                    if event.get("type") == "BOOKMARK" or matches_labels(obj, labels):
+                        yield event
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise Unreachable(self.name, str(exc) or type(exc).__name__) from exc
+
+    async def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", "/version")
+        return result
+
+    async def serves(self, ref: ResourceRef) -> bool:
+        """Whether the API server serves `ref` (e.g. whether KubeRay's CRDs are installed)."""
+        group_path = f"/apis/{ref.group}/{ref.version}" if ref.group else f"/api/{ref.version}"
+        try:
+            result = await self.request("GET", group_path)
+        except NotFound:
+            return False
+        return any(r.get("name") == ref.plural for r in result.get("resources") or [])
+
+
+def _selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _api_error(cluster: str, status: int, text: str) -> ApiError:
+    reason, message = "", text[:500]
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        reason = str(payload.get("reason") or "")
+        message = str(payload.get("message") or message)[:500]
+    return _ERRORS.get(status, ApiError)(cluster, status, reason, message)
+
+
+def _ssl_context(config: ClusterConfig) -> ssl.SSLContext | bool:
+    if not config.server.startswith("https"):
+        return False
+    if config.insecure:
+        return False
+    context = ssl.create_default_context(cafile=config.ca_path, cadata=config.ca_data)
+    if config.client_cert_data and config.client_key_data:
+        # ssl can only load a certificate chain from files: write them briefly, private to us.
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+            for path, text in ((cert, config.client_cert_data), (key, config.client_key_data)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(text)
+            context.load_cert_chain(cert, key)
+    return context

@@ -1,0 +1,99 @@
+"""Fixtures of the operator tier: three emulated clusters, the operator, a fake KubeRay.
+
+The hub runs our CRDs (and KubeRay's, so pools can land on it too); the members
+`aks-westeurope` and `onprem` run KubeRay's. ComputeClusters and the members' kubeconfig
+Secrets are created in the hub through its API, exactly as a platform team would. Every test
+ends by asserting that no write was rejected by the schema checks of any emulator.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+from manifests import (
+    AKS,
+    HUB,
+    ONPREM,
+    SYSTEM_NS,
+    compute_cluster,
+    operator_settings,
+)
+from operator_harness import Clusters, FakeKubeRay, OperatorRun
+from tramontane_operator.kube import (
+    COMPUTECLUSTER,
+    SECRET,
+    ClusterConfig,
+    KubeClient,
+)
+
+
+@pytest.fixture
+async def clusters() -> AsyncIterator[Clusters]:
+    made = await Clusters.start(HUB, [AKS, ONPREM])
+    try:
+        yield made
+        assert made.violations() == [], "writes a real API server would reject"
+    finally:
+        await made.close()
+
+
+@pytest.fixture
+async def api(clusters: Clusters) -> AsyncIterator[KubeClient]:
+    """A client of the hub for the test itself, with the platform objects in place."""
+    client = KubeClient("test", ClusterConfig(server=clusters.hub.url), attempts=1)
+    # No Namespace objects: KMock 0.8 cannot route /api/v1/namespaces (it reads "namespaces"
+    # as the start of a namespaced path), and nothing here needs them.
+    await client.create(
+        COMPUTECLUSTER,
+        compute_cluster(HUB, cloud="azure", region="westeurope", connection={"inCluster": True}),
+    )
+    for name, cloud, region in ((AKS, "azure", "westeurope"), (ONPREM, "onprem", "lyon")):
+        kubeconfig = clusters[name].kubeconfig().encode()
+        await client.create(
+            SECRET,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"{name}-kubeconfig", "namespace": SYSTEM_NS},
+                "data": {"kubeconfig": base64.b64encode(kubeconfig).decode()},
+            },
+        )
+        await client.create(
+            COMPUTECLUSTER,
+            compute_cluster(
+                name,
+                cloud=cloud,
+                region=region,
+                gpus={"H100": 8},
+                ingress={"grpcEndpoint": f"{name}.serve.example.com:443"},
+                connection={
+                    "kubeconfigSecretRef": {"namespace": SYSTEM_NS, "name": f"{name}-kubeconfig"}
+                },
+            ),
+        )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def kuberay(clusters: Clusters) -> AsyncIterator[FakeKubeRay]:
+    fake = FakeKubeRay(clusters.all)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def operator(clusters: Clusters, api: KubeClient) -> AsyncIterator[OperatorRun]:
+    run = OperatorRun(operator_settings(clusters.hub.url))
+    await run.start()
+    try:
+        yield run
+    finally:
+        await run.stop()
