@@ -58,8 +58,11 @@ def engine_args(
     }
     if max_model_len is not None:
         args["max_model_len"] = max_model_len
+    # Tramontane checkpoints always carry a mistral-common tokenizer (tekken.json or
+    # tokenizer.model.v*), whatever the weights' format.
+    args["tokenizer_mode"] = "mistral"
     if checkpoint_format == "mistral":
-        args.update(tokenizer_mode="mistral", config_format="mistral", load_format="mistral")
+        args.update(config_format="mistral", load_format="mistral")
     return args
 
 
