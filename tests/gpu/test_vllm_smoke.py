@@ -86,7 +86,9 @@ def test_vllm_generates_and_adapter_changes_output(
     assert both == [*base, -1, *alpha]
 
 
-def test_vllm_through_the_chat_layer(engine: Any, checkpoint: tuple[Path, Path]) -> None:
+def test_vllm_through_the_chat_layer(
+    engine: Any, checkpoint: tuple[Path, Path], loop: asyncio.AbstractEventLoop
+) -> None:
     from tramontane_workers.chat.encode import ChatCodec
     from tramontane_workers.chat.service import ChatService
     from tramontane_workers.contract import inference_pb2 as pb
