@@ -456,3 +456,25 @@ def test_a_recovered_cluster_with_a_stale_child_does_not_pull_the_pool_back() ->
     md = make_md(spec_for("Spread", 4, maxClusters=2, clusters=["a", "b", "c"]))
     spread = place(md, [h100("a"), h100("b"), h100("c")], current={"b": 2, "c": 2, "a": 2})
     assert dict(spread.replicas) == {"b": 2, "c": 2}
+
+
+def test_a_running_pool_is_not_shrunk_when_others_took_its_gpus() -> None:
+    # Other deployments' accounting says b is full, but 3 of our replicas run there.
+    clusters = [h100("b", 8, 8), h100("c", 8, 0)]
+    spread = make_md(spec_for("Spread", 4, maxClusters=2, clusters=["b", "c"]))
+    assert dict(place(spread, clusters, current={"b": 3, "c": 1}).replicas) == {"b": 3, "c": 1}
+    # Growing: b keeps what it runs, the new replicas go where GPUs are free.
+    grown = make_md(spec_for("Spread", 8, maxClusters=2, clusters=["b", "c"]))
+    assert dict(place(grown, clusters, current={"b": 3, "c": 1}).replicas) == {"b": 3, "c": 5}
+    failover = make_md(spec_for("Failover", 4, clusters=["b", "c"]))
+    decision = place(failover, clusters, current={"b": 3})
+    assert dict(decision.replicas) == {"b": 3}
+    assert decision.shortfall == 1
+
+
+def test_a_pool_with_no_room_anywhere_stays_pending_rather_than_dropped() -> None:
+    md = make_md(spec_for("Spread", 2, clusters=["b"]))
+    decision = place(md, [h100("b", 8, 8)], current={"b": 0})
+    assert dict(decision.replicas) == {"b": 0}
+    assert decision.reason == REASON_INSUFFICIENT_CAPACITY
+    assert decision.shortfall == 2

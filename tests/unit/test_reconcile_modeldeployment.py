@@ -334,3 +334,14 @@ def test_invalid_spec_status_keeps_pools_and_fails() -> None:
     fresh = invalid_spec_status(1, "bad", None, T0)
     assert fresh.phase == "Failed"
     assert fresh.clusters is None
+
+
+def test_failing_over_onto_a_smaller_cluster_is_degraded() -> None:
+    md = make_md(spec_for("Failover", 4, clusters=["a", "b"]))
+    decision = place(md, [h100("a", reachable=False), h100("b", 8, 6)], current={"a": 4})
+    assert decision.reason == Reason.FAILED_OVER
+    assert dict(decision.replicas) == {"b": 2}
+    status = compute_status(md, decision, [ObservedPool("b", True, observed_rs(md, "b"))], None, T0)
+    assert condition(status, "Degraded") == ("True", Reason.INSUFFICIENT_CAPACITY)
+    assert condition(status, "Placed") == ("True", Reason.FAILED_OVER)
+    assert status.last_failover_time == T0

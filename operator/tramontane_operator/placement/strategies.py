@@ -88,7 +88,9 @@ def pool_sizes(md: ModelDeployment, replicas: Mapping[str, int]) -> dict[str, Po
 def _decision(
     md: ModelDeployment, replicas: dict[str, int], reason: str, message: str
 ) -> PlacementDecision:
-    return PlacementDecision(replicas, reason, message, pool_sizes(md, replicas))
+    return PlacementDecision(
+        replicas, reason, message, pool_sizes(md, replicas), desired_replicas(md)
+    )
 
 
 def _unplaced(
@@ -100,6 +102,13 @@ def _unplaced(
         why = ", ".join(f"{c.name} ({why_ineligible(md, c, failed) or 'full'})" for c in cands)
         message = f"no eligible cluster: {why}"
     return PlacementDecision({}, REASON_NO_ELIGIBLE_CLUSTER, message)
+
+
+def _room(md: ModelDeployment, cluster: ClusterView, running: int) -> int | None:
+    """Replicas the pool may have in `cluster`: what fits in free GPUs, or what already runs
+    there if more; None when unbounded (no GPUs requested)."""
+    capacity = replica_capacity(md, cluster)
+    return None if capacity is None else max(capacity, running)
 
 
 def _capacity_note(total: int, placed: int) -> tuple[str, str]:
@@ -117,14 +126,26 @@ def _spread(
     total = desired_replicas(md)
     wanted = min(md.spec.placement.max_clusters, max(total, 1))
     by_name = {c.name: c for c in cands}
-    kept = [by_name[n] for n in current if n in by_name and can_keep(md, by_name[n], failed)]
-    kept = kept[:wanted]
+    holding = [by_name[n] for n in current if n in by_name and can_keep(md, by_name[n], failed)]
+    # The replicas a pool runs now count as room for it: capacity never shrinks a running
+    # pool (other deployments' pending pools wait instead). A pool with none running stays
+    # only where a replica fits.
+    room = {c.name: _room(md, c, current.get(c.name, 0)) for c in cands}
+    kept = [c for c in holding if total == 0 or room[c.name] != 0][:wanted]
     fresh = [c for c in cands if c not in kept and can_take(md, c, failed)]
     chosen_set = {c.name for c in kept + fresh[: wanted - len(kept)]}
     chosen = [c for c in cands if c.name in chosen_set]
+    if not chosen and holding:  # nowhere better: keep the pool, pending, rather than drop it
+        name = holding[0].name
+        return _decision(
+            md,
+            {name: current[name]},
+            REASON_INSUFFICIENT_CAPACITY,
+            f"no free GPUs; staying on {name}",
+        )
     if not chosen:
         return _unplaced(md, cands, failed)
-    caps = [replica_capacity(md, c) for c in chosen]
+    caps = [room[c.name] for c in chosen]
     if (
         chosen_set == set(current)
         and sum(current.values()) == total
@@ -132,10 +153,9 @@ def _spread(
     ):
         replicas = {c.name: current[c.name] for c in chosen}
     else:
-        alloc = fill(total, caps)
-        replicas = {c.name: n for c, n in zip(chosen, alloc, strict=True) if n > 0 or total == 0}
-        if not replicas:  # nothing fits anywhere: keep one (preferred) pool, pending
-            replicas = {chosen[0].name: 0}
+        # Every chosen cluster fits a replica and there are no more of them than replicas,
+        # so each gets at least one (or all get 0 when scaled to zero).
+        replicas = dict(zip([c.name for c in chosen], fill(total, caps), strict=True))
     reason, note = _capacity_note(total, sum(replicas.values()))
     where = ", ".join(f"{n}={r}" for n, r in replicas.items())
     return _decision(md, replicas, reason, f"spread over {where}" + (f"; {note}" if note else ""))
@@ -149,15 +169,21 @@ def _failover(
 ) -> PlacementDecision:
     total = desired_replicas(md)
     by_name = {c.name: c for c in cands}
-    here = next((by_name[n] for n in current if n in by_name), None)
-    if here is not None and can_keep(md, here, failed):
-        return _one_cluster(md, here, total, REASON_PLACED, f"on {here.name}")
-    target = next((c for c in cands if c is not here and can_take(md, c, failed)), None)
+    keepable = [by_name[n] for n in current if n in by_name and can_keep(md, by_name[n], failed)]
+    first = next(iter(current), None)
+    if keepable and keepable[0].name == first:
+        here = keepable[0]
+        return _one_cluster(md, here, total, current[here.name], REASON_PLACED, f"on {first}")
+    if keepable:  # the main pool is lost but another current cluster still holds one
+        here = keepable[0]
+        moved = f"moved from {first} to {here.name}"
+        return _one_cluster(md, here, total, current[here.name], REASON_FAILOVER, moved)
+    target = next((c for c in cands if can_take(md, c, failed)), None)
     if target is not None and current:
         moved = f"moved from {', '.join(current)} to {target.name}"
-        return _one_cluster(md, target, total, REASON_FAILOVER, moved)
+        return _one_cluster(md, target, total, 0, REASON_FAILOVER, moved)
     if target is not None:
-        return _one_cluster(md, target, total, REASON_PLACED, f"on {target.name}")
+        return _one_cluster(md, target, total, 0, REASON_PLACED, f"on {target.name}")
     if not current:
         return _unplaced(md, cands, failed)
     name = next(iter(current))
@@ -170,9 +196,10 @@ def _failover(
 
 
 def _one_cluster(
-    md: ModelDeployment, target: ClusterView, total: int, reason: str, message: str
+    md: ModelDeployment, target: ClusterView, total: int, running: int, reason: str, message: str
 ) -> PlacementDecision:
-    cap = replica_capacity(md, target)
+    """All replicas on `target` (where `running` of them run now), as many as fit."""
+    cap = _room(md, target, running)
     n = total if cap is None else min(total, cap)
     cap_reason, note = _capacity_note(total, n)
     if reason == REASON_PLACED:

@@ -94,13 +94,21 @@ class PlacementDecision:
 
     An empty mapping means unplaced. A cluster may get 0 replicas (minReplicas 0: the pool
     exists and its autoscaler starts workers on demand). `reason` is one of the REASON_*
-    constants; `message` explains it in words.
+    constants; `message` explains it in words. `sizes` holds each pool's share of the scaling
+    bounds; `desired` the replicas wanted, so `shortfall` is what capacity left unplaced
+    (even when the reason is another, e.g. FailedOver onto a smaller cluster).
     """
 
     replicas: Mapping[str, int]
     reason: str
     message: str
     sizes: Mapping[str, PoolSize] = field(default_factory=dict)
+    desired: int | None = None  # replicas wanted in all; None: whatever was placed
+
+    @property
+    def shortfall(self) -> int:
+        """Replicas wanted but not placed (free GPUs ran out)."""
+        return 0 if self.desired is None else max(0, self.desired - self.total)
 
     @property
     def placed(self) -> bool:

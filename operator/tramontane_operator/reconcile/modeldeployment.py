@@ -227,6 +227,9 @@ def _degraded(decision: PlacementDecision, by_state: Mapping[str, list[str]]) ->
         )
     if decision.reason not in (Reason.PLACED, Reason.FAILED_OVER):
         return ConditionSpec(DEGRADED, "True", decision.reason, decision.message)
+    if decision.shortfall:
+        short = f"placed {decision.total} of {decision.desired} replicas (free GPUs)"
+        return ConditionSpec(DEGRADED, "True", Reason.INSUFFICIENT_CAPACITY, short)
     return ConditionSpec(DEGRADED, "False", Reason.HEALTHY, "")
 
 
