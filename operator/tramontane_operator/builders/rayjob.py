@@ -1,0 +1,196 @@
+"""Build the trainer's `TrainConfig` and the KubeRay `ray.io/v1` RayJob of one FineTuneJob.
+
+The RayJob runs `python -m tramontane_workers.train --config-b64 ...` (the workers' contract
+renders the entrypoint) on its own Ray cluster: a head without CPUs for tasks (the Ray Train
+workers must land on the worker pods) and one worker group of `spec.resources.workers` pods
+with the job's GPUs, CPU and memory. Ray Train runs one training worker per GPU (data
+parallel), or one per pod on CPU. KubeRay retries the whole job `backoffLimit` times (each
+retry resumes from the newest checkpoint), stops it after `activeDeadlineSeconds`, and deletes
+the Ray cluster when the job ends. `suspend` maps to the RayJob's own `suspend` (KubeRay
+deletes the Ray cluster and keeps the RayJob; resuming starts again from the checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final, cast
+
+from tramontane_workers.contract.train_config import (
+    LoraSettings,
+    TrainConfig,
+    TrainingFile,
+    entrypoint,
+)
+
+from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment
+from tramontane_operator.placement import ClusterView
+
+from .labels import child_labels, owner_reference
+from .rayservice import GPU_RESOURCE, RAY_API_VERSION, BuildSettings
+from .serve import parse_quantity
+
+# KubeRay keeps a finished RayJob this long before deleting it (the Ray cluster goes at once).
+TTL_AFTER_FINISHED_S: Final = 3600
+HEAD_PORTS: Final = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001))
+
+
+def _base_labels(job: FineTuneJob, cluster: str, tenant: str | None) -> dict[str, str]:
+    # child_labels and owner_reference read only `metadata` and `kind`, which every root kind
+    # has; they are annotated for ModelDeployment, their first user.
+    return child_labels(cast(ModelDeployment, job), cluster, tenant)
+
+
+def training_workers(job: FineTuneJob) -> int:
+    """Ray Train workers: one per GPU (data parallel), or one per pod without GPUs."""
+    res = job.spec.resources
+    return res.workers * max(res.gpus_per_worker, 1)
+
+
+def cpus_per_training_worker(job: FineTuneJob) -> int:
+    """Whole CPUs each Ray Train worker reserves: the pod's CPUs shared by its GPUs."""
+    res = job.spec.resources
+    cpus = parse_quantity(res.cpu, "spec.resources.cpu")
+    return max(1, math.floor(cpus / max(res.gpus_per_worker, 1)))
+
+
+def build_train_config(
+    job: FineTuneJob, base_model_uri: str, base_model_name: str | None = None
+) -> TrainConfig:
+    """The trainer's input for `job`; `base_model_uri` is resolved by the caller (the URI in
+    the spec, or the referenced ModelDeployment's `spec.model.source`).
+
+    Raises ValueError naming the field when the spec cannot be trained as given.
+    """
+    spec = job.spec
+    hp = spec.hyperparameters
+    if spec.method.type != "lora":
+        raise ValueError("spec.method.type: only lora fine-tuning is supported by the trainer")
+    workers = training_workers(job)
+    if hp.batch_size < workers:
+        raise ValueError(
+            f"spec.hyperparameters.batchSize: {hp.batch_size} is smaller than the "
+            f"{workers} training workers (one sequence each at least)"
+        )
+    lora = spec.method.lora
+    return TrainConfig(
+        job_name=job.metadata.name,
+        base_model_uri=base_model_uri,
+        base_model_name=base_model_name,
+        training_files=[TrainingFile(uri=f.uri, weight=f.weight) for f in spec.training_files],
+        validation_files=[f.uri for f in spec.validation_files or []],
+        output_uri=spec.output.uri,
+        lora=LoraSettings() if lora is None else LoraSettings.model_validate(lora.model_dump()),
+        training_steps=hp.training_steps,
+        epochs=hp.epochs,
+        learning_rate=hp.learning_rate,
+        warmup_fraction=hp.warmup_fraction,
+        weight_decay=hp.weight_decay,
+        sequence_length=hp.sequence_length,
+        batch_size=hp.batch_size,
+        checkpoint_every_steps=hp.checkpoint_every_steps,
+        seed=hp.seed,
+        num_workers=workers,
+        use_gpu=spec.resources.gpus_per_worker > 0,
+        cpus_per_worker=cpus_per_training_worker(job),
+        max_failures=spec.backoff_limit,
+    )
+
+
+def _tolerations(gpus: int) -> list[dict[str, Any]]:
+    if not gpus:
+        return []
+    return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def _head_group(image: str, settings: BuildSettings) -> dict[str, Any]:
+    limits = {"cpu": settings.head_cpu, "memory": settings.head_memory}
+    return {
+        # No task may land on the head: the training workers need the worker pods' resources.
+        "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+        "template": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "ray-head",
+                        "image": image,
+                        "resources": {"requests": dict(limits), "limits": dict(limits)},
+                        "ports": [
+                            {"name": name, "containerPort": port, "protocol": "TCP"}
+                            for name, port in HEAD_PORTS
+                        ],
+                    }
+                ]
+            }
+        },
+    }
+
+
+def _worker_group(job: FineTuneJob, image: str) -> dict[str, Any]:
+    res = job.spec.resources
+    gpus = res.gpus_per_worker
+    limits: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    if gpus:
+        limits[GPU_RESOURCE] = gpus
+    pod_spec: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "ray-worker",
+                "image": image,
+                "resources": {"requests": dict(limits), "limits": dict(limits)},
+            }
+        ]
+    }
+    tolerations = _tolerations(gpus)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    cpus = max(1, math.ceil(parse_quantity(res.cpu, "spec.resources.cpu")))
+    return {
+        "groupName": "gpu-workers" if gpus else "workers",
+        "replicas": res.workers,
+        "minReplicas": res.workers,
+        "maxReplicas": res.workers,
+        "rayStartParams": {"num-cpus": str(cpus), "num-gpus": str(gpus)},
+        "template": {"spec": pod_spec},
+    }
+
+
+def build_rayjob(
+    job: FineTuneJob,
+    train_config: TrainConfig,
+    cluster: ClusterView,
+    settings: BuildSettings,
+    tenant: str | None,
+) -> dict[str, Any]:
+    """The RayJob of `job` in `cluster`, named like the job, in its namespace."""
+    spec = job.spec
+    image = settings.worker_image
+    metadata: dict[str, Any] = {
+        "name": job.metadata.name,
+        "namespace": job.metadata.namespace or "default",
+        "labels": _base_labels(job, cluster.name, tenant),
+    }
+    owner = owner_reference(cast(ModelDeployment, job))
+    if owner is not None and (cluster.in_cluster or cluster.name == settings.hub_cluster):
+        metadata["ownerReferences"] = [owner]
+    rayjob_spec: dict[str, Any] = {
+        "entrypoint": entrypoint(train_config),
+        "submissionMode": "K8sJobMode",
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+        # Our trainer retries worker failures in-job (Ray Train) and KubeRay retries the
+        # whole job (a new driver and Ray cluster); both resume from the last checkpoint.
+        "backoffLimit": spec.backoff_limit,
+        "suspend": spec.suspend,
+        "rayClusterSpec": {
+            "headGroupSpec": _head_group(image, settings),
+            "workerGroupSpecs": [_worker_group(job, image)],
+        },
+    }
+    if spec.active_deadline_seconds is not None:
+        rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {
+        "apiVersion": RAY_API_VERSION,
+        "kind": "RayJob",
+        "metadata": metadata,
+        "spec": rayjob_spec,
+    }

@@ -1,0 +1,335 @@
+"""The FineTuneJob phase machine, table-driven: (spec, observed) -> phase, conditions, actions;
+plus progress, transition times, terminal phases, placement and auto-deploy rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment
+from tramontane_operator.api.v1alpha1.finetunejob import Estimate
+from tramontane_operator.placement import ClusterView
+from tramontane_operator.reconcile.finetunejob import (
+    ADMITTED,
+    COMPLETE,
+    DEPLOYED,
+    FAILED,
+    RUNNING,
+    SUSPENDED,
+    VALIDATED,
+    Decision,
+    Observed,
+    decide,
+    holds_quota,
+)
+from tramontane_operator.reconcile.finetunejob_deploy import (
+    ADAPTER_DEPLOYED,
+    ADAPTER_NAME_CONFLICT,
+    BASE_MODEL_MISMATCH,
+    MODEL_DEPLOYMENT_NOT_FOUND,
+    DeployOutcome,
+    adapters_with,
+)
+from tramontane_operator.reconcile.finetunejob_inputs import (
+    AdmissionResult,
+    JobPlacement,
+    ValidationResult,
+    place_job,
+)
+from tramontane_workers.contract.train_config import CheckpointRecord, TrainProgress
+
+from tests.unit.test_builders_rayjob import make_job
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = T0 + timedelta(minutes=5)
+VALID = ValidationResult(ok=True, lines=12)
+INVALID = ValidationResult(
+    ok=False,
+    errors=("s3://data/train.jsonl:3: messages[1].role: unknown role 'robot'",
+            "s3://data/train.jsonl:7: the last message must be from the assistant"),
+    bad_lines=2, lines=12,
+)  # fmt: skip
+ADMIT = AdmissionResult(admitted=True)
+QUEUED = AdmissionResult(False, 2, "quota gpus.H100: needs 2, 8 of 8 in use")
+PLACED = JobPlacement("aks", "placed in aks")
+UNPLACED = JobPlacement(None, "no eligible cluster (aks: unreachable)")
+AUTO = {
+    "autoDeploy": {"modelDeploymentRef": {"name": "chat"}, "adapterName": "support"},
+    "baseModel": {"modelDeploymentRef": {"name": "chat"}},
+}
+
+
+def rayjob(deployment: str, job: str = "", suspend: bool = False, **status: Any) -> dict[str, Any]:
+    return {
+        "spec": {"suspend": suspend},
+        "status": {"jobDeploymentStatus": deployment, "jobStatus": job, **status},
+    }
+
+
+def progress(step: int = 40, state: str = "running", **kw: Any) -> TrainProgress:
+    values: dict[str, Any] = {
+        "state": state, "step": step, "total_steps": 100, "percent": step,
+        "train_loss": 1.5, "valid_loss": 1.7, "tokens_per_second": 900.0, "updated": T0,
+    }  # fmt: skip
+    values.update(kw)
+    return TrainProgress.model_validate(values)
+
+
+def cond(decision: Decision, type_: str) -> tuple[str, str]:
+    for c in decision.status.conditions or []:
+        if c.type == type_:
+            return c.status, c.reason
+    raise AssertionError(f"no condition {type_}")
+
+
+def with_status(job: FineTuneJob, decision: Decision) -> FineTuneJob:
+    return job.model_copy(update={"status": decision.status})
+
+
+CASES: list[tuple[str, dict[str, Any], Observed, str, tuple[str, ...], dict[str, tuple[str, str]]]]
+CASES = [
+    ("fresh job validates first", {}, Observed(), "Validating", ("validate",),
+     {VALIDATED: ("Unknown", "Validating")}),
+    ("bad lines end it", {}, Observed(validation=INVALID, admission=ADMIT, placement=PLACED),
+     "FailedValidation", (), {VALIDATED: ("False", "InvalidDataset"),
+                              FAILED: ("True", "InvalidDataset")}),
+    ("dry run stops with the estimate", {"dryRun": True}, Observed(validation=VALID),
+     "Succeeded", (), {COMPLETE: ("True", "DryRun"), RUNNING: ("False", "NotStarted")}),
+    ("base model missing waits", {}, Observed(validation=VALID, base_model_error="md gone",
+     admission=ADMIT, placement=PLACED), "Pending", (), {ADMITTED: ("Unknown",
+     "BaseModelNotFound")}),
+    ("suspended before start", {"suspend": True}, Observed(validation=VALID, admission=ADMIT,
+     placement=PLACED), "Suspended", (), {SUSPENDED: ("True", "SuspendedByUser")}),
+    ("over quota queues", {}, Observed(validation=VALID, admission=QUEUED, placement=PLACED),
+     "Queued", (), {ADMITTED: ("False", "QuotaExceeded")}),
+    ("no cluster queues", {}, Observed(validation=VALID, admission=ADMIT, placement=UNPLACED),
+     "Queued", (), {ADMITTED: ("False", "NoEligibleCluster")}),
+    ("admitted and placed creates", {}, Observed(validation=VALID, admission=ADMIT,
+     placement=PLACED), "Running", ("create_rayjob",), {RUNNING: ("True", "Starting"),
+     ADMITTED: ("True", "QuotaAvailable")}),
+    ("ray cluster starting", {}, Observed(validation=VALID, rayjob=rayjob("Initializing")),
+     "Running", (), {RUNNING: ("True", "Starting")}),
+    ("training", {}, Observed(validation=VALID, rayjob=rayjob("Running", "RUNNING"),
+     progress=progress()), "Running", (), {RUNNING: ("True", "Training")}),
+    ("retrying", {}, Observed(validation=VALID, rayjob=rayjob("Retrying", failed=1)),
+     "Running", (), {RUNNING: ("True", "Retrying")}),
+    ("succeeded", {}, Observed(validation=VALID, rayjob=rayjob("Complete", "SUCCEEDED"),
+     progress=progress(100, "succeeded")), "Succeeded", (), {COMPLETE: ("True",
+     "TrainingSucceeded"), RUNNING: ("False", "Finished")}),
+    ("succeeded with auto-deploy deploys", AUTO, Observed(validation=VALID,
+     rayjob=rayjob("Complete", "SUCCEEDED")), "Succeeded", ("auto_deploy",),
+     {DEPLOYED: ("Unknown", "Pending")}),
+    ("auto-deploy done", AUTO, Observed(validation=VALID, rayjob=rayjob("Complete", "SUCCEEDED"),
+     deploy=DeployOutcome(True, ADAPTER_DEPLOYED, "added")), "Succeeded", (),
+     {DEPLOYED: ("True", ADAPTER_DEPLOYED)}),
+    ("app failed", {}, Observed(validation=VALID, rayjob=rayjob("Failed", "FAILED",
+     reason="AppFailed")), "Failed", (), {FAILED: ("True", "TrainingFailed")}),
+    ("deadline", {}, Observed(validation=VALID, rayjob=rayjob("Failed", "STOPPED",
+     reason="DeadlineExceeded")), "Failed", (), {FAILED: ("True", "DeadlineExceeded")}),
+    ("stopped job is a failure", {}, Observed(validation=VALID, rayjob=rayjob("Complete",
+     "STOPPED")), "Failed", (), {FAILED: ("True", "TrainingFailed")}),
+    ("suspend a running job", {"suspend": True}, Observed(validation=VALID,
+     rayjob=rayjob("Running", "RUNNING")), "Suspended", ("suspend_rayjob",),
+     {SUSPENDED: ("True", "Suspending"), ADMITTED: ("False", "SuspendedByUser")}),
+    ("suspended rayjob", {"suspend": True}, Observed(validation=VALID,
+     rayjob=rayjob("Suspended", suspend=True)), "Suspended", (),
+     {SUSPENDED: ("True", "SuspendedByUser")}),
+    ("resume when admitted", {}, Observed(validation=VALID, admission=ADMIT,
+     rayjob=rayjob("Suspended", suspend=True)), "Running", ("resume_rayjob",),
+     {RUNNING: ("True", "Resuming"), SUSPENDED: ("False", "NotSuspended")}),
+    ("resume waits for quota", {}, Observed(validation=VALID, admission=QUEUED,
+     rayjob=rayjob("Suspended", suspend=True)), "Queued", (),
+     {ADMITTED: ("False", "QuotaExceeded")}),
+    ("deleting cancels", {}, Observed(validation=VALID, rayjob=rayjob("Running"),
+     deleting=True), "Cancelled", ("delete_rayjob",), {FAILED: ("True", "Cancelled")}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "observed", "phase", "actions", "conditions"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_phase_machine(
+    spec: dict[str, Any],
+    observed: Observed,
+    phase: str,
+    actions: tuple[str, ...],
+    conditions: dict[str, tuple[str, str]],
+) -> None:
+    decision = decide(make_job(spec), observed, T0)
+    assert decision.phase == phase
+    assert decision.actions == actions
+    for type_, expected in conditions.items():
+        assert cond(decision, type_) == expected, type_
+    assert decision.status.observed_generation == 1
+
+
+def test_failed_validation_message_names_the_lines_and_never_creates() -> None:
+    job = make_job()
+    decision = decide(job, Observed(validation=INVALID, admission=ADMIT, placement=PLACED), T0)
+    (validated,) = [c for c in decision.status.conditions or [] if c.type == VALIDATED]
+    assert "train.jsonl:3: messages[1].role" in validated.message
+    assert "train.jsonl:7:" in validated.message and validated.message.startswith("2 bad lines")
+    # Terminal: nothing observed later (not even an admission) creates a RayJob.
+    later = decide(with_status(job, decision), Observed(admission=ADMIT, placement=PLACED), T1)
+    assert later.phase == "FailedValidation" and later.actions == ()
+    assert later.status == decision.status
+
+
+def test_queue_position_and_reason() -> None:
+    decision = decide(make_job(), Observed(validation=VALID, admission=QUEUED), T0)
+    assert decision.status.queue_position == 2
+    (admitted,) = [c for c in decision.status.conditions or [] if c.type == ADMITTED]
+    assert "quota gpus.H100" in admitted.message
+    running = decide(make_job(), Observed(validation=VALID, rayjob=rayjob("Running")), T0)
+    assert running.status.queue_position is None
+
+
+def test_validation_is_remembered_and_the_estimate_kept() -> None:
+    estimate = Estimate(dataset_tokens=1000, train_tokens=4000, steps=100, epochs=4.0)
+    job = make_job()
+    first = decide(job, Observed(validation=ValidationResult(True, lines=5, estimate=estimate),
+                                 admission=QUEUED), T0)  # fmt: skip
+    second = decide(with_status(job, first), Observed(admission=ADMIT, placement=PLACED), T1)
+    assert second.actions == ("create_rayjob",)  # no second validation
+    assert second.status.estimate == estimate
+    assert second.status.cluster == "aks" and second.status.ray_job == "tune"
+    assert second.status.start_time == T1
+
+
+def test_progress_checkpoints_and_retries_reach_the_status() -> None:
+    ckpts = [CheckpointRecord(step=s, uri=f"s3://out/job/checkpoints/{s}", time=T0)
+             for s in range(10, 80, 10)]  # fmt: skip
+    observed = Observed(
+        validation=VALID,
+        rayjob=rayjob("Running", "RUNNING", failed=1),
+        progress=progress(70, checkpoints=ckpts, attempt=2, eta=T1),
+    )
+    status = decide(make_job(), observed, T0).status
+    assert status.progress is not None
+    assert (status.progress.step, status.progress.total_steps, status.progress.percent) == (
+        70, 100, 70.0)  # fmt: skip
+    assert status.progress.train_loss == 1.5 and status.progress.eta == T1
+    assert [c.step for c in status.checkpoints or []] == [30, 40, 50, 60, 70]
+    assert status.retries == 1
+
+
+def test_transition_times_move_only_with_status() -> None:
+    job = make_job()
+    first = decide(job, Observed(validation=VALID, rayjob=rayjob("Initializing")), T0)
+    second = decide(with_status(job, first), Observed(rayjob=rayjob("Running", "RUNNING")), T1)
+    times = {c.type: c.last_transition_time for c in second.status.conditions or []}
+    reasons = {c.type: c.reason for c in second.status.conditions or []}
+    assert reasons[RUNNING] == "Training" and times[RUNNING] == T0  # True -> True, reason only
+    done = decide(with_status(job, second), Observed(rayjob=rayjob("Complete", "SUCCEEDED")), T1)
+    times = {c.type: c.last_transition_time for c in done.status.conditions or []}
+    assert times[COMPLETE] == T1 and times[RUNNING] == T1 and times[VALIDATED] == T0
+
+
+def test_succeeded_links_the_adapter() -> None:
+    job = make_job(AUTO)
+    observed = Observed(validation=VALID, rayjob=rayjob("Complete", "SUCCEEDED"))
+    adapter = decide(job, observed, T0).status.adapter
+    assert adapter is not None and adapter.uri == "s3://out/job/adapter"
+    assert (adapter.model_deployment, adapter.adapter_name) == ("chat", "support")
+    written = progress(100, "succeeded", adapter_uri="s3://elsewhere/adapter")
+    later = decide(job, Observed(validation=VALID, rayjob=observed.rayjob, progress=written), T0)
+    assert later.status.adapter is not None and later.status.adapter.uri == "s3://elsewhere/adapter"
+
+
+def test_terminal_success_retries_only_the_auto_deploy() -> None:
+    job = make_job(AUTO)
+    done = decide(job, Observed(validation=VALID, rayjob=rayjob("Complete", "SUCCEEDED")), T0)
+    job = with_status(job, done)
+    # The RayJob is gone (TTL): the job stays Succeeded and still wants its deploy.
+    again = decide(job, Observed(), T1)
+    assert again.phase == "Succeeded" and again.actions == ("auto_deploy",)
+    refused = DeployOutcome(False, BASE_MODEL_MISMATCH, "serves another model")
+    failed_deploy = decide(job, Observed(deploy=refused), T1)
+    assert cond(failed_deploy, DEPLOYED) == ("False", BASE_MODEL_MISMATCH)
+    assert cond(failed_deploy, COMPLETE) == ("True", "TrainingSucceeded")
+    ok = decide(job, Observed(deploy=DeployOutcome(True, ADAPTER_DEPLOYED, "added")), T1)
+    assert decide(with_status(job, ok), Observed(), T1).actions == ()
+
+
+@pytest.mark.parametrize(
+    ("phase_spec", "observed", "holds"),
+    [
+        ({}, Observed(validation=VALID, admission=ADMIT, placement=PLACED), True),
+        ({}, Observed(validation=VALID, admission=QUEUED), False),
+        ({"suspend": True}, Observed(validation=VALID, rayjob=rayjob("Running")), False),
+        ({}, Observed(validation=VALID, rayjob=rayjob("Complete", "SUCCEEDED")), False),
+    ],
+)
+def test_quota_is_held_only_while_admitted_and_active(
+    phase_spec: dict[str, Any], observed: Observed, holds: bool
+) -> None:
+    assert holds_quota(decide(make_job(phase_spec), observed, T0).status) is holds
+
+
+def test_cancelled_without_rayjob_has_nothing_to_delete() -> None:
+    decision = decide(make_job(), Observed(validation=VALID, deleting=True), T0)
+    assert decision.phase == "Cancelled" and decision.actions == ()
+
+
+# Placement of a job.
+def view(name: str, **kw: Any) -> ClusterView:
+    return ClusterView(name, gpus_capacity=kw.pop("gpus", {"H100": 8}), **kw)
+
+
+def test_place_job_prefers_named_order_and_skips_ineligible() -> None:
+    job = make_job({"placement": {"clusters": ["b", "a"]}})
+    clusters = [view("a"), view("b", reachable=False), view("c")]
+    assert place_job(job, clusters).cluster == "a"
+    none = place_job(job, [view("a", cordoned=True), view("b", kuberay_installed=False)])
+    assert none.cluster is None
+    assert "a: cordoned" in none.message and "b: KubeRay not installed" in none.message
+
+
+def test_place_job_needs_free_gpus_and_sticks_to_its_cluster() -> None:
+    job = make_job()  # 2 x H100
+    full = view("full", gpus_allocated={"H100": 7})
+    roomy = view("roomy", gpus={"H100": 4})
+    assert place_job(job, [full, roomy]).cluster == "roomy"
+    assert "1 free H100 of 2 needed" in place_job(job, [full]).message
+    assert place_job(job, [full, roomy], current="full").cluster == "full"  # never moves
+    selected = make_job({"placement": {"clusterSelector": {"matchLabels": {"tier": "x"}}}})
+    assert place_job(selected, [roomy, view("x", labels={"tier": "x"})]).cluster == "x"
+    assert place_job(selected, [roomy]).cluster is None
+
+
+# Auto-deploy.
+def model_deployment(source: str = "hf://x/base", adapters: list[Any] | None = None) -> Any:
+    spec: dict[str, Any] = {"model": {"name": "chat", "source": source}}
+    if adapters is not None:
+        spec["adapters"] = adapters
+    return ModelDeployment.model_validate(
+        {"apiVersion": "tramontane.dev/v1alpha1", "kind": "ModelDeployment",
+         "metadata": {"name": "chat", "namespace": "team-a"}, "spec": spec}
+    )  # fmt: skip
+
+
+def test_adapter_added_to_the_model_deployment() -> None:
+    job = make_job(AUTO)
+    other = {"name": "older", "uri": "s3://a/older"}
+    adapters, outcome = adapters_with(job, model_deployment(adapters=[other]), "s3://out/adapter")
+    assert outcome.deployed and adapters == [other, {"name": "support", "uri": "s3://out/adapter"}]
+    again, outcome = adapters_with(job, model_deployment(adapters=adapters), "s3://out/adapter")
+    assert again is None and outcome.deployed  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("spec", "md", "reason"),
+    [
+        (AUTO, None, MODEL_DEPLOYMENT_NOT_FOUND),
+        ({**AUTO, "baseModel": {"uri": "hf://x/other"}}, model_deployment(), BASE_MODEL_MISMATCH),
+        (AUTO, model_deployment(adapters=[{"name": "support", "uri": "s3://x"}]),
+         ADAPTER_NAME_CONFLICT),
+    ],
+)  # fmt: skip
+def test_auto_deploy_refusals_are_clear(spec: dict[str, Any], md: Any, reason: str) -> None:
+    adapters, outcome = adapters_with(make_job(spec), md, "s3://out/adapter")
+    assert adapters is None and not outcome.deployed and outcome.reason == reason
+    assert outcome.message
