@@ -31,7 +31,9 @@ SETTINGS = BuildSettings(worker_image="example.com/worker:1", hub_cluster="hub")
 
 @cache
 def rayservice_validator() -> SchemaValidator:
-    crd = yaml.safe_load((KUBERAY_CRDS_DIR / "ray.io_rayservices.yaml").read_text())
+    # KubeRay's CRD is 1 MB of YAML: libyaml's loader reads it ten times faster.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load((KUBERAY_CRDS_DIR / "ray.io_rayservices.yaml").read_text(), Loader=loader)
     return SchemaValidator.from_crd(crd, version="v1")
 
 
