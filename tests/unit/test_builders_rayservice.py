@@ -294,6 +294,9 @@ def test_metadata_labels_and_owner_reference_only_in_hub() -> None:
             "blockOwnerDeletion": True,
         }
     ]
+    config = hub["spec"]["rayClusterConfig"]
+    for template in (config["headGroupSpec"]["template"], worker_group(hub)["template"]):
+        assert template["metadata"]["labels"] == hub["metadata"]["labels"]
     assert "ownerReferences" not in member["metadata"]
     assert "tramontane.dev/tenant" not in member["metadata"]["labels"]
     assert member["metadata"]["labels"]["tramontane.dev/cluster"] == "member"

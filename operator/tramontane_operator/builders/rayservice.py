@@ -83,11 +83,12 @@ def _tolerations(md: ModelDeployment) -> list[dict[str, Any]]:
     return out
 
 
-def _head_group(md: ModelDeployment, image: str, settings: BuildSettings) -> dict[str, Any]:
+def _head_group(image: str, settings: BuildSettings, labels: Mapping[str, str]) -> dict[str, Any]:
     limits = {"cpu": settings.head_cpu, "memory": settings.head_memory}
     return {
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
         "template": {
+            "metadata": {"labels": dict(labels)},
             "spec": {
                 "containers": [
                     {
@@ -100,12 +101,14 @@ def _head_group(md: ModelDeployment, image: str, settings: BuildSettings) -> dic
                         ],
                     }
                 ]
-            }
+            },
         },
     }
 
 
-def _worker_group(md: ModelDeployment, image: str, pool: PoolSize) -> dict[str, Any]:
+def _worker_group(
+    md: ModelDeployment, image: str, pool: PoolSize, labels: Mapping[str, str]
+) -> dict[str, Any]:
     resources = md.spec.resources
     gpus = resources.gpu.count if resources.gpu is not None else 0
     limits: dict[str, Any] = {"cpu": resources.cpu, "memory": resources.memory}
@@ -131,7 +134,7 @@ def _worker_group(md: ModelDeployment, image: str, pool: PoolSize) -> dict[str, 
         "minReplicas": pool.min_replicas,
         "maxReplicas": pool.max_replicas,
         "rayStartParams": {"num-cpus": str(ray_cpus(md)), "num-gpus": str(gpus)},
-        "template": {"spec": pod_spec},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
 
 
@@ -157,10 +160,12 @@ def build_rayservice(
     else:
         pool = replicas
     image = md.spec.runtime.image or settings.worker_image
+    # Pods carry the same labels, so GPU use can be attributed to tenants and deployments.
+    labels = child_labels(md, cluster.name, tenant)
     metadata: dict[str, Any] = {
         "name": md.metadata.name,
         "namespace": md.metadata.namespace or "default",
-        "labels": child_labels(md, cluster.name, tenant),
+        "labels": labels,
     }
     owner = owner_reference(md)
     if owner is not None and (cluster.in_cluster or cluster.name == settings.hub_cluster):
@@ -175,8 +180,8 @@ def build_rayservice(
             "upgradeStrategy": upgrade_strategy(md, settings),
             "rayClusterConfig": {
                 "enableInTreeAutoscaling": pool.min_replicas != pool.max_replicas,
-                "headGroupSpec": _head_group(md, image, settings),
-                "workerGroupSpecs": [_worker_group(md, image, pool)],
+                "headGroupSpec": _head_group(image, settings, labels),
+                "workerGroupSpecs": [_worker_group(md, image, pool, labels)],
             },
         },
     }
