@@ -225,3 +225,20 @@ def test_codec_from_checkpoint_dir(tiny_model_dir: Path) -> None:
 
     codec = ChatCodec(find_tokenizer(tiny_model_dir), max_model_len=64)
     assert codec.raw.n_words == 32768
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 50])
+def test_grouping_of_tokens_does_not_change_the_answer(codec: ChatCodec, group: int) -> None:
+    tokens = _tokens(codec, "alpha beta gamma STOP delta epsilon")
+    assembler = CompletionAssembler(codec.decode, stop=("STOP",))
+    text = ""
+    for i in range(0, len(tokens), group):
+        chunk = tokens[i : i + group]
+        finish = "length" if i + group >= len(tokens) else None
+        text += assembler.feed(TokenStep(chunk, finish)).text  # type: ignore[arg-type]
+        if assembler.done:
+            break
+    one_by_one = CompletionAssembler(codec.decode, stop=("STOP",))
+    reference = "".join(d.text for d in _run(one_by_one, tokens))
+    assert text == reference == "alpha beta gamma "
+    assert assembler.completion_tokens == one_by_one.completion_tokens

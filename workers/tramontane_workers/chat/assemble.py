@@ -61,25 +61,47 @@ class CompletionAssembler:
         return len(self.tokens)
 
     def feed(self, step: TokenStep) -> Delta:
-        """Consume one engine step; the returned delta may be empty."""
-        if not self.tokens and step.token_ids and step.token_ids[0] == self.tool_calls_id:
+        """Consume one engine step (any number of tokens); the delta may be empty.
+
+        Tokens are taken one at a time, so where a stop string ends, and the usage reported,
+        do not depend on how the engine grouped tokens into steps.
+        """
+        texts: list[str] = []
+        last = len(step.token_ids) - 1
+        for i, token in enumerate(step.token_ids):
+            delta = self._feed_one(token, step.finish_reason if i == last else None)
+            texts.append(delta.text)
+            if self.done:
+                return Delta("".join(texts), delta.tool_calls, delta.finish_reason)
+        if step.finish_reason is not None and not self.done:  # a finish with no new token
+            delta = self._finish(step.finish_reason, self._pending)
+            texts.append(delta.text)
+            return Delta("".join(texts), delta.tool_calls, delta.finish_reason)
+        return Delta("".join(texts))
+
+    def _feed_one(self, token: int, finish: str | None) -> Delta:
+        if not self.tokens and token == self.tool_calls_id:
             self._tool_mode = True
             self._prefix_offset = self._read_offset = 1
-        self.tokens.extend(step.token_ids)
+        self.tokens.append(token)
         if self._tool_mode:
-            return self._finish_tools(step.finish_reason) if step.finish_reason else Delta()
+            return self._finish(finish, "") if finish else Delta()
         text = self._pending + self._new_text()
         for stop in self.stop:
             cut = text.find(stop)
             if cut >= 0:
                 self.done = True
                 return Delta(text[:cut], finish_reason="stop")
-        if step.finish_reason is not None:
-            self.done = True
-            return Delta(text, finish_reason=step.finish_reason)
+        if finish is not None:
+            return self._finish(finish, text)
         held = _longest_stop_prefix(text, self.stop)
         self._pending = text[len(text) - held :] if held else ""
         return Delta(text[: len(text) - held])
+
+    def _finish(self, reason: str, text: str) -> Delta:
+        self.done = True
+        self._pending = ""
+        return self._finish_tools(reason) if self._tool_mode else Delta(text, finish_reason=reason)
 
     def _new_text(self) -> str:
         prefix = self.decode(self.tokens[self._prefix_offset : self._read_offset])
@@ -90,7 +112,6 @@ class CompletionAssembler:
         return full[len(prefix) :]
 
     def _finish_tools(self, reason: str) -> Delta:
-        self.done = True
         start = 1 if self.tokens and self.tokens[0] == self.tool_calls_id else 0
         text = self.decode(self.tokens[start:])
         calls = parse_tool_calls(text, random.Random(self.seed))

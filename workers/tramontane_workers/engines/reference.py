@@ -115,7 +115,7 @@ class TransformersEngine(Engine):
         self._wake.set()
         try:
             while True:
-                item = await seq.out.get()
+                item = await _drain(seq.out)
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -327,3 +327,19 @@ def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+async def _drain(queue: asyncio.Queue[TokenStep | BaseException]) -> TokenStep | BaseException:
+    """Wait for the next step, then merge every step already queued behind it.
+
+    A consumer slower than the engine (a stream through a proxy) gets the tokens produced
+    meanwhile in one step instead of falling behind one message per token.
+    """
+    item = await queue.get()
+    tokens: list[int] = []
+    while isinstance(item, TokenStep):
+        tokens += item.token_ids
+        if item.finish_reason is not None or queue.empty():
+            return TokenStep(tokens, item.finish_reason)
+        item = queue.get_nowait()
+    return item  # an error: raised as it is

@@ -1,0 +1,172 @@
+"""Benchmark: what Ray Serve + the gRPC proxy add on top of the engine (tiny model, CPU).
+
+Two paths answer the same streamed chat requests in the same run:
+- direct: `ChatService` over the reference engine, called in this process (the baseline);
+- path:   the Serve application over Ray Serve's gRPC proxy (`ChatStream`), as clients see it.
+Each is measured at concurrency 1 and 8 (closed-loop clients): completion tokens/s and
+time-to-first-token (p50). Both engines use the same torch thread count.
+
+    .venv/bin/python bench/serve_overhead.py --quick    # under a minute after Ray starts
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "workers")]
+
+from tramontane_workers.contract import inference_pb2 as pb  # noqa: E402
+from tramontane_workers.contract import inference_pb2_grpc as pb_grpc  # noqa: E402
+from tramontane_workers.contract.serve_config import (  # noqa: E402
+    AutoscalingConfig,
+    EngineConfig,
+    ReplicaResources,
+    ServeAppConfig,
+)
+
+APP = "bench"
+Stream = Callable[[pb.ChatRequest], AsyncIterator[pb.ChatChunk]]
+
+
+def _request(max_tokens: int, i: int) -> pb.ChatRequest:
+    return pb.ChatRequest(
+        model="tiny",
+        messages=[pb.Message(role="user", content=f"Tell me a story about the wind, part {i}.")],
+        max_tokens=max_tokens,
+        temperature=0.0,
+    )
+
+
+async def _client(stream: Stream, requests: int, max_tokens: int, ttfts: list[float]) -> int:
+    tokens = 0
+    for i in range(requests):
+        start = time.perf_counter()
+        first = True
+        last: pb.ChatChunk | None = None
+        async for chunk in stream(_request(max_tokens, i)):
+            if first and chunk.choices[0].delta.content:
+                ttfts.append(time.perf_counter() - start)
+                first = False
+            last = chunk
+        if last is None:
+            raise RuntimeError("empty stream")
+        tokens += last.usage.completion_tokens
+    return tokens
+
+
+async def _measure(
+    stream: Stream, concurrency: int, requests: int, max_tokens: int
+) -> dict[str, float]:
+    await _client(stream, 1, max_tokens, [])  # warm-up
+    ttfts: list[float] = []
+    start = time.perf_counter()
+    counts = await asyncio.gather(
+        *(_client(stream, requests, max_tokens, ttfts) for _ in range(concurrency))
+    )
+    wall = time.perf_counter() - start
+    return {"tokens_per_s": sum(counts) / wall, "ttft_p50_ms": 1000 * statistics.median(ttfts)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _run(args: argparse.Namespace, model_dir: Path, grpc_port: int) -> dict[str, Any]:
+    import grpc
+    from tramontane_workers.chat.encode import ChatCodec
+    from tramontane_workers.chat.service import ChatService
+    from tramontane_workers.engines.reference import TransformersEngine
+    from tramontane_workers.models.loading import find_tokenizer
+
+    engine = TransformersEngine(model_dir, max_batch_size=8)
+    service = ChatService(
+        engine, ChatCodec(find_tokenizer(model_dir), max_model_len=engine.max_model_len)
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+    stub: Any = pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+
+    def via_serve(request: pb.ChatRequest) -> AsyncIterator[pb.ChatChunk]:
+        return stub.ChatStream(request, metadata=(("application", APP),))  # type: ignore[no-any-return]
+
+    paths: dict[str, Stream] = {"direct": service.stream, "path": via_serve}
+    results: dict[str, dict[str, float]] = {}
+    for concurrency, requests in ((1, args.requests_c1), (8, args.requests_c8)):
+        for name, stream in paths.items():  # alternate, so drift hits both
+            key = f"{name}_c{concurrency}"
+            results[key] = await _measure(stream, concurrency, requests, args.max_tokens)
+            print(key, json.dumps(results[key]), flush=True)
+    await channel.close()
+    await engine.shutdown()
+    figures: dict[str, Any] = {"bench": "serve_overhead"}
+    for key, value in results.items():
+        figures[f"{key}_tokens_per_s"] = round(value["tokens_per_s"], 1)
+        figures[f"{key}_ttft_p50_ms"] = round(value["ttft_p50_ms"], 2)
+    figures["throughput_ratio_c8"] = round(
+        results["path_c8"]["tokens_per_s"] / results["direct_c8"]["tokens_per_s"], 3
+    )
+    figures["throughput_ratio_c1"] = round(
+        results["path_c1"]["tokens_per_s"] / results["direct_c1"]["tokens_per_s"], 3
+    )
+    figures["ttft_added_ms_c1"] = round(
+        results["path_c1"]["ttft_p50_ms"] - results["direct_c1"]["ttft_p50_ms"], 2
+    )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small run, under a minute")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args()
+    args.max_tokens = 32 if args.quick else 64
+    args.requests_c1 = 4 if args.quick else 12
+    args.requests_c8 = 2 if args.quick else 6
+
+    import ray
+    import torch
+    from tramontane_workers.models.tiny import write_tiny_mistral
+    from tramontane_workers.serve.local import run_local
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = write_tiny_mistral(Path(tmp) / "tiny")
+        ray.init(num_cpus=max(4, args.threads), include_dashboard=False, log_to_driver=False)
+        config = ServeAppConfig(
+            name=APP,
+            route_prefix="/bench",
+            engine=EngineConfig(
+                engine="transformers",
+                model_uri=f"file://{model_dir}",
+                served_model_name="tiny",
+            ),
+            autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=1),
+            resources=ReplicaResources(num_cpus=args.threads),
+            max_ongoing_requests=16,
+        )
+        grpc_port = _free_port()
+        run_local([config], grpc_port=grpc_port, http_port=_free_port())
+        try:
+            figures = asyncio.run(_run(args, model_dir, grpc_port))
+        finally:
+            ray.shutdown()
+    figures["threads"] = args.threads
+    figures["max_tokens"] = args.max_tokens
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
