@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tramontane_cli.commands.validate",
     "tramontane_cli.commands.dataset",
     "tramontane_cli.commands.finetune",
+    "tramontane_cli.commands.serve",
 )
 
 
