@@ -15,7 +15,13 @@ from typing import Any
 import kopf
 
 from tramontane_operator.builders.labels import FINALIZER
-from tramontane_operator.handlers import computecluster, indexes, modeldeployment
+from tramontane_operator.handlers import (
+    computecluster,
+    finetunejob,
+    indexes,
+    modeldeployment,
+    tenant,
+)
 from tramontane_operator.handlers.runtime import Runtime
 from tramontane_operator.kube import ClusterConfig
 from tramontane_operator.observability import serve_metrics
@@ -48,6 +54,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     indexes.register(registry)
     computecluster.register(registry, rt)
     modeldeployment.register(registry, rt)
+    finetunejob.register(registry, rt)
+    tenant.register(registry, rt)
     return registry
 
 

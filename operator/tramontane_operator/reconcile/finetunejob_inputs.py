@@ -50,6 +50,8 @@ class ValidationResult:
         if self.ok:
             return f"{self.lines} lines valid"
         shown = "; ".join(self.errors[:limit])
+        if not self.bad_lines:
+            return shown
         more = self.bad_lines - min(len(self.errors), limit)
         return f"{self.bad_lines} bad lines: {shown}" + (f" (and {more} more)" if more else "")
 

@@ -1,0 +1,445 @@
+"""FineTuneJob handlers: validate -> admit -> place -> RayJob -> progress -> auto-deploy.
+
+Kopf's change handlers and a per-job daemon (polling the RayJob and `progress.json` every
+`TRAMONTANE_FINETUNE_POLL_INTERVAL` seconds while the job is active, or woken when a peer's
+quota is released) run the same level-triggered `reconcile`. The datasets are validated in a
+worker thread before anything else; a bad line ends the job in FailedValidation and no RayJob
+is ever written. Decisions are the pure `reconcile.finetunejob*` functions; this module only
+observes, applies their actions and writes the status when it changed. Admission and status
+writes of all jobs are serialised, so two jobs never both take the last GPUs of a quota.
+Deleting a job deletes its RayJob (KubeRay then stops the Ray cluster) before the finalizer goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, cast
+
+import kopf
+from pydantic import ValidationError
+
+from tramontane_operator.api.v1alpha1 import (
+    GROUP,
+    VERSION,
+    FineTuneJob,
+    FineTuneJobStatus,
+    ModelDeployment,
+    Tenant,
+)
+from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
+from tramontane_operator.builders.rayjob import build_rayjob, build_train_config
+from tramontane_operator.kube import MODELDEPLOYMENT, ApiError, ResourceRef, Unreachable
+from tramontane_operator.observability import PhaseTracker, reconcile_scope
+from tramontane_operator.placement import ClusterView, gpu_allocations
+from tramontane_operator.quotas import tenant_for_namespace
+from tramontane_operator.reconcile.conditions import status_differs
+from tramontane_operator.reconcile.finetunejob import (
+    TERMINAL,
+    Decision,
+    Observed,
+    adapter_uri,
+    decide,
+    holds_quota,
+    was_validated,
+)
+from tramontane_operator.reconcile.finetunejob_deploy import DEPLOY_FAILED, DeployOutcome
+from tramontane_operator.reconcile.finetunejob_deploy import adapters_with as deploy_adapters
+from tramontane_operator.reconcile.finetunejob_estimate import validation_result
+from tramontane_operator.reconcile.finetunejob_inputs import ValidationResult, place_job
+from tramontane_operator.reconcile.finetunejob_quota import admission_for
+
+from . import finetunejob_io as io
+from .indexes import ALL, Indexes
+from .runtime import Key, Runtime
+
+log = logging.getLogger(__name__)
+
+PLURAL: Final = "finetunejobs"
+FINETUNEJOB: Final = ResourceRef(GROUP, VERSION, PLURAL, "FineTuneJob")
+RAYJOB: Final = ResourceRef("ray.io", "v1", "rayjobs", "RayJob")
+POLL_ENV: Final = "TRAMONTANE_FINETUNE_POLL_INTERVAL"
+DEFAULT_POLL_S: Final = 10.0
+INDEX_ID: Final = "finetunejobs_idx"
+TENANT_INDEX_ID: Final = "tenant_objects_idx"  # registered by handlers.tenant
+
+
+class FineTuneState:
+    """What the FineTuneJob handlers share: statuses written, wake-ups, the admission lock."""
+
+    def __init__(self, poll_s: float) -> None:
+        self.poll_s = poll_s
+        self.admission = asyncio.Lock()
+        self.statuses: dict[Key, tuple[str | None, FineTuneJobStatus]] = {}
+        self.wakeups: dict[Key, asyncio.Event] = {}
+        self.phases = PhaseTracker("FineTuneJob")
+
+    def last_status(self, job: FineTuneJob) -> FineTuneJobStatus | None:
+        found = self.statuses.get(_key_of(job))
+        return found[1] if found is not None and found[0] == job.metadata.uid else None
+
+    def wake_all(self) -> None:
+        for event in self.wakeups.values():
+            event.set()
+
+
+def poll_interval(env: Mapping[str, str] | None = None) -> float:
+    value = (os.environ if env is None else env).get(POLL_ENV)
+    try:
+        return float(value) if value else DEFAULT_POLL_S
+    except ValueError:
+        raise ValueError(f"{POLL_ENV}: expected seconds, got {value!r}") from None
+
+
+def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    state = FineTuneState(poll_interval())
+
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=INDEX_ID)
+    def finetunejobs_idx(body: kopf.Body, **_: Any) -> dict[str, FineTuneJob]:
+        try:
+            return {ALL: FineTuneJob.model_validate(dict(body))}
+        except ValidationError:
+            return {}
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    async def ftj_changed(body: kopf.Body, **kwargs: Any) -> None:
+        await reconcile(rt, state, body, kwargs)
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=1.0)
+    async def ftj_follow(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
+        await _follow(rt, state, stopped, body, kwargs)
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    async def ftj_deleted(body: kopf.Body, **kwargs: Any) -> None:
+        await cleanup(rt, state, body, kwargs)
+
+
+def _key_of(job: FineTuneJob) -> Key:
+    return (job.metadata.namespace or "default", job.metadata.name)
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return (meta.get("namespace") or "default", meta["name"])
+
+
+def _parse(rt: Runtime, state: FineTuneState, body: Mapping[str, Any]) -> FineTuneJob:
+    try:
+        job = FineTuneJob.model_validate(dict(body))
+    except ValidationError as exc:
+        raise kopf.PermanentError(f"invalid FineTuneJob: {exc}") from exc
+    fresher = state.last_status(job)
+    return job.model_copy(update={"status": fresher}) if fresher is not None else job
+
+
+async def _follow(
+    rt: Runtime,
+    state: FineTuneState,
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    kwargs: Mapping[str, Any],
+) -> None:
+    key = _key(body)
+    event = state.wakeups.setdefault(key, asyncio.Event())
+    delay = state.poll_s
+    while not stopped:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), delay)
+        event.clear()
+        if stopped or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        try:
+            decision = await reconcile(rt, state, body, kwargs)
+            done = decision is not None and decision.phase in TERMINAL and not decision.actions
+            delay = rt.settings.resync_interval_s if done else state.poll_s
+        except (kopf.TemporaryError, kopf.PermanentError):
+            delay = state.poll_s
+        except Exception:
+            log.exception("reconcile of FineTuneJob %s/%s failed", *key)
+            delay = state.poll_s
+
+
+def _tenants(kwargs: Mapping[str, Any]) -> list[Tenant]:
+    return list((kwargs.get(TENANT_INDEX_ID) or {}).get(ALL, ()))
+
+
+def _jobs(kwargs: Mapping[str, Any], state: FineTuneState) -> list[FineTuneJob]:
+    jobs = list((kwargs.get(INDEX_ID) or {}).get(ALL, ()))
+    return [j.model_copy(update={"status": state.last_status(j) or j.status}) for j in jobs]
+
+
+async def reconcile(
+    rt: Runtime, state: FineTuneState, body: Mapping[str, Any], kwargs: Mapping[str, Any]
+) -> Decision | None:
+    key = _key(body)
+    async with rt.lock(("FineTuneJob/" + key[0], key[1])):
+        with reconcile_scope("FineTuneJob", *key) as scope:
+            if (body.get("metadata") or {}).get("deletionTimestamp"):
+                scope.outcome = "deleting"
+                return None
+            job = _parse(rt, state, body)
+            validation = None
+            phase = job.status.phase if job.status else None
+            if not was_validated(job.status) and phase not in TERMINAL:
+                job = await _write(rt, state, job, decide(job, Observed(), _now()).status)
+                validation = await _validate(rt, state, job, kwargs)
+            decision = await _step(rt, state, job, validation, kwargs)
+            scope.outcome = decision.phase or "unknown"
+            scope.clusters = decision.status.cluster or ""
+            return decision
+
+
+async def _validate(
+    rt: Runtime, state: FineTuneState, job: FineTuneJob, kwargs: Mapping[str, Any]
+) -> ValidationResult:
+    base_uri, _ = await _base_model(rt, job)
+    try:
+        report = await asyncio.to_thread(io.validate_datasets, job)
+    except io.DatasetUnreadable as exc:
+        observed = decide(job, Observed(), _now())
+        await _write(rt, state, job, _with_message(observed.status, f"cannot read: {exc}"))
+        raise kopf.TemporaryError(f"dataset unreadable: {exc}", delay=state.poll_s) from exc
+    params = await asyncio.to_thread(io.model_params, base_uri) if base_uri else None
+    idx = Indexes.from_kwargs(kwargs)
+    return validation_result(
+        job, report.training, report.validation, params, idx.compute_clusters()
+    )
+
+
+def _with_message(status: FineTuneJobStatus, message: str) -> FineTuneJobStatus:
+    conditions = [
+        c.model_copy(update={"message": message}) if c.type == "Validated" else c
+        for c in status.conditions or []
+    ]
+    return status.model_copy(update={"conditions": conditions})
+
+
+async def _base_model(rt: Runtime, job: FineTuneJob) -> tuple[str | None, str | None]:
+    """(URI, served name) of the base model; (None, error) when its ModelDeployment is gone."""
+    base = job.spec.base_model
+    if base.uri is not None:
+        return base.uri, None
+    ref = base.model_deployment_ref
+    if ref is None:  # the CRD's CEL rule forbids this
+        return None, "spec.baseModel: set modelDeploymentRef or uri"
+    md = await _model_deployment(rt, job.metadata.namespace or "default", ref.name)
+    if md is None:
+        return None, f"ModelDeployment {ref.name} not found"
+    return md.spec.model.source, md.spec.model.name
+
+
+async def _model_deployment(rt: Runtime, namespace: str, name: str) -> ModelDeployment | None:
+    try:
+        raw = await rt.hub.get(MODELDEPLOYMENT, namespace, name)
+    except (ApiError, Unreachable) as exc:
+        raise kopf.TemporaryError(f"reading ModelDeployment {name}: {exc}", delay=1.0) from exc
+    if raw is None:
+        return None
+    try:
+        return ModelDeployment.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+async def _views(
+    rt: Runtime, job: FineTuneJob, idx: Indexes, jobs: list[FineTuneJob]
+) -> dict[str, ClusterView]:
+    mds = idx.modeldeployments.get(ALL, ())
+    allocations = {c: dict(g) for c, g in gpu_allocations(mds).items()}
+    for other in jobs:
+        status = other.status
+        res = other.spec.resources
+        if other.metadata.uid == job.metadata.uid or not holds_quota(status) or not status:
+            continue
+        if status.cluster and res.gpu_type and res.gpus_per_worker:
+            held = allocations.setdefault(status.cluster, {})
+            held[res.gpu_type] = held.get(res.gpu_type, 0) + res.workers * res.gpus_per_worker
+    return await rt.cluster_views(idx.compute_clusters(), allocations)
+
+
+async def _step(
+    rt: Runtime,
+    state: FineTuneState,
+    job: FineTuneJob,
+    validation: ValidationResult | None,
+    kwargs: Mapping[str, Any],
+) -> Decision:
+    namespace, name = _key_of(job)
+    idx = Indexes.from_kwargs(kwargs)
+    base_uri, base_error_or_name = await _base_model(rt, job)
+    base_error = base_error_or_name if base_uri is None else None
+    async with state.admission:
+        jobs = _jobs(kwargs, state)
+        views = await _views(rt, job, idx, jobs)
+        status = job.status
+        placement = place_job(job, list(views.values()), status.cluster if status else None)
+        cluster = (status.cluster if status else None) or placement.cluster
+        rayjob = await _read_rayjob(rt, cluster, namespace, name)
+        progress = None
+        if rayjob is not None or (status is not None and status.phase in TERMINAL):
+            progress = await asyncio.to_thread(io.read_progress, job.spec.output.uri)
+        tenant = tenant_for_namespace(_tenants(kwargs), namespace)
+        deployments = list(idx.modeldeployments.get(ALL, ()))
+        admission = admission_for(job, tenant, jobs, deployments)
+        observed = Observed(
+            validation=validation,
+            base_model_error=base_error,
+            admission=admission,
+            placement=placement,
+            rayjob=rayjob,
+            progress=progress,
+        )
+        decision = decide(job, observed, _now())
+        deploy = await _apply(rt, job, decision, views, tenant, base_uri, base_error_or_name)
+        if deploy is not None:
+            decision = decide(job, dataclasses.replace(observed, deploy=deploy), _now())
+        released = holds_quota(job.status) and not holds_quota(decision.status)
+        await _write(rt, state, job, decision.status)
+    if released:
+        state.wake_all()  # a queued peer may fit now
+    return decision
+
+
+async def _read_rayjob(
+    rt: Runtime, cluster: str | None, namespace: str, name: str
+) -> dict[str, Any] | None:
+    member = rt.clusters.get(cluster) if cluster else None
+    if member is None or not member.probe.reachable:
+        return None
+    try:
+        return await member.client.get(RAYJOB, namespace, name)
+    except Unreachable as exc:
+        rt.clusters.report_unreachable(member.name, exc.cause)
+        raise kopf.TemporaryError(f"{member.name} unreachable: {exc.cause}", delay=1.0) from exc
+
+
+async def _apply(
+    rt: Runtime,
+    job: FineTuneJob,
+    decision: Decision,
+    views: Mapping[str, ClusterView],
+    tenant: Tenant | None,
+    base_uri: str | None,
+    base_name: str | None,
+) -> DeployOutcome | None:
+    """Carry out the decision's actions; the auto-deploy outcome when one was attempted."""
+    namespace, name = _key_of(job)
+    cluster = decision.status.cluster
+    member = rt.clusters.get(cluster) if cluster else None
+    outcome = None
+    for action in decision.actions:
+        try:
+            if action == "create_rayjob" and member is not None and cluster and base_uri:
+                config = build_train_config(job, base_uri, base_name)
+                tenant_name = tenant.metadata.name if tenant else None
+                desired = build_rayjob(job, config, views[cluster], rt.build, tenant_name)
+                await member.client.apply(RAYJOB, desired, None)
+                _event(job, "Normal", "Created", f"RayJob {name} created in {cluster}")
+            elif action in ("suspend_rayjob", "resume_rayjob") and member is not None:
+                suspend = action == "suspend_rayjob"
+                await member.client.patch(RAYJOB, namespace, name, {"spec": {"suspend": suspend}})
+            elif action == "delete_rayjob" and member is not None:
+                await member.client.delete(RAYJOB, namespace, name)
+            elif action == "auto_deploy":
+                outcome = await _auto_deploy(rt, job, decision)
+        except ValueError as exc:  # the spec cannot be trained as given
+            _event(job, "Warning", "InvalidSpec", str(exc))
+            raise kopf.PermanentError(str(exc)) from exc
+        except (ApiError, Unreachable) as exc:
+            raise kopf.TemporaryError(f"{action}: {exc}", delay=1.0) from exc
+    return outcome
+
+
+async def _auto_deploy(rt: Runtime, job: FineTuneJob, decision: Decision) -> DeployOutcome:
+    deploy = job.spec.auto_deploy
+    if deploy is None:
+        raise ValueError("spec.autoDeploy is not set")
+    namespace = job.metadata.namespace or "default"
+    md = await _model_deployment(rt, namespace, deploy.model_deployment_ref.name)
+    uri = decision.status.adapter.uri if decision.status.adapter else adapter_uri(job, None)
+    adapters, outcome = deploy_adapters(job, md, uri)
+    if adapters is not None and md is not None:
+        patch = {"spec": {"adapters": adapters}}
+        try:
+            await rt.hub.patch(MODELDEPLOYMENT, namespace, md.metadata.name, patch)
+        except ApiError as exc:
+            return DeployOutcome(False, DEPLOY_FAILED, str(exc)[:512])
+        _event(job, "Normal", "AdapterDeployed", outcome.message)
+    return outcome
+
+
+async def _write(
+    rt: Runtime, state: FineTuneState, job: FineTuneJob, status: FineTuneJobStatus
+) -> FineTuneJob:
+    """Write `status` if it differs from the job's; the job as it now is."""
+    previous = job.status
+    if not status_differs(previous, status):
+        return job
+    namespace, name = _key_of(job)
+    if await rt.write_status(FINETUNEJOB, namespace, name, previous, status):
+        state.statuses[(namespace, name)] = (job.metadata.uid, status)
+        state.phases.set(namespace, name, status.phase)
+        if previous is None or previous.phase != status.phase:
+            kind = "Warning" if status.phase in ("Failed", "FailedValidation") else "Normal"
+            _event(job, kind, status.phase or "Unknown", f"phase {status.phase}")
+    return job.model_copy(update={"status": status})
+
+
+async def cleanup(
+    rt: Runtime, state: FineTuneState, body: Mapping[str, Any], kwargs: Mapping[str, Any]
+) -> None:
+    """Cancel: delete the RayJob wherever it may be; keep the finalizer until it is gone."""
+    namespace, name = key = _key(body)
+    async with rt.lock(("FineTuneJob/" + namespace, name)):
+        job = _parse(rt, state, body)
+        waiting = []
+        for cc in Indexes.from_kwargs(kwargs).compute_clusters():
+            member = await rt.ensure_member(cc)
+            if member is None or not member.probe.reachable:
+                if job.status is not None and job.status.cluster == cc.metadata.name:
+                    waiting.append(f"{cc.metadata.name} (unreachable)")
+                continue
+            try:
+                rayjob = await member.client.get(RAYJOB, namespace, name)
+                if rayjob is not None and _ours(rayjob, job):
+                    await member.client.delete(RAYJOB, namespace, name)
+                    if await member.client.get(RAYJOB, namespace, name) is not None:
+                        waiting.append(f"{cc.metadata.name} (deleting)")
+            except (ApiError, Unreachable) as exc:
+                waiting.append(f"{cc.metadata.name} ({exc})")
+        if waiting:
+            raise kopf.TemporaryError(f"RayJob not yet deleted in: {', '.join(waiting)}", delay=1.0)
+        state.statuses.pop(key, None)
+        state.wakeups.pop(key, None)
+        state.phases.set(namespace, name, None)
+    if holds_quota(job.status):
+        state.wake_all()
+
+
+def _ours(rayjob: Mapping[str, Any], job: FineTuneJob) -> bool:
+    labels = (rayjob.get("metadata") or {}).get("labels") or {}
+    return bool(
+        labels.get(OWNER_KIND_LABEL) == "FineTuneJob"
+        and labels.get(OWNER_NAME_LABEL) == job.metadata.name
+    )
+
+
+def _event(job: FineTuneJob, kind: str, reason: str, message: str) -> None:
+    body = job.model_dump(by_alias=True, mode="json", exclude={"status"})
+    try:
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, body)), type=kind, reason=reason, message=message[:1024]
+        )
+    except LookupError:  # outside Kopf's context: no event sink
+        log.info("%s %s: %s", kind, reason, message)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,84 @@
+"""From dataset validation summaries to the job's `ValidationResult` and `status.estimate`.
+
+Pure. Errors are rendered `URI:LINE: path: message` (the CLI's format); the estimate comes from
+the workers' contract (`contract.estimate`) over the training files only, for the job's GPU
+type (every known profile for a CPU job), priced with the cheapest `pricing.gpuHour` among the
+ComputeClusters that list it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from tramontane_workers.contract.datasets import DatasetSummary
+from tramontane_workers.contract.estimate import Estimate as ContractEstimate
+from tramontane_workers.contract.estimate import TrainingShape, estimate
+
+from tramontane_operator.api.v1alpha1 import ComputeCluster, FineTuneJob
+from tramontane_operator.api.v1alpha1.finetunejob import Estimate
+
+from .finetunejob_inputs import ValidationResult
+
+MAX_ERRORS: Final = 10
+# Assumed when the base model's config.json cannot be read (Mistral 7B v0.3).
+DEFAULT_MODEL_PARAMS: Final = 7_248_023_552
+
+
+def status_estimate(result: ContractEstimate) -> Estimate:
+    """The contract's estimate in the FineTuneJob status' shape."""
+    return Estimate.model_validate(
+        {
+            **result.model_dump(exclude={"gpus", "per_gpu_type"}),
+            "per_gpu_type": [r.model_dump(exclude={"fits_in_memory"}) for r in result.per_gpu_type]
+            or None,
+        }
+    )
+
+
+def _prices(job: FineTuneJob, clusters: Sequence[ComputeCluster]) -> tuple[dict[str, float], str]:
+    best: dict[str, tuple[float, str]] = {}
+    for cc in clusters:
+        pricing = cc.spec.pricing
+        for gpu_type, price in ((pricing.gpu_hour or {}) if pricing else {}).items():
+            if gpu_type not in best or price < best[gpu_type][0]:
+                best[gpu_type] = (price, pricing.currency if pricing else "USD")
+    wanted = job.spec.resources.gpu_type
+    currency = best[wanted][1] if wanted in best else "USD"
+    return {t: p for t, (p, _) in best.items()}, currency
+
+
+def validation_result(
+    job: FineTuneJob,
+    training: Sequence[DatasetSummary],
+    validation: Sequence[DatasetSummary],
+    model_params: float | None,
+    clusters: Sequence[ComputeCluster] = (),
+) -> ValidationResult:
+    """Bad lines of every file first; the estimate only when all are valid."""
+    summaries = [*training, *validation]
+    errors = tuple(f"{s.source}:{e.line}: {e.describe()}" for s in summaries for e in s.errors)[
+        :MAX_ERRORS
+    ]
+    bad = sum(s.bad_lines for s in summaries)
+    lines = sum(s.lines for s in summaries)
+    if bad:
+        return ValidationResult(False, errors, bad, lines)
+    empty = [s.source for s in training if s.conversations == 0]
+    if empty:
+        return ValidationResult(False, tuple(f"{u}: no conversation" for u in empty), 0, lines)
+    spec = job.spec
+    hp, res = spec.hyperparameters, spec.resources
+    prices, currency = _prices(job, clusters)
+    result = estimate(
+        conversations=sum(s.conversations for s in training),
+        dataset_tokens=sum(s.tokens for s in training),
+        shape=TrainingShape(hp.batch_size, hp.sequence_length, hp.training_steps, hp.epochs),
+        model_params=model_params or DEFAULT_MODEL_PARAMS,
+        method=spec.method.type,
+        gpus=max(1, res.workers * res.gpus_per_worker),
+        gpu_types=[res.gpu_type] if res.gpu_type else None,
+        price_per_gpu_hour=prices,
+        currency=currency,
+    )
+    return ValidationResult(True, (), 0, lines, status_estimate(result))
