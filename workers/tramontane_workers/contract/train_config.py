@@ -1,0 +1,150 @@
+"""What the operator renders into a fine-tuning RayJob, and what the trainer writes back.
+
+`TrainConfig` is the trainer's whole input; the operator builds it from a FineTuneJob and puts
+`entrypoint(config)` in the RayJob. The trainer writes, under `output_uri`:
+
+    progress.json                       TrainProgress: step, losses, tokens/s, ETA, checkpoints
+    checkpoints/step-00000100/          adapter + optimizer state; COMPLETE is written last
+    adapter/                            the final PEFT adapter (adapter_config.json,
+                                        adapter_model.safetensors) and tramontane_adapter.json
+
+`progress.json` is where the operator reads progress (phase Running -> status.progress); the
+adapter directory loads directly in the reference engine and in vLLM.
+Importable without torch or ray.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from datetime import datetime
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROGRESS_FILE = "progress.json"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+ADAPTER_MANIFEST = "tramontane_adapter.json"
+COMPLETE_MARKER = "COMPLETE"
+ENTRYPOINT_MODULE = "tramontane_workers.train"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingFile(_Strict):
+    uri: str
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+
+class LoraSettings(_Strict):
+    rank: Annotated[int, Field(ge=1, le=512)] = 16
+    alpha: Annotated[float, Field(gt=0)] = 32.0  # peft takes an int; rounded there
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+
+
+class TrainConfig(_Strict):
+    """Everything one fine-tuning run needs; hyperparameter names follow the FineTuneJob API."""
+
+    job_name: Annotated[str, Field(min_length=1, max_length=128)] = "finetune"
+    base_model_uri: str = Field(description="HF-format checkpoint (file://, pvc://, hf://, ...).")
+    base_model_name: str | None = Field(default=None, description="For the adapter manifest.")
+    training_files: Annotated[list[TrainingFile], Field(min_length=1)]
+    validation_files: list[str] = Field(default_factory=list)
+    output_uri: str
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training_steps: Annotated[int, Field(ge=1)] | None = None
+    epochs: Annotated[float, Field(gt=0)] | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-4
+    warmup_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.1
+    sequence_length: Annotated[int, Field(ge=8)] = 4096
+    batch_size: Annotated[int, Field(ge=1)] = Field(
+        default=8, description="Sequences per optimizer step, all workers together."
+    )
+    checkpoint_every_steps: Annotated[int, Field(ge=1)] = 100
+    eval_every_steps: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Validation loss cadence; default: checkpoint_every_steps."
+    )
+    seed: int = 0
+    num_workers: Annotated[int, Field(ge=1)] = 1
+    use_gpu: bool = False
+    cpus_per_worker: Annotated[int, Field(ge=1)] = 1
+    max_failures: Annotated[int, Field(ge=0)] = Field(
+        default=3, description="Worker-group restarts Ray Train attempts (each resumes)."
+    )
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> Self:
+        if (self.training_steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of training_steps or epochs")
+        if self.batch_size < self.num_workers:
+            raise ValueError("batch_size must be at least num_workers (one sequence each)")
+        return self
+
+    @property
+    def eval_every(self) -> int:
+        return self.eval_every_steps or self.checkpoint_every_steps
+
+    def model_shape(self) -> dict[str, object]:
+        """Fields a checkpoint must agree with to be resumed from."""
+        return {"base_model_uri": self.base_model_uri, "lora": self.lora.model_dump()}
+
+
+def entrypoint(config: TrainConfig) -> str:
+    """The RayJob entrypoint command: the config travels base64-encoded, no quoting pitfalls."""
+    payload = base64.urlsafe_b64encode(config.model_dump_json().encode()).decode()
+    return shlex.join(["python", "-m", ENTRYPOINT_MODULE, "--config-b64", payload])
+
+
+def config_from_b64(payload: str) -> TrainConfig:
+    return TrainConfig.model_validate_json(base64.urlsafe_b64decode(payload.encode()))
+
+
+class CheckpointRecord(_Strict):
+    step: int
+    uri: str
+    time: datetime
+
+
+class TrainProgress(_Strict):
+    """progress.json: written by rank 0 at every report; read by the operator."""
+
+    state: Literal["running", "succeeded", "failed"] = "running"
+    step: int = 0
+    total_steps: int
+    percent: float = 0.0
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    tokens_per_second: float | None = None
+    eta: datetime | None = None
+    attempt: int = 1
+    resumed_from_step: int | None = None
+    checkpoints: list[CheckpointRecord] = Field(default_factory=list)
+    adapter_uri: str | None = None
+    message: str | None = None
+    updated: datetime
+
+
+class AdapterManifest(_Strict):
+    """tramontane_adapter.json beside the PEFT files."""
+
+    base_model: str
+    base_model_uri: str
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    steps: int
+    final_train_loss: float | None
+    final_valid_loss: float | None
+    train_tokens: int
+    created: datetime
