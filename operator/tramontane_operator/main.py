@@ -51,6 +51,11 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(rt.hub.config)
 
+    @kopf.on.cleanup(registry=registry)
+    async def close_clients(**_: Any) -> None:
+        # Before Kopf's exit: our informers are tasks Kopf would otherwise wait for.
+        await rt.close()
+
     indexes.register(registry)
     computecluster.register(registry, rt)
     modeldeployment.register(registry, rt)

@@ -15,9 +15,11 @@ import pytest
 from manifests import (
     AKS,
     HUB,
+    NS,
     ONPREM,
     SYSTEM_NS,
     compute_cluster,
+    model_deployment,
     operator_settings,
 )
 from operator_harness import Clusters, FakeKubeRay, OperatorRun
@@ -27,6 +29,9 @@ from tramontane_operator.kube import (
     ClusterConfig,
     KubeClient,
 )
+
+# Re-exported: test modules import these names from here or from `manifests`.
+__all__ = ["AKS", "HUB", "NS", "ONPREM", "SYSTEM_NS", "model_deployment", "operator_settings"]
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import aiohttp.test_utils
 import attrs
 import jsonpatch
 import jsonpointer
@@ -112,6 +114,30 @@ def metadata_problems(obj: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+@dataclass
+class Fault:
+    """Answer the next `times` requests matching `method` and `path` with HTTP `status`.
+
+    With `stall` set, each matching request first waits for it (an operator can be killed
+    while its request hangs), then fails.
+    """
+
+    method: str
+    path: str  # a substring of the URL path
+    status: int = 500
+    times: int = 1
+    stall: asyncio.Event | None = None
+    hits: int = 0
+
+    def matches(self, request: kmock.Request) -> bool:
+        return (
+            self.times > 0 and request.method.value == self.method and self.path in request.url.path
+        )
+
+
+_FAULT_REASONS = {409: "AlreadyExists", 500: "InternalError", 503: "ServiceUnavailable"}
+
+
 @attrs.define(kw_only=True)
 class ValidatingEmulator(kmock.KubernetesEmulator):
     """A KMock Kubernetes emulator that admits writes like a real API server."""
@@ -120,6 +146,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
     crds: list[CrdInfo] = attrs.field(factory=list)
     validate: bool = True
     violations: list[str] = attrs.field(factory=list)
+    faults: list[Fault] = attrs.field(factory=list)
     _counter: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     def __attrs_post_init__(self) -> None:
@@ -133,6 +160,14 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         return next((c for c in self.crds if c.resource == resource), None)
 
     async def _handle(self, request: kmock.Request) -> Any:
+        fault = next((f for f in self.faults if f.matches(request)), None)
+        if fault is not None:
+            fault.times -= 1
+            fault.hits += 1
+            if fault.stall is not None:
+                await fault.stall.wait()
+            reason = _FAULT_REASONS.get(fault.status, "Injected")
+            raise kmock.KubernetesError(fault.status, reason, f"injected fault: {reason}")
         if request.resource is not None and request.action in (
             kmock.action.CREATE,
             kmock.action.UPDATE,
@@ -246,7 +281,7 @@ class Cluster:
     name: str
     emulator: ValidatingEmulator
     port: int = 0
-    _server: kmock.Server | None = None
+    _server: aiohttp.test_utils.RawTestServer | None = None
 
     @property
     def url(self) -> str:
@@ -257,14 +292,19 @@ class Cluster:
         return self._server is not None
 
     async def start(self) -> None:
-        server = kmock.Server(self.emulator, port=self.port or None)
-        await server.__aenter__()
-        self._server, self.port = server, server.port
+        # aiohttp's raw server, not kmock.Server: that one also patches aiohttp's resolver
+        # process-wide and cannot be stopped out of order.
+        server = aiohttp.test_utils.RawTestServer(self.emulator, host="127.0.0.1", port=self.port)
+        await server.start_server()
+        # Open watch streams would hold a graceful shutdown for 60 s: drop them like a crash.
+        if server.runner is not None:
+            server.runner._shutdown_timeout = 0.1
+        self._server, self.port = server, int(server.port or 0)
 
     async def stop(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
-            await server.__aexit__(None, None, None)
+            await server.close()
 
     def kubeconfig(self) -> str:
         return yaml.safe_dump(
@@ -380,8 +420,6 @@ class FakeKubeRay:
         self._session: Any = None
 
     async def start(self) -> None:
-        import aiohttp
-
         self._session = aiohttp.ClientSession()
         self._task = asyncio.create_task(self._loop())
 

@@ -32,7 +32,7 @@ from tramontane_operator.kube import (
     Unreachable,
 )
 from tramontane_operator.observability import reconcile_scope
-from tramontane_operator.placement import ClusterView, place
+from tramontane_operator.placement import REASON_FAILOVER, ClusterView, place
 from tramontane_operator.reconcile import (
     ObservedPool,
     compute_status,
@@ -262,6 +262,12 @@ def _transition_events(
     raw: Mapping[str, Any], previous: ModelDeploymentStatus | None, status: ModelDeploymentStatus
 ) -> None:
     old = previous.conditions if previous else None
+    moved_from = previous.cluster_names if previous else None
+    if moved_from and status.cluster_names and moved_from != status.cluster_names:
+        placed = find(status.conditions, PLACED)
+        reason = placed.reason if placed is not None else "Moved"
+        kind = "Warning" if reason == REASON_FAILOVER else "Normal"
+        _event(raw, kind, reason, f"pools moved from {moved_from} to {status.cluster_names}")
     for type_, good in ((READY, "True"), (DEGRADED, "False"), (PLACED, "True")):
         now, before = find(status.conditions, type_), find(old, type_)
         if now is None or (before is not None and before.status == now.status):
