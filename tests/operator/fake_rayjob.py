@@ -20,8 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from operator_harness import Cluster
+from operator_harness import Cluster, FakeKubeRay
 
 RAYJOBS = "ray.io/v1/rayjobs"
 
@@ -30,7 +29,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class FakeRayJobs:
+class FakeRayJobs(FakeKubeRay):
+    """KubeRay's RayJob controller (FakeKubeRay's loop; RayJobs instead of RayServices)."""
+
     def __init__(
         self,
         clusters: Iterable[Cluster],
@@ -39,8 +40,7 @@ class FakeRayJobs:
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
     ) -> None:
-        self.clusters = list(clusters)
-        self.interval_s = interval_s
+        super().__init__(clusters, interval_s)
         self.run_entrypoints = run_entrypoints
         self.env = dict(env or {})
         self.log_dir = log_dir
@@ -48,34 +48,18 @@ class FakeRayJobs:
         self.seen: set[tuple[str, str]] = set()  # (cluster, name) of every RayJob observed
         self.runs: dict[str, int] = {}  # RayJob name -> entrypoint starts
         self._procs: dict[str, asyncio.subprocess.Process] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     def finish(self, name: str, job_status: str = "SUCCEEDED") -> None:
         self.outcomes[name] = job_status
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        self._task = asyncio.create_task(self._loop())
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for proc in self._procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        if self._session is not None:
-            await self._session.close()
+        await super().stop()
+        for name in list(self._procs):
+            await self._kill(name)
 
-    async def _loop(self) -> None:
-        while True:
-            for cluster in self.clusters:
-                if cluster.up:
-                    for rayjob in cluster.emulator.stored_all(RAYJOBS):
-                        await self._sync(cluster, rayjob)
-            await asyncio.sleep(self.interval_s)
+    async def _sync(self, cluster: Cluster) -> None:
+        for rayjob in cluster.emulator.stored_all(RAYJOBS):
+            await self._sync_one(cluster, rayjob)
 
     def _next(self, name: str, spec: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
         state = old.get("jobDeploymentStatus") or ""
@@ -97,7 +81,7 @@ class FakeRayJobs:
                     "jobId": f"{name}-1", "startTime": _now()}  # fmt: skip
         return dict(old)
 
-    async def _sync(self, cluster: Cluster, rayjob: Mapping[str, Any]) -> None:
+    async def _sync_one(self, cluster: Cluster, rayjob: Mapping[str, Any]) -> None:
         meta, spec = rayjob["metadata"], rayjob.get("spec") or {}
         name = meta["name"]
         self.seen.add((cluster.name, name))
@@ -114,7 +98,6 @@ class FakeRayJobs:
             await self._spawn(name, spec["entrypoint"])
         if want == old:
             return
-        assert self._session is not None
         url = f"{cluster.url}/apis/ray.io/v1/namespaces/{meta['namespace']}/rayjobs/{name}/status"
         async with self._session.patch(
             url, json={"status": want}, headers={"Content-Type": "application/merge-patch+json"}
