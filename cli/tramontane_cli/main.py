@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tramontane_cli.commands.dataset",
     "tramontane_cli.commands.finetune",
     "tramontane_cli.commands.serve",
+    "tramontane_cli.commands.operator",
 )
 
 
