@@ -24,6 +24,7 @@ from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.contract.serve_config import DEPLOYMENT_NAME, ServeAppConfig
 from tramontane_workers.engines.factory import build_engine, resolve_adapter_dir
 from tramontane_workers.errors import AdapterUnavailable, NotFound, WorkerError
+from tramontane_workers.serve.batching import batch_stream
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class MistralServer:
     ) -> AsyncGenerator[pb.ChatChunk, None]:
         try:
             adapter = await self._resolve(request.model)
-            async for chunk in self.chat.stream(request, adapter):
+            async for chunk in batch_stream(self.chat.stream(request, adapter)):
                 yield chunk
         except WorkerError as exc:
             raise _status(grpc_context, exc) from exc
