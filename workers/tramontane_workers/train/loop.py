@@ -203,7 +203,10 @@ def train(config: TrainConfig, env: WorkerEnv) -> TrainProgress:
     )  # fmt: skip
     model = env.prepare(peft_model)
     model.train()
-    began, tokens_seen, last_write = time.perf_counter(), 0, 0.0
+    # Throughput and ETA are steady-state: the clock starts after this attempt's first step.
+    began, tokens_seen, last_write = 0.0, 0, 0.0
+    tokens_per_s: float | None = None
+    eta: datetime | None = None
     for step in range(start + 1, run.total + 1):
         picks = worker_slice(sampler.next_indices(config.batch_size), env.rank, env.world)
         batch = collate([run.train_sets[s][i] for s, i in picks], pad_id)
@@ -216,11 +219,14 @@ def train(config: TrainConfig, env: WorkerEnv) -> TrainProgress:
         optimizer.zero_grad(set_to_none=True)
         train_loss = float(loss.detach())
         step_tokens = int(batch["attention_mask"].sum()) * env.world
-        tokens_seen += step_tokens
         run.train_tokens += step_tokens
-        elapsed = time.perf_counter() - began
-        tokens_per_s = tokens_seen / elapsed if elapsed > 0 else None
-        eta = _now() + timedelta(seconds=elapsed / (step - start) * (run.total - step))
+        if step == start + 1:
+            began = time.perf_counter()
+        else:
+            tokens_seen += step_tokens
+            elapsed = time.perf_counter() - began
+            tokens_per_s = tokens_seen / elapsed
+            eta = _now() + timedelta(seconds=elapsed / (step - start - 1) * (run.total - step))
         metrics: dict[str, Any] = {
             "step": step,
             "train_loss": train_loss,
