@@ -52,6 +52,10 @@ class FakeRayJobs(FakeKubeRay):
     def finish(self, name: str, job_status: str = "SUCCEEDED") -> None:
         self.outcomes[name] = job_status
 
+    def running(self, name: str) -> bool:
+        """Whether the RayJob's entrypoint process is running now."""
+        return name in self._procs
+
     async def stop(self) -> None:
         await super().stop()
         for name in list(self._procs):

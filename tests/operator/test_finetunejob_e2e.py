@@ -4,7 +4,8 @@ A tenant's FineTuneJob teaches the tiny Mistral three Q&A pairs. The operator va
 data, renders the RayJob, and the fake KubeRay controller *really runs* the RayJob's
 entrypoint (`python -m tramontane_workers.train --config-b64 ...`) against the test's Ray
 session, so Ray Train, checkpoints and progress.json are real; the operator follows the loss
-in the job's status, and on success adds the adapter to the ModelDeployment. The Serve app is
+in the job's status; a suspend after the first checkpoint stops the run and the resume
+continues from that checkpoint; on success the adapter is added to the ModelDeployment. The Serve app is
 then built from the serveConfigV2 the operator rendered into that ModelDeployment's
 RayService, and over Serve's gRPC proxy the adapter answers the trained questions with the
 trained answers while the base model does not.
@@ -99,7 +100,7 @@ def _manifests(model: Path, data: str, out: Path) -> tuple[dict[str, Any], dict[
                                                 "targetModules": ["q_proj", "v_proj", "lm_head"]}},
             "hyperparameters": {"trainingSteps": 80, "learningRate": 0.005, "warmupFraction": 0.0,
                                 "weightDecay": 0.0, "batchSize": 3, "sequenceLength": 64,
-                                "checkpointEverySteps": 40},
+                                "checkpointEverySteps": 20},
             "resources": {"workers": 1, "gpusPerWorker": 0, "cpu": "1", "memory": "4Gi"},
             "placement": {"clusters": [AKS]},
             "output": {"uri": out.as_uri()},
@@ -133,22 +134,36 @@ async def test_fine_tune_job_trains_deploys_and_serves_the_adapter(
 
     losses: list[float] = []
 
-    def finished() -> str | None:
-        status = _status(clusters)
-        loss = (status.get("progress") or {}).get("trainLoss")
-        if loss is not None and (not losses or losses[-1] != loss):
-            losses.append(loss)
-        return status.get("phase") if status.get("phase") in ("Succeeded", "Failed") else None
+    def progress() -> dict[str, Any]:
+        found = _status(clusters).get("progress") or {}
+        if found.get("trainLoss") is not None and (not losses or losses[-1] != found["trainLoss"]):
+            losses.append(found["trainLoss"])
+        return dict(found)
 
-    assert await eventually(finished, timeout_s=240, interval_s=0.2) == "Succeeded", _status(
-        clusters
-    )
+    # Suspend once the first checkpoint is written: the run stops (KubeRay deletes its Ray
+    # cluster: the fake kills the entrypoint); resuming starts a new run from the checkpoint.
+    await eventually(lambda: progress().get("step", 0) >= 20, timeout_s=180, interval_s=0.2)
+    await api.patch(FINETUNEJOB, NS, "qa-tune", {"spec": {"suspend": True}})
+    await eventually(lambda: _status(clusters).get("phase") == "Suspended")
+    await eventually(lambda: not real_rayjobs.running("qa-tune"))
+    assert _status(clusters)["progress"]["step"] < 80, "finished before the suspend landed"
+    await api.patch(FINETUNEJOB, NS, "qa-tune", {"spec": {"suspend": False}})
+
+    def finished() -> str | None:
+        progress()
+        phase = _status(clusters).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    final = await eventually(finished, timeout_s=180, interval_s=0.2)
+    assert final == "Succeeded", _status(clusters)
     status = _status(clusters)
-    assert real_rayjobs.runs == {"qa-tune": 1}
+    assert real_rayjobs.runs == {"qa-tune": 2} and status["retries"] == 1
+    written = json.loads((tmp_path / "out" / "progress.json").read_text())
+    assert written["attempt"] == 2 and written["resumed_from_step"] >= 20  # not from scratch
     assert status["progress"]["step"] == 80 and status["progress"]["percent"] == 100
     assert len(losses) >= 2 and losses[-1] < losses[0] / 4, losses  # the loss fell
     assert status["progress"]["validLoss"] < 0.5
-    assert [c["step"] for c in status["checkpoints"]] == [40, 80]
+    assert [c["step"] for c in status["checkpoints"]][-2:] == [60, 80]
     adapter_uri = (tmp_path / "out" / "adapter").as_uri()
     assert status["adapter"] == {"uri": adapter_uri, "modelDeployment": "tiny", "adapterName": "qa"}
 
