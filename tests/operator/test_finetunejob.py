@@ -192,6 +192,8 @@ async def test_delete_cancels_and_removes_the_rayjob(
     await api.delete(FINETUNEJOB, NS, "tune")
     await eventually(lambda: rayjob(clusters) is None)
     await eventually(lambda: clusters.hub.emulator.stored(FTJS, NS, "tune") is None)
+    events = clusters.hub.emulator.stored_all("v1/events")
+    assert any(e.get("reason") == "Cancelled" for e in events)
 
 
 async def test_quota_queues_and_tenant_reports_usage(

@@ -274,6 +274,13 @@ def test_cancelled_without_rayjob_has_nothing_to_delete() -> None:
     assert decision.phase == "Cancelled" and decision.actions == ()
 
 
+def test_deleting_a_finished_job_keeps_its_phase() -> None:
+    job = make_job()
+    done = decide(job, Observed(validation=VALID, rayjob=rayjob("Complete", "SUCCEEDED")), T0)
+    later = decide(with_status(job, done), Observed(rayjob=rayjob("Complete"), deleting=True), T1)
+    assert later.phase == "Succeeded" and later.actions == ()
+
+
 # Placement of a job.
 def view(name: str, **kw: Any) -> ClusterView:
     return ClusterView(name, gpus_capacity=kw.pop("gpus", {"H100": 8}), **kw)

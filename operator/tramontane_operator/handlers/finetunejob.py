@@ -281,9 +281,13 @@ async def _step(
         status = job.status
         placement = place_job(job, list(views.values()), status.cluster if status else None)
         cluster = (status.cluster if status else None) or placement.cluster
-        rayjob = await _read_rayjob(rt, cluster, namespace, name)
+        terminal = status is not None and status.phase in TERMINAL
+        placed_before = status is not None and status.cluster is not None
+        rayjob = None
+        if not terminal:
+            rayjob = await _read_rayjob(rt, cluster, namespace, name, placed_before)
         progress = None
-        if rayjob is not None or (status is not None and status.phase in TERMINAL):
+        if rayjob is not None or terminal:
             progress = await asyncio.to_thread(io.read_progress, job.spec.output.uri)
         tenant = tenant_for_namespace(_tenants(kwargs), namespace)
         deployments = list(idx.modeldeployments.get(ALL, ()))
@@ -308,10 +312,14 @@ async def _step(
 
 
 async def _read_rayjob(
-    rt: Runtime, cluster: str | None, namespace: str, name: str
+    rt: Runtime, cluster: str | None, namespace: str, name: str, placed_before: bool
 ) -> dict[str, Any] | None:
+    """The job's RayJob in `cluster`. Where the job already runs, an unreachable cluster is a
+    reason to wait, never "no RayJob" (that would start a second run elsewhere)."""
     member = rt.clusters.get(cluster) if cluster else None
     if member is None or not member.probe.reachable:
+        if placed_before:
+            raise kopf.TemporaryError(f"cluster {cluster} of the job unreachable", delay=1.0)
         return None
     try:
         return await member.client.get(RAYJOB, namespace, name)
@@ -399,6 +407,7 @@ async def cleanup(
     namespace, name = key = _key(body)
     async with rt.lock(("FineTuneJob/" + namespace, name)):
         job = _parse(rt, state, body)
+        job = await _write(rt, state, job, decide(job, Observed(deleting=True), _now()).status)
         waiting = []
         for cc in Indexes.from_kwargs(kwargs).compute_clusters():
             member = await rt.ensure_member(cc)

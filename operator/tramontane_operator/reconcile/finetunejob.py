@@ -12,7 +12,8 @@ FailedValidation | Cancelled, and Suspended (from Queued or Running, back when r
 - Admitted and placed: action `create_rayjob`, then the RayJob's status drives the phase;
   `spec.suspend` toggles are actions `suspend_rayjob` / `resume_rayjob`.
 - Succeeded with `autoDeploy`: action `auto_deploy` until the `Deployed` condition is True.
-- Terminal phases stay; deletion is Cancelled with `delete_rayjob`.
+- Terminal phases stay (deletion included); deleting an unfinished job is Cancelled, with
+  `delete_rayjob` when its RayJob exists.
 
 `lastTransitionTime` of a condition moves only when its status does (`merge_conditions`).
 """
@@ -318,7 +319,7 @@ def decide(job: FineTuneJob, observed: Observed, now: datetime) -> Decision:
     previous = job.status or FineTuneJobStatus()
     draft = _initial(job, previous)
     draft.fields.update(_kept_fields(previous))
-    if previous.phase in TERMINAL and not observed.deleting:
+    if previous.phase in TERMINAL:  # deleting a finished job cancels nothing
         return _terminal(job, previous, observed, now)
     if observed.deleting:
         draft.phase = "Cancelled"
