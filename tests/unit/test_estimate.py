@@ -123,3 +123,18 @@ def test_cli_estimate_from_flags(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("10 steps") and "EUR" in out and "assumed Mistral 7B" in out
     assert main(["finetune", "estimate"]) == 2
+
+
+def test_docs_table_matches_the_profiles() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "finetuning.md").read_text()
+    rows = {}
+    for line in docs.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[1].replace(".", "").isdigit():
+            rows[cells[0].split(" ")[0]] = cells
+    for profile in GPU_PROFILES:
+        name, tflops, mfu, memory, tokens = rows[profile.name]
+        assert float(tflops) == profile.peak_tflops and float(mfu) == profile.mfu
+        assert float(memory.split()[0]) == profile.memory_gib
+        expected = round(profile.tokens_per_second(7_248_023_552, "lora"))
+        assert int(tokens.split()[0].replace(",", "")) == expected, name

@@ -24,7 +24,6 @@ from tramontane_workers.contract.train_config import (
     config_from_b64,
     entrypoint,
 )
-from tramontane_workers.models.tiny import write_tiny_mistral
 from tramontane_workers.train.data import IGNORE_INDEX, MixtureSampler, collate
 from tramontane_workers.train.loop import WorkerEnv, train
 
@@ -52,11 +51,6 @@ def _write_qa(path: Path, extra_weight0: bool = False) -> Path:
         lines.append(json.dumps({"messages": messages}))
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_mistral(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _config(tiny: Path, data: Path, out: Path, **overrides: Any) -> TrainConfig:
@@ -90,7 +84,7 @@ def _greedy(model: Any, question: str, max_new_tokens: int = 8) -> str:
         .tokens
     )
     eos = tokenizer().instruct_tokenizer.tokenizer.eos_id
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     with torch.no_grad():
         out = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
@@ -138,11 +132,13 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_a_crashed_run_resumes_from_its_last_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
+def test_a_crashed_run_resumes_from_its_last_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     """The driver-retry path without Ray: the second call continues at the checkpoint."""
     data, out = _write_qa(tmp_path / "qa.jsonl", extra_weight0=True), tmp_path / "out"
     config = _config(
-        tiny_model, data, out, training_steps=12, checkpoint_every_steps=5, eval_every_steps=4
+        tiny_model_dir, data, out, training_steps=12, checkpoint_every_steps=5, eval_every_steps=4
     )
     reached: list[int] = []
 
@@ -174,15 +170,15 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint(tiny_model: Path, tmp_pa
 
 @pytest.mark.slow
 def test_tiny_model_learns_qa_through_ray_train(
-    ray_session: Any, tiny_model: Path, tmp_path: Path
+    ray_session: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from peft import PeftModel
     from tramontane_workers.train.runner import run
     from transformers import AutoModelForCausalLM
 
     data, out = _write_qa(tmp_path / "qa.jsonl"), tmp_path / "out"
-    config = _config(tiny_model, data, out)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    config = _config(tiny_model_dir, data, out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     base_answers = [_greedy(base, q) for q, _ in QA]
     progress = run(config)
     assert (progress.state, progress.step, progress.total_steps) == ("succeeded", 80, 80)
@@ -198,7 +194,7 @@ def test_tiny_model_learns_qa_through_ray_train(
     )
     assert manifest["final_valid_loss"] == progress.valid_loss
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
     assert [_greedy(tuned, q) for q, _ in QA] == [a for _, a in QA]
     assert all(b != a for b, (_, a) in zip(base_answers, QA, strict=True))
 
@@ -213,12 +209,12 @@ def _train_worker_pids() -> list[int]:
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_the_last_checkpoint(
-    ray_session: Any, tiny_model: Path, tmp_path: Path
+    ray_session: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from tramontane_workers.train.runner import run
 
     data, out = _write_qa(tmp_path / "qa.jsonl"), tmp_path / "out"
-    config = _config(tiny_model, data, out, training_steps=600, checkpoint_every_steps=20)
+    config = _config(tiny_model_dir, data, out, training_steps=600, checkpoint_every_steps=20)
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(progress=run(config)), daemon=True)
     thread.start()
