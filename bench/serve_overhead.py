@@ -4,7 +4,8 @@ Two paths answer the same streamed chat requests in the same run:
 - direct: `ChatService` over the reference engine, called in this process (the baseline);
 - path:   the Serve application over Ray Serve's gRPC proxy (`ChatStream`), as clients see it.
 Each is measured at concurrency 1 and 8 (closed-loop clients): completion tokens/s and
-time-to-first-token (p50). Both engines use the same torch thread count.
+time-to-first-token (p50), in rounds that alternate the paths; figures are medians over rounds
+(ratios: the median of per-round ratios). Both engines use the same torch thread count.
 
     .venv/bin/python bench/serve_overhead.py --quick    # under a minute after Ray starts
 """
@@ -69,7 +70,6 @@ async def _client(stream: Stream, requests: int, max_tokens: int, ttfts: list[fl
 async def _measure(
     stream: Stream, concurrency: int, requests: int, max_tokens: int
 ) -> dict[str, float]:
-    await _client(stream, 1, max_tokens, [])  # warm-up
     ttfts: list[float] = []
     start = time.perf_counter()
     counts = await asyncio.gather(
@@ -103,27 +103,40 @@ async def _run(args: argparse.Namespace, model_dir: Path, grpc_port: int) -> dic
         return stub.ChatStream(request, metadata=(("application", APP),))  # type: ignore[no-any-return]
 
     paths: dict[str, Stream] = {"direct": service.stream, "path": via_serve}
-    results: dict[str, dict[str, float]] = {}
-    for concurrency, requests in ((1, args.requests_c1), (8, args.requests_c8)):
-        for name, stream in paths.items():  # alternate, so drift hits both
-            key = f"{name}_c{concurrency}"
-            results[key] = await _measure(stream, concurrency, requests, args.max_tokens)
-            print(key, json.dumps(results[key]), flush=True)
+    for stream in paths.values():
+        await _client(stream, 1, args.max_tokens, [])  # warm-up
+    rounds: list[dict[str, dict[str, float]]] = []
+    for round_no in range(args.rounds):  # rounds alternate the paths, so load drift hits both
+        results: dict[str, dict[str, float]] = {}
+        for concurrency, requests in ((1, args.requests_c1), (8, args.requests_c8)):
+            for name, stream in paths.items():
+                key = f"{name}_c{concurrency}"
+                results[key] = await _measure(stream, concurrency, requests, args.max_tokens)
+                print(f"round {round_no} {key}", json.dumps(results[key]), flush=True)
+        rounds.append(results)
     await channel.close()
     await engine.shutdown()
+    return _figures(rounds)
+
+
+def _figures(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Medians over rounds; ratios are the median of per-round ratios (pure)."""
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
     figures: dict[str, Any] = {"bench": "serve_overhead"}
-    for key, value in results.items():
-        figures[f"{key}_tokens_per_s"] = round(value["tokens_per_s"], 1)
-        figures[f"{key}_ttft_p50_ms"] = round(value["ttft_p50_ms"], 2)
-    figures["throughput_ratio_c8"] = round(
-        results["path_c8"]["tokens_per_s"] / results["direct_c8"]["tokens_per_s"], 3
-    )
-    figures["throughput_ratio_c1"] = round(
-        results["path_c1"]["tokens_per_s"] / results["direct_c1"]["tokens_per_s"], 3
-    )
-    figures["ttft_added_ms_c1"] = round(
-        results["path_c1"]["ttft_p50_ms"] - results["direct_c1"]["ttft_p50_ms"], 2
-    )
+    for key in rounds[0]:
+        figures[f"{key}_tokens_per_s"] = round(median([r[key]["tokens_per_s"] for r in rounds]), 1)
+        figures[f"{key}_ttft_p50_ms"] = round(median([r[key]["ttft_p50_ms"] for r in rounds]), 2)
+    for c in (1, 8):
+        ratios = [
+            r[f"path_c{c}"]["tokens_per_s"] / r[f"direct_c{c}"]["tokens_per_s"] for r in rounds
+        ]
+        figures[f"throughput_ratio_c{c}"] = round(median(ratios), 3)
+    added = [r["path_c1"]["ttft_p50_ms"] - r["direct_c1"]["ttft_p50_ms"] for r in rounds]
+    figures["ttft_added_ms_c1"] = round(median(added), 2)
+    figures["rounds"] = len(rounds)
     return figures
 
 
@@ -133,8 +146,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
     args.max_tokens = 32 if args.quick else 64
-    args.requests_c1 = 4 if args.quick else 12
-    args.requests_c8 = 2 if args.quick else 6
+    args.requests_c1 = 3 if args.quick else 8
+    args.requests_c8 = 1 if args.quick else 3
+    args.rounds = 3 if args.quick else 5
 
     import ray
     import torch

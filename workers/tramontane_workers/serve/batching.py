@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from tramontane_workers.contract import inference_pb2 as pb
 
-DEFAULT_INTERVAL_S = 0.02
+DEFAULT_INTERVAL_S = 0.05
 
 
 def merge_chunks(first: pb.ChatChunk, later: pb.ChatChunk) -> pb.ChatChunk:
