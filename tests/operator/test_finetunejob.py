@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fake_rayjob import RAYJOBS, FakeRayJobs
-from manifests import AKS, NS, model_deployment
+from manifests import AKS, NS, ONPREM, model_deployment
 from operator_harness import Clusters, FakeKubeRay, OperatorRun, eventually
 from tramontane_operator.handlers.finetunejob import FINETUNEJOB, POLL_ENV
 from tramontane_operator.kube import MODELDEPLOYMENT, TENANT, KubeClient
@@ -258,3 +258,19 @@ def _decoded_config(rj: dict[str, Any]) -> str:
     from tramontane_workers.contract.train_config import config_from_b64
 
     return config_from_b64(rj["spec"]["entrypoint"].split()[-1]).model_dump_json()
+
+
+async def test_an_unreachable_cluster_is_waited_for_not_replaced(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs, operator: OperatorRun
+) -> None:
+    await api.create(FINETUNEJOB, job(tmp_path, placement={"clusters": [AKS, ONPREM]}))
+    await eventually(lambda: condition(stored(clusters), "Running").get("reason") == "Training")
+    await clusters[AKS].stop()
+    await asyncio.sleep(2.0)  # many poll rounds with the job's cluster gone
+    assert [
+        r for c in (clusters.hub, clusters[ONPREM]) for r in c.emulator.stored_all(RAYJOBS)
+    ] == []
+    assert phase(clusters) == "Running" and stored(clusters)["status"]["cluster"] == AKS
+    await clusters[AKS].start()
+    rayjobs.finish("tune")
+    await eventually(lambda: phase(clusters) == "Succeeded", timeout_s=30)
