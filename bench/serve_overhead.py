@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -77,12 +76,6 @@ async def _measure(
     )
     wall = time.perf_counter() - start
     return {"tokens_per_s": sum(counts) / wall, "ttft_p50_ms": 1000 * statistics.median(ttfts)}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _run(args: argparse.Namespace, model_dir: Path, grpc_port: int) -> dict[str, Any]:
@@ -153,7 +146,7 @@ def main() -> None:
     import ray
     import torch
     from tramontane_workers.models.tiny import write_tiny_mistral
-    from tramontane_workers.serve.local import run_local
+    from tramontane_workers.serve.local import free_port, run_local
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,8 +171,8 @@ def main() -> None:
             resources=ReplicaResources(num_cpus=args.threads),
             max_ongoing_requests=16,
         )
-        grpc_port = _free_port()
-        run_local([config], grpc_port=grpc_port, http_port=_free_port())
+        grpc_port = free_port()
+        run_local([config], grpc_port=grpc_port, http_port=free_port())
         try:
             figures = asyncio.run(_run(args, model_dir, grpc_port))
         finally:

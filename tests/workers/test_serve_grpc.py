@@ -6,7 +6,6 @@ Serve starts once for the module; the application is built from the `args` that
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,18 +28,12 @@ METADATA = (("application", APP),)
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def stub(
     ray_session: Any, tiny_model_dir: Path, tiny_adapters: dict[str, Path]
 ) -> Iterator[pb_grpc.InferenceStub]:
     from ray import serve
-    from tramontane_workers.serve.local import run_local
+    from tramontane_workers.serve.local import free_port, run_local
 
     config = ServeAppConfig(
         name=APP,
@@ -55,8 +48,8 @@ def stub(
         autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=1),
         resources=ReplicaResources(num_cpus=1),
     )
-    port = _free_port()
-    run_local([config], grpc_port=port, http_port=_free_port())
+    port = free_port()
+    run_local([config], grpc_port=port, http_port=free_port())
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
     channel.close()

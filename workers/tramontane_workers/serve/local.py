@@ -6,6 +6,7 @@ serveConfigV2, and Serve's gRPC proxy is started with the same servicer function
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 from ray import serve
@@ -13,6 +14,13 @@ from ray.serve.config import gRPCOptions
 
 from tramontane_workers.contract.serve_config import ServeAppConfig, render_serve_config_v2
 from tramontane_workers.serve.app import build_app
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for local gRPC/HTTP listeners)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def run_local(apps: Sequence[ServeAppConfig], *, grpc_port: int, http_port: int = 8000) -> None:
