@@ -115,3 +115,23 @@ def test_object_store_via_fsspec_memory_layout(
     assert (local / "model.safetensors").stat().st_size == (
         tiny_model_dir / "model.safetensors"
     ).stat().st_size
+
+
+def test_hf_uri_resolves_from_the_local_cache(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Hugging Face cache laid out as huggingface_hub writes it; nothing is downloaded."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--mistralai--tiny"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", TOKENIZER_FILENAME):
+        (snapshot / name).symlink_to(tiny_model_dir / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = materialize("hf://mistralai/tiny")
+    assert path == snapshot
+    assert detect_format(path) == "hf"
+    assert materialize(f"hf://mistralai/tiny@{revision}") == snapshot

@@ -127,7 +127,12 @@ def materialize(uri: str) -> Path:
 
         try:
             path = Path(
-                snapshot_download(parsed.location, revision=parsed.revision, local_files_only=True)
+                snapshot_download(
+                    parsed.location,
+                    revision=parsed.revision,
+                    cache_dir=os.environ.get("HF_HUB_CACHE"),  # read now, not at import
+                    local_files_only=True,
+                )
             )
         except LocalEntryNotFoundError as exc:
             raise ModelLoadError(
