@@ -214,7 +214,8 @@ def test_killed_worker_resumes_from_the_last_checkpoint(
     from tramontane_workers.train.runner import run
 
     data, out = _write_qa(tmp_path / "qa.jsonl"), tmp_path / "out"
-    config = _config(tiny_model_dir, data, out, training_steps=600, checkpoint_every_steps=20)
+    # Few reports (each is a ~2 s collective in Ray 2.60): checkpoints at 50, 100, 150, 200.
+    config = _config(tiny_model_dir, data, out, training_steps=200, checkpoint_every_steps=50)
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(progress=run(config)), daemon=True)
     thread.start()
@@ -223,7 +224,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(
         progress_file = out / PROGRESS_FILE
         if progress_file.exists():
             progress = TrainProgress.model_validate_json(progress_file.read_text())
-            if progress.checkpoints and progress.step < 500:
+            if progress.checkpoints and progress.state == "running":
                 for pid in _train_worker_pids():
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
@@ -231,6 +232,5 @@ def test_killed_worker_resumes_from_the_last_checkpoint(
     assert killed, "never saw a checkpoint to kill the worker after"
     thread.join(timeout=300)
     final: TrainProgress = result["progress"]
-    assert (final.state, final.step, final.attempt) == ("succeeded", 600, 2)
-    assert final.resumed_from_step is not None and final.resumed_from_step >= 20
-    assert final.resumed_from_step % 20 == 0
+    assert (final.state, final.step, final.attempt) == ("succeeded", 200, 2)
+    assert final.resumed_from_step in (50, 100, 150)  # from a checkpoint, not from scratch
