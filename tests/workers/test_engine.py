@@ -117,6 +117,11 @@ async def test_adapters_mix_in_one_batch(
             break
         await asyncio.sleep(0.01)
     assert engine.loaded_adapters() == {"beta"}
+    for _ in range(100):  # the engine is idle: the peft weights go without another request
+        if "alpha" not in engine.model.peft_config:
+            break
+        await asyncio.sleep(0.01)
+    assert set(engine.model.peft_config) == {"beta"}
     with pytest.raises(AdapterUnavailable, match="'alpha' is not loaded"):
         await _run(engine, requests[1])
 

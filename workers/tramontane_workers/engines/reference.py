@@ -174,6 +174,8 @@ class TransformersEngine(Engine):
             if not active and not any(not s.cancelled for s in self._waiting):
                 self._waiting.clear()
                 self._wake.clear()
+                async with self._model_lock:
+                    self._delete_retired()  # evicted adapters go now, not at the next request
                 await self._wake.wait()
                 continue
             room = self.max_batch_size - len(active)
