@@ -81,8 +81,13 @@ def rayjob(clusters: Clusters, name: str = "tune", cluster: str = AKS) -> dict[s
     return clusters[cluster].emulator.stored(RAYJOBS, NS, name)
 
 
-def all_rayjobs(clusters: Clusters) -> list[dict[str, Any]]:
-    return [r for c in clusters.all for r in c.emulator.stored_all(RAYJOBS)]
+def all_rayjobs(clusters: Clusters) -> list[tuple[str, str]]:
+    """(cluster, name) of every RayJob in every cluster."""
+    return [
+        (c.name, r["metadata"]["name"])
+        for c in clusters.all
+        for r in c.emulator.stored_all(RAYJOBS)
+    ]
 
 
 def write_progress(tmp_path: Path, name: str, step: int, state: str = "running", **kw: Any) -> None:
@@ -105,7 +110,7 @@ async def test_job_runs_to_success_with_progress(
         and labels["tramontane.dev/cluster"] == AKS
     )
     assert "--config-b64" in rj["spec"]["entrypoint"] and rj["spec"]["backoffLimit"] == 3
-    assert all_rayjobs(clusters) == [rj]  # only in the placed cluster
+    assert all_rayjobs(clusters) == [(AKS, "tune")]  # only in the placed cluster
     await eventually(lambda: condition(stored(clusters), "Running").get("reason") == "Training")
 
     write_progress(tmp_path, "tune", 40, train_loss=1.6)
