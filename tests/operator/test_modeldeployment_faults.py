@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from kube_emulator import Fault
 from manifests import AKS, NS, ONPREM, model_deployment
-from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, Fault, OperatorRun, eventually
+from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
 from test_modeldeployment_lifecycle import condition, is_ready, rayservice, stored_md
 from tramontane_operator.kube import MODELDEPLOYMENT, KubeClient
 

@@ -1,0 +1,376 @@
+"""A KMock Kubernetes emulator that admits writes like a real API server, and answers fast.
+
+`ValidatingEmulator` is KMock's `KubernetesEmulator` plus what an API server does on writes and
+the operator relies on: it fills `uid`, `creationTimestamp`, `resourceVersion` and
+`generation` (bumped on spec changes), honours `generateName`, ignores `status` on the main
+resource and everything but `status` on the `/status` subresource (merge and JSON patches),
+and validates every created or patched object against its CRD schema — ours from
+`crds/*.yaml`, KubeRay's from the v1.7.0 reference — plus metadata names and labels. A write a
+real server would reject gets a 422 and is recorded in `violations`, which each test asserts
+empty at the end. `faults` inject HTTP errors (and stalls) on chosen requests.
+
+Plain create/get/list/patch/delete are served directly from the object store (O(1) lookups,
+equality label selectors); KMock's reaction DSL, which costs ~45 ms per request on
+RayService-sized bodies, only serves watches and discovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import jsonpointer
+import kmock
+import yaml
+from kmock._internal import dicts as kmock_dicts
+from kmock._internal.k8s import (
+    KubernetesObjectConflictError,
+    KubernetesObjectNotFoundError,
+    KubernetesResourceNotFoundError,
+)
+from tramontane_operator.api.schema import SchemaValidator
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRDS_DIR = REPO_ROOT / "crds"
+KUBERAY_CRDS_DIR = REPO_ROOT.parent / "shared" / "reference" / "kuberay-v1.7.0"
+
+_VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class CrdInfo:
+    resource: kmock.resource
+    info: kmock.ResourceInfo
+    validator: SchemaValidator
+    has_status: bool
+
+
+def load_crds(paths: Iterable[Path]) -> list[CrdInfo]:
+    out = []
+    for path in sorted(paths):
+        crd = yaml.safe_load(path.read_text())
+        names = crd["spec"]["names"]
+        version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
+        subresources = set((version.get("subresources") or {}).keys())
+        out.append(
+            CrdInfo(
+                kmock.resource(crd["spec"]["group"], version["name"], names["plural"]),
+                kmock.ResourceInfo(
+                    kind=names["kind"],
+                    singular=names.get("singular"),
+                    namespaced=crd["spec"]["scope"] == "Namespaced",
+                    shortnames=names.get("shortNames", []),
+                    categories=names.get("categories", []),
+                    subresources=subresources,
+                    verbs=_VERBS,
+                ),
+                SchemaValidator(version["schema"]["openAPIV3Schema"]),
+                "status" in subresources,
+            )
+        )
+    return out
+
+
+OUR_CRDS = load_crds(CRDS_DIR.glob("*.yaml"))
+KUBERAY_CRDS = load_crds(KUBERAY_CRDS_DIR.glob("ray.io_*.yaml"))
+CORE = {
+    "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=_VERBS),
+    "v1/secrets": kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=_VERBS),
+    "v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, verbs=_VERBS),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
+        kind="CustomResourceDefinition", namespaced=False, verbs=_VERBS
+    ),
+}
+
+
+def metadata_problems(obj: Mapping[str, Any]) -> list[str]:
+    """The API server's own checks on names and labels."""
+    meta = obj.get("metadata") or {}
+    problems = []
+    name = meta.get("name")
+    if not isinstance(name, str) or len(name) > 253 or not _NAME.match(name):
+        problems.append(f"metadata.name: invalid name {name!r}")
+    for key, value in (meta.get("labels") or {}).items():
+        label_name = key.rsplit("/", 1)[-1]
+        if len(label_name) > 63 or not _LABEL_NAME.match(label_name):
+            problems.append(f"metadata.labels: invalid key {key!r}")
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            problems.append(f"metadata.labels[{key}]: invalid value {value!r}")
+    for index, ref in enumerate(meta.get("ownerReferences") or []):
+        missing = {"apiVersion", "kind", "name", "uid"} - set(ref)
+        if missing:
+            problems.append(f"metadata.ownerReferences[{index}]: missing {sorted(missing)}")
+    return problems
+
+
+@dataclass
+class Fault:
+    """Answer the next `times` requests matching `method` and `path` with HTTP `status`.
+
+    With `stall` set, each matching request first waits for it (an operator can be killed
+    while its request hangs), then fails.
+    """
+
+    method: str
+    path: str  # a substring of the URL path
+    status: int = 500
+    times: int = 1
+    stall: asyncio.Event | None = None
+    hits: int = 0
+
+    def matches(self, request: kmock.Request) -> bool:
+        return (
+            self.times > 0 and request.method.value == self.method and self.path in request.url.path
+        )
+
+
+_FAULT_REASONS = {409: "AlreadyExists", 500: "InternalError", 503: "ServiceUnavailable"}
+
+
+@attrs.define(kw_only=True)
+class ValidatingEmulator(kmock.KubernetesEmulator):
+    """A KMock Kubernetes emulator that admits writes like a real API server."""
+
+    cluster_name: str = "cluster"
+    crds: list[CrdInfo] = attrs.field(factory=list)
+    validate: bool = True
+    violations: list[str] = attrs.field(factory=list)
+    faults: list[Fault] = attrs.field(factory=list)
+    # (plural, namespace, name) -> time.monotonic() of its creation, for benchmarks.
+    created_at: dict[tuple[str, str | None, str], float] = attrs.field(factory=dict)
+    _counter: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for key, info in CORE.items():
+            self.resources[key] = info
+        for crd in self.crds:
+            self.resources[crd.resource] = crd.info
+
+    def _crd(self, resource: kmock.resource | None) -> CrdInfo | None:
+        return next((c for c in self.crds if c.resource == resource), None)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        fault = next((f for f in self.faults if f.matches(request)), None)
+        if fault is not None:
+            fault.times -= 1
+            fault.hits += 1
+            if fault.stall is not None:
+                await fault.stall.wait()
+            reason = _FAULT_REASONS.get(fault.status, "Injected")
+            raise kmock.KubernetesError(fault.status, reason, f"injected fault: {reason}")
+        if request.resource is not None and request.action in (
+            kmock.action.CREATE,
+            kmock.action.UPDATE,
+        ):
+            self._admit(request)
+        if (
+            (
+                request.resource is not None
+                and request.resource.plural
+                and not request.params.get("watch")
+            )
+            and request.action in _FAST_ACTIONS
+            and request.subresource in (None, "status")
+        ):
+            return await self._serve_fast(request)
+        return await super()._handle(request)
+
+    async def _serve_fast(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """KMock's object semantics without its reaction matching (same events, same errors)."""
+        resource, action = request.resource, request.action
+        assert resource is not None  # checked by the caller; for the type checker
+        known = resource in self.resources or any(r == resource for r, _, _ in self.objects)
+        if not known and action in (kmock.action.LIST, kmock.action.FETCH):
+            raise KubernetesResourceNotFoundError()
+        bus = self._buses[resource]
+        async with self._lock:
+            if action == kmock.action.LIST:
+                selector = _parse_selector(request.params.get("labelSelector"))
+                items = [
+                    obj.raw
+                    for (r, ns, _), obj in self.objects.items()
+                    if r == resource
+                    and (request.namespace is None or ns == request.namespace)
+                    and not obj.deleted
+                    and _selected(obj.raw, selector)
+                ]
+                payload: Any = {"metadata": {"resourceVersion": "0"}, "items": items}
+                return aiohttp.web.json_response(payload)
+            if action == kmock.action.CREATE:
+                meta = request.data.get("metadata") or {}
+                namespace = request.namespace or meta.get("namespace")
+                key = (resource, namespace, str(meta.get("name")))
+                if key in self.objects and not self.objects[key].deleted:
+                    raise KubernetesObjectConflictError()
+                if key in self.objects:
+                    self.objects[key].create(request.data)
+                else:
+                    self.objects[key] = request.data
+                raw = self.objects[key].raw
+                await bus.put({"type": "ADDED", "object": raw})
+                return aiohttp.web.json_response(raw, status=201)
+            key = (resource, request.namespace, request.name or "")
+            if key not in self.objects or self.objects[key].deleted:
+                raise KubernetesObjectNotFoundError()
+            obj = self.objects[key]
+            if action == kmock.action.FETCH:
+                return aiohttp.web.json_response(obj.raw)
+            if action == kmock.action.UPDATE:
+                obj.patch(request.data)
+                await bus.put({"type": "MODIFIED", "object": obj.raw})
+            elif obj.get("metadata", {}).get("finalizers") and not obj.get("metadata", {}).get(
+                "deletionTimestamp"
+            ):  # DELETE of an object with finalizers: mark it, keep it
+                obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                await bus.put({"type": "MODIFIED", "object": obj.raw})
+            meta = obj.get("metadata", {})
+            last = obj.raw
+            if action == kmock.action.DELETE and not meta.get("finalizers"):
+                obj.delete()
+                await bus.put({"type": "DELETED", "object": last})
+            elif meta.get("deletionTimestamp") and not meta.get("finalizers"):
+                obj.delete()  # the last finalizer went: garbage-collect it now
+                await bus.put({"type": "DELETED", "object": last})
+            return aiohttp.web.json_response(last)
+
+    def _admit(self, request: kmock.Request) -> None:
+        data = request.data
+        crd = self._crd(request.resource)
+        if request.action == kmock.action.CREATE:
+            if not isinstance(data, dict):
+                raise kmock.KubernetesError(400, "BadRequest", "body must be a JSON object")
+            old, new = None, self._admit_create(request, data)
+        else:
+            if request.resource is None or request.name is None:
+                return
+            key = (request.resource, request.namespace, request.name)
+            if key not in self.objects or self.objects[key].deleted:
+                return  # KMock answers 404
+            old = dict(self.objects[key].raw)
+            status_only = request.subresource == "status"
+            has_status = crd is not None and crd.has_status
+            if isinstance(data, dict):
+                new = self._admit_merge_patch(data, old, has_status, status_only)
+            elif isinstance(data, list):
+                new = self._admit_json_patch(data, old, has_status, status_only)
+            else:
+                raise kmock.KubernetesError(400, "BadRequest", "patch must be an object or a list")
+        problems = metadata_problems(new)
+        if crd is not None and self.validate:
+            problems += [str(p) for p in crd.validator.validate(new, old)]
+        if problems:
+            what = f"{self.cluster_name}: {request.method.value} {request.url.path}"
+            self.violations.extend(f"{what}: {p}" for p in problems)
+            raise kmock.KubernetesError(422, "Invalid", "; ".join(problems))
+
+    def _admit_create(self, request: kmock.Request, data: dict[str, Any]) -> dict[str, Any]:
+        meta = data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
+        if request.namespace and not meta.get("namespace"):
+            meta["namespace"] = request.namespace
+        meta.update(
+            uid=str(uuid.uuid4()),
+            creationTimestamp=_now(),
+            generation=1,
+            resourceVersion=str(next(self._counter)),
+        )
+        meta.pop("deletionTimestamp", None)
+        if request.resource is not None and request.resource.plural:
+            key = (request.resource.plural, meta.get("namespace"), str(meta.get("name")))
+            self.created_at.setdefault(key, time.monotonic())
+        return data
+
+    def _admit_merge_patch(
+        self, data: dict[str, Any], old: dict[str, Any], has_status: bool, status_only: bool
+    ) -> dict[str, Any]:
+        if has_status and status_only:
+            for extra in [k for k in data if k != "status"]:
+                del data[extra]
+        elif has_status:
+            data.pop("status", None)
+        new = dict(kmock_dicts.patch_dict(old, data))
+        meta = data.setdefault("metadata", {})
+        new["metadata"] = dict(new.get("metadata") or {})
+        meta["resourceVersion"] = new["metadata"]["resourceVersion"] = str(next(self._counter))
+        if new.get("spec") != old.get("spec"):
+            generation = int((old.get("metadata") or {}).get("generation") or 1) + 1
+            meta["generation"] = new["metadata"]["generation"] = generation
+        return new
+
+    def _admit_json_patch(
+        self, ops: list[Any], old: dict[str, Any], has_status: bool, status_only: bool
+    ) -> dict[str, Any]:
+        def on_status(op: Mapping[str, Any]) -> bool:
+            return bool(op.get("path") == "/status" or str(op.get("path")).startswith("/status/"))
+
+        if has_status:
+            ops[:] = [op for op in ops if on_status(op) == status_only or op.get("op") == "test"]
+        try:
+            new = dict(kmock_dicts.patch_dict(old, ops))
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            # e.g. Kopf's optimistic `test` of resourceVersion: a conflict, not a violation.
+            raise kmock.KubernetesError(422, "Invalid", f"JSON patch failed: {exc}") from exc
+        version = str(next(self._counter))
+        ops.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+        new["metadata"] = {**new.get("metadata", {}), "resourceVersion": version}
+        if new.get("spec") != old.get("spec"):
+            generation = int((old.get("metadata") or {}).get("generation") or 1) + 1
+            ops.append({"op": "add", "path": "/metadata/generation", "value": generation})
+            new["metadata"]["generation"] = generation
+        return new
+
+    def stored(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        key = (kmock.resource(resource), namespace, name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return dict(self.objects[key].raw)
+
+    def stored_all(self, resource: str) -> list[dict[str, Any]]:
+        res = kmock.resource(resource)
+        return [dict(o.raw) for (r, _, _), o in self.objects.items() if r == res and not o.deleted]
+
+
+_FAST_ACTIONS = frozenset(
+    {
+        kmock.action.LIST,
+        kmock.action.FETCH,
+        kmock.action.CREATE,
+        kmock.action.UPDATE,
+        kmock.action.DELETE,
+    }
+)
+
+
+def _parse_selector(text: str | None) -> dict[str, str]:
+    """Equality-based label selectors (`a=b,c==d`); set-based ones are not emulated."""
+    out = {}
+    for part in (text or "").split(","):
+        if part.strip():
+            key, _, value = part.replace("==", "=").partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _selected(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
