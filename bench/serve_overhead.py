@@ -8,6 +8,10 @@ time-to-first-token (p50), in rounds that alternate the paths; figures are media
 (ratios: the median of per-round ratios). Both engines use the same torch thread count.
 
     .venv/bin/python bench/serve_overhead.py --quick    # under a minute after Ray starts
+    .venv/bin/python bench/serve_overhead.py --engine vllm --quick   # GPU: vs plain vLLM
+
+With `--engine vllm` the baseline is plain vLLM (same engine arguments) in this process; one GPU
+cannot hold two engines, so its rounds run first, then the Serve path's.
 """
 
 from __future__ import annotations
@@ -78,8 +82,39 @@ async def _measure(
     return {"tokens_per_s": sum(counts) / wall, "ttft_p50_ms": 1000 * statistics.median(ttfts)}
 
 
-async def _run(args: argparse.Namespace, model_dir: Path, grpc_port: int) -> dict[str, Any]:
+Rounds = list[dict[str, dict[str, float]]]
+
+
+async def _rounds(args: argparse.Namespace, paths: dict[str, Stream]) -> Rounds:
+    """Measure every path at c1 and c8, `args.rounds` times, alternating the paths."""
+    for stream in paths.values():
+        await _client(stream, 1, args.max_tokens, [])  # warm-up
+    rounds: Rounds = []
+    for round_no in range(args.rounds):
+        results: dict[str, dict[str, float]] = {}
+        for concurrency, requests in ((1, args.requests_c1), (8, args.requests_c8)):
+            for name, stream in paths.items():
+                key = f"{name}_c{concurrency}"
+                results[key] = await _measure(stream, concurrency, requests, args.max_tokens)
+                print(f"round {round_no} {key}", json.dumps(results[key]), flush=True)
+        rounds.append(results)
+    return rounds
+
+
+def _serve_stream(grpc_port: int) -> tuple[Stream, Any]:
     import grpc
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+    stub: Any = pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+
+    def via_serve(request: pb.ChatRequest) -> AsyncIterator[pb.ChatChunk]:
+        return stub.ChatStream(request, metadata=(("application", APP),))  # type: ignore[no-any-return]
+
+    return via_serve, channel
+
+
+async def _run_transformers(args: argparse.Namespace, model_dir: Path, grpc_port: int) -> Rounds:
+    """Reference engine in this process vs the Serve path, alternating in every round."""
     from tramontane_workers.chat.encode import ChatCodec
     from tramontane_workers.chat.service import ChatService
     from tramontane_workers.engines.reference import TransformersEngine
@@ -89,30 +124,71 @@ async def _run(args: argparse.Namespace, model_dir: Path, grpc_port: int) -> dic
     service = ChatService(
         engine, ChatCodec(find_tokenizer(model_dir), max_model_len=engine.max_model_len)
     )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
-    stub: Any = pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
-
-    def via_serve(request: pb.ChatRequest) -> AsyncIterator[pb.ChatChunk]:
-        return stub.ChatStream(request, metadata=(("application", APP),))  # type: ignore[no-any-return]
-
-    paths: dict[str, Stream] = {"direct": service.stream, "path": via_serve}
-    for stream in paths.values():
-        await _client(stream, 1, args.max_tokens, [])  # warm-up
-    rounds: list[dict[str, dict[str, float]]] = []
-    for round_no in range(args.rounds):  # rounds alternate the paths, so load drift hits both
-        results: dict[str, dict[str, float]] = {}
-        for concurrency, requests in ((1, args.requests_c1), (8, args.requests_c8)):
-            for name, stream in paths.items():
-                key = f"{name}_c{concurrency}"
-                results[key] = await _measure(stream, concurrency, requests, args.max_tokens)
-                print(f"round {round_no} {key}", json.dumps(results[key]), flush=True)
-        rounds.append(results)
+    via_serve, channel = _serve_stream(grpc_port)
+    rounds = await _rounds(args, {"direct": service.stream, "path": via_serve})
     await channel.close()
     await engine.shutdown()
-    return _figures(rounds)
+    return rounds
 
 
-def _figures(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+async def _plain_vllm_rounds(args: argparse.Namespace, model_dir: Path) -> Rounds:
+    """Plain vLLM (same engine arguments, its own detokeniser) on the same prompt tokens.
+
+    One GPU cannot hold this engine and the Serve replica's at once, so this runs all its
+    rounds first and shuts down; the Serve path's rounds follow.
+    """
+    import itertools
+
+    from tramontane_workers.chat.encode import ChatCodec
+    from tramontane_workers.engines.vllm_engine import engine_args
+    from tramontane_workers.models.loading import detect_format, find_tokenizer
+    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    kwargs = engine_args(
+        model_dir,
+        checkpoint_format=detect_format(model_dir),
+        served_model_name="tiny",
+        dtype="auto",
+        max_model_len=None,
+        tensor_parallel_size=1,
+        max_loras=4,
+    )
+    engine: Any = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
+    codec = ChatCodec(
+        find_tokenizer(model_dir), max_model_len=int(engine.model_config.max_model_len)
+    )
+    ids = itertools.count()
+
+    async def plain(request: pb.ChatRequest) -> AsyncIterator[pb.ChatChunk]:
+        encoded = codec.encode(request)
+        params = SamplingParams(max_tokens=encoded.sampling.max_tokens, temperature=0.0)
+        seen = ""
+        prompt = TokensPrompt(prompt_token_ids=encoded.prompt_tokens)
+        async for out in engine.generate(prompt, params, f"plain-{next(ids)}"):
+            done = out.outputs[0]
+            delta, seen = done.text[len(seen) :], done.text
+            choice = pb.ChunkChoice(
+                delta=pb.DeltaMessage(content=delta), finish_reason=done.finish_reason or ""
+            )
+            yield pb.ChatChunk(
+                choices=[choice], usage=pb.Usage(completion_tokens=len(done.token_ids))
+            )
+
+    try:
+        return await _rounds(args, {"direct": plain})
+    finally:
+        engine.shutdown()
+
+
+async def _serve_rounds(args: argparse.Namespace, grpc_port: int) -> Rounds:
+    via_serve, channel = _serve_stream(grpc_port)
+    rounds = await _rounds(args, {"path": via_serve})
+    await channel.close()
+    return rounds
+
+
+def _figures(rounds: Rounds) -> dict[str, Any]:
     """Medians over rounds; ratios are the median of per-round ratios (pure)."""
 
     def median(values: list[float]) -> float:
@@ -133,15 +209,42 @@ def _figures(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
     return figures
 
 
+def _app_config(args: argparse.Namespace, model_dir: Path) -> ServeAppConfig:
+    gpu = args.engine == "vllm"
+    return ServeAppConfig(
+        name=APP,
+        route_prefix="/bench",
+        engine=EngineConfig(
+            engine=args.engine, model_uri=f"file://{model_dir}", served_model_name="tiny"
+        ),
+        autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=1),
+        resources=ReplicaResources(num_cpus=args.threads, num_gpus=1.0 if gpu else 0.0),
+        max_ongoing_requests=16,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run, under a minute")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--engine",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="vllm (GPU): the Serve path with the vLLM engine against plain vLLM",
+    )
+    parser.add_argument("--model-dir", type=Path, help="a local checkpoint (default: tiny)")
     args = parser.parse_args()
     args.max_tokens = 32 if args.quick else 64
     args.requests_c1 = 3 if args.quick else 8
     args.requests_c8 = 1 if args.quick else 3
     args.rounds = 3 if args.quick else 5
+    if args.engine == "vllm":
+        from tramontane_workers.engines.vllm_engine import vllm_unavailable_reason
+
+        reason = vllm_unavailable_reason()
+        if reason is not None:
+            raise SystemExit(f"serve_overhead: {reason}")
 
     import ray
     import torch
@@ -150,7 +253,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = write_tiny_mistral(Path(tmp) / "tiny")
+        # hidden 256: a head size of 64, which vLLM's attention kernels support
+        model_dir = args.model_dir or write_tiny_mistral(
+            Path(tmp) / "tiny", hidden_size=256 if args.engine == "vllm" else 64
+        )
+        direct: Rounds = []
+        if args.engine == "vllm":
+            direct = asyncio.run(_plain_vllm_rounds(args, model_dir))
         # Ray starts its workers (the replica, the proxy) at nice 15; on a shared machine that
         # would time the path against other tenants while the in-process baseline runs at 0.
         ray.init(
@@ -159,26 +268,18 @@ def main() -> None:
             log_to_driver=False,
             _system_config={"worker_niceness": 0},
         )
-        config = ServeAppConfig(
-            name=APP,
-            route_prefix="/bench",
-            engine=EngineConfig(
-                engine="transformers",
-                model_uri=f"file://{model_dir}",
-                served_model_name="tiny",
-            ),
-            autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=1),
-            resources=ReplicaResources(num_cpus=args.threads),
-            max_ongoing_requests=16,
-        )
         grpc_port = free_port()
-        run_local([config], grpc_port=grpc_port, http_port=free_port())
+        run_local([_app_config(args, model_dir)], grpc_port=grpc_port, http_port=free_port())
         try:
-            figures = asyncio.run(_run(args, model_dir, grpc_port))
+            if args.engine == "vllm":
+                path = asyncio.run(_serve_rounds(args, grpc_port))
+                rounds = [{**d, **p} for d, p in zip(direct, path, strict=True)]
+            else:
+                rounds = asyncio.run(_run_transformers(args, model_dir, grpc_port))
         finally:
             ray.shutdown()
-    figures["threads"] = args.threads
-    figures["max_tokens"] = args.max_tokens
+    figures = _figures(rounds)
+    figures.update(engine=args.engine, threads=args.threads, max_tokens=args.max_tokens)
     print(json.dumps(figures))
 
 
