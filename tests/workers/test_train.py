@@ -169,7 +169,7 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint(
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_qa_through_ray_train(
+def test_tiny_model_learns_qa_on_two_ray_train_workers(
     ray_session: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from peft import PeftModel
@@ -177,7 +177,7 @@ def test_tiny_model_learns_qa_through_ray_train(
     from transformers import AutoModelForCausalLM
 
     data, out = _write_qa(tmp_path / "qa.jsonl"), tmp_path / "out"
-    config = _config(tiny_model_dir, data, out)
+    config = _config(tiny_model_dir, data, out, num_workers=2)  # DDP over gloo, one CPU each
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     base_answers = [_greedy(base, q) for q, _ in QA]
     progress = run(config)

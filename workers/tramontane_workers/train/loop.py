@@ -229,8 +229,10 @@ def train(config: TrainConfig, env: WorkerEnv) -> TrainProgress:
             eta = _now() + timedelta(seconds=elapsed / (step - start - 1) * (run.total - step))
         metrics: dict[str, Any] = {
             "step": step,
+            "total_steps": run.total,
             "train_loss": train_loss,
             "tokens_per_s": tokens_per_s,
+            "eta_s": None if eta is None else (eta - _now()).total_seconds(),
         }
         fields: dict[str, Any] = {}
         evaluate = step % config.eval_every == 0 or step == run.total
