@@ -279,3 +279,24 @@ async def test_an_unreachable_cluster_is_waited_for_not_replaced(
     await clusters[AKS].start()
     rayjobs.finish("tune")
     await eventually(lambda: phase(clusters) == "Succeeded", timeout_s=30)
+
+
+async def test_an_adapter_referencing_the_job_is_served_once_it_succeeds(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay,
+    rayjobs: FakeRayJobs, operator: OperatorRun,
+) -> None:  # fmt: skip
+    adapters = [{"name": "from-job", "fineTuneJobRef": {"name": "tune"}}]
+    await api.create(MODELDEPLOYMENT, model_deployment("chat", adapters=adapters))
+    await api.create(FINETUNEJOB, job(tmp_path))
+    await eventually(lambda: condition(stored(clusters), "Running").get("reason") == "Training")
+
+    def served() -> str:
+        rs = clusters[AKS].emulator.stored("ray.io/v1/rayservices", NS, "chat") or {}
+        return str((rs.get("spec") or {}).get("serveConfigV2") or "")
+
+    await eventually(served)
+    assert "from-job" not in served()  # no output yet
+    adapter = (tmp_path / "out-tune" / "adapter").as_uri()
+    write_progress(tmp_path, "tune", 100, "succeeded", adapter_uri=adapter)
+    rayjobs.finish("tune")
+    await eventually(lambda: "from-job" in served() and adapter in served())

@@ -305,9 +305,14 @@ async def _step(
         if deploy is not None:
             decision = decide(job, dataclasses.replace(observed, deploy=deploy), _now())
         released = holds_quota(job.status) and not holds_quota(decision.status)
+        adapter_new = decision.status.adapter is not None and (
+            job.status is None or job.status.adapter != decision.status.adapter
+        )
         await _write(rt, state, job, decision.status)
     if released:
         state.wake_all()  # a queued peer may fit now
+    if adapter_new:
+        rt.wake_all()  # ModelDeployments naming this job in `fineTuneJobRef` can serve it now
     return decision
 
 
