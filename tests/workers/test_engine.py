@@ -160,3 +160,24 @@ def test_vllm_engine_refuses_clearly_without_gpu(tiny_model_dir: Path) -> None:
             tensor_parallel_size=1,
             max_loras=2,
         )
+
+
+async def test_evicted_adapter_serves_in_flight_work_then_goes(
+    engine: TransformersEngine, tiny_adapters: dict[str, Path]
+) -> None:
+    await engine.add_adapter("gamma", tiny_adapters["gamma"])
+    long = GenerationRequest("g1", PROMPT_A, SamplingParams(max_tokens=400), adapter="gamma")
+    stream = engine.generate(long)
+    await anext(stream)
+    await engine.remove_adapter("gamma")  # evicted while a sequence still uses it
+    assert "gamma" not in engine.loaded_adapters()
+    # a request that resolved the adapter just before the eviction still runs
+    late = await _run(engine, GenerationRequest("g2", PROMPT_A, GREEDY, adapter="gamma"))
+    assert len(late) == 16
+    assert "gamma" in engine.model.peft_config  # not deleted under running sequences
+    await stream.aclose()
+    for _ in range(200):
+        if "gamma" not in engine.model.peft_config:
+            break
+        await asyncio.sleep(0.01)
+    assert "gamma" not in engine.model.peft_config

@@ -102,7 +102,9 @@ class TransformersEngine(Engine):
 
     # ----------------------------------------------------------------------------- public API
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
-        if request.adapter is not None and request.adapter not in self.loaded_adapters():
+        # An adapter evicted a moment ago is still in memory (deletion waits for its last
+        # sequence), so a request that resolved it just before the eviction still runs.
+        if request.adapter is not None and request.adapter not in self._adapters:
             raise AdapterUnavailable(f"adapter {request.adapter!r} is not loaded")
         seed = request.sampling.seed
         generator = torch.Generator().manual_seed(
@@ -313,7 +315,8 @@ class TransformersEngine(Engine):
         self.model.eval()
 
     def _delete_retired(self) -> None:
-        busy = {s.request.adapter for s in [*self._batch, *self._waiting] if not s.done}
+        live = [s for s in [*self._batch, *self._waiting] if not (s.done or s.cancelled)]
+        busy = {s.request.adapter for s in live}
         for name in sorted(self._retired - busy):
             self.model.delete_adapter(name)
             self._adapters.discard(name)
