@@ -108,9 +108,8 @@ class Runtime:
         return self._wakeups.setdefault(key, asyncio.Event())
 
     def wake(self, key: Key) -> None:
-        event = self._wakeups.get(key)
-        if event is not None:
-            event.set()
+        # Created if missing: a child event may arrive before the object's daemon starts.
+        self.wakeup(key).set()
 
     def wake_all(self) -> None:
         for event in self._wakeups.values():
