@@ -338,3 +338,9 @@ def test_cli_prints_file_line_message_and_exit_codes(
     assert sum(line.startswith(f"{bad}:") and line.split(":")[1].isdigit() for line in out) == 6
     assert _cli("dataset", "validate", str(good), str(tmp_path / "nope.jsonl")) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("uri", ["nosuchscheme://bucket/train.jsonl", "file:///no/such/file.jsonl"])
+def test_unreadable_uris_raise_dataset_unreadable(uri: str) -> None:
+    with pytest.raises(DatasetUnreadable, match=uri.split("://")[0]):
+        validate_uri(uri)

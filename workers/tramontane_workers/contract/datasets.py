@@ -118,7 +118,7 @@ def open_uri(uri: str) -> Iterator[IO[bytes]]:
             handle = fsspec.open(target, "rb").open()
     except DatasetUnreadable:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # ImportError: no fsspec back-end
         raise DatasetUnreadable(f"{uri}: {exc}") from exc
     with handle:
         yield handle
