@@ -300,3 +300,17 @@ async def test_an_adapter_referencing_the_job_is_served_once_it_succeeds(
     write_progress(tmp_path, "tune", 100, "succeeded", adapter_uri=adapter)
     rayjobs.finish("tune")
     await eventually(lambda: "from-job" in served() and adapter in served())
+
+
+async def test_an_unreadable_dataset_keeps_validating_until_it_appears(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs, operator: OperatorRun
+) -> None:
+    missing = tmp_path / "later.jsonl"
+    await api.create(FINETUNEJOB, job(tmp_path, data=missing.as_uri()))
+    await eventually(
+        lambda: "cannot read" in condition(stored(clusters), "Validated").get("message", "")
+    )
+    assert phase(clusters) == "Validating" and all_rayjobs(clusters) == []
+    dataset(missing, [GOOD] * 3)
+    await eventually(lambda: rayjob(clusters))
+    assert condition(stored(clusters), "Validated")["reason"] == "DatasetValid"

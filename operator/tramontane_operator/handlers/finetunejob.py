@@ -130,7 +130,7 @@ def _key(body: Mapping[str, Any]) -> Key:
     return (meta.get("namespace") or "default", meta["name"])
 
 
-def _parse(rt: Runtime, state: FineTuneState, body: Mapping[str, Any]) -> FineTuneJob:
+def _parse(state: FineTuneState, body: Mapping[str, Any]) -> FineTuneJob:
     try:
         job = FineTuneJob.model_validate(dict(body))
     except ValidationError as exc:
@@ -184,7 +184,7 @@ async def reconcile(
             if (body.get("metadata") or {}).get("deletionTimestamp"):
                 scope.outcome = "deleting"
                 return None
-            job = _parse(rt, state, body)
+            job = _parse(state, body)
             validation = None
             phase = job.status.phase if job.status else None
             if not was_validated(job.status) and phase not in TERMINAL:
@@ -411,7 +411,7 @@ async def cleanup(
     """Cancel: delete the RayJob wherever it may be; keep the finalizer until it is gone."""
     namespace, name = key = _key(body)
     async with rt.lock(("FineTuneJob/" + namespace, name)):
-        job = _parse(rt, state, body)
+        job = _parse(state, body)
         job = await _write(rt, state, job, decide(job, Observed(deleting=True), _now()).status)
         waiting = []
         for cc in Indexes.from_kwargs(kwargs).compute_clusters():
