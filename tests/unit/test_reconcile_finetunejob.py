@@ -340,3 +340,89 @@ def test_auto_deploy_refusals_are_clear(spec: dict[str, Any], md: Any, reason: s
     adapters, outcome = adapters_with(make_job(spec), md, "s3://out/adapter")
     assert adapters is None and not outcome.deployed and outcome.reason == reason
     assert outcome.message
+
+
+# Validation result and estimate.
+def summary(source: str, **kw: Any) -> Any:
+    from tramontane_workers.contract.datasets import DatasetSummary, LineError
+
+    errors = [LineError(line=n, path=p, message=m) for n, p, m in kw.pop("errors", [])]
+    return DatasetSummary(source=source, errors=errors, **kw)
+
+
+def test_validation_result_lists_bad_lines_of_every_file() -> None:
+    from tramontane_operator.reconcile.finetunejob_estimate import validation_result
+
+    train = summary("s3://d/t.jsonl", lines=5, conversations=4, tokens=80, bad_lines=1,
+                    errors=[(3, "messages[0].role", "unknown role 'robot'")])  # fmt: skip
+    valid = summary("s3://d/v.jsonl", lines=2, conversations=1, tokens=20, bad_lines=1,
+                    errors=[(2, "", "not JSON")])  # fmt: skip
+    result = validation_result(make_job(), [train], [valid], None)
+    assert not result.ok and result.estimate is None and result.bad_lines == 2
+    assert result.errors == (
+        "s3://d/t.jsonl:3: messages[0].role: unknown role 'robot'",
+        "s3://d/v.jsonl:2: not JSON",
+    )
+    empty = validation_result(make_job(), [summary("s3://d/e.jsonl", lines=1)], [], None)
+    assert not empty.ok and empty.message() == "s3://d/e.jsonl: no conversation"
+
+
+def test_estimate_uses_the_job_gpu_and_the_cheapest_cluster_price() -> None:
+    from tramontane_operator.api.v1alpha1 import ComputeCluster
+    from tramontane_operator.reconcile.finetunejob_estimate import validation_result
+
+    def cluster(name: str, price: float) -> ComputeCluster:
+        return ComputeCluster.model_validate(
+            {"apiVersion": "tramontane.dev/v1alpha1", "kind": "ComputeCluster",
+             "metadata": {"name": name},
+             "spec": {"connection": {"inCluster": True}, "gpus": {"H100": 8}, "cloud": "azure",
+                      "region": "westeurope",
+                      "pricing": {"currency": "EUR", "gpuHour": {"H100": price}}}}
+        )  # fmt: skip
+
+    train = summary("s3://d/t.jsonl", lines=4000, conversations=4000, tokens=4_000_000)
+    result = validation_result(make_job(), [train], [], 7e9, [cluster("a", 4.0), cluster("b", 2.5)])
+    assert result.ok and result.estimate is not None
+    estimate = result.estimate
+    assert estimate.steps == 100 and estimate.dataset_tokens == 4_000_000
+    (h100,) = estimate.per_gpu_type or []
+    assert h100.gpu_type == "H100" and h100.currency == "EUR"
+    assert h100.cost == round(h100.gpu_hours * 2.5, 2) and h100.cost > 0
+
+
+# Admission against the tenant's quota.
+def tenant(**quotas: Any) -> Any:
+    from tramontane_operator.api.v1alpha1 import Tenant
+
+    return Tenant.model_validate(
+        {"apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "t"},
+         "spec": {"namespaces": ["team-a"], "quotas": quotas}}
+    )  # fmt: skip
+
+
+def named(name: str, created: str, status: Decision | None = None, **spec: Any) -> FineTuneJob:
+    job = make_job(spec)
+    meta = job.metadata.model_copy(update={"name": name, "uid": name})
+    meta.__pydantic_extra__ = {"creationTimestamp": created}
+    return job.model_copy(update={"metadata": meta, "status": status.status if status else None})
+
+
+def test_admission_by_priority_then_age_within_the_quota() -> None:
+    from tramontane_operator.reconcile.finetunejob_quota import admission_for
+
+    validated = decide(make_job(), Observed(validation=VALID, admission=QUEUED), T0)
+    running = decide(make_job(), Observed(validation=VALID, rayjob=rayjob("Running")), T0)
+    quota = tenant(gpus={"H100": 4})  # each job: 2 workers x 1 H100
+    old = named("old", "2026-01-01T00:00:00Z", validated)
+    new = named("new", "2026-01-02T00:00:00Z", validated)
+    urgent = named("urgent", "2026-01-03T00:00:00Z", validated, priority=10)
+    holder = named("holder", "2025-12-31T00:00:00Z", running)
+    jobs = [old, new, urgent, holder]
+    assert admission_for(urgent, quota, jobs, []).admitted  # priority first
+    assert not admission_for(old, quota, jobs, []).admitted  # urgent + holder fill the quota
+    queued = admission_for(new, quota, jobs, [])
+    assert (queued.admitted, queued.queue_position) == (False, 2)
+    assert "quota gpus.H100" in queued.reason
+    assert admission_for(holder, quota, jobs, []).admitted  # what runs keeps running
+    assert admission_for(new, None, jobs, []).admitted  # no tenant: no quota
+    assert not admission_for(old, tenant(maxConcurrentFineTuneJobs=1), [old, holder], []).admitted
