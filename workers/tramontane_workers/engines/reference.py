@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import random
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -78,6 +79,9 @@ class TransformersEngine(Engine):
         model: Any = MistralForCausalLM.from_pretrained(model_dir, dtype=_resolve_dtype(dtype))
         self.model: Any = model.to(self.device)
         self.model.eval()
+        # transformers 5 calls the KV cache `cache`; 4.x calls it `past_key_values`
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         limit = int(self.model.config.max_position_embeddings)
         self.max_model_len = min(max_model_len or limit, limit)
         self.max_batch_size = max_batch_size
@@ -217,12 +221,13 @@ class TransformersEngine(Engine):
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=pos.to(self.device),
-            cache=cache,
+            **{self._cache_arg: cache},
             use_cache=True,
             logits_to_keep=1,
             **kwargs,
         )
-        return out.logits[:, -1, :].float().cpu(), out.past_key_values
+        new_cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return out.logits[:, -1, :].float().cpu(), new_cache
 
     @torch.inference_mode()
     def _step(self, admitted: list[_Sequence]) -> None:
