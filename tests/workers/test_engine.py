@@ -181,3 +181,37 @@ async def test_evicted_adapter_serves_in_flight_work_then_goes(
             break
         await asyncio.sleep(0.01)
     assert "gamma" not in engine.model.peft_config
+
+
+def test_vllm_engine_args_follow_the_checkpoint_format(tmp_path: Path) -> None:
+    from tramontane_workers.engines.vllm_engine import engine_args
+
+    common = {
+        "served_model_name": "m",
+        "dtype": "auto",
+        "max_model_len": 4096,
+        "tensor_parallel_size": 2,
+        "max_loras": 3,
+    }
+    mistral = engine_args(tmp_path, checkpoint_format="mistral", **common)  # type: ignore[arg-type]
+    assert (mistral["config_format"], mistral["load_format"]) == ("mistral", "mistral")
+    assert mistral["tokenizer_mode"] == "mistral"
+    assert (mistral["enable_lora"], mistral["max_loras"]) == (True, 3)
+    assert (mistral["tensor_parallel_size"], mistral["max_model_len"]) == (2, 4096)
+    hf = engine_args(tmp_path, checkpoint_format="hf", **common)  # type: ignore[arg-type]
+    assert "config_format" not in hf and "load_format" not in hf
+    assert hf["tokenizer_mode"] == "mistral"  # the tokenizer is always mistral-common's
+
+
+def test_spec_format_must_match_the_checkpoint(tiny_model_dir: Path) -> None:
+    from tramontane_workers.contract.serve_config import EngineConfig
+    from tramontane_workers.engines.factory import build_engine
+
+    config = EngineConfig(
+        engine="transformers",
+        model_uri=f"file://{tiny_model_dir}",
+        served_model_name="tiny",
+        format="mistral",
+    )
+    with pytest.raises(EngineUnavailable, match="format: the spec says 'mistral'"):
+        build_engine(config)
