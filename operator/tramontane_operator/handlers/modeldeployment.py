@@ -223,7 +223,7 @@ async def _apply(
                 child, outcome = await member.client.apply(
                     RAYSERVICE, desired[cluster], pool.rayservice
                 )
-                member.informer.remember(child)
+                child = member.informer.remember(child)
                 observed[cluster] = dataclasses.replace(pool, rayservice=child)
                 if outcome == "created":
                     _event(md, "Normal", "Created", f"RayService {name} created in {cluster}")

@@ -70,10 +70,18 @@ class Informer:
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.items.get((namespace, name))
 
-    def remember(self, obj: Mapping[str, Any]) -> None:
-        """Write-through after our own create/patch."""
-        meta = obj.get("metadata") or {}
-        self.items[(meta.get("namespace") or "", meta["name"])] = dict(obj)
+    def remember(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Write-through after our own create/patch; returns the newest known state.
+
+        A watch event newer than our write (KubeRay updating the status) may have arrived
+        before the write's response: a response older than the cache does not replace it.
+        """
+        key = _key(obj)
+        cached = self.items.get(key)
+        if cached is not None and _newer(cached, obj):
+            return cached
+        self.items[key] = dict(obj)
+        return self.items[key]
 
     def forget(self, namespace: str, name: str) -> None:
         self.items.pop((namespace, name), None)
@@ -121,10 +129,18 @@ class Informer:
             if self.items.pop(key, None) is None:
                 return
         else:
-            if self.items.get(key) == obj:
-                return
+            cached = self.items.get(key)
+            if cached == obj or (cached is not None and _newer(cached, obj)):
+                return  # our own write, already remembered (or a newer one)
             self.items[key] = dict(obj)
         self.on_event(self.client.name, obj)
+
+
+def _newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether `a` is a later version than `b` (resourceVersions are etcd revisions)."""
+    va = str((a.get("metadata") or {}).get("resourceVersion") or "")
+    vb = str((b.get("metadata") or {}).get("resourceVersion") or "")
+    return va.isdigit() and vb.isdigit() and int(va) > int(vb)
 
 
 def _key(obj: Mapping[str, Any]) -> Key:
