@@ -7,14 +7,16 @@ Objects that fail to parse are left out of the indexes (their own handlers repor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import kopf
 from pydantic import ValidationError
 
 from tramontane_operator.api.v1alpha1 import (
+    GROUP,
+    VERSION,
     ComputeCluster,
     FineTuneJob,
     ModelDeployment,
@@ -23,6 +25,7 @@ from tramontane_operator.api.v1alpha1 import (
 from tramontane_operator.placement import gpu_allocations
 
 ALL = "all"
+F = TypeVar("F", bound=Callable[..., Any])
 # Kopf passes each index to handlers as a keyword argument named by its id.
 INDEX_IDS = {
     "computeclusters": "computeclusters_idx",
@@ -33,26 +36,18 @@ INDEX_IDS = {
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
-    @kopf.index(
-        "tramontane.dev",
-        "v1alpha1",
-        "computeclusters",
-        registry=registry,
-        id=INDEX_IDS["computeclusters"],
-    )
+    def index(plural: str) -> Callable[[F], F]:
+        decorator = kopf.index(GROUP, VERSION, plural, registry=registry, id=INDEX_IDS[plural])
+        return cast(Callable[[F], F], decorator)
+
+    @index("computeclusters")
     def computeclusters_idx(body: kopf.Body, **_: Any) -> dict[str, ComputeCluster]:
         try:
             return {ALL: ComputeCluster.model_validate(dict(body))}
         except ValidationError:
             return {}
 
-    @kopf.index(
-        "tramontane.dev",
-        "v1alpha1",
-        "modeldeployments",
-        registry=registry,
-        id=INDEX_IDS["modeldeployments"],
-    )
+    @index("modeldeployments")
     def modeldeployments_idx(body: kopf.Body, **_: Any) -> dict[str, ModelDeployment]:
         try:
             md = ModelDeployment.model_validate(dict(body))
@@ -68,13 +63,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
             return {}
         return {namespace: name for namespace in tenant.spec.namespaces}
 
-    @kopf.index(
-        "tramontane.dev",
-        "v1alpha1",
-        "finetunejobs",
-        registry=registry,
-        id=INDEX_IDS["finetunejobs"],
-    )
+    @index("finetunejobs")
     def adapters_idx(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
         try:
             job = FineTuneJob.model_validate(dict(body))
