@@ -200,10 +200,14 @@ def test_tiny_model_learns_qa_on_two_ray_train_workers(
 
 
 def _train_worker_pids() -> list[int]:
+    """Ray Train workers of *this* test session only: our local Ray's raylet is our child."""
     pids = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
-            pids.append(proc.pid)
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if any("RayTrainWorker" in part for part in proc.cmdline()):
+                pids.append(proc.pid)
+        except psutil.Error:  # exited meanwhile
+            continue
     return pids
 
 
