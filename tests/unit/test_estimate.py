@@ -123,6 +123,10 @@ def test_cli_estimate_from_flags(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("10 steps") and "EUR" in out and "assumed Mistral 7B" in out
     assert main(["finetune", "estimate"]) == 2
+    both = ["--dataset", data, "--training-steps", "10", "--epochs", "2"]
+    assert main(["finetune", "estimate", *both]) == 2
+    assert main(["finetune", "estimate", "--dataset", data]) == 0  # one epoch by default
+    assert capsys.readouterr().out.startswith("1 steps, 1 epochs")  # ceil(5 / 8)
 
 
 def test_docs_table_matches_the_profiles() -> None:

@@ -84,14 +84,15 @@ def _inputs(args: argparse.Namespace) -> tuple[FineTuneJob | None, list[str], Tr
     if args.manifest is None:
         if not args.dataset:
             raise UsageError("give a FineTuneJob manifest or at least one --dataset")
+        if args.training_steps is not None and args.epochs is not None:
+            raise UsageError("give --training-steps or --epochs, not both")
+        epochs = args.epochs if args.training_steps is None and args.epochs else None
         shape = TrainingShape(
             batch_size=args.batch_size,
             sequence_length=args.sequence_length,
             training_steps=args.training_steps,
-            epochs=args.epochs if args.training_steps is None else None,
+            epochs=1.0 if args.training_steps is None and epochs is None else epochs,
         )
-        if shape.training_steps is None and shape.epochs is None:
-            shape = TrainingShape(args.batch_size, args.sequence_length, epochs=1.0)
         return None, list(args.dataset), shape, args.gpus or 1
     try:
         job = FineTuneJob.model_validate(_load_yaml(args.manifest))
