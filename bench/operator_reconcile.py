@@ -163,7 +163,7 @@ async def _baseline(n: int) -> float:
         await clusters.close()
 
 
-async def _run(n: int, idle_s: float, timeout_s: float) -> dict[str, Any]:
+async def _run(n: int, idle_s: float, timeout_s: float, log_path: str | None) -> dict[str, Any]:
     baseline_rate = await _baseline(n)
     _log(f"baseline: {baseline_rate:.0f} RayService creates/s")
     clusters = await Clusters.start(HUB, [AKS, ONPREM], validate=False)
@@ -171,6 +171,7 @@ async def _run(n: int, idle_s: float, timeout_s: float) -> dict[str, Any]:
     api = KubeClient("bench", ClusterConfig(server=clusters.hub.url))
     metrics = _free_port()
     proc = None
+    log_file: Any = open(log_path, "w") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115
     try:
         await _platform(api, clusters, gpus=10 * n)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
@@ -179,7 +180,7 @@ async def _run(n: int, idle_s: float, timeout_s: float) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tramontane_cli.main", "operator", "run", "-A",
             f"--metrics-port={metrics}", "--liveness-port=0",
-            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
         )  # fmt: skip
         session = aiohttp.ClientSession()
         while True:  # wait until the operator serves metrics and saw its clusters
@@ -263,10 +264,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 ModelDeployments, short idle")
     parser.add_argument("-n", type=int, default=None, help="ModelDeployments (default 1000)")
+    parser.add_argument("--operator-log", help="write the operator's log to this file")
     args = parser.parse_args()
     n = args.n or (100 if args.quick else 1000)
     idle_s = 5.0 if args.quick else 20.0
-    figures = asyncio.run(_run(n, idle_s, timeout_s=60.0 if args.quick else 300.0))
+    timeout_s = 60.0 if args.quick else 300.0
+    figures = asyncio.run(_run(n, idle_s, timeout_s, args.operator_log))
     print(json.dumps(figures))
 
 

@@ -56,7 +56,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         # Before Kopf's exit: our informers are tasks Kopf would otherwise wait for.
         await rt.close()
 
-    indexes.register(registry)
+    indexes.register(registry, rt.gpus)
     computecluster.register(registry, rt)
     modeldeployment.register(registry, rt)
     finetunejob.register(registry, rt)

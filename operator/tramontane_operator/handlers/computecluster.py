@@ -63,7 +63,7 @@ async def probe_and_report(rt: Runtime, body: kopf.Body, idx: Indexes, refresh: 
             cc,
             reachable=reachable,
             kuberay_installed=probe.kuberay_installed if probe and reachable else None,
-            allocated_gpus=idx.gpus_allocated_in(name),
+            allocated_gpus=rt.gpus.in_cluster(name),
             previous=previous,
             now=datetime.now(UTC),
             kubernetes_version=probe.kubernetes_version if probe else None,

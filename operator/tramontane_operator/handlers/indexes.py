@@ -35,28 +35,71 @@ INDEX_IDS = {
 }
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
+class GpuLedger:
+    """GPUs held per cluster and GPU type, summed over ModelDeployments as their status says.
+
+    Kept up to date by the ModelDeployment index handler, so placement reads totals in
+    O(clusters) instead of summing every ModelDeployment on every reconcile.
+    """
+
+    def __init__(self) -> None:
+        self._by_md: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+        self._total: dict[str, dict[str, int]] = {}
+
+    def set(self, key: tuple[str, str], held: Mapping[str, Mapping[str, int]]) -> None:
+        self._add(self._by_md.pop(key, {}), -1)
+        if held:
+            self._by_md[key] = {c: dict(t) for c, t in held.items()}
+            self._add(self._by_md[key], 1)
+
+    def remove(self, key: tuple[str, str]) -> None:
+        self.set(key, {})
+
+    def _add(self, held: Mapping[str, Mapping[str, int]], sign: int) -> None:
+        for cluster, per_type in held.items():
+            totals = self._total.setdefault(cluster, {})
+            for gpu_type, n in per_type.items():
+                totals[gpu_type] = totals.get(gpu_type, 0) + sign * n
+
+    def in_cluster(self, cluster: str) -> dict[str, int]:
+        return {t: n for t, n in self._total.get(cluster, {}).items() if n}
+
+    def held_by_others(self, key: tuple[str, str]) -> dict[str, dict[str, int]]:
+        own = self._by_md.get(key, {})
+        out = {}
+        for cluster, per_type in self._total.items():
+            mine = own.get(cluster, {})
+            left = {t: n - mine.get(t, 0) for t, n in per_type.items() if n - mine.get(t, 0)}
+            if left:
+                out[cluster] = left
+        return out
+
+
+def register(registry: kopf.OperatorRegistry, ledger: GpuLedger) -> None:
     def index(plural: str) -> Callable[[F], F]:
         decorator = kopf.index(GROUP, VERSION, plural, registry=registry, id=INDEX_IDS[plural])
         return cast(Callable[[F], F], decorator)
 
     @index("computeclusters")
-    def computeclusters_idx(body: kopf.Body, **_: Any) -> dict[str, ComputeCluster]:
+    async def computeclusters_idx(body: kopf.Body, **_: Any) -> dict[str, ComputeCluster]:
         try:
             return {ALL: ComputeCluster.model_validate(dict(body))}
         except ValidationError:
             return {}
 
     @index("modeldeployments")
-    def modeldeployments_idx(body: kopf.Body, **_: Any) -> dict[str, ModelDeployment]:
+    async def modeldeployments_idx(body: kopf.Body, **_: Any) -> dict[str, ModelDeployment]:
         try:
             md = ModelDeployment.model_validate(dict(body))
         except ValidationError:
             return {}
-        return {ALL: md} if md.spec.resources.gpu is not None else {}
+        if md.spec.resources.gpu is None:
+            return {}
+        ledger.set(_md_key(md), gpu_allocations([md]))
+        return {ALL: md}
 
-    @kopf.index("tramontane.dev", "v1alpha1", "tenants", registry=registry, id=INDEX_IDS["tenants"])
-    def tenants_idx(body: kopf.Body, name: str, **_: Any) -> dict[str, str]:
+    @index("tenants")
+    async def tenants_idx(body: kopf.Body, name: str, **_: Any) -> dict[str, str]:
         try:
             tenant = Tenant.model_validate(dict(body))
         except ValidationError:
@@ -64,7 +107,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         return {namespace: name for namespace in tenant.spec.namespaces}
 
     @index("finetunejobs")
-    def adapters_idx(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
+    async def adapters_idx(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
         try:
             job = FineTuneJob.model_validate(dict(body))
         except ValidationError:
@@ -109,12 +152,6 @@ class Indexes:
             if ns == namespace and uris
         }
 
-    def gpus_allocated_in(self, cluster: str) -> dict[str, int]:
-        """GPUs all placed pools hold in `cluster`, per GPU type."""
-        return gpu_allocations(self.modeldeployments.get(ALL, ())).get(cluster, {})
 
-    def gpus_allocated(self, md: ModelDeployment) -> dict[str, dict[str, int]]:
-        """GPUs other ModelDeployments hold, per cluster and GPU type."""
-        if md.spec.resources.gpu is None:
-            return {}
-        return gpu_allocations(self.modeldeployments.get(ALL, ()), exclude=md)
+def _md_key(md: ModelDeployment) -> tuple[str, str]:
+    return (md.metadata.namespace or "default", md.metadata.name)

@@ -110,7 +110,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
             now = datetime.now(UTC)
             try:
                 md = ModelDeployment.model_validate(raw)
-                views = await rt.cluster_views(idx.compute_clusters(), idx.gpus_allocated(md))
+                views = await rt.cluster_views(idx.compute_clusters(), rt.gpus.held_by_others(key))
                 observed = await _observe(rt, md, views)
                 failed = failed_clusters(list(observed.values()), name)
                 decision = place(md, list(views.values()), _current(md, observed), failed)

@@ -37,6 +37,8 @@ from tramontane_operator.observability import PhaseTracker, set_cluster_reachabl
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.settings import OperatorSettings
 
+from .indexes import GpuLedger
+
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
@@ -57,6 +59,7 @@ class Runtime:
             max_backoff_s=settings.backoff_max_s,
             client_options={"timeout_s": settings.request_timeout_s, **settings.client_options},
         )
+        self.gpus = GpuLedger()
         self.md_phases = PhaseTracker("ModelDeployment")
         self.cc_phases = PhaseTracker("ComputeCluster")
         self._hub: KubeClient | None = None
@@ -122,6 +125,7 @@ class Runtime:
         self._wakeups.pop(key, None)
         self._locks.pop(key, None)
         self._statuses.pop(key, None)
+        self.gpus.remove(key)
         self.md_phases.set(key[0], key[1], None)
 
     # The status we last wrote, per object: newer than the body of a watch event in flight.
