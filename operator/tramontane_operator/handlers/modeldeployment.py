@@ -124,10 +124,17 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
                 status = invalid_spec_status(_generation(raw), message, previous, now)
                 await _write_status(rt, raw, previous, status)
                 raise kopf.PermanentError(f"invalid spec: {message}") from exc
-            errors = await _apply(rt, md, desired, observed)
-            pools = [observed[c] for c in decision.replicas if c in observed]
-            status = compute_status(md, decision, pools, previous, now, adapter_uris)
-            await _write_status(rt, raw, previous, status)
+            except (ApiError, Unreachable) as exc:
+                scope.outcome = "retry"
+                raise kopf.TemporaryError(str(exc), delay=rt.settings.retry_delay_s) from exc
+            try:
+                errors = await _apply(rt, md, desired, observed)
+                pools = [observed[c] for c in decision.replicas if c in observed]
+                status = compute_status(md, decision, pools, previous, now, adapter_uris)
+                await _write_status(rt, raw, previous, status)
+            except (ApiError, Unreachable) as exc:  # the hub itself failed us: retry soon
+                scope.outcome = "retry"
+                raise kopf.TemporaryError(str(exc), delay=rt.settings.retry_delay_s) from exc
             scope.clusters = ",".join(decision.replicas)
             scope.outcome = status.phase or "unknown"
             rt.md_phases.set(namespace, name, status.phase)

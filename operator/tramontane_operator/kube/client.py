@@ -87,7 +87,11 @@ class KubeClient:
         self.config = config
         self.attempts = attempts
         self.backoff_s = backoff_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 3.0))
+        # Per socket, not in total: waiting for a free pooled connection under load is not
+        # the server's fault and must not read as "unreachable".
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(timeout_s, 3.0), sock_read=timeout_s
+        )
         self._ssl: ssl.SSLContext | bool = _ssl_context(config)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, ssl=self._ssl),
