@@ -25,11 +25,12 @@ sys.path[:0] = [str(REPO / "workers")]
 
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
 from tramontane_workers.contract.train_config import TrainConfig  # noqa: E402
 from tramontane_workers.models.tiny import write_tiny_mistral  # noqa: E402
 from tramontane_workers.train.data import MixtureSampler, collate, load_conversations  # noqa: E402
 from tramontane_workers.train.synthetic import write_synthetic_dataset  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -70,6 +71,7 @@ def ray_train_run(
     model_dir: Path, data: Path, out: Path, steps: int, batch_size: int, threads: int
 ) -> dict[str, Any]:
     import ray
+
     from tramontane_workers.train.runner import run
 
     started = time.perf_counter()

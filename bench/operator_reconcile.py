@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests" / "operator")]
 
 import aiohttp  # noqa: E402
+
 from manifests import AKS, HUB, NS, ONPREM, SYSTEM_NS, compute_cluster, model_deployment  # noqa: E402
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay  # noqa: E402
 from tramontane_operator.kube import (  # noqa: E402

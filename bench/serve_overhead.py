@@ -139,11 +139,12 @@ async def _plain_vllm_rounds(args: argparse.Namespace, model_dir: Path) -> Round
     """
     import itertools
 
+    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+    from vllm.inputs import TokensPrompt
+
     from tramontane_workers.chat.encode import ChatCodec
     from tramontane_workers.engines.vllm_engine import engine_args
     from tramontane_workers.models.loading import detect_format, find_tokenizer
-    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
-    from vllm.inputs import TokensPrompt
 
     kwargs = engine_args(
         model_dir,
@@ -248,6 +249,7 @@ def main() -> None:
 
     import ray
     import torch
+
     from tramontane_workers.models.tiny import write_tiny_mistral
     from tramontane_workers.serve.local import free_port, run_local
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tramontane_workers.engines.vllm_engine import vllm_unavailable_reason
 
 pytestmark = pytest.mark.gpu

@@ -12,6 +12,7 @@ import base64
 from collections.abc import AsyncIterator
 
 import pytest
+
 from manifests import (
     AKS,
     HUB,

@@ -39,6 +39,7 @@ from kmock._internal.k8s import (
     KubernetesObjectNotFoundError,
     KubernetesResourceNotFoundError,
 )
+
 from tramontane_operator.api.schema import SchemaValidator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import aiohttp.test_utils
 import yaml
+
 from kube_emulator import KUBERAY_CRDS, OUR_CRDS, ValidatingEmulator
 
 
@@ -245,6 +246,7 @@ class OperatorRun:
 
     async def _run(self) -> None:
         import kopf
+
         from tramontane_operator.main import run
 
         kopf_settings = kopf.OperatorSettings()

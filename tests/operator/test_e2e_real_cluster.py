@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from manifests import HUB, compute_cluster, model_deployment, operator_settings
 from operator_harness import OperatorRun, eventually
 from tramontane_operator.kube import (

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fake_rayjob import RAYJOBS, FakeRayJobs
 from manifests import AKS, NS, ONPREM, model_deployment
 from operator_harness import Clusters, FakeKubeRay, OperatorRun, eventually

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+
 from fake_rayjob import FakeRayJobs
 from manifests import AKS, NS
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
@@ -124,6 +125,7 @@ async def test_fine_tune_job_trains_deploys_and_serves_the_adapter(
     operator: OperatorRun,
 ) -> None:
     from ray import serve
+
     from tramontane_workers.models.tiny import write_tiny_mistral
     from tramontane_workers.serve.local import run_local
 

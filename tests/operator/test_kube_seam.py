@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 from kube_emulator import Fault
 from operator_harness import RAYSERVICES, Clusters
 from tramontane_operator.kube import (

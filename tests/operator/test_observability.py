@@ -12,13 +12,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from manifests import AKS, HUB, NS, SYSTEM_NS, compute_cluster, model_deployment
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from operator_harness import Clusters, FakeKubeRay, OperatorRun, eventually
 from prometheus_client import REGISTRY
+
+from manifests import AKS, HUB, NS, SYSTEM_NS, compute_cluster, model_deployment
+from operator_harness import Clusters, FakeKubeRay, OperatorRun, eventually
 from test_modeldeployment_faults import cc_phase
 from test_modeldeployment_lifecycle import is_ready, rayservice
 from tramontane_operator.kube import COMPUTECLUSTER, MODELDEPLOYMENT, SECRET, KubeClient

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.conftest import EXAMPLES_DIR, KUBERAY_CRDS_DIR
+
 from tramontane_operator.api.schema import SchemaValidator
 from tramontane_operator.api.v1alpha1 import FineTuneJob
 from tramontane_operator.builders import BuildSettings
 from tramontane_operator.builders.rayjob import build_rayjob, build_train_config
 from tramontane_operator.placement import ClusterView
 from tramontane_workers.contract.train_config import ENTRYPOINT_MODULE, config_from_b64
-
-from tests.conftest import EXAMPLES_DIR, KUBERAY_CRDS_DIR
 
 HUB = ClusterView("hub", gpus_capacity={"H100": 8}, in_cluster=True)
 MEMBER = ClusterView("aks", gpus_capacity={"H100": 8, "A100-80GB": 8})

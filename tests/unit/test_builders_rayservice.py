@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.conftest import EXAMPLES_DIR, KUBERAY_CRDS_DIR
+from tests.unit.test_placement import h100, make_md
+
 from tramontane_operator.api.schema import SchemaValidator
 from tramontane_operator.api.v1alpha1 import ModelDeployment
 from tramontane_operator.builders import (
@@ -20,9 +23,6 @@ from tramontane_operator.builders import (
 from tramontane_operator.builders.serve import parse_quantity
 from tramontane_operator.placement import ClusterView, PoolSize, place
 from tramontane_workers.contract.serve_config import GRPC_PORT, ServeAppConfig
-
-from tests.conftest import EXAMPLES_DIR, KUBERAY_CRDS_DIR
-from tests.unit.test_placement import h100, make_md
 
 HUB = ClusterView("hub", gpus_capacity={"H100": 8, "A100-80GB": 8}, in_cluster=True)
 MEMBER = ClusterView("member", gpus_capacity={"H100": 8, "A100-80GB": 8})

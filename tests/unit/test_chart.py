@@ -25,7 +25,6 @@ from kubernetes_validate.utils import (  # type: ignore[import-untyped]
     SchemaNotFoundError,
     latest_version,
 )
-
 from tests.conftest import CRDS_DIR, REPO_ROOT
 
 CHART_DIR = REPO_ROOT / "charts" / "tramontane"

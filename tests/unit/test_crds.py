@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from jsonpath_ng.ext import parse as jsonpath
+
 from tramontane_operator.api import crdgen
 from tramontane_operator.api.schema import SchemaValidator
 from tramontane_operator.api.v1alpha1 import KINDS, Resource

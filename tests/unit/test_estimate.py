@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.conftest import EXAMPLES_DIR
+
 from tramontane_cli.main import main
 from tramontane_workers.contract.estimate import (
     GPU_PROFILES,
@@ -15,8 +17,6 @@ from tramontane_workers.contract.estimate import (
     params_from_hf_config,
     plan_steps,
 )
-
-from tests.conftest import EXAMPLES_DIR
 
 MISTRAL_7B = {
     "hidden_size": 4096,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tramontane_operator.api.schema import SchemaValidator
 from tramontane_operator.api.validate import validate_object
 

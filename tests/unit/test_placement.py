@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.conftest import EXAMPLES_DIR
+
 from tramontane_operator.api.v1alpha1 import ComputeCluster, ModelDeployment
 from tramontane_operator.api.v1alpha1.common import LabelSelector
 from tramontane_operator.placement import (
@@ -31,8 +33,6 @@ from tramontane_operator.placement import (
 )
 from tramontane_operator.placement.eligibility import can_keep, can_take, why_ineligible
 from tramontane_operator.placement.strategies import even_split, fill
-
-from tests.conftest import EXAMPLES_DIR
 
 BASE_SPEC: dict[str, Any] = {
     "model": {"name": "mistral-7b", "source": "hf://mistralai/Mistral-7B-Instruct-v0.3"},

@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from tests.unit.test_placement import make_md
+
 from tramontane_operator.api.v1alpha1 import ModelDeployment
 from tramontane_operator.placement import (
     REASON_INSUFFICIENT_CAPACITY,
@@ -18,8 +20,6 @@ from tramontane_operator.placement import (
     place,
 )
 from tramontane_operator.placement.eligibility import can_keep, can_take, replica_capacity
-
-from tests.unit.test_placement import make_md
 
 NAMES = ["a", "b", "c", "d", "e"]
 

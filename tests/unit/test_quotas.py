@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
 from tramontane_operator.api.v1alpha1.tenant import Quotas
 from tramontane_operator.quotas import (

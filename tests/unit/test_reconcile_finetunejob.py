@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from tests.unit.test_builders_rayjob import make_job
+
 from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment
 from tramontane_operator.api.v1alpha1.finetunejob import Estimate
 from tramontane_operator.placement import ClusterView
@@ -38,8 +40,6 @@ from tramontane_operator.reconcile.finetunejob_inputs import (
     place_job,
 )
 from tramontane_workers.contract.train_config import CheckpointRecord, TrainProgress
-
-from tests.unit.test_builders_rayjob import make_job
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

@@ -7,6 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from tests.unit.test_builders_rayservice import rayservice_validator
+from tests.unit.test_placement import h100, make_md, spec_for
+
 from tramontane_operator.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
 from tramontane_operator.api.validate import validate_object
 from tramontane_operator.builders import BuildSettings, build_rayservice
@@ -21,9 +24,6 @@ from tramontane_operator.reconcile import (
     invalid_spec_status,
     status_changed,
 )
-
-from tests.unit.test_builders_rayservice import rayservice_validator
-from tests.unit.test_placement import h100, make_md, spec_for
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from tramontane_workers.chat.assemble import CompletionAssembler, Delta, parse_tool_calls
 from tramontane_workers.chat.encode import SAFE_PROMPT, ChatCodec
 from tramontane_workers.contract import inference_pb2 as pb

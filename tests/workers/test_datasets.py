@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from mistral_common.protocol.instruct.normalize import InstructRequestNormalizer
+from tests.conftest import EXAMPLES_DIR
+
 from tramontane_cli.commands import dataset as dataset_cmd
 from tramontane_workers.contract.datasets import (
     DatasetUnreadable,
@@ -19,8 +21,6 @@ from tramontane_workers.contract.datasets import (
 )
 from tramontane_workers.contract.datasets_rules import Violation
 from tramontane_workers.contract.datasets_tokens import encode_request, parse_record, tokenizer
-
-from tests.conftest import EXAMPLES_DIR
 
 WEATHER_TOOL = {
     "type": "function",

@@ -8,10 +8,10 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from tests.conftest import EXAMPLES_DIR
+
 from tramontane_workers.contract.datasets import validate_uri
 from tramontane_workers.train.synthetic import synthetic_record, write_synthetic_dataset
-
-from tests.conftest import EXAMPLES_DIR
 
 SIZE = 20 * 1024 * 1024
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tramontane_workers.engines.base import GenerationRequest, SamplingParams
 from tramontane_workers.engines.reference import TransformersEngine
 from tramontane_workers.errors import AdapterUnavailable, EngineUnavailable

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tramontane_cli.commands.local import QUICKSTART, load_deployment
 from tramontane_cli.main import main
 

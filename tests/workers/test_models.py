@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tramontane_workers.models.loading import (
     ModelLoadError,
     detect_format,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
+
 from tramontane_workers.contract.serve_config import (
     DEPLOYMENT_NAME,
     SERVE_APP_IMPORT_PATH,
@@ -53,6 +54,7 @@ def test_builder_parses_rendered_args_back() -> None:
 
 def test_builder_rejects_bad_args_naming_the_field() -> None:
     from pydantic import ValidationError
+
     from tramontane_workers.serve.app import build_app
 
     with pytest.raises(ValidationError, match="route_prefix"):

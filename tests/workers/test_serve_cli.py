@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tramontane_cli.commands.serve import local_config
 from tramontane_cli.main import build_parser
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from pydantic import ValidationError
+
 from tramontane_workers.contract.serve_config import (
     DEPLOYMENT_NAME,
     GRPC_PORT,

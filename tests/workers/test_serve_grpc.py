@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.contract import inference_pb2_grpc as pb_grpc
 from tramontane_workers.contract.serve_config import (
@@ -33,6 +34,7 @@ def stub(
     ray_session: Any, tiny_model_dir: Path, tiny_adapters: dict[str, Path]
 ) -> Iterator[pb_grpc.InferenceStub]:
     from ray import serve
+
     from tramontane_workers.serve.local import free_port, run_local
 
     config = ServeAppConfig(

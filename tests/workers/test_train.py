@@ -14,6 +14,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # ships with ray
 import pytest
 import torch
+
 from tramontane_workers.contract.datasets_tokens import Encoded, tokenizer
 from tramontane_workers.contract.train_config import (
     ADAPTER_DIR,
@@ -173,8 +174,9 @@ def test_tiny_model_learns_qa_on_two_ray_train_workers(
     ray_session: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from peft import PeftModel
-    from tramontane_workers.train.runner import run
     from transformers import AutoModelForCausalLM
+
+    from tramontane_workers.train.runner import run
 
     data, out = _write_qa(tmp_path / "qa.jsonl"), tmp_path / "out"
     config = _config(tiny_model_dir, data, out, num_workers=2)  # DDP over gloo, one CPU each

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import torch
+from tests.workers.test_train import QA, _config, _greedy, _write_qa
+
 from tramontane_workers.contract.train_config import ADAPTER_DIR
 from tramontane_workers.train.loop import WorkerEnv, train
-
-from tests.workers.test_train import QA, _config, _greedy, _write_qa
 
 pytestmark = [
     pytest.mark.gpu,

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+
+from tramontane_cli.commands.dataset import EXIT_BAD_LINES, EXIT_UNREADABLE, format_summary
 from tramontane_operator.api.v1alpha1 import ComputeCluster, FineTuneJob
 from tramontane_operator.api.v1alpha1.finetunejob import Estimate as StatusEstimate
 from tramontane_workers.contract.datasets import DatasetSummary, DatasetUnreadable, validate_uri
@@ -25,8 +27,6 @@ from tramontane_workers.contract.estimate import (
     estimate,
     params_from_hf_config,
 )
-
-from tramontane_cli.commands.dataset import EXIT_BAD_LINES, EXIT_UNREADABLE, format_summary
 
 EXIT_USAGE = 2
 MISTRAL_7B_PARAMS = 7_248_023_552  # Mistral 7B v0.3 (32,768 vocabulary)

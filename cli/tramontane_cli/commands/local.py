@@ -46,6 +46,7 @@ def register(subparsers: Any) -> None:
 def load_deployment(text: str, name: str) -> Any:
     """The first ModelDeployment in `text`, validated; `ValueError` lists every problem."""
     import yaml
+
     from tramontane_operator.api.v1alpha1 import ModelDeployment
     from tramontane_operator.api.validate import validate_text
 
@@ -97,6 +98,7 @@ def _serve_and_chat(md: Any, args: argparse.Namespace) -> int:
     import grpc
     import ray
     from ray import serve
+
     from tramontane_operator.builders.serve import serve_app
     from tramontane_operator.placement import PoolSize
     from tramontane_workers.contract import inference_pb2 as pb

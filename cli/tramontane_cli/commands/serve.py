@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tramontane serve: {exc}")
         return 2
     import ray
+
     from tramontane_workers.serve.local import run_local
 
     ray.init(include_dashboard=False)

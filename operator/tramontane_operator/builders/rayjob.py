@@ -15,15 +15,14 @@ from __future__ import annotations
 import math
 from typing import Any, Final, cast
 
+from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment
+from tramontane_operator.placement import ClusterView
 from tramontane_workers.contract.train_config import (
     LoraSettings,
     TrainConfig,
     TrainingFile,
     entrypoint,
 )
-
-from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment
-from tramontane_operator.placement import ClusterView
 
 from .labels import child_labels, owner_reference
 from .rayservice import GPU_RESOURCE, RAY_API_VERSION, BuildSettings

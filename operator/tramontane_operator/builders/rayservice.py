@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import yaml
-from tramontane_workers.contract.serve_config import GRPC_PORT, HTTP_PORT, render_serve_config_v2
 
 from tramontane_operator.api.v1alpha1 import ModelDeployment
 from tramontane_operator.placement import ClusterView, PoolSize
+from tramontane_workers.contract.serve_config import GRPC_PORT, HTTP_PORT, render_serve_config_v2
 
 from .labels import child_labels, owner_reference
 from .serve import ray_cpus, serve_app

@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tramontane_operator.api.v1alpha1 import ModelDeployment
+from tramontane_operator.placement import PoolSize
 from tramontane_workers.contract.serve_config import (
     AdapterSource,
     AutoscalingConfig,
@@ -18,9 +20,6 @@ from tramontane_workers.contract.serve_config import (
     ReplicaResources,
     ServeAppConfig,
 )
-
-from tramontane_operator.api.v1alpha1 import ModelDeployment
-from tramontane_operator.placement import PoolSize
 
 _SUFFIXES = {
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import fsspec
 from pydantic import ValidationError
+
+from tramontane_operator.api.v1alpha1 import FineTuneJob
 from tramontane_workers.contract.datasets import DatasetSummary, DatasetUnreadable, validate_uri
 from tramontane_workers.contract.estimate import params_from_hf_config
 from tramontane_workers.contract.train_config import PROGRESS_FILE, TrainProgress
-
-from tramontane_operator.api.v1alpha1 import FineTuneJob
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from tramontane_workers.contract.train_config import ADAPTER_DIR, TrainProgress
-
 from tramontane_operator.api.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from tramontane_operator.api.v1alpha1.finetunejob import (
     AdapterStatus,
@@ -34,6 +32,7 @@ from tramontane_operator.api.v1alpha1.finetunejob import (
     FineTuneJobPhase,
     Progress,
 )
+from tramontane_workers.contract.train_config import ADAPTER_DIR, TrainProgress
 
 from .conditions import ConditionSpec, find, merge_conditions
 from .finetunejob_deploy import DeployOutcome

@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from tramontane_operator.api.v1alpha1 import ComputeCluster, FineTuneJob
+from tramontane_operator.api.v1alpha1.finetunejob import Estimate
 from tramontane_workers.contract.datasets import DatasetSummary
 from tramontane_workers.contract.estimate import Estimate as ContractEstimate
 from tramontane_workers.contract.estimate import TrainingShape, estimate
-
-from tramontane_operator.api.v1alpha1 import ComputeCluster, FineTuneJob
-from tramontane_operator.api.v1alpha1.finetunejob import Estimate
 
 from .finetunejob_inputs import ValidationResult
 
