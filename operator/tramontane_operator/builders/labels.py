@@ -1,10 +1,13 @@
-"""Labels and owner references every child object of a ModelDeployment carries."""
+"""Labels and owner references every child object (RayService, RayJob) carries."""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from tramontane_operator.api.v1alpha1 import API_VERSION, ModelDeployment
+from tramontane_operator.api.v1alpha1 import API_VERSION, FineTuneJob, ModelDeployment
+
+# The kinds that own children in member clusters.
+Owner = ModelDeployment | FineTuneJob
 
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "tramontane"
@@ -17,7 +20,7 @@ CLUSTER_LABEL: Final = "tramontane.dev/cluster"
 FINALIZER: Final = "tramontane.dev/cleanup"
 
 
-def child_labels(md: ModelDeployment, cluster: str, tenant: str | None) -> dict[str, str]:
+def child_labels(md: Owner, cluster: str, tenant: str | None) -> dict[str, str]:
     """The standard labels of a child of `md` placed in `cluster`."""
     meta = md.metadata
     labels = {
@@ -34,7 +37,7 @@ def child_labels(md: ModelDeployment, cluster: str, tenant: str | None) -> dict[
     return labels
 
 
-def owner_selector(md: ModelDeployment) -> str:
+def owner_selector(md: Owner) -> str:
     """A label selector (string form) matching every child of `md` in any cluster."""
     meta = md.metadata
     return (
@@ -43,7 +46,7 @@ def owner_selector(md: ModelDeployment) -> str:
     )
 
 
-def owner_reference(md: ModelDeployment) -> dict[str, Any] | None:
+def owner_reference(md: Owner) -> dict[str, Any] | None:
     """The controller owner reference to `md` (None when the object has no uid yet)."""
     if not md.metadata.uid:
         return None

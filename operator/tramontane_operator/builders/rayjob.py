@@ -13,9 +13,9 @@ deletes the Ray cluster and keeps the RayJob; resuming starts again from the che
 from __future__ import annotations
 
 import math
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment
+from tramontane_operator.api.v1alpha1 import FineTuneJob
 from tramontane_operator.placement import ClusterView
 from tramontane_workers.contract.train_config import (
     LoraSettings,
@@ -25,18 +25,12 @@ from tramontane_workers.contract.train_config import (
 )
 
 from .labels import child_labels, owner_reference
-from .rayservice import GPU_RESOURCE, RAY_API_VERSION, BuildSettings
+from .rayservice import GPU_RESOURCE, RAY_API_VERSION, BuildSettings, head_group
 from .serve import parse_quantity
 
 # KubeRay keeps a finished RayJob this long before deleting it (the Ray cluster goes at once).
 TTL_AFTER_FINISHED_S: Final = 3600
 HEAD_PORTS: Final = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001))
-
-
-def _base_labels(job: FineTuneJob, cluster: str, tenant: str | None) -> dict[str, str]:
-    # child_labels and owner_reference read only `metadata` and `kind`, which every root kind
-    # has; they are annotated for ModelDeployment, their first user.
-    return child_labels(cast(ModelDeployment, job), cluster, tenant)
 
 
 def training_workers(job: FineTuneJob) -> int:
@@ -101,29 +95,6 @@ def _tolerations(gpus: int) -> list[dict[str, Any]]:
     return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def _head_group(image: str, settings: BuildSettings) -> dict[str, Any]:
-    limits = {"cpu": settings.head_cpu, "memory": settings.head_memory}
-    return {
-        # No task may land on the head: the training workers need the worker pods' resources.
-        "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-        "template": {
-            "spec": {
-                "containers": [
-                    {
-                        "name": "ray-head",
-                        "image": image,
-                        "resources": {"requests": dict(limits), "limits": dict(limits)},
-                        "ports": [
-                            {"name": name, "containerPort": port, "protocol": "TCP"}
-                            for name, port in HEAD_PORTS
-                        ],
-                    }
-                ]
-            }
-        },
-    }
-
-
 def _worker_group(job: FineTuneJob, image: str) -> dict[str, Any]:
     res = job.spec.resources
     gpus = res.gpus_per_worker
@@ -163,12 +134,13 @@ def build_rayjob(
     """The RayJob of `job` in `cluster`, named like the job, in its namespace."""
     spec = job.spec
     image = settings.worker_image
+    labels = child_labels(job, cluster.name, tenant)
     metadata: dict[str, Any] = {
         "name": job.metadata.name,
         "namespace": job.metadata.namespace or "default",
-        "labels": _base_labels(job, cluster.name, tenant),
+        "labels": labels,
     }
-    owner = owner_reference(cast(ModelDeployment, job))
+    owner = owner_reference(job)
     if owner is not None and (cluster.in_cluster or cluster.name == settings.hub_cluster):
         metadata["ownerReferences"] = [owner]
     rayjob_spec: dict[str, Any] = {
@@ -181,7 +153,8 @@ def build_rayjob(
         "backoffLimit": spec.backoff_limit,
         "suspend": spec.suspend,
         "rayClusterSpec": {
-            "headGroupSpec": _head_group(image, settings),
+            # No task may land on the head: the training workers need the worker pods' resources.
+            "headGroupSpec": head_group(image, settings, labels, HEAD_PORTS),
             "workerGroupSpecs": [_worker_group(job, image)],
         },
     }
