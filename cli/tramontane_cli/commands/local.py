@@ -156,9 +156,9 @@ def _serve_and_chat(md: Any, args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 pass
     finally:
+        # Serve keeps its proxy's port for life: shut it down so that a later serve.start
+        # (in the same Ray session) can listen where it asks to.
+        serve.shutdown()  # type: ignore[no-untyped-call]
         if own_ray:
-            serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()
-        else:
-            serve.delete(app.name)
     return 0
