@@ -315,3 +315,27 @@ async def test_an_unreadable_dataset_keeps_validating_until_it_appears(
     dataset(missing, [GOOD] * 3)
     await eventually(lambda: rayjob(clusters))
     assert condition(stored(clusters), "Validated")["reason"] == "DatasetValid"
+
+
+async def test_tenant_counts_cpu_only_model_deployments(
+    clusters: Clusters, api: KubeClient, operator: OperatorRun
+) -> None:
+    await api.create(TENANT, {
+        "apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team"},
+        "spec": {"namespaces": [NS], "quotas": {"maxModelDeployments": 3}},
+    })  # fmt: skip
+    cpu_only = model_deployment(
+        "cpu-chat",
+        runtime={"engine": "transformers"},
+        resources={"cpu": "2", "memory": "4Gi"},
+        scaling={"minReplicas": 1, "maxReplicas": 1},
+    )
+    await api.create(MODELDEPLOYMENT, model_deployment("gpu-chat"))
+    await api.create(MODELDEPLOYMENT, cpu_only)
+
+    def usage() -> dict[str, Any]:
+        tenant = clusters.hub.emulator.stored("tramontane.dev/v1alpha1/tenants", None, "team")
+        return ((tenant or {}).get("status") or {}).get("usage") or {}
+
+    await eventually(lambda: usage().get("modelDeployments") == 2)
+    assert usage()["gpus"] == {"H100": 4}  # maxReplicas x GPUs of the GPU deployment only

@@ -93,8 +93,8 @@ def register(registry: kopf.OperatorRegistry, ledger: GpuLedger) -> None:
             md = ModelDeployment.model_validate(dict(body))
         except ValidationError:
             return {}
-        if md.spec.resources.gpu is None:
-            return {}
+        # CPU-only deployments are indexed too: tenants' maxModelDeployments counts them, and
+        # a deployment that drops its GPUs must leave the ledger.
         ledger.set(_md_key(md), gpu_allocations([md]))
         return {ALL: md}
 
