@@ -13,6 +13,7 @@ deletes the Ray cluster and keeps the RayJob; resuming starts again from the che
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Final
 
 from tramontane_operator.api.v1alpha1 import FineTuneJob
@@ -25,7 +26,7 @@ from tramontane_workers.contract.train_config import (
 )
 
 from .labels import child_labels, owner_reference
-from .rayservice import GPU_RESOURCE, RAY_API_VERSION, BuildSettings, head_group
+from .rayservice import GPU_RESOURCE, RAY_API_VERSION, BuildSettings, head_group, worker_pod_spec
 from .serve import parse_quantity
 
 # KubeRay keeps a finished RayJob this long before deleting it (the Ray cluster goes at once).
@@ -95,24 +96,10 @@ def _tolerations(gpus: int) -> list[dict[str, Any]]:
     return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def _worker_group(job: FineTuneJob, image: str) -> dict[str, Any]:
+def _worker_group(job: FineTuneJob, image: str, labels: Mapping[str, str]) -> dict[str, Any]:
     res = job.spec.resources
     gpus = res.gpus_per_worker
-    limits: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
-    if gpus:
-        limits[GPU_RESOURCE] = gpus
-    pod_spec: dict[str, Any] = {
-        "containers": [
-            {
-                "name": "ray-worker",
-                "image": image,
-                "resources": {"requests": dict(limits), "limits": dict(limits)},
-            }
-        ]
-    }
-    tolerations = _tolerations(gpus)
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
+    pod_spec = worker_pod_spec(image, res.cpu, res.memory, gpus, _tolerations(gpus))
     cpus = max(1, math.ceil(parse_quantity(res.cpu, "spec.resources.cpu")))
     return {
         "groupName": "gpu-workers" if gpus else "workers",
@@ -120,7 +107,7 @@ def _worker_group(job: FineTuneJob, image: str) -> dict[str, Any]:
         "minReplicas": res.workers,
         "maxReplicas": res.workers,
         "rayStartParams": {"num-cpus": str(cpus), "num-gpus": str(gpus)},
-        "template": {"spec": pod_spec},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
 
 
@@ -155,7 +142,7 @@ def build_rayjob(
         "rayClusterSpec": {
             # No task may land on the head: the training workers need the worker pods' resources.
             "headGroupSpec": head_group(image, settings, labels, HEAD_PORTS),
-            "workerGroupSpecs": [_worker_group(job, image)],
+            "workerGroupSpecs": [_worker_group(job, image, labels)],
         },
     }
     if spec.active_deadline_seconds is not None:

@@ -114,12 +114,16 @@ def head_group(
     }
 
 
-def _worker_group(
-    md: ModelDeployment, image: str, pool: PoolSize, labels: Mapping[str, str]
+def worker_pod_spec(
+    image: str,
+    cpu: str,
+    memory: str,
+    gpus: int,
+    tolerations: Sequence[Mapping[str, Any]],
+    node_selector: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    resources = md.spec.resources
-    gpus = resources.gpu.count if resources.gpu is not None else 0
-    limits: dict[str, Any] = {"cpu": resources.cpu, "memory": resources.memory}
+    """The pod spec of a Ray worker: one container requesting (and limited to) its resources."""
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
         limits[GPU_RESOURCE] = gpus
     pod_spec: dict[str, Any] = {
@@ -131,11 +135,21 @@ def _worker_group(
             }
         ]
     }
-    if resources.node_selector:
-        pod_spec["nodeSelector"] = dict(resources.node_selector)
-    tolerations = _tolerations(md)
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
     if tolerations:
-        pod_spec["tolerations"] = tolerations
+        pod_spec["tolerations"] = [dict(t) for t in tolerations]
+    return pod_spec
+
+
+def _worker_group(
+    md: ModelDeployment, image: str, pool: PoolSize, labels: Mapping[str, str]
+) -> dict[str, Any]:
+    resources = md.spec.resources
+    gpus = resources.gpu.count if resources.gpu is not None else 0
+    pod_spec = worker_pod_spec(
+        image, resources.cpu, resources.memory, gpus, _tolerations(md), resources.node_selector
+    )
     return {
         "groupName": "gpu-workers" if gpus else "workers",
         "replicas": pool.replicas,
