@@ -25,8 +25,15 @@ from tramontane_workers.contract.train_config import (
     entrypoint,
 )
 
-from .labels import child_labels, owner_reference
-from .rayservice import GPU_RESOURCE, RAY_API_VERSION, BuildSettings, head_group, worker_pod_spec
+from .labels import child_labels
+from .rayservice import (
+    GPU_RESOURCE,
+    RAY_API_VERSION,
+    BuildSettings,
+    child_metadata,
+    head_group,
+    worker_pod_spec,
+)
 from .serve import parse_quantity
 
 # KubeRay keeps a finished RayJob this long before deleting it (the Ray cluster goes at once).
@@ -122,14 +129,7 @@ def build_rayjob(
     spec = job.spec
     image = settings.worker_image
     labels = child_labels(job, cluster.name, tenant)
-    metadata: dict[str, Any] = {
-        "name": job.metadata.name,
-        "namespace": job.metadata.namespace or "default",
-        "labels": labels,
-    }
-    owner = owner_reference(job)
-    if owner is not None and (cluster.in_cluster or cluster.name == settings.hub_cluster):
-        metadata["ownerReferences"] = [owner]
+    metadata = child_metadata(job, cluster, settings, labels)
     rayjob_spec: dict[str, Any] = {
         "entrypoint": entrypoint(train_config),
         "submissionMode": "K8sJobMode",

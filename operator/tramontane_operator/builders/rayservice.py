@@ -19,7 +19,7 @@ from tramontane_operator.api.v1alpha1 import ModelDeployment
 from tramontane_operator.placement import ClusterView, PoolSize
 from tramontane_workers.contract.serve_config import GRPC_PORT, HTTP_PORT, render_serve_config_v2
 
-from .labels import child_labels, owner_reference
+from .labels import Owner, child_labels, owner_reference
 from .serve import ray_cpus, serve_app
 
 RAY_API_VERSION: Final = "ray.io/v1"
@@ -83,6 +83,22 @@ def _tolerations(md: ModelDeployment) -> list[dict[str, Any]]:
         ):
             out.append(gpu_taint)
     return out
+
+
+def child_metadata(
+    owner: Owner, cluster: ClusterView, settings: BuildSettings, labels: Mapping[str, str]
+) -> dict[str, Any]:
+    """Metadata of a child named like its owner, in its namespace. The owner reference is set
+    only in the hub: Kubernetes garbage-collects by owner only within one cluster."""
+    metadata: dict[str, Any] = {
+        "name": owner.metadata.name,
+        "namespace": owner.metadata.namespace or "default",
+        "labels": dict(labels),
+    }
+    reference = owner_reference(owner)
+    if reference is not None and (cluster.in_cluster or cluster.name == settings.hub_cluster):
+        metadata["ownerReferences"] = [reference]
+    return metadata
 
 
 def head_group(
@@ -184,14 +200,7 @@ def build_rayservice(
     image = md.spec.runtime.image or settings.worker_image
     # Pods carry the same labels, so GPU use can be attributed to tenants and deployments.
     labels = child_labels(md, cluster.name, tenant)
-    metadata: dict[str, Any] = {
-        "name": md.metadata.name,
-        "namespace": md.metadata.namespace or "default",
-        "labels": labels,
-    }
-    owner = owner_reference(md)
-    if owner is not None and (cluster.in_cluster or cluster.name == settings.hub_cluster):
-        metadata["ownerReferences"] = [owner]
+    metadata = child_metadata(md, cluster, settings, labels)
     serve_config = render_serve_config_v2([serve_app(md, pool, adapter_uris)])
     return {
         "apiVersion": RAY_API_VERSION,
