@@ -8,6 +8,8 @@ parallel), or one per pod on CPU. KubeRay retries the whole job `backoffLimit` t
 retry resumes from the newest checkpoint), stops it after `activeDeadlineSeconds`, and deletes
 the Ray cluster when the job ends. `suspend` maps to the RayJob's own `suspend` (KubeRay
 deletes the Ray cluster and keeps the RayJob; resuming starts again from the checkpoint).
+Claims named by pvc:// URIs are mounted on every pod: base model and datasets read-only, the
+output read-write (`volumes`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .rayservice import (
     worker_pod_spec,
 )
 from .serve import parse_quantity
+from .volumes import ClaimUse, PodVolumes, pod_volumes
 
 # KubeRay keeps a finished RayJob this long before deleting it (the Ray cluster goes at once).
 TTL_AFTER_FINISHED_S: Final = 3600
@@ -97,16 +100,49 @@ def build_train_config(
     )
 
 
+def dataset_uses(job: FineTuneJob) -> list[ClaimUse]:
+    """The training and validation files of `job` (read-only)."""
+    spec = job.spec
+    return [
+        *(
+            ClaimUse(f"spec.trainingFiles[{i}].uri", f.uri)
+            for i, f in enumerate(spec.training_files)
+        ),
+        *(
+            ClaimUse(f"spec.validationFiles[{i}].uri", f.uri)
+            for i, f in enumerate(spec.validation_files or [])
+        ),
+    ]
+
+
+def claim_uses(job: FineTuneJob, base_model_uri: str) -> list[ClaimUse]:
+    """Every URI the training pods use: the base model and datasets (read), the output (write)."""
+    base_field = (
+        "spec.baseModel.uri"
+        if job.spec.base_model.uri is not None
+        else "spec.baseModel.modelDeploymentRef (the ModelDeployment's spec.model.source)"
+    )
+    return [
+        ClaimUse(base_field, base_model_uri),
+        *dataset_uses(job),
+        ClaimUse("spec.output.uri", job.spec.output.uri, writes=True),
+    ]
+
+
 def _tolerations(gpus: int) -> list[dict[str, Any]]:
     if not gpus:
         return []
     return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def _worker_group(job: FineTuneJob, image: str, labels: Mapping[str, str]) -> dict[str, Any]:
+def _worker_group(
+    job: FineTuneJob, image: str, labels: Mapping[str, str], volumes: PodVolumes
+) -> dict[str, Any]:
     res = job.spec.resources
     gpus = res.gpus_per_worker
-    pod_spec = worker_pod_spec(image, res.cpu, res.memory, gpus, _tolerations(gpus))
+    pod_spec = worker_pod_spec(
+        image, res.cpu, res.memory, gpus, _tolerations(gpus), volumes=volumes
+    )
     cpus = max(1, math.ceil(parse_quantity(res.cpu, "spec.resources.cpu")))
     return {
         "groupName": "gpu-workers" if gpus else "workers",
@@ -130,6 +166,7 @@ def build_rayjob(
     image = settings.worker_image
     labels = child_labels(job, cluster.name, tenant)
     metadata = child_metadata(job, cluster, settings, labels)
+    volumes = pod_volumes(claim_uses(job, train_config.base_model_uri))
     rayjob_spec: dict[str, Any] = {
         "entrypoint": entrypoint(train_config),
         "submissionMode": "K8sJobMode",
@@ -141,8 +178,8 @@ def build_rayjob(
         "suspend": spec.suspend,
         "rayClusterSpec": {
             # No task may land on the head: the training workers need the worker pods' resources.
-            "headGroupSpec": head_group(image, settings, labels, HEAD_PORTS),
-            "workerGroupSpecs": [_worker_group(job, image, labels)],
+            "headGroupSpec": head_group(image, settings, labels, HEAD_PORTS, volumes),
+            "workerGroupSpecs": [_worker_group(job, image, labels, volumes)],
         },
     }
     if spec.active_deadline_seconds is not None:

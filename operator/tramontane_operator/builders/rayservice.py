@@ -3,7 +3,8 @@
 One head group (no GPU, `num-cpus: 0` so no Serve replica lands on it; it runs the Serve
 controller and a proxy) and one worker group: one Serve replica per worker pod, with the
 ModelDeployment's GPUs, CPU, memory, node selector and tolerations. `serveConfigV2` is the
-workers' Serve config rendered from the spec (`tramontane_workers.contract`). The object is
+workers' Serve config rendered from the spec (`tramontane_workers.contract`). Claims named by
+pvc:// model or adapter URIs are mounted read-only on every pod (`volumes`). The object is
 named like the ModelDeployment, in its namespace, and validated in tests against KubeRay's CRD.
 """
 
@@ -21,6 +22,7 @@ from tramontane_workers.contract.serve_config import GRPC_PORT, HTTP_PORT, rende
 
 from .labels import Owner, child_labels, owner_reference
 from .serve import ray_cpus, serve_app
+from .volumes import ClaimUse, PodVolumes, pod_volumes, with_volumes
 
 RAY_API_VERSION: Final = "ray.io/v1"
 GPU_RESOURCE: Final = "nvidia.com/gpu"
@@ -106,26 +108,28 @@ def head_group(
     settings: BuildSettings,
     labels: Mapping[str, str],
     ports: Sequence[tuple[str, int]] = HEAD_GROUP_PORTS,
+    volumes: PodVolumes | None = None,
 ) -> dict[str, Any]:
-    """A Ray head group that runs no work itself (`num-cpus: 0`), exposing `ports`."""
+    """A Ray head group that runs no work itself (`num-cpus: 0`), exposing `ports`, with the
+    claims in `volumes` mounted (the head runs the driver and the Serve controller)."""
     limits = {"cpu": settings.head_cpu, "memory": settings.head_memory}
+    pod_spec = {
+        "containers": [
+            {
+                "name": "ray-head",
+                "image": image,
+                "resources": {"requests": dict(limits), "limits": dict(limits)},
+                "ports": [
+                    {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports
+                ],
+            }
+        ]
+    }
     return {
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
         "template": {
             "metadata": {"labels": dict(labels)},
-            "spec": {
-                "containers": [
-                    {
-                        "name": "ray-head",
-                        "image": image,
-                        "resources": {"requests": dict(limits), "limits": dict(limits)},
-                        "ports": [
-                            {"name": name, "containerPort": port, "protocol": "TCP"}
-                            for name, port in ports
-                        ],
-                    }
-                ]
-            },
+            "spec": with_volumes(pod_spec, volumes) if volumes else pod_spec,
         },
     }
 
@@ -137,8 +141,10 @@ def worker_pod_spec(
     gpus: int,
     tolerations: Sequence[Mapping[str, Any]],
     node_selector: Mapping[str, str] | None = None,
+    volumes: PodVolumes | None = None,
 ) -> dict[str, Any]:
-    """The pod spec of a Ray worker: one container requesting (and limited to) its resources."""
+    """The pod spec of a Ray worker: one container requesting (and limited to) its resources,
+    with the claims in `volumes` mounted."""
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
         limits[GPU_RESOURCE] = gpus
@@ -155,16 +161,39 @@ def worker_pod_spec(
         pod_spec["nodeSelector"] = dict(node_selector)
     if tolerations:
         pod_spec["tolerations"] = [dict(t) for t in tolerations]
-    return pod_spec
+    return with_volumes(pod_spec, volumes) if volumes else pod_spec
+
+
+def claim_uses(md: ModelDeployment, adapter_uris: Mapping[str, str] | None) -> list[ClaimUse]:
+    """What the pods of `md` read: the model and the adapters (all read-only)."""
+    uses = [ClaimUse("spec.model.source", md.spec.model.source)]
+    for i, adapter in enumerate(md.spec.adapters or []):
+        if adapter.uri is not None:
+            uses.append(ClaimUse(f"spec.adapters[{i}].uri", adapter.uri))
+        ref = adapter.fine_tune_job_ref
+        if ref is not None and adapter_uris and ref.name in adapter_uris:
+            where = f"spec.adapters[{i}].fineTuneJobRef (FineTuneJob {ref.name} output)"
+            uses.append(ClaimUse(where, adapter_uris[ref.name]))
+    return uses
 
 
 def _worker_group(
-    md: ModelDeployment, image: str, pool: PoolSize, labels: Mapping[str, str]
+    md: ModelDeployment,
+    image: str,
+    pool: PoolSize,
+    labels: Mapping[str, str],
+    volumes: PodVolumes,
 ) -> dict[str, Any]:
     resources = md.spec.resources
     gpus = resources.gpu.count if resources.gpu is not None else 0
     pod_spec = worker_pod_spec(
-        image, resources.cpu, resources.memory, gpus, _tolerations(md), resources.node_selector
+        image,
+        resources.cpu,
+        resources.memory,
+        gpus,
+        _tolerations(md),
+        resources.node_selector,
+        volumes,
     )
     return {
         "groupName": "gpu-workers" if gpus else "workers",
@@ -201,6 +230,7 @@ def build_rayservice(
     # Pods carry the same labels, so GPU use can be attributed to tenants and deployments.
     labels = child_labels(md, cluster.name, tenant)
     metadata = child_metadata(md, cluster, settings, labels)
+    volumes = pod_volumes(claim_uses(md, adapter_uris))
     serve_config = render_serve_config_v2([serve_app(md, pool, adapter_uris)])
     return {
         "apiVersion": RAY_API_VERSION,
@@ -213,8 +243,8 @@ def build_rayservice(
             "upgradeStrategy": upgrade_strategy(md, settings),
             "rayClusterConfig": {
                 "enableInTreeAutoscaling": pool.min_replicas != pool.max_replicas,
-                "headGroupSpec": head_group(image, settings, labels),
-                "workerGroupSpecs": [_worker_group(md, image, pool, labels)],
+                "headGroupSpec": head_group(image, settings, labels, volumes=volumes),
+                "workerGroupSpecs": [_worker_group(md, image, pool, labels, volumes)],
             },
         },
     }
