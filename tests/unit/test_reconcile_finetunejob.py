@@ -363,8 +363,8 @@ def test_validation_result_lists_bad_lines_of_every_file() -> None:
         "s3://d/t.jsonl:3: messages[0].role: unknown role 'robot'",
         "s3://d/v.jsonl:2: not JSON",
     )
-    empty = validation_result(make_job(), [summary("s3://d/e.jsonl", lines=1)], [], None)
-    assert not empty.ok and empty.message() == "s3://d/e.jsonl: no conversation"
+    empty = validation_result(make_job(), [summary("s3://data/train.jsonl", lines=1)], [], None)
+    assert not empty.ok and empty.message() == "s3://data/train.jsonl: no conversation"
 
 
 def test_estimate_uses_the_job_gpu_and_the_cheapest_cluster_price() -> None:

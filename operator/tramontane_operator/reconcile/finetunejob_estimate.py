@@ -1,8 +1,10 @@
-"""From dataset validation summaries to the job's `ValidationResult` and `status.estimate`.
+"""From dataset validation to the job's `ValidationResult` and `status.estimate`.
 
-Pure. Errors are rendered `URI:LINE: path: message` (the CLI's format); the estimate comes from
-the workers' contract (`contract.estimate`) over the training files only, for the job's GPU
-type (every known profile for a CPU job), priced with the cheapest `pricing.gpuHour` among the
+Pure. The input is the workers' `DatasetsReport`, built here from the summaries of an
+in-process validation or parsed from a validation Job's termination message. Errors are
+rendered `URI:LINE: path: message` (the CLI's format); the estimate comes from the workers'
+contract (`contract.estimate`) over the training files only, for the job's GPU type (every
+known profile for a CPU job), priced with the cheapest `pricing.gpuHour` among the
 ComputeClusters that list it.
 """
 
@@ -14,6 +16,7 @@ from typing import Final
 from tramontane_operator.api.v1alpha1 import ComputeCluster, FineTuneJob
 from tramontane_operator.api.v1alpha1.finetunejob import Estimate
 from tramontane_workers.contract.datasets import DatasetSummary
+from tramontane_workers.contract.datasets_report import DatasetsReport
 from tramontane_workers.contract.estimate import Estimate as ContractEstimate
 from tramontane_workers.contract.estimate import TrainingShape, estimate
 
@@ -54,24 +57,35 @@ def validation_result(
     model_params: float | None,
     clusters: Sequence[ComputeCluster] = (),
 ) -> ValidationResult:
-    """Bad lines of every file first; the estimate only when all are valid."""
-    summaries = [*training, *validation]
-    errors = tuple(f"{s.source}:{e.line}: {e.describe()}" for s in summaries for e in s.errors)[
-        :MAX_ERRORS
-    ]
-    bad = sum(s.bad_lines for s in summaries)
-    lines = sum(s.lines for s in summaries)
-    if bad:
-        return ValidationResult(False, errors, bad, lines)
-    empty = [s.source for s in training if s.conversations == 0]
-    if empty:
-        return ValidationResult(False, tuple(f"{u}: no conversation" for u in empty), 0, lines)
+    """The result of validating the job's files here (summaries of each file)."""
+    report = DatasetsReport.of(training, validation)
+    return report_result(job, report, model_params, clusters)
+
+
+def report_result(
+    job: FineTuneJob,
+    report: DatasetsReport,
+    model_params: float | None,
+    clusters: Sequence[ComputeCluster] = (),
+) -> ValidationResult:
+    """Bad lines of every file first; the estimate only when all are valid. An unreadable
+    report is not a result (the caller reports it and tries again)."""
+    if report.unreadable is not None:
+        raise ValueError(f"report of an unreadable dataset: {report.unreadable}")
+    errors = tuple(e.describe() for e in report.errors)[:MAX_ERRORS]
+    if report.bad_lines:
+        return ValidationResult(False, errors, report.bad_lines, report.lines)
+    files = job.spec.training_files
+    empty = [files[i].uri for i in report.empty_training if 0 <= i < len(files)]
+    if report.empty_training:
+        messages = tuple(f"{u}: no conversation" for u in empty) or ("no conversation",)
+        return ValidationResult(False, messages, 0, report.lines)
     spec = job.spec
     hp, res = spec.hyperparameters, spec.resources
     prices, currency = _prices(job, clusters)
     result = estimate(
-        conversations=sum(s.conversations for s in training),
-        dataset_tokens=sum(s.tokens for s in training),
+        conversations=report.conversations,
+        dataset_tokens=report.tokens,
         shape=TrainingShape(hp.batch_size, hp.sequence_length, hp.training_steps, hp.epochs),
         model_params=model_params or DEFAULT_MODEL_PARAMS,
         method=spec.method.type,
@@ -80,4 +94,4 @@ def validation_result(
         price_per_gpu_hour=prices,
         currency=currency,
     )
-    return ValidationResult(True, (), 0, lines, status_estimate(result))
+    return ValidationResult(True, (), 0, report.lines, status_estimate(result))

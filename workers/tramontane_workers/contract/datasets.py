@@ -8,14 +8,17 @@ real v3 tokenizer, bad lines, the first errors); an `on_error` callback sees eve
 as it is found. `processes > 1` spreads batches of lines over a process pool, in order.
 `iter_checked` yields each line's tokens and loss mask, for the trainer.
 
-`open_uri` is the only I/O seam: `file://` URIs and plain paths are opened directly; other
-schemes (s3://, gs://, abfs://...) go through fsspec when it is installed.
+`open_uri` is the only I/O seam: `file://` URIs and plain paths are opened directly,
+`pvc://<claim>/<path>` at `$TRAMONTANE_PVC_ROOT/<claim>/<path>` (default root `/mnt/pvc`, where
+the operator mounts each claim); other schemes (s3://, gs://, abfs://...) go through fsspec when
+it is installed.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -32,6 +35,8 @@ from tramontane_workers.contract.datasets_tokens import Encoded, encode_record
 MAX_LINE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_ERRORS = 20
 BATCH_LINES = 1000  # lines per task when validating in a process pool
+PVC_ROOT_ENV = "TRAMONTANE_PVC_ROOT"
+DEFAULT_PVC_ROOT = "/mnt/pvc"
 
 
 class DatasetUnreadable(OSError):
@@ -95,8 +100,17 @@ def check_line(raw: bytes) -> Encoded | Violation:
     return encode_record(record)
 
 
+def pvc_path(uri: str) -> str:
+    """The local path of `pvc://<claim>/<path>`: the claim is mounted at $TRAMONTANE_PVC_ROOT."""
+    parsed = urlparse(uri)
+    root = os.environ.get(PVC_ROOT_ENV) or DEFAULT_PVC_ROOT
+    return os.path.join(root, parsed.netloc, unquote(parsed.path).lstrip("/"))
+
+
 def _split_uri(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
+    if parsed.scheme == "pvc":
+        return "file", pvc_path(uri)
     if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # 1 letter: a Windows drive
         path = unquote(parsed.path) if parsed.scheme == "file" else uri
         return "file", path

@@ -1,0 +1,111 @@
+"""The validation Job's entry point: pvc:// datasets read under $TRAMONTANE_PVC_ROOT, a compact
+report with totals and the first bad lines, `unreadable` for a missing file, and a report that
+always fits the kubelet's 4096-byte termination message as valid JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tramontane_workers.contract.datasets import PVC_ROOT_ENV, pvc_path
+from tramontane_workers.contract.datasets_report import (
+    DatasetsReport,
+    ReportedError,
+    main,
+    validate_files,
+)
+
+GOOD = {"messages": [{"role": "user", "content": "Capital of France?"},
+                     {"role": "assistant", "content": "Paris"}]}  # fmt: skip
+BAD_ROLE = {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}
+
+
+@pytest.fixture
+def claims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory standing for the pod's /mnt/pvc: one sub-directory per claim."""
+    root = tmp_path / "pvc"
+    (root / "data").mkdir(parents=True)
+    monkeypatch.setenv(PVC_ROOT_ENV, str(root))
+    return root
+
+
+def write(path: Path, lines: list[Any]) -> None:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+
+
+def test_pvc_uris_resolve_under_the_claim_root(claims: Path) -> None:
+    assert pvc_path("pvc://data/sets/a%20b.jsonl") == str(claims / "data" / "sets" / "a b.jsonl")
+
+
+def test_a_good_pvc_dataset_reports_totals(claims: Path) -> None:
+    write(claims / "data" / "train.jsonl", [GOOD] * 3)
+    write(claims / "data" / "valid.jsonl", [GOOD])
+    report = validate_files(["pvc://data/train.jsonl"], ["pvc://data/valid.jsonl"])
+    assert report.ok and report.unreadable is None and report.errors == []
+    assert (report.lines, report.conversations, report.bad_lines) == (4, 3, 0)
+    assert report.tokens > 0 and 0 < report.trainable_tokens < report.tokens
+
+
+def test_bad_lines_are_reported_with_their_numbers(claims: Path) -> None:
+    write(claims / "data" / "train.jsonl", [GOOD, BAD_ROLE, GOOD, "{not json"])
+    report = validate_files(["pvc://data/train.jsonl"], [])
+    assert not report.ok and report.bad_lines == 2 and report.lines == 4
+    described = [e.describe() for e in report.errors]
+    assert [e.line for e in report.errors] == [2, 4]
+    assert described[0].startswith("pvc://data/train.jsonl:2: messages[0].role: ")
+    assert described[1].startswith("pvc://data/train.jsonl:4: invalid JSON")
+
+
+def test_an_empty_training_file_is_named_by_index(claims: Path) -> None:
+    write(claims / "data" / "train.jsonl", [GOOD])
+    (claims / "data" / "empty.jsonl").write_text("\n")
+    report = validate_files(["pvc://data/train.jsonl", "pvc://data/empty.jsonl"], [])
+    assert not report.ok and report.empty_training == [1] and report.bad_lines == 0
+
+
+def test_a_missing_file_is_unreadable_not_a_crash(claims: Path) -> None:
+    report = validate_files(["pvc://data/missing.jsonl"], [])
+    assert not report.ok and report.unreadable is not None
+    assert "pvc://data/missing.jsonl" in report.unreadable
+
+
+def test_the_report_always_fits_a_termination_message() -> None:
+    errors = [
+        ReportedError(uri="pvc://data/" + "x" * 300 + ".jsonl", line=n, message="é" * 2000)
+        for n in range(1, 50)
+    ]
+    report = DatasetsReport(ok=False, lines=10_000, bad_lines=49, errors=errors)
+    text = report.to_json()
+    assert len(text.encode()) <= 4096
+    parsed = DatasetsReport.model_validate_json(text)
+    assert parsed.bad_lines == 49 and 0 < len(parsed.errors) < 49
+    assert len(parsed.errors) + parsed.more_errors == 49
+    assert [e.line for e in parsed.errors] == list(range(1, len(parsed.errors) + 1))
+    huge = DatasetsReport.failed_to_read("pvc://data/" + "y" * 10_000)
+    assert len(huge.to_json().encode()) <= 4096
+    assert DatasetsReport.model_validate_json(huge.to_json()).unreadable
+
+
+def test_main_writes_the_report_file(claims: Path, tmp_path: Path) -> None:
+    write(claims / "data" / "train.jsonl", [GOOD, BAD_ROLE])
+    out = tmp_path / "termination-log"
+    assert main(["--training", "pvc://data/train.jsonl", "--output", str(out)]) == 0
+    report = DatasetsReport.model_validate_json(out.read_text())
+    assert not report.ok and [e.line for e in report.errors] == [2]
+
+
+def test_the_module_runs_as_an_entry_point(claims: Path) -> None:
+    write(claims / "data" / "train.jsonl", [GOOD] * 2)
+    done = subprocess.run(
+        [sys.executable, "-m", "tramontane_workers.contract.datasets_report",
+         "--training", "pvc://data/train.jsonl"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = DatasetsReport.model_validate_json(done.stdout)
+    assert report.ok and report.conversations == 2

@@ -1,0 +1,163 @@
+"""The compact result of validating a FineTuneJob's datasets, and the entry point writing it.
+
+`DatasetsReport` is what the operator turns into the job's `Validated` condition and estimate,
+whether it validated the files itself or a validation Job did it in the cluster that mounts
+their claims: totals (lines, bad lines, and the training files' conversations and tokens), the
+training files without any conversation (by index), the first bad lines with their URI and
+1-based number, and `unreadable` when a file could not be read.
+
+    python -m tramontane_workers.contract.datasets_report \\
+        --training URI [URI ...] [--validation URI ...] [--output /dev/termination-log]
+
+runs the same streaming validation as `tramontane dataset validate` and writes the report as
+one JSON object that always fits in `--max-bytes` (4096 by default: the kubelet's limit on a
+termination message): messages are shortened, then the last errors dropped (counted in
+`more_errors`), never leaving invalid JSON. It exits 0 whenever a report was written, valid
+data or not; 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+from pydantic import BaseModel, Field
+
+from tramontane_workers.contract.datasets import DatasetSummary, DatasetUnreadable, validate_uri
+
+TERMINATION_MESSAGE_BYTES: Final = 4096
+DEFAULT_MAX_ERRORS: Final = 10
+MESSAGE_CHARS: Final = 240  # one error's message, once the report must shrink
+
+
+class ReportedError(BaseModel):
+    uri: str
+    line: int = Field(ge=1)
+    path: str = ""
+    message: str
+
+    def describe(self) -> str:
+        """`URI:LINE: path: message`, the CLI's format."""
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.uri}:{self.line}: {where}{self.message}"
+
+
+class DatasetsReport(BaseModel):
+    """Validation of every training and validation file of one job."""
+
+    ok: bool
+    lines: int = 0
+    bad_lines: int = 0
+    conversations: int = Field(default=0, description="in the training files")
+    tokens: int = Field(default=0, description="in the training files")
+    trainable_tokens: int = Field(default=0, description="in the training files")
+    empty_training: list[int] = Field(
+        default_factory=list, description="indexes of training files without a conversation"
+    )
+    errors: list[ReportedError] = Field(default_factory=list)
+    more_errors: int = Field(default=0, description="errors left out to keep the report small")
+    unreadable: str | None = None
+
+    @classmethod
+    def of(
+        cls, training: Sequence[DatasetSummary], validation: Sequence[DatasetSummary]
+    ) -> DatasetsReport:
+        summaries = [*training, *validation]
+        bad = sum(s.bad_lines for s in summaries)
+        empty = [i for i, s in enumerate(training) if s.conversations == 0]
+        return cls(
+            ok=bad == 0 and not empty,
+            lines=sum(s.lines for s in summaries),
+            bad_lines=bad,
+            conversations=sum(s.conversations for s in training),
+            tokens=sum(s.tokens for s in training),
+            trainable_tokens=sum(s.trainable_tokens for s in training),
+            empty_training=empty,
+            errors=[
+                ReportedError(uri=s.source, line=e.line, path=e.path, message=e.message)
+                for s in summaries
+                for e in s.errors
+            ],
+        )
+
+    @classmethod
+    def failed_to_read(cls, reason: str) -> DatasetsReport:
+        return cls(ok=False, unreadable=reason)
+
+    def to_json(self, max_bytes: int = TERMINATION_MESSAGE_BYTES) -> str:
+        """The report as compact JSON of at most `max_bytes` UTF-8 bytes."""
+        text = self.model_dump_json(exclude_defaults=True)
+        if _size(text) <= max_bytes:
+            return text
+        short = self.model_copy(
+            update={
+                "errors": [
+                    e.model_copy(update={"message": _shorten(e.message, MESSAGE_CHARS)})
+                    for e in self.errors
+                ],
+                "unreadable": _shorten(self.unreadable, 1024) if self.unreadable else None,
+            }
+        )
+        while True:
+            text = short.model_dump_json(exclude_defaults=True)
+            if _size(text) <= max_bytes or not short.errors:
+                break
+            short = short.model_copy(
+                update={"errors": short.errors[:-1], "more_errors": short.more_errors + 1}
+            )
+        if _size(text) > max_bytes:  # only URIs could be this long: keep the numbers
+            short = short.model_copy(update={"unreadable": _shorten(short.unreadable, 200)})
+            text = short.model_dump_json(exclude_defaults=True)
+        return text
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _shorten(text: str | None, chars: int) -> str | None:
+    if text is None or len(text) <= chars:
+        return text
+    return text[: chars - 1] + "…"
+
+
+def validate_files(
+    training: Sequence[str], validation: Sequence[str], max_errors: int = DEFAULT_MAX_ERRORS
+) -> DatasetsReport:
+    """Validate every file; a file that cannot be read makes an `unreadable` report."""
+    try:
+        return DatasetsReport.of(
+            [validate_uri(uri, max_errors=max_errors) for uri in training],
+            [validate_uri(uri, max_errors=max_errors) for uri in validation],
+        )
+    except DatasetUnreadable as exc:
+        return DatasetsReport.failed_to_read(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tramontane_workers.contract.datasets_report",
+        description="Validate a FineTuneJob's datasets and write a compact JSON report.",
+    )
+    parser.add_argument("--training", nargs="+", required=True, metavar="URI")
+    parser.add_argument("--validation", nargs="*", default=[], metavar="URI")
+    parser.add_argument("--output", default="-", help="file to write the report to (- : stdout)")
+    parser.add_argument("--max-errors", type=int, default=DEFAULT_MAX_ERRORS)
+    parser.add_argument("--max-bytes", type=int, default=TERMINATION_MESSAGE_BYTES)
+    args = parser.parse_args(argv)
+    if args.max_errors < 0 or args.max_bytes < 512:
+        parser.error("--max-errors must be >= 0 and --max-bytes >= 512")
+    text = validate_files(args.training, args.validation, args.max_errors).to_json(args.max_bytes)
+    if args.output == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+        sys.stdout.write(text + "\n")  # also in the pod's log
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
