@@ -46,6 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO_ROOT / "crds"
 KUBERAY_CRDS_DIR = REPO_ROOT.parent / "shared" / "reference" / "kuberay-v1.7.0"
 
+# libyaml where installed: the KubeRay CRDs are megabytes of YAML, parsed at import.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -63,7 +65,7 @@ class CrdInfo:
 def load_crds(paths: Iterable[Path]) -> list[CrdInfo]:
     out = []
     for path in sorted(paths):
-        crd = yaml.safe_load(path.read_text())
+        crd = yaml.load(path.read_text(), Loader=YAML_LOADER)
         names = crd["spec"]["names"]
         version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
         subresources = set((version.get("subresources") or {}).keys())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import aiohttp
 import aiohttp.test_utils
 import yaml
 
-from kube_emulator import KUBERAY_CRDS, OUR_CRDS, ValidatingEmulator
+from kube_emulator import KUBERAY_CRDS, OUR_CRDS, YAML_LOADER, ValidatingEmulator
 
 
 @dataclass
@@ -114,8 +115,16 @@ RAYSERVICES = "ray.io/v1/rayservices"
 
 
 def app_names(rayservice: Mapping[str, Any]) -> list[str]:
-    config = yaml.safe_load((rayservice.get("spec") or {}).get("serveConfigV2") or "") or {}
-    return [str(a["name"]) for a in config.get("applications") or []]
+    return list(_app_names((rayservice.get("spec") or {}).get("serveConfigV2") or ""))
+
+
+@functools.lru_cache(maxsize=4096)
+def _app_names(serve_config: str) -> tuple[str, ...]:
+    # Parsed once per distinct config, with libyaml: the fake controller re-reads every
+    # RayService each round, and pure-Python YAML parsing there starved the emulators
+    # sharing its process (40% of the benchmark process's CPU at 500 ModelDeployments).
+    config = yaml.load(serve_config, Loader=YAML_LOADER) or {}
+    return tuple(str(a["name"]) for a in config.get("applications") or [])
 
 
 def worker_replicas(rayservice: Mapping[str, Any]) -> int:
