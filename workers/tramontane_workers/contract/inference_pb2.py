@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+tramontane_workers/contract/inference.proto\x12\rtramontane.v1\"/\n\x0c\x46unctionCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"b\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12-\n\x08\x66unction\x18\x03 \x01(\x0b\x32\x1b.tramontane.v1.FunctionCall\x12\r\n\x05index\x18\x04 \x01(\x05\"\x89\x01\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12+\n\ntool_calls\x18\x03 \x03(\x0b\x32\x17.tramontane.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0e\n\x06prefix\x18\x06 \x01(\x08\"A\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"?\n\x04Tool\x12\x0c\n\x04type\x18\x01 \x01(\t\x12)\n\x08\x66unction\x18\x02 \x01(\x0b\x32\x17.tramontane.v1.Function\"\x1e\n\x0eResponseFormat\x12\x0c\n\x04type\x18\x01 \x01(\t\"\xf4\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.tramontane.v1.Message\x12\x18\n\x0btemperature\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x18\n\x0brandom_seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\"\n\x05tools\x18\x08 \x03(\x0b\x32\x13.tramontane.v1.Tool\x12\x13\n\x0btool_choice\x18\t \x01(\t\x12\x36\n\x0fresponse_format\x18\n \x01(\x0b\x32\x1d.tramontane.v1.ResponseFormat\x12\x13\n\x0bsafe_prompt\x18\x0b \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x0e\n\x0c_random_seed\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"W\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\'\n\x07message\x18\x02 \x01(\x0b\x32\x16.tramontane.v1.Message\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\"\x97\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12&\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x15.tramontane.v1.Choice\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.tramontane.v1.Usage\"Z\n\x0c\x44\x65ltaMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12+\n\ntool_calls\x18\x03 \x03(\x0b\x32\x17.tramontane.v1.ToolCall\"_\n\x0b\x43hunkChoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1b.tramontane.v1.DeltaMessage\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\"\x99\x01\n\tChatChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12+\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x1a.tramontane.v1.ChunkChoice\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.tramontane.v1.Usage\"\x13\n\x11ListModelsRequest\"\x81\x01\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x0c\n\x04root\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x1a\n\x12max_context_length\x18\x06 \x01(\x05\x12\x0e\n\x06loaded\x18\x07 \x01(\x08\"L\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12&\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x18.tramontane.v1.ModelCard\"\x11\n\x0fGetStatsRequest\"\xab\x01\n\x10GetStatsResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x05\x12\x18\n\x10running_requests\x18\x04 \x01(\x05\x12\x17\n\x0floaded_adapters\x18\x05 \x03(\t\x12\x14\n\x0cmax_adapters\x18\x06 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x32\xb2\x02\n\tInference\x12?\n\x04\x43hat\x12\x1a.tramontane.v1.ChatRequest\x1a\x1b.tramontane.v1.ChatResponse\x12\x44\n\nChatStream\x12\x1a.tramontane.v1.ChatRequest\x1a\x18.tramontane.v1.ChatChunk0\x01\x12Q\n\nListModels\x12 .tramontane.v1.ListModelsRequest\x1a!.tramontane.v1.ListModelsResponse\x12K\n\x08GetStats\x12\x1e.tramontane.v1.GetStatsRequest\x1a\x1f.tramontane.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+tramontane_workers/contract/inference.proto\x12\rtramontane.v1\"/\n\x0c\x46unctionCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"b\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12-\n\x08\x66unction\x18\x03 \x01(\x0b\x32\x1b.tramontane.v1.FunctionCall\x12\r\n\x05index\x18\x04 \x01(\x05\"\x89\x01\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12+\n\ntool_calls\x18\x03 \x03(\x0b\x32\x17.tramontane.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0e\n\x06prefix\x18\x06 \x01(\x08\"A\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"?\n\x04Tool\x12\x0c\n\x04type\x18\x01 \x01(\t\x12)\n\x08\x66unction\x18\x02 \x01(\x0b\x32\x17.tramontane.v1.Function\"O\n\nJsonSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06schema\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"N\n\x0eResponseFormat\x12\x0c\n\x04type\x18\x01 \x01(\t\x12.\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x19.tramontane.v1.JsonSchema\"\xf4\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.tramontane.v1.Message\x12\x18\n\x0btemperature\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x18\n\x0brandom_seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\"\n\x05tools\x18\x08 \x03(\x0b\x32\x13.tramontane.v1.Tool\x12\x13\n\x0btool_choice\x18\t \x01(\t\x12\x36\n\x0fresponse_format\x18\n \x01(\x0b\x32\x1d.tramontane.v1.ResponseFormat\x12\x13\n\x0bsafe_prompt\x18\x0b \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x0e\n\x0c_random_seed\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"W\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\'\n\x07message\x18\x02 \x01(\x0b\x32\x16.tramontane.v1.Message\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\"\x97\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12&\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x15.tramontane.v1.Choice\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.tramontane.v1.Usage\"Z\n\x0c\x44\x65ltaMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12+\n\ntool_calls\x18\x03 \x03(\x0b\x32\x17.tramontane.v1.ToolCall\"_\n\x0b\x43hunkChoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1b.tramontane.v1.DeltaMessage\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\"\x99\x01\n\tChatChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12+\n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x1a.tramontane.v1.ChunkChoice\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.tramontane.v1.Usage\"\x13\n\x11ListModelsRequest\"\x81\x01\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x0c\n\x04root\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x1a\n\x12max_context_length\x18\x06 \x01(\x05\x12\x0e\n\x06loaded\x18\x07 \x01(\x08\"L\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12&\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x18.tramontane.v1.ModelCard\"\x11\n\x0fGetStatsRequest\"\xab\x01\n\x10GetStatsResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x05\x12\x18\n\x10running_requests\x18\x04 \x01(\x05\x12\x17\n\x0floaded_adapters\x18\x05 \x03(\t\x12\x14\n\x0cmax_adapters\x18\x06 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x32\xb2\x02\n\tInference\x12?\n\x04\x43hat\x12\x1a.tramontane.v1.ChatRequest\x1a\x1b.tramontane.v1.ChatResponse\x12\x44\n\nChatStream\x12\x1a.tramontane.v1.ChatRequest\x1a\x18.tramontane.v1.ChatChunk0\x01\x12Q\n\nListModels\x12 .tramontane.v1.ListModelsRequest\x1a!.tramontane.v1.ListModelsResponse\x12K\n\x08GetStats\x12\x1e.tramontane.v1.GetStatsRequest\x1a\x1f.tramontane.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,32 +41,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FUNCTION']._serialized_end=416
   _globals['_TOOL']._serialized_start=418
   _globals['_TOOL']._serialized_end=481
-  _globals['_RESPONSEFORMAT']._serialized_start=483
-  _globals['_RESPONSEFORMAT']._serialized_end=513
-  _globals['_CHATREQUEST']._serialized_start=516
-  _globals['_CHATREQUEST']._serialized_end=888
-  _globals['_USAGE']._serialized_start=890
-  _globals['_USAGE']._serialized_end=969
-  _globals['_CHOICE']._serialized_start=971
-  _globals['_CHOICE']._serialized_end=1058
-  _globals['_CHATRESPONSE']._serialized_start=1061
-  _globals['_CHATRESPONSE']._serialized_end=1212
-  _globals['_DELTAMESSAGE']._serialized_start=1214
-  _globals['_DELTAMESSAGE']._serialized_end=1304
-  _globals['_CHUNKCHOICE']._serialized_start=1306
-  _globals['_CHUNKCHOICE']._serialized_end=1401
-  _globals['_CHATCHUNK']._serialized_start=1404
-  _globals['_CHATCHUNK']._serialized_end=1557
-  _globals['_LISTMODELSREQUEST']._serialized_start=1559
-  _globals['_LISTMODELSREQUEST']._serialized_end=1578
-  _globals['_MODELCARD']._serialized_start=1581
-  _globals['_MODELCARD']._serialized_end=1710
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1712
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1788
-  _globals['_GETSTATSREQUEST']._serialized_start=1790
-  _globals['_GETSTATSREQUEST']._serialized_end=1807
-  _globals['_GETSTATSRESPONSE']._serialized_start=1810
-  _globals['_GETSTATSRESPONSE']._serialized_end=1981
-  _globals['_INFERENCE']._serialized_start=1984
-  _globals['_INFERENCE']._serialized_end=2290
+  _globals['_JSONSCHEMA']._serialized_start=483
+  _globals['_JSONSCHEMA']._serialized_end=562
+  _globals['_RESPONSEFORMAT']._serialized_start=564
+  _globals['_RESPONSEFORMAT']._serialized_end=642
+  _globals['_CHATREQUEST']._serialized_start=645
+  _globals['_CHATREQUEST']._serialized_end=1017
+  _globals['_USAGE']._serialized_start=1019
+  _globals['_USAGE']._serialized_end=1098
+  _globals['_CHOICE']._serialized_start=1100
+  _globals['_CHOICE']._serialized_end=1187
+  _globals['_CHATRESPONSE']._serialized_start=1190
+  _globals['_CHATRESPONSE']._serialized_end=1341
+  _globals['_DELTAMESSAGE']._serialized_start=1343
+  _globals['_DELTAMESSAGE']._serialized_end=1433
+  _globals['_CHUNKCHOICE']._serialized_start=1435
+  _globals['_CHUNKCHOICE']._serialized_end=1530
+  _globals['_CHATCHUNK']._serialized_start=1533
+  _globals['_CHATCHUNK']._serialized_end=1686
+  _globals['_LISTMODELSREQUEST']._serialized_start=1688
+  _globals['_LISTMODELSREQUEST']._serialized_end=1707
+  _globals['_MODELCARD']._serialized_start=1710
+  _globals['_MODELCARD']._serialized_end=1839
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1841
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1917
+  _globals['_GETSTATSREQUEST']._serialized_start=1919
+  _globals['_GETSTATSREQUEST']._serialized_end=1936
+  _globals['_GETSTATSRESPONSE']._serialized_start=1939
+  _globals['_GETSTATSRESPONSE']._serialized_end=2110
+  _globals['_INFERENCE']._serialized_start=2113
+  _globals['_INFERENCE']._serialized_end=2419
 # @@protoc_insertion_point(module_scope)
