@@ -20,6 +20,7 @@ from tramontane_operator.builders import (
     owner_selector,
     resolve_adapters,
 )
+from tramontane_operator.builders.rayservice import serve_config_yaml
 from tramontane_operator.builders.serve import parse_quantity
 from tramontane_operator.placement import ClusterView, PoolSize, place
 from tramontane_workers.contract.serve_config import GRPC_PORT, ServeAppConfig
@@ -98,6 +99,17 @@ def worker_group(rs: dict[str, Any]) -> dict[str, Any]:
 def serve_config(rs: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load(rs["spec"]["serveConfigV2"])
     return doc
+
+
+def test_serve_config_yaml_is_the_plain_dump_and_follows_the_config() -> None:
+    # Memoised on the JSON form: the text must stay what yaml.safe_dump writes, key order
+    # included, and a changed config must never get the cached text of another.
+    first = serve_config(build_rayservice(make_md(), MEMBER, 1, SETTINGS, None))
+    assert serve_config_yaml(first) == yaml.safe_dump(first, sort_keys=False)
+    second = serve_config(build_rayservice(make_md(), MEMBER, 3, SETTINGS, None))
+    assert second != first
+    assert yaml.safe_load(serve_config_yaml(second)) == second
+    assert serve_config_yaml(first) == yaml.safe_dump(first, sort_keys=False)
 
 
 @pytest.mark.parametrize("case", sorted(DEPLOYMENTS))
