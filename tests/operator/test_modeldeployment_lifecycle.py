@@ -61,7 +61,11 @@ async def test_create_reaches_ready_with_valid_children(
     ]
     assert "tramontane.dev/cleanup" in md["metadata"]["finalizers"]
     events = clusters.hub.emulator.stored_all("v1/events")
-    assert any(e.get("reason") == "Created" for e in events)
+    created = [e for e in events if e.get("reason") == "Created"]
+    assert created and created[0]["message"] == f"RayService chat created in {AKS}"
+    involved = created[0]["involvedObject"]
+    assert involved["kind"] == "ModelDeployment" and involved["name"] == "chat"
+    assert involved["uid"] == md["metadata"]["uid"]
 
 
 async def test_spec_change_patches_in_place(

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
@@ -44,6 +44,7 @@ from tramontane_operator.reconcile import (
 )
 from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, READY, find
 
+from .events import post_event
 from .indexes import Indexes
 from .runtime import Key, Runtime
 
@@ -233,12 +234,12 @@ async def _apply(
                 child = member.informer.remember(child)
                 observed[cluster] = dataclasses.replace(pool, rayservice=child)
                 if outcome == "created":
-                    _event(md, "Normal", "Created", f"RayService {name} created in {cluster}")
+                    post_event(md, "Normal", "Created", f"RayService {name} created in {cluster}")
             elif pool.rayservice is not None:
                 await member.client.delete(RAYSERVICE, namespace, name)
                 member.informer.forget(namespace, name)
                 observed[cluster] = dataclasses.replace(pool, rayservice=None)
-                _event(md, "Normal", "Deleted", f"RayService {name} deleted from {cluster}")
+                post_event(md, "Normal", "Deleted", f"RayService {name} deleted from {cluster}")
         except Unreachable as exc:
             rt.clusters.report_unreachable(cluster, exc.cause)
             observed[cluster] = dataclasses.replace(pool, reachable=False, rayservice=None)
@@ -274,7 +275,7 @@ def _transition_events(
         placed = find(status.conditions, PLACED)
         reason = placed.reason if placed is not None else "Moved"
         kind = "Warning" if reason == REASON_FAILOVER else "Normal"
-        _event(raw, kind, reason, f"pools moved from {moved_from} to {status.cluster_names}")
+        post_event(raw, kind, reason, f"pools moved from {moved_from} to {status.cluster_names}")
     for type_, good in ((READY, "True"), (DEGRADED, "False"), (PLACED, "True")):
         now, before = find(status.conditions, type_), find(old, type_)
         if now is None or (before is not None and before.status == now.status):
@@ -282,20 +283,7 @@ def _transition_events(
         if before is None and now.status == good and type_ != READY:
             continue  # a healthy start is not news; Ready becoming True is
         kind = "Normal" if now.status == good else "Warning"
-        _event(raw, kind, now.reason, f"{type_}={now.status}: {now.message}".rstrip(": "))
-
-
-def _event(obj: ModelDeployment | Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-    body = obj.model_dump(by_alias=True, mode="json") if isinstance(obj, ModelDeployment) else obj
-    try:
-        kopf.event(
-            kopf.Body(cast(kopf.RawBody, dict(body))),
-            type=kind,
-            reason=reason,
-            message=message[:1024],
-        )
-    except LookupError:  # outside Kopf's context (direct calls in tools): no event sink
-        log.info("%s %s: %s", kind, reason, message)
+        post_event(raw, kind, now.reason, f"{type_}={now.status}: {now.message}".rstrip(": "))
 
 
 async def cleanup(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
