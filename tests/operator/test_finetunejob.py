@@ -314,7 +314,8 @@ async def test_an_unreadable_dataset_keeps_validating_until_it_appears(
     assert phase(clusters) == "Validating" and all_rayjobs(clusters) == []
     dataset(missing, [GOOD] * 3)
     await eventually(lambda: rayjob(clusters))
-    assert condition(stored(clusters), "Validated")["reason"] == "DatasetValid"
+    # The RayJob is created just before the status saying so is written.
+    await eventually(lambda: condition(stored(clusters), "Validated")["reason"] == "DatasetValid")
 
 
 async def test_tenant_counts_cpu_only_model_deployments(

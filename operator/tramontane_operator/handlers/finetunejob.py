@@ -50,11 +50,21 @@ from tramontane_operator.reconcile.finetunejob import (
 )
 from tramontane_operator.reconcile.finetunejob_deploy import DEPLOY_FAILED, DeployOutcome
 from tramontane_operator.reconcile.finetunejob_deploy import adapters_with as deploy_adapters
-from tramontane_operator.reconcile.finetunejob_estimate import validation_result
-from tramontane_operator.reconcile.finetunejob_inputs import ValidationResult, place_job
+from tramontane_operator.reconcile.finetunejob_estimate import report_result
+from tramontane_operator.reconcile.finetunejob_inputs import (
+    JobPlacement,
+    ValidationResult,
+    place_job,
+)
 from tramontane_operator.reconcile.finetunejob_quota import admission_for
+from tramontane_operator.reconcile.finetunejob_validation import (
+    ClusterValidation,
+    needs_cluster_validation,
+)
+from tramontane_workers.contract.datasets_report import DatasetsReport
 
 from . import finetunejob_io as io
+from .finetunejob_validation import delete_validation_job, validate_in_cluster
 from .indexes import ALL, Indexes
 from .runtime import Key, Runtime
 
@@ -188,8 +198,7 @@ async def reconcile(
             validation = None
             phase = job.status.phase if job.status else None
             if not was_validated(job.status) and phase not in TERMINAL:
-                job = await _write(rt, state, job, decide(job, Observed(), _now()).status)
-                validation = await _validate(rt, state, job, kwargs)
+                job, validation = await _validate(rt, state, job, kwargs)
             decision = await _step(rt, state, job, validation, kwargs)
             scope.outcome = decision.phase or "unknown"
             scope.clusters = decision.status.cluster or ""
@@ -198,27 +207,47 @@ async def reconcile(
 
 async def _validate(
     rt: Runtime, state: FineTuneState, job: FineTuneJob, kwargs: Mapping[str, Any]
-) -> ValidationResult:
+) -> tuple[FineTuneJob, ValidationResult]:
+    """The datasets' validation result (and the job as last written); while there is none,
+    Validating with how it goes in the `Validated` condition, and a TemporaryError."""
     base_uri, _ = await _base_model(rt, job)
-    try:
+    if needs_cluster_validation(job):
+        job, report = await _validate_in_cluster(rt, state, job, kwargs)
+    else:
+        if job.status is None or job.status.phase != "Validating":
+            job = await _write(rt, state, job, decide(job, Observed(), _now()).status)
         report = await asyncio.to_thread(io.validate_datasets, job)
-    except io.DatasetUnreadable as exc:
-        observed = decide(job, Observed(), _now())
-        await _write(rt, state, job, _with_message(observed.status, f"cannot read: {exc}"))
-        raise kopf.TemporaryError(f"dataset unreadable: {exc}", delay=state.poll_s) from exc
+    if report.unreadable is not None:
+        placement = JobPlacement(job.status.cluster if job.status else None, "")
+        observed = Observed(validating=f"cannot read: {report.unreadable}", placement=placement)
+        await _write(rt, state, job, decide(job, observed, _now()).status)
+        raise kopf.TemporaryError(f"dataset unreadable: {report.unreadable}", delay=state.poll_s)
     params = await asyncio.to_thread(io.model_params, base_uri) if base_uri else None
-    idx = Indexes.from_kwargs(kwargs)
-    return validation_result(
-        job, report.training, report.validation, params, idx.compute_clusters()
-    )
+    clusters = Indexes.from_kwargs(kwargs).compute_clusters()
+    return job, report_result(job, report, params, clusters)
 
 
-def _with_message(status: FineTuneJobStatus, message: str) -> FineTuneJobStatus:
-    conditions = [
-        c.model_copy(update={"message": message}) if c.type == "Validated" else c
-        for c in status.conditions or []
-    ]
-    return status.model_copy(update={"conditions": conditions})
+async def _validate_in_cluster(
+    rt: Runtime, state: FineTuneState, job: FineTuneJob, kwargs: Mapping[str, Any]
+) -> tuple[FineTuneJob, DatasetsReport]:
+    """pvc:// datasets: place the job (for good: claims are cluster-local), then run the
+    validation Job there until it reports."""
+    namespace = job.metadata.namespace or "default"
+    views = await _views(rt, job, Indexes.from_kwargs(kwargs), _jobs(kwargs, state))
+    status = job.status
+    placement = place_job(job, list(views.values()), status.cluster if status else None)
+    if placement.cluster is None:
+        message = f"waiting for a cluster to validate the pvc:// datasets in: {placement.message}"
+        outcome = ClusterValidation(message=message)
+    else:
+        tenant = tenant_for_namespace(_tenants(kwargs), namespace)
+        tenant_name = tenant.metadata.name if tenant else None
+        outcome = await validate_in_cluster(rt, job, views[placement.cluster], tenant_name, _now())
+    if outcome.report is not None:
+        return job, outcome.report
+    observed = Observed(validating=outcome.message, placement=placement)
+    job = await _write(rt, state, job, decide(job, observed, _now()).status)
+    raise kopf.TemporaryError(outcome.message, delay=state.poll_s)
 
 
 async def _base_model(rt: Runtime, job: FineTuneJob) -> tuple[str | None, str | None]:
@@ -428,6 +457,9 @@ async def cleanup(
                         waiting.append(f"{cc.metadata.name} (deleting)")
             except (ApiError, Unreachable) as exc:
                 waiting.append(f"{cc.metadata.name} ({exc})")
+        cluster = job.status.cluster if job.status else None
+        if cluster and needs_cluster_validation(job):
+            await delete_validation_job(rt, job, cluster)
         if waiting:
             raise kopf.TemporaryError(f"RayJob not yet deleted in: {', '.join(waiting)}", delay=1.0)
         state.statuses.pop(key, None)

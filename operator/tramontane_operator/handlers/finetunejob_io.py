@@ -9,30 +9,23 @@ directly; other schemes go through fsspec when its backend is installed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import fsspec
 from pydantic import ValidationError
 
 from tramontane_operator.api.v1alpha1 import FineTuneJob
-from tramontane_workers.contract.datasets import DatasetSummary, DatasetUnreadable, validate_uri
+from tramontane_workers.contract.datasets_report import DatasetsReport, validate_files
 from tramontane_workers.contract.estimate import params_from_hf_config
 from tramontane_workers.contract.train_config import PROGRESS_FILE, TrainProgress
 
 
-@dataclass(frozen=True)
-class DatasetReport:
-    training: list[DatasetSummary]
-    validation: list[DatasetSummary]
-
-
-def validate_datasets(job: FineTuneJob, max_errors: int = 10) -> DatasetReport:
-    """Validate every training and validation file; DatasetUnreadable names the file."""
-    training = [validate_uri(f.uri, max_errors=max_errors) for f in job.spec.training_files]
-    validation = [
-        validate_uri(f.uri, max_errors=max_errors) for f in job.spec.validation_files or []
-    ]
-    return DatasetReport(training, validation)
+def validate_datasets(job: FineTuneJob) -> DatasetsReport:
+    """Validate every training and validation file here (`unreadable` names a missing one);
+    the same report a validation Job writes where the files are on claims."""
+    return validate_files(
+        [f.uri for f in job.spec.training_files],
+        [f.uri for f in job.spec.validation_files or []],
+    )
 
 
 def _read_text(uri: str) -> str | None:
@@ -70,8 +63,6 @@ def model_params(base_model_uri: str) -> float | None:
 
 
 __all__ = [
-    "DatasetReport",
-    "DatasetUnreadable",
     "model_params",
     "read_progress",
     "validate_datasets",

@@ -6,8 +6,10 @@ from .config import ClusterConfig, KubeconfigError
 from .resources import (
     COMPUTECLUSTER,
     EVENT,
+    JOB,
     MODELDEPLOYMENT,
     NAMESPACE,
+    POD,
     RAYSERVICE,
     SECRET,
     TENANT,
@@ -17,9 +19,11 @@ from .resources import (
 __all__ = [
     "COMPUTECLUSTER",
     "EVENT",
+    "JOB",
     "MANAGED_BY_LABELS",
     "MODELDEPLOYMENT",
     "NAMESPACE",
+    "POD",
     "RAYSERVICE",
     "SECRET",
     "TENANT",

@@ -3,8 +3,9 @@
 Pure. Phases: Pending -> Validating -> Queued -> Running -> Succeeded | Failed |
 FailedValidation | Cancelled, and Suspended (from Queued or Running, back when resumed).
 
-- No validation result yet: Validating; action `validate`. Invalid data: FailedValidation with
-  the first bad lines in the `Validated` condition, and never a RayJob.
+- No validation result yet: Validating; action `validate` (with the cluster validating pvc://
+  datasets, which the job then runs in). Invalid data: FailedValidation with the first bad
+  lines in the `Validated` condition, and never a RayJob.
 - `dryRun`: Succeeded with `status.estimate` once the data is valid; nothing is started.
 - The base model's ModelDeployment missing: Pending until it appears.
 - Suspended by the user, quota not available, or no eligible cluster: Suspended / Queued
@@ -104,6 +105,7 @@ class Observed:
     progress: TrainProgress | None = None
     deploy: DeployOutcome | None = None
     deleting: bool = False
+    validating: str | None = None  # how validation goes, while there is no result
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,10 @@ def decide(job: FineTuneJob, observed: Observed, now: datetime) -> Decision:
     validation = observed.validation
     if validation is None and not was_validated(previous):
         draft.phase = "Validating"
-        draft.set(VALIDATED, "Unknown", FtjReason.VALIDATING, "checking the datasets")
+        message = observed.validating or "checking the datasets"
+        draft.set(VALIDATED, "Unknown", FtjReason.VALIDATING, message)
+        if observed.placement is not None and observed.placement.cluster is not None:
+            draft.fields["cluster"] = observed.placement.cluster  # validated there: kept
         draft.actions.append("validate")
         return _done(job, draft, previous, now)
     if validation is not None:

@@ -1,0 +1,91 @@
+"""Build the `batch/v1` Job that validates a FineTuneJob's datasets where their claims live.
+
+The operator mounts no tenant claims, so a job whose datasets include `pvc://` URIs has them
+validated by a small CPU Job in the member cluster it is placed in, in the job's namespace:
+one pod of the worker image, the dataset claims mounted read-only, running the workers' own
+validation (`python -m tramontane_workers.contract.datasets_report`), which writes its compact
+JSON report to `/dev/termination-log` (`terminationMessagePolicy: File`). The operator reads it
+from the pod's `status.containerStatuses[].state.terminated.message`. No retries
+(`backoffLimit: 0`; the operator decides), a deadline, and a TTL so a Job the operator never
+deleted does not linger. Labels as every child, plus the role label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final
+
+from tramontane_operator.api.v1alpha1 import FineTuneJob
+from tramontane_operator.placement import ClusterView
+
+from .labels import child_labels
+from .rayjob import dataset_uses
+from .rayservice import BuildSettings, child_metadata
+from .volumes import pod_volumes, with_volumes
+
+REPORT_MODULE: Final = "tramontane_workers.contract.datasets_report"
+TERMINATION_LOG: Final = "/dev/termination-log"
+ROLE_LABEL: Final = "tramontane.dev/role"
+ROLE: Final = "dataset-validation"
+# Labels the Job controller puts on its pods (the second since Kubernetes 1.27).
+JOB_NAME_LABELS: Final = ("batch.kubernetes.io/job-name", "job-name")
+DEADLINE_S: Final = 1800
+TTL_AFTER_FINISHED_S: Final = 600
+CPU: Final = "1"
+MEMORY: Final = "2Gi"
+_SUFFIX: Final = "-validate"
+_MAX_NAME: Final = 63  # Job names become the `job-name` label value of their pods
+
+
+def validation_job_name(job: FineTuneJob) -> str:
+    """`<job>-validate`, shortened with a digest when the job's name is long."""
+    name = job.metadata.name
+    if len(name) + len(_SUFFIX) <= _MAX_NAME:
+        return name + _SUFFIX
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    stem = name[: _MAX_NAME - len(_SUFFIX) - len(digest) - 1].rstrip("-.")
+    return f"{stem}-{digest}{_SUFFIX}"
+
+
+def validation_command(job: FineTuneJob) -> list[str]:
+    spec = job.spec
+    command = ["python", "-m", REPORT_MODULE, "--training", *(f.uri for f in spec.training_files)]
+    if spec.validation_files:
+        command += ["--validation", *(f.uri for f in spec.validation_files)]
+    return [*command, "--output", TERMINATION_LOG]
+
+
+def build_validation_job(
+    job: FineTuneJob, cluster: ClusterView, settings: BuildSettings, tenant: str | None
+) -> dict[str, Any]:
+    """The validation Job of `job` in `cluster`. ValueError names a bad claim's field."""
+    labels = {**child_labels(job, cluster.name, tenant), ROLE_LABEL: ROLE}
+    metadata = {**child_metadata(job, cluster, settings, labels), "name": validation_job_name(job)}
+    resources = {"cpu": CPU, "memory": MEMORY}
+    pod_spec = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "validate",
+                "image": settings.worker_image,
+                "command": validation_command(job),
+                "resources": {"requests": dict(resources), "limits": dict(resources)},
+                "terminationMessagePath": TERMINATION_LOG,
+                "terminationMessagePolicy": "File",
+            }
+        ],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": DEADLINE_S,
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": with_volumes(pod_spec, pod_volumes(dataset_uses(job))),
+            },
+        },
+    }

@@ -1,0 +1,152 @@
+"""FineTuneJobs with pvc:// datasets, end to end against emulated clusters: the operator places
+the job, validates the claims' files with a real validation Job run by a fake kubelet in that
+cluster (the workers' entry point in a subprocess, claims under a tmp dir), reads the report
+from the pod's termination message, deletes the Job, and runs the RayJob there with the claims
+mounted — or ends in FailedValidation with line numbers, or says clearly what is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fake_kubelet import JOBS, FakeKubelet
+from fake_rayjob import FakeRayJobs
+from manifests import AKS, NS, ONPREM
+from operator_harness import Clusters, OperatorRun, eventually
+from test_finetunejob import GOOD, all_rayjobs, condition, job, phase, rayjob, stored
+from tramontane_operator.handlers.finetunejob import FINETUNEJOB, POLL_ENV
+from tramontane_operator.kube import KubeClient
+
+BAD_ROLE = {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}
+
+
+@pytest.fixture(autouse=True)
+def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(POLL_ENV, "0.2")
+
+
+@pytest.fixture
+def claims(tmp_path: Path) -> Path:
+    """The claims of the AKS member cluster: `data` holds datasets, `out` the outputs."""
+    root = tmp_path / "claims-aks"
+    (root / "data").mkdir(parents=True)
+    (root / "out").mkdir()
+    return root
+
+
+@pytest.fixture
+async def kubelet(clusters: Clusters, claims: Path) -> AsyncIterator[FakeKubelet]:
+    fake = FakeKubelet(clusters.all, {AKS: claims})
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def rayjobs(clusters: Clusters) -> AsyncIterator[FakeRayJobs]:
+    fake = FakeRayJobs(clusters.all)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+def write(path: Path, lines: list[Any]) -> None:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+
+
+def pvc_job(tmp_path: Path, train: str, **spec: Any) -> dict[str, Any]:
+    return job(tmp_path, data=train, output={"uri": "pvc://out/tune"}, **spec)
+
+
+def validation_jobs(clusters: Clusters) -> list[tuple[str, str]]:
+    return [
+        (c.name, j["metadata"]["name"]) for c in clusters.all for j in c.emulator.stored_all(JOBS)
+    ]
+
+
+def validated_message(clusters: Clusters) -> str:
+    return str(condition(stored(clusters), "Validated").get("message", ""))
+
+
+async def test_a_good_pvc_dataset_is_validated_in_its_cluster_and_trained_there(
+    tmp_path: Path, claims: Path, clusters: Clusters, api: KubeClient, kubelet: FakeKubelet,
+    rayjobs: FakeRayJobs, operator: OperatorRun,
+) -> None:  # fmt: skip
+    write(claims / "data" / "train.jsonl", [GOOD] * 4)
+    # Placed before validation (in AKS, the first named); it stays there for training.
+    spec = {"placement": {"clusters": [AKS, ONPREM]},
+            "validationFiles": [{"uri": "pvc://data/train.jsonl"}]}  # fmt: skip
+    await api.create(FINETUNEJOB, pvc_job(tmp_path, "pvc://data/train.jsonl", **spec))
+    rj = await eventually(lambda: rayjob(clusters))
+    assert kubelet.runs == [(AKS, "tune-validate")]
+    status = stored(clusters)["status"]
+    assert status["cluster"] == AKS and status["estimate"]["datasetTokens"] > 0
+    assert condition(stored(clusters), "Validated")["reason"] == "DatasetValid"
+    assert validated_message(clusters) == "8 lines valid"
+    await eventually(lambda: validation_jobs(clusters) == [])  # deleted once read
+    assert all_rayjobs(clusters) == [(AKS, "tune")]
+    for group in [rj["spec"]["rayClusterSpec"]["headGroupSpec"],
+                  *rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]]:  # fmt: skip
+        pod = group["template"]["spec"]
+        claims_used = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]
+                       for v in pod["volumes"]}  # fmt: skip
+        assert claims_used == {"data": {"claimName": "data", "readOnly": True},
+                               "out": {"claimName": "out"}}  # fmt: skip
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {m["mountPath"] for m in mounts} == {"/mnt/pvc/data", "/mnt/pvc/out"}
+    await eventually(lambda: condition(stored(clusters), "Running").get("reason") == "Training")
+
+
+async def test_a_bad_pvc_dataset_fails_validation_with_line_numbers(
+    tmp_path: Path, claims: Path, clusters: Clusters, api: KubeClient, kubelet: FakeKubelet,
+    rayjobs: FakeRayJobs, operator: OperatorRun,
+) -> None:  # fmt: skip
+    write(claims / "data" / "bad.jsonl", [GOOD, BAD_ROLE, GOOD, "{not json", GOOD])
+    await api.create(FINETUNEJOB, pvc_job(tmp_path, "pvc://data/bad.jsonl"))
+    await eventually(lambda: phase(clusters) == "FailedValidation")
+    message = validated_message(clusters)
+    assert message.startswith("2 bad lines: ")
+    assert "pvc://data/bad.jsonl:2: messages[0].role" in message
+    assert "pvc://data/bad.jsonl:4: invalid JSON" in message
+    assert ":1:" not in message and ":3:" not in message and ":5:" not in message
+    assert kubelet.runs == [(AKS, "tune-validate")]
+    await eventually(lambda: validation_jobs(clusters) == [])
+    await asyncio.sleep(1.0)  # several poll rounds later: still nothing started
+    assert all_rayjobs(clusters) == [] and rayjobs.seen == set()
+
+
+async def test_a_missing_pvc_file_is_named_and_nothing_runs(
+    tmp_path: Path, claims: Path, clusters: Clusters, api: KubeClient, kubelet: FakeKubelet,
+    rayjobs: FakeRayJobs, operator: OperatorRun,
+) -> None:  # fmt: skip
+    await api.create(FINETUNEJOB, pvc_job(tmp_path, "pvc://data/missing.jsonl"))
+    await eventually(lambda: "cannot read: pvc://data/missing.jsonl" in validated_message(clusters))
+    assert phase(clusters) == "Validating" and stored(clusters)["status"]["cluster"] == AKS
+    await asyncio.sleep(1.0)
+    assert kubelet.runs == [(AKS, "tune-validate")]  # not re-run at every poll
+    assert all_rayjobs(clusters) == [] and phase(clusters) == "Validating"
+
+
+async def test_a_missing_claim_is_named_while_validation_waits(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, kubelet: FakeKubelet,
+    rayjobs: FakeRayJobs, operator: OperatorRun,
+) -> None:  # fmt: skip
+    await api.create(FINETUNEJOB, pvc_job(tmp_path, "pvc://nope/train.jsonl"))
+    await eventually(
+        lambda: 'persistentvolumeclaim "nope" not found' in validated_message(clusters)
+    )
+    assert validated_message(clusters).startswith(
+        f"validating the datasets in {AKS} (Job tune-validate)"
+    )
+    assert phase(clusters) == "Validating" and kubelet.runs == [] and all_rayjobs(clusters) == []
+    await api.delete(FINETUNEJOB, NS, "tune")
+    await eventually(lambda: validation_jobs(clusters) == [])  # cancelling removes it
