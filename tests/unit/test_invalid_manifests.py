@@ -227,6 +227,14 @@ CASES: list[tuple[str, dict[str, Any], str, Any, str, str]] = [
     ),
     ("ftj-no-training-files", FTJ, "spec.trainingFiles", [], "spec.trainingFiles", ""),
     (
+        "ftj-too-many-clusters",
+        FTJ,
+        "spec.placement",
+        {"clusters": [f"c{i}" for i in range(65)]},
+        "spec.placement.clusters",
+        "",
+    ),
+    (
         "ftj-hf-dataset",
         FTJ,
         "spec.trainingFiles",

@@ -4,6 +4,12 @@ Shaped after Mistral's fine-tuning API (training files with weights, hyperparame
 training steps / learning rate / warmup fraction / weight decay / sequence length) and Kueue-
 style job controls (suspend, priority). The operator validates the data, estimates cost,
 renders a KubeRay RayJob, follows progress, and can deploy the resulting adapter.
+
+Changing a job (CEL transition rules, like Kubernetes Job's): what it trains on and where it
+writes (baseModel, trainingFiles, validationFiles, method, output) never changes;
+hyperparameters, resources and placement change only while the job is suspended (the RayJob
+is rendered anew on resume, from the last checkpoint); dryRun can be turned off, not on;
+suspend, priority, activeDeadlineSeconds, backoffLimit and autoDeploy change at any time.
 """
 
 from __future__ import annotations
@@ -124,7 +130,9 @@ class JobPlacement(ApiModel):
         )
     )
 
-    clusters: Annotated[list[DnsLabel], Field(json_schema_extra=LIST_SET)] | None = None
+    clusters: Annotated[list[DnsLabel], Field(max_length=64, json_schema_extra=LIST_SET)] | None = (
+        None
+    )
     cluster_selector: LabelSelector | None = None
 
 
@@ -141,6 +149,22 @@ class AutoDeploy(ApiModel):
     ]
 
 
+_SUSPENDED_ONLY = (
+    "{field} can change only while the job is suspended: set suspend to true first, change "
+    "{field}, then set suspend to false (the training resumes from the last checkpoint)"
+)
+
+
+def _while_suspended(name: str) -> Rule:
+    """`spec.<name>` may change only between two suspended versions of the job."""
+    return Rule(
+        f"(oldSelf.suspend && self.suspend) || self.{name} == oldSelf.{name}",
+        _SUSPENDED_ONLY.format(field=name),
+        field_path=f".{name}",
+        reason="FieldValueForbidden",
+    )
+
+
 class FineTuneJobSpec(ApiModel):
     model_config = config_with_rules(
         Rule(
@@ -153,6 +177,28 @@ class FineTuneJobSpec(ApiModel):
             "autoDeploy needs method lora (a full fine-tune produces a model, not an adapter)",
             field_path=".autoDeploy",
         ),
+        Rule(
+            "has(self.validationFiles) == has(oldSelf.validationFiles) && "
+            "(!has(self.validationFiles) || self.validationFiles == oldSelf.validationFiles)",
+            "validationFiles is immutable; create a new object to change it",
+            field_path=".validationFiles",
+            reason="FieldValueForbidden",
+        ),
+        *(_while_suspended(name) for name in ("hyperparameters", "resources")),
+        Rule(
+            "(oldSelf.suspend && self.suspend) || (has(self.placement) == has(oldSelf.placement)"
+            " && (!has(self.placement) || self.placement == oldSelf.placement))",
+            _SUSPENDED_ONLY.format(field="placement"),
+            field_path=".placement",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            "!self.dryRun || oldSelf.dryRun",
+            "dryRun can be turned off (the job then trains) but not on once the job exists; "
+            "create a new job to estimate",
+            field_path=".dryRun",
+            reason="FieldValueForbidden",
+        ),
     )
 
     base_model: Annotated[BaseModelSource, Field(json_schema_extra=immutable("baseModel"))]
@@ -161,11 +207,13 @@ class FineTuneJobSpec(ApiModel):
         Field(min_length=1, max_length=64, json_schema_extra=immutable("trainingFiles")),
     ]
     validation_files: Annotated[list[ValidationFile], Field(max_length=64)] | None = None
-    method: Method = Field(default_factory=Method)
+    method: Annotated[Method, Field(json_schema_extra=immutable("method"))] = Field(
+        default_factory=Method
+    )
     hyperparameters: Hyperparameters
     resources: TrainingResources = Field(default_factory=TrainingResources)
     placement: JobPlacement | None = None
-    output: Output
+    output: Annotated[Output, Field(json_schema_extra=immutable("output"))]
     auto_deploy: AutoDeploy | None = None
     suspend: bool = Field(default=False, description="Stop (keeping checkpoints) or hold.")
     priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
