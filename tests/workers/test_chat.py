@@ -34,6 +34,12 @@ def _user(text: str = "Hi") -> pb.Message:
     return pb.Message(role="user", content=text)
 
 
+def _json_schema(schema: str, *, name: str = "answer", strict: bool = True) -> pb.ResponseFormat:
+    return pb.ResponseFormat(
+        type="json_schema", json_schema=pb.JsonSchema(name=name, schema=schema, strict=strict)
+    )
+
+
 def _tokens(codec: ChatCodec, text: str) -> list[int]:
     return list(codec.raw.encode(text, bos=False, eos=False))
 
@@ -56,6 +62,27 @@ def test_encode_matches_mistral_common_and_defaults(codec: ChatCodec) -> None:
     assert encoded.sampling.temperature == 0.7
     assert codec.raw.eos_id in encoded.sampling.stop_token_ids
     assert not encoded.parse_tool_calls
+
+
+def test_response_format_becomes_mistral_commons_grammar_schema(codec: ChatCodec) -> None:
+    def schema_of(fmt: pb.ResponseFormat, **kw: object) -> object:
+        encoded = codec.encode(pb.ChatRequest(messages=[_user()], response_format=fmt, **kw))
+        text = encoded.sampling.json_schema
+        return None if text is None else json.loads(text)
+
+    any_json = {"anyOf": [{"type": "object"}, {"type": "array"}]}
+    person = '{"type": "object", "properties": {"b": {"type": "integer"}, "a": {}}}'
+    assert schema_of(pb.ResponseFormat()) is None
+    assert schema_of(pb.ResponseFormat(type="text")) is None
+    assert schema_of(pb.ResponseFormat(type="json_object")) == any_json
+    assert schema_of(_json_schema(person, strict=False)) == any_json  # as Mistral's API
+    strict = schema_of(_json_schema(person))
+    assert strict == json.loads(person)
+    assert isinstance(strict, dict) and list(strict["properties"]) == ["b", "a"]  # order kept
+    with_tools = schema_of(
+        pb.ResponseFormat(type="json_object"), tools=[WEATHER], tool_choice="none"
+    )
+    assert with_tools == any_json
 
 
 def test_safe_prompt_and_tools_reach_the_prompt(codec: ChatCodec) -> None:
@@ -129,9 +156,33 @@ def test_tool_round_trip_messages_are_accepted(codec: ChatCodec) -> None:
         ),
         (
             pb.ChatRequest(
-                messages=[_user()], response_format=pb.ResponseFormat(type="json_object")
+                messages=[_user()], response_format=pb.ResponseFormat(type="json_schema")
             ),
-            "response_format.type: json_object is not supported",
+            "response_format.json_schema: required when response_format.type is json_schema",
+        ),
+        (
+            pb.ChatRequest(messages=[_user()], response_format=_json_schema("{oops")),
+            "response_format.json_schema.schema: not valid JSON",
+        ),
+        (
+            pb.ChatRequest(messages=[_user()], response_format=_json_schema("[1]")),
+            "response_format.json_schema.schema: must be a JSON object",
+        ),
+        (
+            pb.ChatRequest(messages=[_user()], response_format=_json_schema('{"type": 5}')),
+            "response_format.json_schema.schema: not a valid JSON Schema",
+        ),
+        (
+            pb.ChatRequest(messages=[_user()], response_format=_json_schema("{}", name="")),
+            "response_format.json_schema.name: required",
+        ),
+        (
+            pb.ChatRequest(
+                messages=[_user()],
+                tools=[WEATHER],
+                response_format=pb.ResponseFormat(type="json_object"),
+            ),
+            "response_format.type: json_object with tools needs tool_choice 'none'",
         ),
         (
             pb.ChatRequest(

@@ -3,6 +3,11 @@
 The proto request becomes a `mistral-common` `ChatCompletionRequest`, validated in serving mode
 and encoded by the model's own tokenizer (the same normalisation Mistral's API applies). Every
 rejection is an `InvalidRequest` whose message starts with the field at fault.
+
+`response_format` becomes mistral-common's `ResponseFormat` (draft-7 schema check included) and
+its grammar schema (`get_schema(SchemaRenderingMode.grammar)`: json_object and non-strict
+json_schema are "any JSON object or array", strict json_schema is the schema itself), which the
+engines enforce by constrained decoding (`SamplingParams.json_schema`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,12 @@ from mistral_common.protocol.instruct.messages import (
     ToolMessage,
     UserMessage,
 )
-from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.protocol.instruct.request import (
+    ChatCompletionRequest,
+    JsonSchema,
+    ResponseFormat,
+    SchemaRenderingMode,
+)
 from mistral_common.protocol.instruct.tool_calls import Function, FunctionCall, Tool, ToolCall
 from mistral_common.protocol.instruct.validator import ValidationMode
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
@@ -42,7 +52,7 @@ SAFE_PROMPT = (
 )
 DEFAULT_TEMPERATURE = 0.7
 TOOL_CHOICES = ("auto", "none", "any", "required")
-RESPONSE_FORMATS = ("text", "json_object")
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,58 @@ def _tool(index: int, tool: pb.Tool) -> Tool:
     )
 
 
+def _response_format(request: pb.ChatRequest) -> ResponseFormat:
+    """The request's response format as mistral-common's, validated (field named on errors)."""
+    fmt = request.response_format
+    kind = fmt.type or "text"
+    if kind not in RESPONSE_FORMATS:
+        raise InvalidRequest(f"response_format.type: {kind!r} is not one of {RESPONSE_FORMATS}")
+    if kind != "json_schema":
+        return ResponseFormat(type=kind)
+    where = "response_format.json_schema"
+    if not fmt.HasField("json_schema"):
+        raise InvalidRequest(f"{where}: required when response_format.type is json_schema")
+    spec = fmt.json_schema
+    if not spec.name:
+        raise InvalidRequest(f"{where}.name: required")
+    try:
+        schema = json.loads(spec.schema)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"{where}.schema: not valid JSON ({exc.msg})") from exc
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{where}.schema: must be a JSON object (a JSON Schema)")
+    try:
+        json_schema = JsonSchema.model_validate(
+            {
+                "name": spec.name,
+                "description": spec.description or None,
+                "schema": schema,
+                "strict": spec.strict,
+            }
+        )
+    except ValidationError as exc:
+        raise InvalidRequest(
+            f"{where}.schema: not a valid JSON Schema ({exc.errors()[0]['msg']})"
+        ) from exc
+    return ResponseFormat(type=kind, json_schema=json_schema)
+
+
+def _grammar_schema(fmt: ResponseFormat, request: pb.ChatRequest, tool_choice: str) -> str | None:
+    """JSON Schema text the output must match (None: free text), as mistral-common renders it."""
+    schema = fmt.get_schema(SchemaRenderingMode.grammar)
+    if schema is None:
+        return None
+    if request.tools and tool_choice != "none":
+        # Mistral's API lets the model choose between a tool call and JSON (tool_choice auto);
+        # the engines' grammars cannot express that choice yet, so say so instead of ignoring
+        # either the tools or the format.
+        raise InvalidRequest(
+            f"response_format.type: {fmt.type} with tools needs tool_choice 'none' (a "
+            "choice between a tool call and a JSON answer cannot be constrained yet)"
+        )
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+
+
 def _sampling_checks(request: pb.ChatRequest) -> None:
     if request.HasField("temperature") and not 0.0 <= request.temperature <= 2.0:
         raise InvalidRequest(f"temperature: {request.temperature} is outside [0, 2]")
@@ -127,13 +189,12 @@ def _sampling_checks(request: pb.ChatRequest) -> None:
 class ChatCodec:
     """Validates and encodes chat requests with one model's mistral-common tokenizer."""
 
-    def __init__(self, tokenizer_file: Path, *, max_model_len: int, json_mode: bool = False):
+    def __init__(self, tokenizer_file: Path, *, max_model_len: int):
         self.tokenizer = MistralTokenizer.from_file(
             str(tokenizer_file), mode=ValidationMode.serving
         )
         self.raw = self.tokenizer.instruct_tokenizer.tokenizer
         self.max_model_len = max_model_len
-        self.json_mode = json_mode
         self.tool_calls_id: int = self.raw.get_special_token("[TOOL_CALLS]")
 
     def decode(self, tokens: list[int]) -> str:
@@ -150,20 +211,18 @@ class ChatCodec:
             raise InvalidRequest(f"tool_choice: {tool_choice!r} is not one of {TOOL_CHOICES}")
         if tool_choice in ("any", "required") and not request.tools:
             raise InvalidRequest(f"tool_choice: {tool_choice!r} needs at least one tool")
-        fmt = request.response_format.type or "text"
-        if fmt not in RESPONSE_FORMATS:
-            raise InvalidRequest(f"response_format.type: {fmt!r} is not one of {RESPONSE_FORMATS}")
-        if fmt == "json_object" and not self.json_mode:
-            raise InvalidRequest(
-                "response_format.type: json_object is not supported by this engine"
-            )
+        response_format = _response_format(request)
+        json_schema = _grammar_schema(response_format, request, tool_choice)
         try:
             messages = [_message(i, m) for i, m in enumerate(request.messages)]
             if request.safe_prompt:
                 messages.insert(0, SystemMessage(content=SAFE_PROMPT))
             tools = [_tool(i, t) for i, t in enumerate(request.tools)]
             chat: ChatCompletionRequest[Any] = ChatCompletionRequest(
-                model=request.model or "model", messages=messages, tools=tools or None
+                model=request.model or "model",
+                messages=messages,
+                tools=tools or None,
+                response_format=response_format,
             )
             tokens = list(self.tokenizer.encode_chat_completion(chat).tokens)
         except (InvalidToolSchemaException, InvalidToolException) as exc:
@@ -196,6 +255,7 @@ class ChatCodec:
             top_p=request.top_p if request.HasField("top_p") else 1.0,
             seed=request.random_seed if request.HasField("random_seed") else None,
             stop_token_ids=frozenset({self.raw.eos_id}),
+            json_schema=json_schema,
         )
         return EncodedChat(
             prompt_tokens=tokens,

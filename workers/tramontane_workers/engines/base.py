@@ -17,13 +17,19 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. `temperature == 0` is greedy; `seed` makes sampling repeatable."""
+    """How to pick tokens. `temperature == 0` is greedy; `seed` makes sampling repeatable.
+
+    `json_schema` (JSON Schema text) constrains the output: only tokens that keep it a prefix of
+    a JSON document matching the schema are sampled, and the sequence stops with "stop" as soon
+    as the document is complete (or with "length" at `max_tokens`, possibly incomplete).
+    """
 
     max_tokens: int
     temperature: float = 0.7
     top_p: float = 1.0
     seed: int | None = None
     stop_token_ids: frozenset[int] = field(default_factory=frozenset)
+    json_schema: str | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ left-padded KV cache. Each iteration admits waiting sequences (each prefilled on
 merged into the batch cache), then decodes one token for every running sequence in a single
 forward pass. LoRA adapters are peft adapters; one batch mixes sequences of different adapters
 (peft's `adapter_names`). The model only runs in a worker thread, under `_model_lock`.
+
+JSON-constrained sequences (`SamplingParams.json_schema`) carry an xgrammar matcher: in each
+step their rows of the batch's logits are masked to the tokens their grammar allows before
+sampling, the sampled token advances the matcher, and a completed document ends with "stop".
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import inspect
 import random
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -28,9 +33,10 @@ from tramontane_workers.engines.base import (
     GenerationRequest,
     TokenStep,
 )
+from tramontane_workers.engines.grammar import JsonGrammars, mask_logits
 from tramontane_workers.engines.sampling import choose_token
 from tramontane_workers.errors import AdapterUnavailable, EngineUnavailable
-from tramontane_workers.models.loading import detect_format
+from tramontane_workers.models.loading import detect_format, find_tokenizer
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
@@ -40,6 +46,7 @@ class _Sequence:
     request: GenerationRequest
     out: asyncio.Queue[TokenStep | BaseException]
     generator: torch.Generator
+    matcher: Any = None  # xgrammar GrammarMatcher of a JSON-constrained sequence
     generated: int = 0
     last_token: int = 0
     position: int = 0  # position id of `last_token`
@@ -75,6 +82,7 @@ class TransformersEngine(Engine):
             )
         from transformers import MistralForCausalLM
 
+        self.model_dir = model_dir
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model: Any = MistralForCausalLM.from_pretrained(model_dir, dtype=_resolve_dtype(dtype))
         self.model: Any = model.to(self.device)
@@ -96,6 +104,8 @@ class TransformersEngine(Engine):
         self._wake = asyncio.Event()
         self._model_lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
+        self._grammars: JsonGrammars | None = None  # built on the first constrained request
+        self._grammars_lock = threading.Lock()
 
     def _bind_loop(self) -> None:
         """Bind the asyncio primitives to the running loop (a new loop gets fresh ones)."""
@@ -115,7 +125,9 @@ class TransformersEngine(Engine):
             seed if seed is not None else random.getrandbits(63)
         )
         self._bind_loop()
-        seq = _Sequence(request, asyncio.Queue(), generator)
+        schema = request.sampling.json_schema
+        matcher = None if schema is None else await asyncio.to_thread(self._new_matcher, schema)
+        seq = _Sequence(request, asyncio.Queue(), generator, matcher)
         self._ensure_loop()
         self._waiting.append(seq)
         self._wake.set()
@@ -168,6 +180,15 @@ class TransformersEngine(Engine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+
+    def _new_matcher(self, schema: str) -> Any:
+        """A grammar matcher for `schema` (raises InvalidRequest); runs in a worker thread."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                vocab = int(self.model.config.vocab_size)
+                tokenizer = find_tokenizer(self.model_dir)
+                self._grammars = JsonGrammars.from_file(tokenizer, vocab_size=vocab)
+        return self._grammars.matcher(schema)
 
     # ---------------------------------------------------------------------------- the loop
     def _ensure_loop(self) -> None:
@@ -240,6 +261,7 @@ class TransformersEngine(Engine):
             names = [s.request.adapter or BASE_ADAPTER for s in batch]
             logits, self._cache = self._forward(ids, mask, pos, self._cache, names)
             self._mask = mask
+            mask_logits(logits, [s.matcher for s in batch])
             for row, seq in enumerate(batch):
                 self._emit(seq, logits[row])
         for seq in admitted:
@@ -252,6 +274,7 @@ class TransformersEngine(Engine):
         pos = torch.arange(len(prompt)).unsqueeze(0)
         logits, cache = self._forward(ids, mask, pos, None, [seq.request.adapter or BASE_ADAPTER])
         seq.position = len(prompt) - 1
+        mask_logits(logits, [seq.matcher])
         self._emit(seq, logits[0])
         if not seq.done:
             self._merge(cache, mask)
@@ -266,7 +289,10 @@ class TransformersEngine(Engine):
         seq.last_token = token
         seq.position += 1
         finish: FinishReason | None = None
-        if token in params.stop_token_ids:
+        if seq.matcher is not None and not seq.matcher.accept_token(token):
+            raise RuntimeError(f"token {token} was sampled outside the JSON grammar's mask")
+        json_done = seq.matcher is not None and seq.matcher.is_terminated()
+        if token in params.stop_token_ids or json_done:
             finish = "stop"
         elif seq.generated >= params.max_tokens or seq.position >= self.max_model_len:
             finish = "length"

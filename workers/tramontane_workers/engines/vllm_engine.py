@@ -5,12 +5,18 @@ with the reason; nothing falls back to another engine. Mistral-format checkpoint
 with `tokenizer_mode`, `config_format` and `load_format` = "mistral". LoRA is enabled with
 `max_loras` from the spec. Prompts arrive as token ids from the shared chat layer, which also
 parses Mistral tool calls (`[TOOL_CALLS]`), so both engines answer the same way.
+
+A JSON constraint (`SamplingParams.json_schema`, the same schema the reference engine compiles)
+goes to vLLM's own structured output (xgrammar by default): the SamplingParams field
+`structured_outputs=StructuredOutputsParams(json=...)` in recent vLLM, or
+`guided_decoding=GuidedDecodingParams(json=...)` in older ones (removed in vLLM 0.12).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncGenerator
+import json
+from collections.abc import AsyncGenerator, Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +27,13 @@ from tramontane_workers.engines.base import (
     GenerationRequest,
     TokenStep,
 )
-from tramontane_workers.errors import AdapterUnavailable, EngineUnavailable
+from tramontane_workers.errors import AdapterUnavailable, EngineUnavailable, InvalidRequest
+
+# vLLM's SamplingParams field for structured output, newest first, with its parameters class.
+STRUCTURED_OUTPUT_APIS = (
+    ("structured_outputs", "StructuredOutputsParams"),
+    ("guided_decoding", "GuidedDecodingParams"),
+)
 
 
 def vllm_unavailable_reason() -> str | None:
@@ -66,6 +78,23 @@ def engine_args(
     return args
 
 
+def structured_output_api(module_names: Collection[str]) -> tuple[str, str]:
+    """(SamplingParams field, params class) of the vLLM whose `vllm.sampling_params` defines
+    `module_names`; EngineUnavailable when it has neither API."""
+    for field_name, class_name in STRUCTURED_OUTPUT_APIS:
+        if class_name in module_names:
+            return field_name, class_name
+    raise EngineUnavailable(
+        "engine vllm: this vLLM has neither StructuredOutputsParams nor GuidedDecodingParams; "
+        "response_format json needs a vLLM with structured output"
+    )
+
+
+def structured_output_kwargs(json_schema: str | None) -> dict[str, Any]:
+    """Keyword arguments of vLLM's structured-output params for our constraint ({} when free)."""
+    return {} if json_schema is None else {"json": json.loads(json_schema)}
+
+
 class VLLMEngine(Engine):
     """vLLM's AsyncLLMEngine; continuous batching and LoRA slots are vLLM's own."""
 
@@ -73,8 +102,11 @@ class VLLMEngine(Engine):
         reason = vllm_unavailable_reason()
         if reason is not None:
             raise EngineUnavailable(reason)
+        import vllm.sampling_params as vllm_sampling
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
+        field_name, class_name = structured_output_api(dir(vllm_sampling))
+        self._structured: tuple[str, Any] = (field_name, getattr(vllm_sampling, class_name))
         self._args = engine_args(**kwargs)
         self._engine: Any = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**self._args))
         self.max_model_len = int(self._engine.model_config.max_model_len)
@@ -94,6 +126,10 @@ class VLLMEngine(Engine):
             lora_id, path = self._adapters[request.adapter]
             lora = LoRARequest(request.adapter, lora_id, str(path))
         s = request.sampling
+        constraint: dict[str, Any] = {}
+        if s.json_schema is not None:
+            field_name, params_class = self._structured
+            constraint[field_name] = params_class(**structured_output_kwargs(s.json_schema))
         params = SamplingParams(
             max_tokens=s.max_tokens,
             temperature=s.temperature,
@@ -101,16 +137,18 @@ class VLLMEngine(Engine):
             seed=s.seed,
             stop_token_ids=sorted(s.stop_token_ids),
             detokenize=False,  # the chat layer detokenises, for both engines alike
+            **constraint,
         )
         seen, finished = 0, False
         self._running += 1
         try:
-            async for out in self._engine.generate(
+            outputs = self._engine.generate(
                 TokensPrompt(prompt_token_ids=request.prompt_tokens),
                 params,
                 request.request_id,
                 lora_request=lora,
-            ):
+            )
+            async for out in _schema_errors(outputs, constrained=bool(constraint)):
                 completion = out.outputs[0]
                 ids = list(completion.token_ids[seen:])
                 seen = len(completion.token_ids)
@@ -151,3 +189,17 @@ class VLLMEngine(Engine):
 
     async def shutdown(self) -> None:
         self._engine.shutdown()
+
+
+async def _schema_errors(outputs: Any, *, constrained: bool) -> AsyncGenerator[Any, None]:
+    """vLLM's outputs; a ValueError before the first one, for a constrained request, is vLLM
+    refusing the schema (it validates structured output when the request is added)."""
+    first = True
+    try:
+        async for out in outputs:
+            first = False
+            yield out
+    except ValueError as exc:
+        if constrained and first:
+            raise InvalidRequest(f"response_format.json_schema: {exc}") from exc
+        raise
