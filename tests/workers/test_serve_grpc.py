@@ -6,12 +6,14 @@ Serve starts once for the module; the application is built from the `args` that
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import jsonschema
 import pytest
 
 from tramontane_workers.contract import inference_pb2 as pb
@@ -62,6 +64,25 @@ def _request(model: str = "tiny", content: str = "Hello there", **kw: Any) -> pb
     return pb.ChatRequest(model=model, messages=[pb.Message(role="user", content=content)], **kw)
 
 
+def _json_schema(schema: dict[str, Any]) -> pb.ResponseFormat:
+    return pb.ResponseFormat(
+        type="json_schema",
+        json_schema=pb.JsonSchema(name="answer", schema=json.dumps(schema), strict=True),
+    )
+
+
+# Bounded (short string, small integer, whitespace bounded by the grammar): closes well within
+# max_tokens whatever the seed, although the tiny model's weights are random.
+CITY = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 8},
+        "population": {"type": "integer", "minimum": 0, "maximum": 999},
+    },
+    "required": ["city", "population"],
+}
+
+
 def test_unary_chat_has_text_and_usage(stub: pb_grpc.InferenceStub) -> None:
     response = stub.Chat(_request(max_tokens=8, random_seed=1), metadata=METADATA)
     (choice,) = response.choices
@@ -83,6 +104,20 @@ def test_stream_equals_unary_for_same_seed(stub: pb_grpc.InferenceStub) -> None:
     streamed = "".join(c.choices[0].delta.content for c in chunks)
     assert streamed == unary.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == unary.choices[0].finish_reason
+    assert chunks[-1].usage == unary.usage
+
+
+def test_json_schema_answer_over_grpc(stub: pb_grpc.InferenceStub) -> None:
+    request = _request(
+        max_tokens=300, random_seed=5, temperature=1.0, response_format=_json_schema(CITY)
+    )
+    unary = stub.Chat(request, metadata=METADATA)
+    (choice,) = unary.choices
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content), CITY)
+    chunks = list(stub.ChatStream(request, metadata=METADATA))
+    assert "".join(c.choices[0].delta.content for c in chunks) == choice.message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
     assert chunks[-1].usage == unary.usage
 
 
@@ -159,8 +194,29 @@ def test_broken_adapter_fails_clearly_and_replica_survives(stub: pb_grpc.Inferen
             "tools",
         ),
         (_request(temperature=3.0), "temperature"),
+        (
+            _request(
+                response_format=pb.ResponseFormat(
+                    type="json_schema", json_schema=pb.JsonSchema(name="a", schema="[1]")
+                )
+            ),
+            "response_format.json_schema.schema: must be a JSON object",
+        ),
+        (
+            _request(response_format=_json_schema({"type": "string", "pattern": "(?<=a)b"})),
+            "response_format.json_schema: not supported for constrained decoding",
+        ),
     ],
-    ids=["empty", "role-order", "bad-role", "too-long", "bad-tool-schema", "temperature"],
+    ids=[
+        "empty",
+        "role-order",
+        "bad-role",
+        "too-long",
+        "bad-tool-schema",
+        "temperature",
+        "json-schema-not-object",
+        "json-schema-unsupported",
+    ],
 )
 def test_bad_requests_are_invalid_argument(
     stub: pb_grpc.InferenceStub, request_: pb.ChatRequest, needle: str
