@@ -12,6 +12,11 @@ time-to-first-token (p50), in rounds that alternate the paths; figures are media
 
 With `--engine vllm` the baseline is plain vLLM (same engine arguments) in this process; one GPU
 cannot hold two engines, so its rounds run first, then the Serve path's.
+
+`--json` adds a third path to every round: the direct path with `response_format: json_object`
+(constrained decoding), and prints `json_throughput_ratio_c1/_c8` = its tokens/s over the free
+direct path's. Both are greedy with the same `max_tokens`; the random tiny model never closes a
+JSON string greedily, so both generate the same number of tokens per request.
 """
 
 from __future__ import annotations
@@ -101,6 +106,18 @@ async def _rounds(args: argparse.Namespace, paths: dict[str, Stream]) -> Rounds:
     return rounds
 
 
+def _constrained(stream: Stream) -> Stream:
+    """The same requests, with response_format json_object."""
+
+    def json_object(request: pb.ChatRequest) -> AsyncIterator[pb.ChatChunk]:
+        constrained = pb.ChatRequest()
+        constrained.CopyFrom(request)
+        constrained.response_format.type = "json_object"
+        return stream(constrained)
+
+    return json_object
+
+
 def _serve_stream(grpc_port: int) -> tuple[Stream, Any]:
     import grpc
 
@@ -125,7 +142,10 @@ async def _run_transformers(args: argparse.Namespace, model_dir: Path, grpc_port
         engine, ChatCodec(find_tokenizer(model_dir), max_model_len=engine.max_model_len)
     )
     via_serve, channel = _serve_stream(grpc_port)
-    rounds = await _rounds(args, {"direct": service.stream, "path": via_serve})
+    paths = {"direct": service.stream, "path": via_serve}
+    if args.json:
+        paths["json"] = _constrained(service.stream)
+    rounds = await _rounds(args, paths)
     await channel.close()
     await engine.shutdown()
     return rounds
@@ -200,10 +220,14 @@ def _figures(rounds: Rounds) -> dict[str, Any]:
         figures[f"{key}_tokens_per_s"] = round(median([r[key]["tokens_per_s"] for r in rounds]), 1)
         figures[f"{key}_ttft_p50_ms"] = round(median([r[key]["ttft_p50_ms"] for r in rounds]), 2)
     for c in (1, 8):
-        ratios = [
-            r[f"path_c{c}"]["tokens_per_s"] / r[f"direct_c{c}"]["tokens_per_s"] for r in rounds
-        ]
-        figures[f"throughput_ratio_c{c}"] = round(median(ratios), 3)
+        for path, prefix in (("path", ""), ("json", "json_")):
+            if f"{path}_c{c}" not in rounds[0]:
+                continue
+            ratios = [
+                r[f"{path}_c{c}"]["tokens_per_s"] / r[f"direct_c{c}"]["tokens_per_s"]
+                for r in rounds
+            ]
+            figures[f"{prefix}throughput_ratio_c{c}"] = round(median(ratios), 3)
     added = [r["path_c1"]["ttft_p50_ms"] - r["direct_c1"]["ttft_p50_ms"] for r in rounds]
     figures["ttft_added_ms_c1"] = round(median(added), 2)
     figures["rounds"] = len(rounds)
@@ -235,7 +259,14 @@ def main() -> None:
         help="vllm (GPU): the Serve path with the vLLM engine against plain vLLM",
     )
     parser.add_argument("--model-dir", type=Path, help="a local checkpoint (default: tiny)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="also time JSON-constrained requests (json_object) against free ones, direct path",
+    )
     args = parser.parse_args()
+    if args.json and args.engine == "vllm":
+        parser.error("--json compares constrained decoding in the reference engine only")
     args.max_tokens = 32 if args.quick else 64
     args.requests_c1 = 3 if args.quick else 8
     args.requests_c8 = 1 if args.quick else 3
