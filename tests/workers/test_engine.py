@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,34 +31,42 @@ async def _run(engine: TransformersEngine, request: GenerationRequest) -> list[i
     return tokens
 
 
-async def test_batched_equals_sequential(engine: TransformersEngine) -> None:
-    alone_a = await _run(engine, GenerationRequest("a", PROMPT_A, GREEDY))
-    alone_b = await _run(engine, GenerationRequest("b", PROMPT_B, GREEDY))
-    peak = 0
+@contextlib.asynccontextmanager
+async def peak_running(engine: TransformersEngine) -> AsyncIterator[list[int]]:
+    """While the body runs, track the most sequences decoding at once (in the yielded [peak])."""
+    peak = [0]
 
     async def watch() -> None:
-        nonlocal peak
         while True:
-            peak = max(peak, engine.stats().running)
+            peak[0] = max(peak[0], engine.stats().running)
             await asyncio.sleep(0)
 
     watcher = asyncio.create_task(watch())
+    try:
+        yield peak
+    finally:
+        watcher.cancel()
+
+
+async def test_batched_equals_sequential(engine: TransformersEngine) -> None:
+    alone_a = await _run(engine, GenerationRequest("a", PROMPT_A, GREEDY))
+    alone_b = await _run(engine, GenerationRequest("b", PROMPT_B, GREEDY))
 
     async def later(delay: float, request: GenerationRequest) -> list[int]:
         await asyncio.sleep(delay)  # joins a batch already decoding
         return await _run(engine, request)
 
-    results = await asyncio.gather(
-        _run(engine, GenerationRequest("a1", PROMPT_A, GREEDY)),
-        later(0.01, GenerationRequest("b1", PROMPT_B, GREEDY)),
-        later(0.02, GenerationRequest("a2", PROMPT_A, GREEDY)),
-        _run(engine, GenerationRequest("b2", PROMPT_B, GREEDY)),
-        _run(engine, GenerationRequest("a3", PROMPT_A, GREEDY)),  # 5 > max_batch_size: waits
-    )
-    watcher.cancel()
+    async with peak_running(engine) as peak:
+        results = await asyncio.gather(
+            _run(engine, GenerationRequest("a1", PROMPT_A, GREEDY)),
+            later(0.01, GenerationRequest("b1", PROMPT_B, GREEDY)),
+            later(0.02, GenerationRequest("a2", PROMPT_A, GREEDY)),
+            _run(engine, GenerationRequest("b2", PROMPT_B, GREEDY)),
+            _run(engine, GenerationRequest("a3", PROMPT_A, GREEDY)),  # 5 > max_batch_size: waits
+        )
     assert list(results) == [alone_a, alone_b, alone_a, alone_b, alone_a]
-    assert peak >= 2  # decoded together, not one at a time
-    assert peak <= engine.max_batch_size
+    assert peak[0] >= 2  # decoded together, not one at a time
+    assert peak[0] <= engine.max_batch_size
     assert len(alone_a) == 16
 
 

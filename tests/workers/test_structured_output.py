@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 import torch
 import xgrammar as xgr
+from tests.workers.test_engine import peak_running
 
 from tramontane_workers.chat.encode import ChatCodec
 from tramontane_workers.chat.service import ChatService
@@ -155,18 +156,9 @@ async def test_constrained_and_free_requests_share_a_batch(engine: TransformersE
         return tokens, finish
 
     alone = [await run(constrained), await run(free)]
-    peak = 0
-
-    async def watch() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, engine.stats().running)
-            await asyncio.sleep(0)
-
-    watcher = asyncio.create_task(watch())
-    together = await asyncio.gather(run(constrained), run(free))
-    watcher.cancel()
-    assert peak == 2  # decoded in one batch
+    async with peak_running(engine) as peak:
+        together = await asyncio.gather(run(constrained), run(free))
+    assert peak[0] == 2  # decoded in one batch
     assert list(together) == alone  # masking one row leaves the other row alone
     assert alone[0][1] == "stop" and alone[1][1] == "length"
 
