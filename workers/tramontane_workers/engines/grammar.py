@@ -22,6 +22,7 @@ xgrammar is imported when the first constrained request arrives, not when a repl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 MAX_WHITESPACE = 24  # a newline and 23 spaces: pretty-printed JSON still fits
 CACHE_LIMIT_BYTES = 64 * 1024 * 1024
+_XGRAMMAR_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
 def grammar_vocabulary(raw: Any) -> tuple[list[bytes] | list[str], str]:
@@ -95,7 +97,8 @@ class JsonGrammars:
                 schema, any_whitespace=True, max_whitespace_cnt=MAX_WHITESPACE
             )
         except RuntimeError as exc:  # xgrammar reports unsupported schemas as RuntimeError
-            reason = str(exc).strip().splitlines()[-1]
+            # "[12:00:00] /project/cpp/x.cc:83: Regex parsing error ..." -> the reason only
+            reason = _XGRAMMAR_PREFIX.sub("", str(exc).strip().splitlines()[-1])
             raise InvalidRequest(
                 f"response_format.json_schema: not supported for constrained decoding: {reason}"
             ) from exc
