@@ -88,6 +88,8 @@ async def test_a_good_pvc_dataset_is_validated_in_its_cluster_and_trained_there(
     await api.create(FINETUNEJOB, pvc_job(tmp_path, "pvc://data/train.jsonl", **spec))
     rj = await eventually(lambda: rayjob(clusters))
     assert kubelet.runs == [(AKS, "tune-validate")]
+    # The RayJob is created just before the status saying so is written.
+    await eventually(lambda: stored(clusters)["status"].get("rayJob") == "tune")
     status = stored(clusters)["status"]
     assert status["cluster"] == AKS and status["estimate"]["datasetTokens"] > 0
     assert condition(stored(clusters), "Validated")["reason"] == "DatasetValid"

@@ -62,7 +62,7 @@ AUTO = {
 
 def rayjob(deployment: str, job: str = "", suspend: bool = False, **status: Any) -> dict[str, Any]:
     return {
-        "spec": {"suspend": suspend},
+        "spec": {"suspend": suspend, "backoffLimit": 3},  # as rendered from make_job()
         "status": {"jobDeploymentStatus": deployment, "jobStatus": job, **status},
     }
 
@@ -143,6 +143,24 @@ CASES = [
      {ADMITTED: ("False", "QuotaExceeded")}),
     ("deleting cancels", {}, Observed(validation=VALID, rayjob=rayjob("Running"),
      deleting=True), "Cancelled", ("delete_rayjob",), {FAILED: ("True", "Cancelled")}),
+    ("job controls patched", {"activeDeadlineSeconds": 60, "backoffLimit": 1},
+     Observed(validation=VALID, rayjob=rayjob("Running", "RUNNING")), "Running",
+     ("patch_rayjob_controls",), {RUNNING: ("True", "Training")}),
+    ("job controls of a finished rayjob stay", {"backoffLimit": 1}, Observed(validation=VALID,
+     rayjob=rayjob("Complete", "SUCCEEDED")), "Succeeded", (), {}),
+    ("resumed with another spec replaces", {}, Observed(validation=VALID, admission=ADMIT,
+     rayjob=rayjob("Suspended", suspend=True), spec_hash="new", rendered_hash="old"),
+     "Queued", ("replace_rayjob",), {ADMITTED: ("False", "SpecChanged"),
+     RUNNING: ("False", "SpecChanged")}),
+    ("suspended with another spec waits", {"suspend": True}, Observed(validation=VALID,
+     rayjob=rayjob("Suspended", suspend=True), spec_hash="new", rendered_hash="old"),
+     "Suspended", (), {SUSPENDED: ("True", "SuspendedByUser")}),
+    ("same spec resumes", {}, Observed(validation=VALID, admission=ADMIT,
+     rayjob=rayjob("Suspended", suspend=True), spec_hash="same", rendered_hash="same"),
+     "Running", ("resume_rayjob",), {RUNNING: ("True", "Resuming")}),
+    ("unknown rendering is kept", {}, Observed(validation=VALID, admission=ADMIT,
+     rayjob=rayjob("Suspended", suspend=True), spec_hash="new"), "Running",
+     ("resume_rayjob",), {}),
 ]  # fmt: skip
 
 
@@ -176,6 +194,38 @@ def test_failed_validation_message_names_the_lines_and_never_creates() -> None:
     later = decide(with_status(job, decision), Observed(admission=ADMIT, placement=PLACED), T1)
     assert later.phase == "FailedValidation" and later.actions == ()
     assert later.status == decision.status
+
+
+def test_replacing_forgets_the_cluster_unless_claims_pin_it() -> None:
+    job = make_job()
+    running = decide(job, Observed(validation=VALID, admission=ADMIT, placement=PLACED), T0)
+    assert running.status.cluster == "aks"
+    resumed = with_status(job, running)
+    stale = {"spec_hash": "new", "rendered_hash": "old", "admission": ADMIT}
+    free = decide(resumed, Observed(rayjob=rayjob("Suspended", suspend=True), **stale), T1)
+    assert free.actions == ("replace_rayjob",)
+    assert free.status.cluster is None and free.status.ray_job is None
+    assert not holds_quota(free.status)  # admitted again, for the new resources
+    pinned = decide(
+        resumed, Observed(rayjob=rayjob("Suspended", suspend=True), pinned=True, **stale), T1
+    )
+    assert pinned.actions == ("replace_rayjob",) and pinned.status.cluster == "aks"
+    # Once the old RayJob is gone: created anew (here: placed again in aks).
+    again = decide(with_status(job, free), Observed(admission=ADMIT, placement=PLACED), T1)
+    assert again.actions == ("create_rayjob",) and again.status.cluster == "aks"
+
+
+def test_a_dry_run_turned_off_proceeds_to_train() -> None:
+    estimate = Estimate(dataset_tokens=1000, train_tokens=4000, steps=100, epochs=4.0)
+    result = ValidationResult(True, lines=5, estimate=estimate)
+    dry = decide(make_job({"dryRun": True}), Observed(validation=result), T0)
+    assert dry.phase == "Succeeded" and dry.status.completion_time == T0
+    still = decide(with_status(make_job({"dryRun": True}), dry), Observed(placement=PLACED), T1)
+    assert still.phase == "Succeeded" and still.actions == ()
+    real = decide(with_status(make_job(), dry), Observed(admission=ADMIT, placement=PLACED), T1)
+    assert real.phase == "Running" and real.actions == ("create_rayjob",)
+    assert real.status.completion_time is None and real.status.estimate == estimate
+    assert cond(real, COMPLETE) == ("False", "NotComplete")
 
 
 def test_queue_position_and_reason() -> None:

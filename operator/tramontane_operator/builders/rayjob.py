@@ -14,6 +14,8 @@ output read-write (`volumes`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from typing import Any, Final
@@ -42,6 +44,33 @@ from .volumes import ClaimUse, PodVolumes, pod_volumes
 # KubeRay keeps a finished RayJob this long before deleting it (the Ray cluster goes at once).
 TTL_AFTER_FINISHED_S: Final = 3600
 HEAD_PORTS: Final = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001))
+# What the RayJob was rendered from: a job resumed with another one gets a new RayJob.
+SPEC_HASH_ANNOTATION: Final = "tramontane.dev/spec-hash"
+
+
+def spec_hash(job: FineTuneJob, base_model_uri: str) -> str:
+    """A digest of the spec fields a RayJob is rendered from and that change only while the
+    job is suspended (hyperparameters, resources) or never; not the job controls patched in
+    place (suspend, activeDeadlineSeconds, backoffLimit)."""
+    spec = job.spec
+    rendered_from = {
+        "baseModel": base_model_uri,
+        "hyperparameters": spec.hyperparameters.model_dump(mode="json"),
+        "resources": spec.resources.model_dump(mode="json"),
+        "method": spec.method.model_dump(mode="json"),
+        "trainingFiles": [f.model_dump(mode="json") for f in spec.training_files],
+        "validationFiles": [f.uri for f in spec.validation_files or []],
+        "output": spec.output.uri,
+    }
+    text = json.dumps(rendered_from, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rendered_hash(rayjob: Mapping[str, Any]) -> str | None:
+    """The spec hash an observed RayJob was rendered with (None: unknown, e.g. older)."""
+    annotations = (rayjob.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(SPEC_HASH_ANNOTATION)
+    return str(value) if value else None
 
 
 def training_workers(job: FineTuneJob) -> int:
@@ -166,6 +195,7 @@ def build_rayjob(
     image = settings.worker_image
     labels = child_labels(job, cluster.name, tenant)
     metadata = child_metadata(job, cluster, settings, labels)
+    metadata["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(job, train_config.base_model_uri)}
     volumes = pod_volumes(claim_uses(job, train_config.base_model_uri))
     rayjob_spec: dict[str, Any] = {
         "entrypoint": entrypoint(train_config),

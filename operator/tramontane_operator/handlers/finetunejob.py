@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import kopf
 from pydantic import ValidationError
@@ -29,12 +29,11 @@ from tramontane_operator.api.v1alpha1 import (
     VERSION,
     FineTuneJob,
     FineTuneJobStatus,
-    ModelDeployment,
     Tenant,
 )
 from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
-from tramontane_operator.builders.rayjob import build_rayjob, build_train_config
-from tramontane_operator.kube import MODELDEPLOYMENT, ApiError, ResourceRef, Unreachable
+from tramontane_operator.builders.rayjob import rendered_hash, spec_hash
+from tramontane_operator.kube import ApiError, ResourceRef, Unreachable
 from tramontane_operator.observability import PhaseTracker, reconcile_scope
 from tramontane_operator.placement import ClusterView, gpu_allocations
 from tramontane_operator.quotas import tenant_for_namespace
@@ -43,13 +42,11 @@ from tramontane_operator.reconcile.finetunejob import (
     TERMINAL,
     Decision,
     Observed,
-    adapter_uri,
     decide,
+    finished,
     holds_quota,
     was_validated,
 )
-from tramontane_operator.reconcile.finetunejob_deploy import DEPLOY_FAILED, DeployOutcome
-from tramontane_operator.reconcile.finetunejob_deploy import adapters_with as deploy_adapters
 from tramontane_operator.reconcile.finetunejob_estimate import report_result
 from tramontane_operator.reconcile.finetunejob_inputs import (
     JobPlacement,
@@ -64,6 +61,7 @@ from tramontane_operator.reconcile.finetunejob_validation import (
 from tramontane_workers.contract.datasets_report import DatasetsReport
 
 from . import finetunejob_io as io
+from .finetunejob_children import RAYJOB, apply_actions, base_model, event, read_rayjob
 from .finetunejob_validation import delete_validation_job, validate_in_cluster
 from .indexes import ALL, Indexes
 from .runtime import Key, Runtime
@@ -72,7 +70,6 @@ log = logging.getLogger(__name__)
 
 PLURAL: Final = "finetunejobs"
 FINETUNEJOB: Final = ResourceRef(GROUP, VERSION, PLURAL, "FineTuneJob")
-RAYJOB: Final = ResourceRef("ray.io", "v1", "rayjobs", "RayJob")
 POLL_ENV: Final = "TRAMONTANE_FINETUNE_POLL_INTERVAL"
 DEFAULT_POLL_S: Final = 10.0
 INDEX_ID: Final = "finetunejobs_idx"
@@ -94,8 +91,8 @@ class FineTuneState:
         return found[1] if found is not None and found[0] == job.metadata.uid else None
 
     def wake_all(self) -> None:
-        for event in self.wakeups.values():
-            event.set()
+        for wakeup in self.wakeups.values():
+            wakeup.set()
 
 
 def poll_interval(env: Mapping[str, str] | None = None) -> float:
@@ -210,7 +207,7 @@ async def _validate(
 ) -> tuple[FineTuneJob, ValidationResult]:
     """The datasets' validation result (and the job as last written); while there is none,
     Validating with how it goes in the `Validated` condition, and a TemporaryError."""
-    base_uri, _ = await _base_model(rt, job)
+    base_uri, _ = await base_model(rt, job)
     if needs_cluster_validation(job):
         job, report = await _validate_in_cluster(rt, state, job, kwargs)
     else:
@@ -250,33 +247,6 @@ async def _validate_in_cluster(
     raise kopf.TemporaryError(outcome.message, delay=state.poll_s)
 
 
-async def _base_model(rt: Runtime, job: FineTuneJob) -> tuple[str | None, str | None]:
-    """(URI, served name) of the base model; (None, error) when its ModelDeployment is gone."""
-    base = job.spec.base_model
-    if base.uri is not None:
-        return base.uri, None
-    ref = base.model_deployment_ref
-    if ref is None:  # the CRD's CEL rule forbids this
-        return None, "spec.baseModel: set modelDeploymentRef or uri"
-    md = await _model_deployment(rt, job.metadata.namespace or "default", ref.name)
-    if md is None:
-        return None, f"ModelDeployment {ref.name} not found"
-    return md.spec.model.source, md.spec.model.name
-
-
-async def _model_deployment(rt: Runtime, namespace: str, name: str) -> ModelDeployment | None:
-    try:
-        raw = await rt.hub.get(MODELDEPLOYMENT, namespace, name)
-    except (ApiError, Unreachable) as exc:
-        raise kopf.TemporaryError(f"reading ModelDeployment {name}: {exc}", delay=1.0) from exc
-    if raw is None:
-        return None
-    try:
-        return ModelDeployment.model_validate(raw)
-    except ValidationError:
-        return None
-
-
 async def _views(
     rt: Runtime, job: FineTuneJob, idx: Indexes, jobs: list[FineTuneJob]
 ) -> dict[str, ClusterView]:
@@ -302,19 +272,21 @@ async def _step(
 ) -> Decision:
     namespace, name = _key_of(job)
     idx = Indexes.from_kwargs(kwargs)
-    base_uri, base_error_or_name = await _base_model(rt, job)
+    base_uri, base_error_or_name = await base_model(rt, job)
     base_error = base_error_or_name if base_uri is None else None
     async with state.admission:
         jobs = _jobs(kwargs, state)
         views = await _views(rt, job, idx, jobs)
         status = job.status
-        placement = place_job(job, list(views.values()), status.cluster if status else None)
-        cluster = (status.cluster if status else None) or placement.cluster
-        terminal = status is not None and status.phase in TERMINAL
-        placed_before = status is not None and status.cluster is not None
+        current = status.cluster if status else None
+        placement = place_job(job, list(views.values()), current)
+        cluster = current or placement.cluster
+        terminal = finished(job)
         rayjob = None
         if not terminal:
-            rayjob = await _read_rayjob(rt, cluster, namespace, name, placed_before)
+            rayjob = await read_rayjob(rt, cluster, namespace, name, current is not None)
+        if rayjob is None and current is not None and not terminal:
+            placement = _within(job, views, current)  # kept there, if it fits (again)
         progress = None
         if rayjob is not None or terminal:
             progress = await asyncio.to_thread(io.read_progress, job.spec.output.uri)
@@ -328,9 +300,14 @@ async def _step(
             placement=placement,
             rayjob=rayjob,
             progress=progress,
+            spec_hash=spec_hash(job, base_uri) if base_uri else None,
+            rendered_hash=rendered_hash(rayjob) if rayjob is not None else None,
+            pinned=needs_cluster_validation(job),
         )
         decision = decide(job, observed, _now())
-        deploy = await _apply(rt, job, decision, views, tenant, base_uri, base_error_or_name)
+        deploy = await apply_actions(
+            rt, job, decision, cluster, views, tenant, base_uri, base_error_or_name
+        )
         if deploy is not None:
             decision = decide(job, dataclasses.replace(observed, deploy=deploy), _now())
         released = holds_quota(job.status) and not holds_quota(decision.status)
@@ -345,76 +322,12 @@ async def _step(
     return decision
 
 
-async def _read_rayjob(
-    rt: Runtime, cluster: str | None, namespace: str, name: str, placed_before: bool
-) -> dict[str, Any] | None:
-    """The job's RayJob in `cluster`. Where the job already runs, an unreachable cluster is a
-    reason to wait, never "no RayJob" (that would start a second run elsewhere)."""
-    member = rt.clusters.get(cluster) if cluster else None
-    if member is None or not member.probe.reachable:
-        if placed_before:
-            raise kopf.TemporaryError(f"cluster {cluster} of the job unreachable", delay=1.0)
-        return None
-    try:
-        return await member.client.get(RAYJOB, namespace, name)
-    except Unreachable as exc:
-        rt.clusters.report_unreachable(member.name, exc.cause)
-        raise kopf.TemporaryError(f"{member.name} unreachable: {exc.cause}", delay=1.0) from exc
-
-
-async def _apply(
-    rt: Runtime,
-    job: FineTuneJob,
-    decision: Decision,
-    views: Mapping[str, ClusterView],
-    tenant: Tenant | None,
-    base_uri: str | None,
-    base_name: str | None,
-) -> DeployOutcome | None:
-    """Carry out the decision's actions; the auto-deploy outcome when one was attempted."""
-    namespace, name = _key_of(job)
-    cluster = decision.status.cluster
-    member = rt.clusters.get(cluster) if cluster else None
-    outcome = None
-    for action in decision.actions:
-        try:
-            if action == "create_rayjob" and member is not None and cluster and base_uri:
-                config = build_train_config(job, base_uri, base_name)
-                tenant_name = tenant.metadata.name if tenant else None
-                desired = build_rayjob(job, config, views[cluster], rt.build, tenant_name)
-                await member.client.apply(RAYJOB, desired, None)
-                _event(job, "Normal", "Created", f"RayJob {name} created in {cluster}")
-            elif action in ("suspend_rayjob", "resume_rayjob") and member is not None:
-                suspend = action == "suspend_rayjob"
-                await member.client.patch(RAYJOB, namespace, name, {"spec": {"suspend": suspend}})
-            elif action == "delete_rayjob" and member is not None:
-                await member.client.delete(RAYJOB, namespace, name)
-            elif action == "auto_deploy":
-                outcome = await _auto_deploy(rt, job, decision)
-        except ValueError as exc:  # the spec cannot be trained as given
-            _event(job, "Warning", "InvalidSpec", str(exc))
-            raise kopf.PermanentError(str(exc)) from exc
-        except (ApiError, Unreachable) as exc:
-            raise kopf.TemporaryError(f"{action}: {exc}", delay=1.0) from exc
-    return outcome
-
-
-async def _auto_deploy(rt: Runtime, job: FineTuneJob, decision: Decision) -> DeployOutcome:
-    deploy = job.spec.auto_deploy
-    if deploy is None:
-        raise ValueError("spec.autoDeploy is not set")
-    namespace = job.metadata.namespace or "default"
-    md = await _model_deployment(rt, namespace, deploy.model_deployment_ref.name)
-    uri = decision.status.adapter.uri if decision.status.adapter else adapter_uri(job, None)
-    adapters, outcome = deploy_adapters(job, md, uri)
-    if adapters is not None and md is not None:
-        patch = {"spec": {"adapters": adapters}}
-        try:
-            await rt.hub.patch(MODELDEPLOYMENT, namespace, md.metadata.name, patch)
-        except ApiError as exc:
-            return DeployOutcome(False, DEPLOY_FAILED, str(exc)[:512])
-        _event(job, "Normal", "AdapterDeployed", outcome.message)
-    return outcome
+def _within(job: FineTuneJob, views: Mapping[str, ClusterView], cluster: str) -> JobPlacement:
+    """Placement in the job's own cluster (validated there, or resumed there), capacity checked."""
+    placed = place_job(job, [views[cluster]] if cluster in views else [], None)
+    if placed.cluster is None:
+        return JobPlacement(None, f"{placed.message}; the job stays in {cluster}")
+    return placed
 
 
 async def _write(
@@ -430,7 +343,7 @@ async def _write(
         state.phases.set(namespace, name, status.phase)
         if previous is None or previous.phase != status.phase:
             kind = "Warning" if status.phase in ("Failed", "FailedValidation") else "Normal"
-            _event(job, kind, status.phase or "Unknown", f"phase {status.phase}")
+            event(job, kind, status.phase or "Unknown", f"phase {status.phase}")
     return job.model_copy(update={"status": status})
 
 
@@ -475,16 +388,6 @@ def _ours(rayjob: Mapping[str, Any], job: FineTuneJob) -> bool:
         labels.get(OWNER_KIND_LABEL) == "FineTuneJob"
         and labels.get(OWNER_NAME_LABEL) == job.metadata.name
     )
-
-
-def _event(job: FineTuneJob, kind: str, reason: str, message: str) -> None:
-    body = job.model_dump(by_alias=True, mode="json", exclude={"status"})
-    try:
-        kopf.event(
-            kopf.Body(cast(kopf.RawBody, body)), type=kind, reason=reason, message=message[:1024]
-        )
-    except LookupError:  # outside Kopf's context: no event sink
-        log.info("%s %s: %s", kind, reason, message)
 
 
 def _now() -> datetime:

@@ -11,7 +11,12 @@ FailedValidation | Cancelled, and Suspended (from Queued or Running, back when r
 - Suspended by the user, quota not available, or no eligible cluster: Suspended / Queued
   (no RayJob while the job holds no quota; a suspended RayJob is kept to resume).
 - Admitted and placed: action `create_rayjob`, then the RayJob's status drives the phase;
-  `spec.suspend` toggles are actions `suspend_rayjob` / `resume_rayjob`.
+  `spec.suspend` toggles are actions `suspend_rayjob` / `resume_rayjob`; changed
+  `activeDeadlineSeconds` / `backoffLimit` are `patch_rayjob_controls`. Resumed with another
+  spec than the RayJob was rendered from (hyperparameters, resources: changed while
+  suspended): `replace_rayjob` and Queued, the cluster forgotten unless claims pin the job
+  there, so quota and placement are decided again for the new resources.
+- A finished dry run whose `dryRun` is turned off is reopened and proceeds to train.
 - Succeeded with `autoDeploy`: action `auto_deploy` until the `Deployed` condition is True.
 - Terminal phases stay (deletion included); deleting an unfinished job is Cancelled, with
   `delete_rayjob` when its RayJob exists.
@@ -59,7 +64,14 @@ TERMINAL: Final = frozenset({"Succeeded", "Failed", "FailedValidation", "Cancell
 KEPT_CHECKPOINTS: Final = 5
 
 Action = Literal[
-    "validate", "create_rayjob", "suspend_rayjob", "resume_rayjob", "delete_rayjob", "auto_deploy"
+    "validate",
+    "create_rayjob",
+    "suspend_rayjob",
+    "resume_rayjob",
+    "patch_rayjob_controls",
+    "replace_rayjob",
+    "delete_rayjob",
+    "auto_deploy",
 ]
 
 
@@ -91,6 +103,7 @@ class FtjReason:
     DEADLINE_EXCEEDED: Final = REASON_DEADLINE_EXCEEDED
     CANCELLED: Final = "Cancelled"
     DEPLOY_PENDING: Final = "Pending"
+    SPEC_CHANGED: Final = "SpecChanged"
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,9 @@ class Observed:
     deploy: DeployOutcome | None = None
     deleting: bool = False
     validating: str | None = None  # how validation goes, while there is no result
+    spec_hash: str | None = None  # of the spec a RayJob would be rendered from now
+    rendered_hash: str | None = None  # of the spec the observed RayJob was rendered from
+    pinned: bool = False  # the job stays in its cluster when its RayJob is replaced (claims)
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,21 @@ def was_validated(status: FineTuneJobStatus | None) -> bool:
     """Whether a previous reconcile found the datasets valid (training files are immutable)."""
     cond = find(status.conditions if status else None, VALIDATED)
     return cond is not None and cond.status == "True"
+
+
+def dry_run_lifted(job: FineTuneJob) -> bool:
+    """Whether a finished dry run was turned into a real run (`dryRun` set to false)."""
+    status = job.status
+    if status is None or status.phase != "Succeeded" or job.spec.dry_run:
+        return False
+    complete = find(status.conditions, COMPLETE)
+    return complete is not None and complete.reason == FtjReason.DRY_RUN
+
+
+def finished(job: FineTuneJob) -> bool:
+    """Whether the job is in a terminal phase it stays in."""
+    status = job.status
+    return status is not None and status.phase in TERMINAL and not dry_run_lifted(job)
 
 
 def holds_quota(status: FineTuneJobStatus | None) -> bool:
@@ -227,11 +258,44 @@ def _auto_deploy(draft: _Draft, job: FineTuneJob, observed: Observed) -> None:
         draft.actions.append("auto_deploy")
 
 
+def _controls(draft: _Draft, job: FineTuneJob, rayjob: Mapping[str, Any]) -> None:
+    """Job controls changed on a live RayJob are patched onto it."""
+    current = rayjob.get("spec") or {}
+    spec = job.spec
+    if (
+        current.get("backoffLimit") != spec.backoff_limit
+        or current.get("activeDeadlineSeconds") != spec.active_deadline_seconds
+    ):
+        draft.actions.append("patch_rayjob_controls")
+
+
+def _replace(draft: _Draft, job: FineTuneJob, observed: Observed) -> None:
+    """Resumed with another spec: the RayJob goes, and quota and placement are decided anew."""
+    draft.phase = "Queued"
+    message = (
+        "the spec changed while suspended: the RayJob is replaced and resumes from the last "
+        "checkpoint once quota and placement are decided again"
+    )
+    draft.set(ADMITTED, "False", FtjReason.SPEC_CHANGED, message)
+    draft.set(RUNNING, "False", FtjReason.SPEC_CHANGED, message)
+    draft.fields.pop("ray_job", None)
+    if not observed.pinned:
+        draft.fields.pop("cluster", None)
+    draft.actions.append("replace_rayjob")
+
+
 def _from_rayjob(draft: _Draft, job: FineTuneJob, observed: Observed, now: datetime) -> None:
     state = RayJobState.of(observed.rayjob or {})
     draft.fields["retries"] = state.failed_attempts or None
     _with_progress(draft, job, observed)
     admitted = observed.admission is None or observed.admission.admitted
+    live = not (state.succeeded or state.failed)
+    stale = observed.rendered_hash is not None and observed.rendered_hash != observed.spec_hash
+    if live and stale and observed.spec_hash is not None and not job.spec.suspend:
+        _replace(draft, job, observed)
+        return
+    if live:
+        _controls(draft, job, observed.rayjob or {})
     if job.spec.suspend:
         draft.phase = "Suspended"
         reason = FtjReason.SUSPENDED_BY_USER if state.suspended else FtjReason.SUSPENDING
@@ -318,6 +382,8 @@ def _kept_fields(previous: FineTuneJobStatus) -> dict[str, Any]:
 def decide(job: FineTuneJob, observed: Observed, now: datetime) -> Decision:
     """The job's next status and what the runtime must do about it."""
     previous = job.status or FineTuneJobStatus()
+    if dry_run_lifted(job):  # the estimate was wanted first: now it trains
+        previous = _reopened(previous)
     draft = _initial(job, previous)
     draft.fields.update(_kept_fields(previous))
     if previous.phase in TERMINAL:  # deleting a finished job cancels nothing
@@ -362,6 +428,17 @@ def decide(job: FineTuneJob, observed: Observed, now: datetime) -> Decision:
     else:
         _from_rayjob(draft, job, observed, now)
     return _done(job, draft, previous, now)
+
+
+def _reopened(previous: FineTuneJobStatus) -> FineTuneJobStatus:
+    """A finished dry run's status, as if it had only been validated."""
+    return previous.model_copy(
+        update={
+            "phase": "Pending",
+            "completion_time": None,
+            "conditions": [c for c in previous.conditions or [] if c.type != COMPLETE],
+        }
+    )
 
 
 def _terminal(

@@ -18,7 +18,7 @@ from tramontane_operator.quotas import (
     workload_of_model_deployment,
 )
 
-from .finetunejob import TERMINAL, holds_quota, was_validated
+from .finetunejob import finished, holds_quota, was_validated
 from .finetunejob_inputs import AdmissionResult
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -63,7 +63,7 @@ def queues(job: FineTuneJob) -> bool:
         was_validated(status)
         and not job.spec.suspend
         and not job.spec.dry_run
-        and (status is None or status.phase not in TERMINAL)
+        and not finished(job)
     )
 
 

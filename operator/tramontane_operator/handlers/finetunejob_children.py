@@ -1,0 +1,155 @@
+"""The FineTuneJob handlers' I/O on their children and inputs.
+
+Reading the job's RayJob in its member cluster (an unreachable cluster where the job runs is
+a reason to wait), carrying out the phase machine's actions on it (create, suspend, resume,
+patch the job controls, replace, delete), the base model's ModelDeployment, auto-deploying
+the adapter into the target ModelDeployment, and Kubernetes events on the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final, cast
+
+import kopf
+from pydantic import ValidationError
+
+from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
+from tramontane_operator.builders.rayjob import build_rayjob, build_train_config
+from tramontane_operator.kube import MODELDEPLOYMENT, ApiError, ResourceRef, Unreachable
+from tramontane_operator.placement import ClusterView
+from tramontane_operator.reconcile.finetunejob import Decision, adapter_uri
+from tramontane_operator.reconcile.finetunejob_deploy import DEPLOY_FAILED, DeployOutcome
+from tramontane_operator.reconcile.finetunejob_deploy import adapters_with as deploy_adapters
+
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+RAYJOB: Final = ResourceRef("ray.io", "v1", "rayjobs", "RayJob")
+
+
+async def base_model(rt: Runtime, job: FineTuneJob) -> tuple[str | None, str | None]:
+    """(URI, served name) of the base model; (None, error) when its ModelDeployment is gone."""
+    base = job.spec.base_model
+    if base.uri is not None:
+        return base.uri, None
+    ref = base.model_deployment_ref
+    if ref is None:  # the CRD's CEL rule forbids this
+        return None, "spec.baseModel: set modelDeploymentRef or uri"
+    md = await model_deployment(rt, job.metadata.namespace or "default", ref.name)
+    if md is None:
+        return None, f"ModelDeployment {ref.name} not found"
+    return md.spec.model.source, md.spec.model.name
+
+
+async def model_deployment(rt: Runtime, namespace: str, name: str) -> ModelDeployment | None:
+    try:
+        raw = await rt.hub.get(MODELDEPLOYMENT, namespace, name)
+    except (ApiError, Unreachable) as exc:
+        raise kopf.TemporaryError(f"reading ModelDeployment {name}: {exc}", delay=1.0) from exc
+    if raw is None:
+        return None
+    try:
+        return ModelDeployment.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+async def read_rayjob(
+    rt: Runtime, cluster: str | None, namespace: str, name: str, placed_before: bool
+) -> dict[str, Any] | None:
+    """The job's RayJob in `cluster`. Where the job already runs, an unreachable cluster is a
+    reason to wait, never "no RayJob" (that would start a second run elsewhere)."""
+    member = rt.clusters.get(cluster) if cluster else None
+    if member is None or not member.probe.reachable:
+        if placed_before:
+            raise kopf.TemporaryError(f"cluster {cluster} of the job unreachable", delay=1.0)
+        return None
+    try:
+        return await member.client.get(RAYJOB, namespace, name)
+    except Unreachable as exc:
+        rt.clusters.report_unreachable(member.name, exc.cause)
+        raise kopf.TemporaryError(f"{member.name} unreachable: {exc.cause}", delay=1.0) from exc
+
+
+async def apply_actions(
+    rt: Runtime,
+    job: FineTuneJob,
+    decision: Decision,
+    observed_in: str | None,
+    views: Mapping[str, ClusterView],
+    tenant: Tenant | None,
+    base_uri: str | None,
+    base_name: str | None,
+) -> DeployOutcome | None:
+    """Carry out the decision's actions; the auto-deploy outcome when one was attempted.
+
+    The RayJob is created in the cluster the decision places the job in, and suspended,
+    resumed, patched or deleted in `observed_in`, where it was read."""
+    namespace, name = job.metadata.namespace or "default", job.metadata.name
+    target = decision.status.cluster
+    outcome = None
+    for action in decision.actions:
+        cluster = target if action == "create_rayjob" else observed_in
+        member = rt.clusters.get(cluster) if cluster else None
+        client = member.client if member is not None else None
+        try:
+            if action == "create_rayjob" and client is not None and cluster and base_uri:
+                config = build_train_config(job, base_uri, base_name)
+                tenant_name = tenant.metadata.name if tenant else None
+                desired = build_rayjob(job, config, views[cluster], rt.build, tenant_name)
+                await client.apply(RAYJOB, desired, None)
+                event(job, "Normal", "Created", f"RayJob {name} created in {cluster}")
+            elif action in ("suspend_rayjob", "resume_rayjob") and client is not None:
+                suspend = action == "suspend_rayjob"
+                await client.patch(RAYJOB, namespace, name, {"spec": {"suspend": suspend}})
+            elif action == "patch_rayjob_controls" and client is not None:
+                spec = job.spec
+                controls = {
+                    "backoffLimit": spec.backoff_limit,
+                    "activeDeadlineSeconds": spec.active_deadline_seconds,  # None removes it
+                }
+                await client.patch(RAYJOB, namespace, name, {"spec": controls})
+            elif action == "replace_rayjob" and client is not None:
+                await client.delete(RAYJOB, namespace, name)
+                event(job, "Normal", "Replacing", f"RayJob {name} replaced: the spec changed")
+            elif action == "delete_rayjob" and client is not None:
+                await client.delete(RAYJOB, namespace, name)
+            elif action == "auto_deploy":
+                outcome = await auto_deploy(rt, job, decision)
+        except ValueError as exc:  # the spec cannot be trained as given
+            event(job, "Warning", "InvalidSpec", str(exc))
+            raise kopf.PermanentError(str(exc)) from exc
+        except (ApiError, Unreachable) as exc:
+            raise kopf.TemporaryError(f"{action}: {exc}", delay=1.0) from exc
+    return outcome
+
+
+async def auto_deploy(rt: Runtime, job: FineTuneJob, decision: Decision) -> DeployOutcome:
+    deploy = job.spec.auto_deploy
+    if deploy is None:
+        raise ValueError("spec.autoDeploy is not set")
+    namespace = job.metadata.namespace or "default"
+    md = await model_deployment(rt, namespace, deploy.model_deployment_ref.name)
+    uri = decision.status.adapter.uri if decision.status.adapter else adapter_uri(job, None)
+    adapters, outcome = deploy_adapters(job, md, uri)
+    if adapters is not None and md is not None:
+        patch = {"spec": {"adapters": adapters}}
+        try:
+            await rt.hub.patch(MODELDEPLOYMENT, namespace, md.metadata.name, patch)
+        except ApiError as exc:
+            return DeployOutcome(False, DEPLOY_FAILED, str(exc)[:512])
+        event(job, "Normal", "AdapterDeployed", outcome.message)
+    return outcome
+
+
+def event(job: FineTuneJob, kind: str, reason: str, message: str) -> None:
+    body = job.model_dump(by_alias=True, mode="json", exclude={"status"})
+    try:
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, body)), type=kind, reason=reason, message=message[:1024]
+        )
+    except LookupError:  # outside Kopf's context: no event sink
+        log.info("%s %s: %s", kind, reason, message)
