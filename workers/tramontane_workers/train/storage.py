@@ -1,4 +1,5 @@
-"""The trainer's one I/O seam to its output URI (file:// here; s3://, gs://, az:// via fsspec).
+"""The trainer's one I/O seam to its output URI (file:// here; s3://, gs://, az:// via fsspec;
+pvc://<claim>/<path> on the claim mounted at $TRAMONTANE_PVC_ROOT/<claim>).
 
 Checkpoints are written to a local directory first and uploaded whole; the `COMPLETE` marker is
 uploaded last, so a checkpoint interrupted mid-upload is never resumed from. JSON files are
@@ -16,6 +17,7 @@ from typing import Any
 import fsspec
 from pydantic import BaseModel
 
+from tramontane_workers.contract.datasets import pvc_path
 from tramontane_workers.contract.train_config import (
     CHECKPOINTS_DIR,
     COMPLETE_MARKER,
@@ -30,7 +32,8 @@ class OutputStore:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/")
-        self.fs, root = fsspec.core.url_to_fs(self.uri)
+        local = pvc_path(self.uri) if self.uri.startswith("pvc://") else self.uri
+        self.fs, root = fsspec.core.url_to_fs(local)
         self.root = root.rstrip("/")
 
     def _path(self, name: str) -> str:
