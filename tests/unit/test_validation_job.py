@@ -25,6 +25,7 @@ from tramontane_operator.reconcile.finetunejob_validation import (
     RETRY_AFTER_S,
     needs_cluster_validation,
     read_validation_job,
+    uses_claims,
 )
 from tramontane_workers.contract.datasets_report import DatasetsReport, ReportedError
 
@@ -84,6 +85,13 @@ def test_the_job_name_fits_a_label_value() -> None:
 def test_only_jobs_with_pvc_datasets_are_validated_in_cluster() -> None:
     assert needs_cluster_validation(make_job(PVC_SPEC))
     assert not needs_cluster_validation(make_job({"output": {"uri": "pvc://out/x"}}))
+
+
+def test_any_claim_pins_a_job_to_its_cluster() -> None:
+    assert uses_claims(make_job(PVC_SPEC))
+    assert uses_claims(make_job({"output": {"uri": "pvc://out/x"}}))
+    assert uses_claims(make_job({"baseModel": {"uri": "pvc://models/m"}}))
+    assert not uses_claims(make_job())
 
 
 def test_a_bad_claim_name_names_the_field() -> None:

@@ -57,6 +57,7 @@ from tramontane_operator.reconcile.finetunejob_quota import admission_for
 from tramontane_operator.reconcile.finetunejob_validation import (
     ClusterValidation,
     needs_cluster_validation,
+    uses_claims,
 )
 from tramontane_workers.contract.datasets_report import DatasetsReport
 
@@ -231,15 +232,19 @@ async def _validate_in_cluster(
     validation Job there until it reports."""
     namespace = job.metadata.namespace or "default"
     views = await _views(rt, job, Indexes.from_kwargs(kwargs), _jobs(kwargs, state))
-    status = job.status
-    placement = place_job(job, list(views.values()), status.cluster if status else None)
-    if placement.cluster is None:
+    current = job.status.cluster if job.status else None
+    if current is not None:  # placed for good, even while its cluster is unreachable
+        placement = JobPlacement(current, f"placed in {current}")
+    else:
+        placement = place_job(job, list(views.values()), None)
+    view = views.get(placement.cluster) if placement.cluster else None
+    if view is None:
         message = f"waiting for a cluster to validate the pvc:// datasets in: {placement.message}"
         outcome = ClusterValidation(message=message)
     else:
         tenant = tenant_for_namespace(_tenants(kwargs), namespace)
         tenant_name = tenant.metadata.name if tenant else None
-        outcome = await validate_in_cluster(rt, job, views[placement.cluster], tenant_name, _now())
+        outcome = await validate_in_cluster(rt, job, view, tenant_name, _now())
     if outcome.report is not None:
         return job, outcome.report
     observed = Observed(validating=outcome.message, placement=placement)
@@ -302,7 +307,7 @@ async def _step(
             progress=progress,
             spec_hash=spec_hash(job, base_uri) if base_uri else None,
             rendered_hash=rendered_hash(rayjob) if rayjob is not None else None,
-            pinned=needs_cluster_validation(job),
+            pinned=uses_claims(job),
         )
         decision = decide(job, observed, _now())
         deploy = await apply_actions(

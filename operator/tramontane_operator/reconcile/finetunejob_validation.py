@@ -36,6 +36,17 @@ def needs_cluster_validation(job: FineTuneJob) -> bool:
     return any(u.startswith(PVC_PREFIX) for u in uris)
 
 
+def uses_claims(job: FineTuneJob) -> bool:
+    """Whether `job` reads or writes a claim (datasets, output, base model URI): its cluster
+    is then kept when its RayJob is replaced (claims, and checkpoints on them, stay there)."""
+    spec = job.spec
+    return (
+        needs_cluster_validation(job)
+        or spec.output.uri.startswith(PVC_PREFIX)
+        or (spec.base_model.uri or "").startswith(PVC_PREFIX)
+    )
+
+
 @dataclass(frozen=True)
 class ClusterValidation:
     """What the validation Job says: a report, or (running or failed) a message in words."""
