@@ -161,6 +161,15 @@ def test_tool_round_trip_messages_are_accepted(codec: ChatCodec) -> None:
             "response_format.json_schema: required when response_format.type is json_schema",
         ),
         (
+            pb.ChatRequest(
+                messages=[_user()],
+                response_format=pb.ResponseFormat(
+                    type="json_object", json_schema=pb.JsonSchema(name="a", schema="{}")
+                ),
+            ),
+            "response_format.json_schema: set, but response_format.type is 'json_object'",
+        ),
+        (
             pb.ChatRequest(messages=[_user()], response_format=_json_schema("{oops")),
             "response_format.json_schema.schema: not valid JSON",
         ),

@@ -126,9 +126,11 @@ def _response_format(request: pb.ChatRequest) -> ResponseFormat:
     kind = fmt.type or "text"
     if kind not in RESPONSE_FORMATS:
         raise InvalidRequest(f"response_format.type: {kind!r} is not one of {RESPONSE_FORMATS}")
-    if kind != "json_schema":
-        return ResponseFormat(type=kind)
     where = "response_format.json_schema"
+    if kind != "json_schema":
+        if fmt.HasField("json_schema"):  # a schema that would be ignored: say so
+            raise InvalidRequest(f"{where}: set, but response_format.type is {kind!r}")
+        return ResponseFormat(type=kind)
     if not fmt.HasField("json_schema"):
         raise InvalidRequest(f"{where}: required when response_format.type is json_schema")
     spec = fmt.json_schema
