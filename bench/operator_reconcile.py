@@ -8,6 +8,10 @@ the members by free GPUs) are created at once through the hub's API. Figures:
 - `reconciles_per_s`: ModelDeployment reconciles (the operator's own counter) per second
   from the first create until every ModelDeployment has a status naming its cluster;
 - `create_to_children_p50_s` / `_p99_s`: from a ModelDeployment's create to its RayService's;
+- `converge_cpu_pct`: the operator's CPU while converging (one core = 100 %: near 100 means
+  the operator's own work is the bottleneck, well below means it waits on the API);
+  `emulators_cpu_pct`: the same for this process (the emulated API servers, the fake KubeRay
+  and the client creating the ModelDeployments): near 100 means the emulators are;
 - `rss_mb`: operator RSS once everything is Ready; `idle_cpu_pct`: its CPU while nothing
   changes (one core = 100 %);
 - baseline, same run: the same RayServices created directly by a plain client at the same
@@ -193,6 +197,8 @@ async def _run(n: int, idle_s: float, timeout_s: float, log_path: str | None) ->
         await asyncio.sleep(2.0)
         await kuberay.start()
         before = await _reconciles(session, metrics)
+        cpu_start = _cpu_seconds(proc.pid)
+        own_cpu_start = _cpu_seconds(os.getpid())
         start = time.perf_counter()
         await _bounded(list(range(n)), lambda i: _create(api, MODELDEPLOYMENT, _manifest(i)))
         _log(f"created {n} ModelDeployments in {time.perf_counter() - start:.1f}s")
@@ -207,6 +213,8 @@ async def _run(n: int, idle_s: float, timeout_s: float, log_path: str | None) ->
         while placed() < n and time.perf_counter() - start < timeout_s:
             await asyncio.sleep(0.2)
         converged_s = time.perf_counter() - start
+        busy_cpu = (_cpu_seconds(proc.pid) - cpu_start) / converged_s * 100
+        emulator_cpu = (_cpu_seconds(os.getpid()) - own_cpu_start) / converged_s * 100
         _log(f"placed {placed()}/{n} in {converged_s:.1f}s")
         reconciles = await _reconciles(session, metrics) - before
         latencies = []
@@ -248,6 +256,8 @@ async def _run(n: int, idle_s: float, timeout_s: float, log_path: str | None) ->
             "reconciles_per_s": round(reconciles / converged_s, 1),
             "create_to_children_p50_s": round(statistics.median(latencies), 3),
             "create_to_children_p99_s": round(latencies[p99_index], 3),
+            "converge_cpu_pct": round(busy_cpu, 1),
+            "emulators_cpu_pct": round(emulator_cpu, 1),
             "rss_mb": round(rss, 1),
             "idle_cpu_pct": round(idle_cpu, 2),
             "baseline_creates_per_s": round(baseline_rate, 1),

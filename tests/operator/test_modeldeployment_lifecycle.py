@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from manifests import AKS, HUB, NS, ONPREM, model_deployment
@@ -60,6 +61,9 @@ async def test_create_reaches_ready_with_valid_children(
         }
     ]
     assert "tramontane.dev/cleanup" in md["metadata"]["finalizers"]
+    # The operator writes a live ModelDeployment's finalizer and status, nothing else (no
+    # Kopf progress or diff-base annotations: each would be one more hub write per object).
+    assert not (md["metadata"].get("annotations") or {})
     events = clusters.hub.emulator.stored_all("v1/events")
     created = [e for e in events if e.get("reason") == "Created"]
     assert created and created[0]["message"] == f"RayService chat created in {AKS}"
@@ -149,6 +153,21 @@ async def test_delete_removes_children_then_releases_finalizer(
     history = clusters.hub.emulator.objects["tramontane.dev/v1alpha1/modeldeployments", NS, "chat"]
     versions = [v for v in history.history if v is not None]
     assert "tramontane.dev/cleanup" in versions[-2]["metadata"]["finalizers"]
+
+
+async def test_deleted_without_its_finalizer_leaves_no_children(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay, operator: OperatorRun
+) -> None:
+    # The first reconcile does not wait for Kopf's finalizer patch; an object gone before it
+    # lands (here: finalizer stripped, then deleted) must still not leave a pool behind.
+    await api.create(MODELDEPLOYMENT, model_deployment())
+    await eventually(lambda: rayservice(clusters, AKS))
+    await api.patch(MODELDEPLOYMENT, NS, "chat", {"metadata": {"finalizers": None}})
+    await api.delete(MODELDEPLOYMENT, NS, "chat")
+    await eventually(lambda: clusters.hub.emulator.stored(MDS, NS, "chat") is None)
+    await eventually(lambda: rayservice(clusters, AKS) is None)
+    await asyncio.sleep(0.3)  # nothing recreates it afterwards
+    assert rayservice(clusters, AKS) is None
 
 
 async def test_invalid_spec_sets_condition_and_creates_nothing(

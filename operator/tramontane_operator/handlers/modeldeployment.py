@@ -1,8 +1,9 @@
 """ModelDeployment handlers: observe -> place -> render -> apply -> status, in every cluster.
 
-Kopf's change handlers (create, update, resume) and a per-object daemon (woken when one of
-its RayServices changes in any member cluster, or a member cluster changes health) run the same
-level-triggered `reconcile`, serialised per object. Children are read from each member's
+One per-object daemon runs the level-triggered `reconcile`: at once when the object appears
+(or the operator starts), then when its spec changes (an event handler compares generations),
+when one of its RayServices changes in any member cluster or a member cluster changes health,
+and on resync. Children are read from each member's
 informer cache, created or patched by their deterministic name, and deleted from clusters that
 are no longer placed; the status is computed by the pure `reconcile` package and written only
 when it changed. Deletion removes the children in every cluster before the finalizer goes.
@@ -55,19 +56,46 @@ SYNC_WAIT_S = 2.0  # how long a reconcile waits for a new member's cache before 
 
 
 def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def md_changed(body: kopf.Body, **kwargs: Any) -> None:
-        await reconcile(rt, body, Indexes.from_kwargs(kwargs))
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def md_seen(body: kopf.Body, type: str, **kwargs: Any) -> None:
+        key = _key(body)
+        if type == "DELETED":
+            if rt.known(key):  # gone before our finalizer landed: the cleanup never ran
+                await _cleanup_gone(rt, body, Indexes.from_kwargs(kwargs))
+            return
+        # Most events are echoes of our own status writes: only a new spec (generation) or a
+        # deletion mark needs the daemon (as controller-runtime's GenerationChangedPredicate).
+        if rt.trigger_changed(key, _trigger(body)):
+            rt.wake(key)
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=1.0)
     async def md_children(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
         await _follow(rt, stopped, body, kwargs)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    # Only while deleting: for a live object Kopf then has no change handler to track, so it
+    # writes no progress or diff-base annotations (one hub patch and echo event fewer each).
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, when=_deleting)
     async def md_deleted(body: kopf.Body, **kwargs: Any) -> None:
         await cleanup(rt, body, Indexes.from_kwargs(kwargs))
+
+
+def _deleting(body: kopf.Body, **_: Any) -> bool:
+    return bool(body.get("metadata", {}).get("deletionTimestamp"))
+
+
+def _trigger(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a reconcile must follow: the object's identity, spec generation and deletion."""
+    meta = body.get("metadata") or {}
+    return (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+
+
+async def _cleanup_gone(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
+    """Best effort for an object deleted in the instant between its first reconcile (which
+    does not wait for Kopf's finalizer patch, landing the same moment) and that patch."""
+    try:
+        await cleanup(rt, body, idx)
+    except kopf.TemporaryError as exc:
+        log.warning("%s/%s deleted without its finalizer; %s", *_key(body), exc)
 
 
 def _key(body: Mapping[str, Any]) -> Key:
@@ -78,12 +106,14 @@ def _key(body: Mapping[str, Any]) -> Key:
 async def _follow(
     rt: Runtime, stopped: kopf.DaemonStopped, body: kopf.Body, kwargs: Mapping[str, Any]
 ) -> None:
-    """Re-run `reconcile` whenever a child or a member cluster changes (or on resync)."""
+    """The one reconcile loop of a ModelDeployment: at once when it appears (or the operator
+    starts), then whenever its spec, a child or a member cluster changes, and on resync."""
     event = rt.wakeup(_key(body))
-    delay: float | None = None
+    delay: float | None = 0.0
     while not stopped:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), delay or rt.settings.resync_interval_s)
+        if delay != 0.0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), delay or rt.settings.resync_interval_s)
         event.clear()
         delay = None
         if stopped or body.get("metadata", {}).get("deletionTimestamp"):
@@ -93,7 +123,7 @@ async def _follow(
         except kopf.TemporaryError as exc:
             delay = exc.delay or rt.settings.retry_delay_s
         except kopf.PermanentError:
-            pass  # the spec is invalid; Kopf's update handler runs again when it changes
+            pass  # the spec is invalid: a new generation wakes this loop
         except Exception:
             log.exception("reconcile of %s/%s failed", *_key(body))
             delay = rt.settings.retry_delay_s
@@ -104,6 +134,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
     async with rt.lock(key):
         with reconcile_scope("ModelDeployment", namespace, name) as scope:
             raw = dict(body)
+            rt.reconciling(key, _trigger(raw))
             if raw.get("metadata", {}).get("deletionTimestamp"):
                 scope.outcome = "deleting"
                 return

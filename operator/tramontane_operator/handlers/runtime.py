@@ -1,7 +1,7 @@
 """State the handlers share while the operator runs: clients, member clusters, wake-ups, locks.
 
 One `Runtime` per operator run. Reconciles of one ModelDeployment are serialised by a per-object
-lock (Kopf's change handlers and our per-object daemon may both want to run it). A child event
+lock (its daemon and its deletion handler may both want to run). A child event
 from any member cluster, or a member cluster changing health, wakes the affected
 ModelDeployments' daemons instead of polling.
 """
@@ -69,6 +69,7 @@ class Runtime:
         self.connection_errors: dict[str, str] = {}
         self._connections: dict[str, str] = {}
         self._statuses: dict[Key, tuple[str | None, ModelDeploymentStatus]] = {}
+        self._triggers: dict[Key, tuple[Any, ...]] = {}
 
     @property
     def hub(self) -> KubeClient:
@@ -118,6 +119,18 @@ class Runtime:
         for event in self._wakeups.values():
             event.set()
 
+    def reconciling(self, key: Key, trigger: tuple[Any, ...]) -> None:
+        """A reconcile of `key` starts from an object in state `trigger` (see trigger_changed)."""
+        self._triggers[key] = trigger
+
+    def known(self, key: Key) -> bool:
+        """Whether `key` was reconciled and not yet cleaned up (`forget`)."""
+        return key in self._triggers
+
+    def trigger_changed(self, key: Key, trigger: tuple[Any, ...]) -> bool:
+        """Whether an object in state `trigger` differs from what `key` was last reconciled at."""
+        return self._triggers.get(key) != trigger
+
     def lock(self, key: Key) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
@@ -125,6 +138,7 @@ class Runtime:
         self._wakeups.pop(key, None)
         self._locks.pop(key, None)
         self._statuses.pop(key, None)
+        self._triggers.pop(key, None)
         self.gpus.remove(key)
         self.md_phases.set(key[0], key[1], None)
 
