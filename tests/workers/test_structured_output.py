@@ -209,6 +209,18 @@ def test_control_tokens_are_never_allowed_in_json(name: str) -> None:
     assert not allowed & {*control, raw.bos_id, raw.eos_id}
 
 
+def test_grammars_are_compiled_once_per_schema() -> None:
+    raw = _tokenizer(V3)[0]
+    grammars = JsonGrammars(raw, vocab_size=raw.n_words)  # its own, empty cache
+    grammars.matcher(json.dumps(PERSON))
+    once = grammars.cache_bytes
+    assert once > 0
+    grammars.matcher(json.dumps(PERSON))  # a second request with the same schema
+    assert grammars.cache_bytes == once
+    grammars.matcher('{"type": "array"}')
+    assert grammars.cache_bytes > once
+
+
 def test_tekken_vocabulary_accepts_the_tokenizers_own_json() -> None:
     raw, grammars = _tokenizer(TEKKEN)
     matcher = grammars.matcher(json.dumps(PERSON))

@@ -90,6 +90,11 @@ class JsonGrammars:
         raw = MistralTokenizer.from_file(str(tokenizer_file)).instruct_tokenizer.tokenizer
         return cls(raw, vocab_size=vocab_size)
 
+    @property
+    def cache_bytes(self) -> int:
+        """Memory the compiled-grammar cache holds now."""
+        return int(self._compiler.get_cache_size_bytes())
+
     def compile(self, schema: str) -> xgrammar.CompiledGrammar:
         """Compile (or fetch from the cache) the grammar of JSON Schema text `schema`."""
         try:
