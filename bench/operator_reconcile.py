@@ -12,6 +12,8 @@ the members by free GPUs) are created at once through the hub's API. Figures:
   the operator's own work is the bottleneck, well below means it waits on the API);
   `emulators_cpu_pct`: the same for this process (the emulated API servers, the fake KubeRay
   and the client creating the ModelDeployments): near 100 means the emulators are;
+  `operator_cpu_ms_per_md`: the operator's CPU while converging per ModelDeployment (the
+  figure least moved by other load on the machine);
 - `rss_mb`: operator RSS once everything is Ready; `idle_cpu_pct`: its CPU while nothing
   changes (one core = 100 %);
 - baseline, same run: the same RayServices created directly by a plain client at the same
@@ -213,7 +215,8 @@ async def _run(n: int, idle_s: float, timeout_s: float, log_path: str | None) ->
         while placed() < n and time.perf_counter() - start < timeout_s:
             await asyncio.sleep(0.2)
         converged_s = time.perf_counter() - start
-        busy_cpu = (_cpu_seconds(proc.pid) - cpu_start) / converged_s * 100
+        operator_cpu_s = _cpu_seconds(proc.pid) - cpu_start
+        busy_cpu = operator_cpu_s / converged_s * 100
         emulator_cpu = (_cpu_seconds(os.getpid()) - own_cpu_start) / converged_s * 100
         _log(f"placed {placed()}/{n} in {converged_s:.1f}s")
         reconciles = await _reconciles(session, metrics) - before
@@ -257,6 +260,7 @@ async def _run(n: int, idle_s: float, timeout_s: float, log_path: str | None) ->
             "create_to_children_p50_s": round(statistics.median(latencies), 3),
             "create_to_children_p99_s": round(latencies[p99_index], 3),
             "converge_cpu_pct": round(busy_cpu, 1),
+            "operator_cpu_ms_per_md": round(operator_cpu_s / n * 1000, 2),
             "emulators_cpu_pct": round(emulator_cpu, 1),
             "rss_mb": round(rss, 1),
             "idle_cpu_pct": round(idle_cpu, 2),
