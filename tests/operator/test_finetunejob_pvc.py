@@ -152,3 +152,16 @@ async def test_a_missing_claim_is_named_while_validation_waits(
     assert phase(clusters) == "Validating" and kubelet.runs == [] and all_rayjobs(clusters) == []
     await api.delete(FINETUNEJOB, NS, "tune")
     await eventually(lambda: validation_jobs(clusters) == [])  # cancelling removes it
+
+
+async def test_a_bad_claim_name_fails_validation_naming_the_field(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, kubelet: FakeKubelet,
+    rayjobs: FakeRayJobs, operator: OperatorRun,
+) -> None:  # fmt: skip
+    await api.create(FINETUNEJOB, pvc_job(tmp_path, "pvc://Data_Set/train.jsonl"))
+    await eventually(lambda: phase(clusters) == "FailedValidation")
+    assert validated_message(clusters).startswith(
+        "spec.trainingFiles[0].uri: claim 'Data_Set' of 'pvc://Data_Set/train.jsonl' is not a "
+        "valid PersistentVolumeClaim name"
+    )
+    assert kubelet.runs == [] and validation_jobs(clusters) == [] and all_rayjobs(clusters) == []

@@ -126,11 +126,12 @@ def test_unknown_kind_and_version_are_named() -> None:
 
 def test_immutable_fields_of_a_fine_tune_job() -> None:
     job = yaml.safe_load((ROOT / "examples" / "finetunejob-autodeploy.yaml").read_text())
+    job["spec"]["suspend"] = True  # hyperparameters may change only while suspended
     assert validate_object(job, old=job) == []
     changed = yaml.safe_load(yaml.safe_dump(job))
     changed["spec"]["baseModel"] = {"uri": "hf://mistralai/Mistral-Nemo-Instruct-2407"}
     changed["spec"]["trainingFiles"][0]["weight"] = 5
-    changed["spec"]["hyperparameters"]["learningRate"] = 0.0002  # mutable
+    changed["spec"]["hyperparameters"]["learningRate"] = 0.0002  # mutable (suspended)
     problems = validate_object(changed, old=job)
     assert sorted(p.path for p in problems) == ["spec.baseModel", "spec.trainingFiles"]
     assert all("immutable" in p.message for p in problems)

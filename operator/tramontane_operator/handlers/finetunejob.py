@@ -32,7 +32,8 @@ from tramontane_operator.api.v1alpha1 import (
     Tenant,
 )
 from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
-from tramontane_operator.builders.rayjob import rendered_hash, spec_hash
+from tramontane_operator.builders.rayjob import claim_uses, rendered_hash, spec_hash
+from tramontane_operator.builders.volumes import pod_volumes
 from tramontane_operator.kube import ApiError, ResourceRef, Unreachable
 from tramontane_operator.observability import PhaseTracker, reconcile_scope
 from tramontane_operator.placement import ClusterView, gpu_allocations
@@ -209,6 +210,10 @@ async def _validate(
     """The datasets' validation result (and the job as last written); while there is none,
     Validating with how it goes in the `Validated` condition, and a TemporaryError."""
     base_uri, _ = await base_model(rt, job)
+    try:  # claims are immutable like the files: a bad one can never be read
+        pod_volumes(claim_uses(job, base_uri or ""))
+    except ValueError as exc:
+        return job, ValidationResult(False, (str(exc),))
     if needs_cluster_validation(job):
         job, report = await _validate_in_cluster(rt, state, job, kwargs)
     else:
