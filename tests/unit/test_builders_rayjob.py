@@ -169,3 +169,18 @@ def test_lora_settings_come_from_the_spec() -> None:
         and config.lora.alpha == 8
         and config.lora.target_modules == ["q_proj"]
     )
+
+
+def test_the_spec_hash_changes_with_what_the_rayjob_is_rendered_from_only() -> None:
+    from tramontane_operator.builders.rayjob import rendered_hash, spec_hash
+
+    base = make_job()
+    assert rendered_hash(render(base)) == spec_hash(base) and len(spec_hash(base)) == 16
+    for changed in ({"hyperparameters": {"trainingSteps": 100, "batchSize": 8,
+                                         "learningRate": 3e-4}},
+                    {"resources": {"workers": 4, "gpusPerWorker": 1, "gpuType": "H100"}}):  # fmt: skip
+        assert spec_hash(make_job(changed)) != spec_hash(base), changed
+    for controls in ({"suspend": True}, {"backoffLimit": 0}, {"activeDeadlineSeconds": 60},
+                     {"priority": 5}, {"baseModel": {"modelDeploymentRef": {"name": "chat"}}}):  # fmt: skip
+        assert spec_hash(make_job(controls)) == spec_hash(base), controls
+    assert rendered_hash({"metadata": {}}) is None  # rendered by an older operator: unknown

@@ -48,13 +48,13 @@ HEAD_PORTS: Final = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001
 SPEC_HASH_ANNOTATION: Final = "tramontane.dev/spec-hash"
 
 
-def spec_hash(job: FineTuneJob, base_model_uri: str) -> str:
-    """A digest of the spec fields a RayJob is rendered from and that change only while the
-    job is suspended (hyperparameters, resources) or never; not the job controls patched in
-    place (suspend, activeDeadlineSeconds, backoffLimit)."""
+def spec_hash(job: FineTuneJob) -> str:
+    """A digest of the spec fields a RayJob is rendered from that change only while the job is
+    suspended (hyperparameters, resources) or never. Not the job controls patched in place
+    (suspend, activeDeadlineSeconds, backoffLimit), nor the base model a referenced
+    ModelDeployment resolves to (a running job keeps the one it started with)."""
     spec = job.spec
     rendered_from = {
-        "baseModel": base_model_uri,
         "hyperparameters": spec.hyperparameters.model_dump(mode="json"),
         "resources": spec.resources.model_dump(mode="json"),
         "method": spec.method.model_dump(mode="json"),
@@ -195,7 +195,7 @@ def build_rayjob(
     image = settings.worker_image
     labels = child_labels(job, cluster.name, tenant)
     metadata = child_metadata(job, cluster, settings, labels)
-    metadata["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(job, train_config.base_model_uri)}
+    metadata["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(job)}
     volumes = pod_volumes(claim_uses(job, train_config.base_model_uri))
     rayjob_spec: dict[str, Any] = {
         "entrypoint": entrypoint(train_config),

@@ -310,7 +310,7 @@ async def _step(
             placement=placement,
             rayjob=rayjob,
             progress=progress,
-            spec_hash=spec_hash(job, base_uri) if base_uri else None,
+            spec_hash=spec_hash(job),
             rendered_hash=rendered_hash(rayjob) if rayjob is not None else None,
             pinned=uses_claims(job),
         )
