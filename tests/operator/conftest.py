@@ -49,8 +49,8 @@ async def clusters() -> AsyncIterator[Clusters]:
 async def api(clusters: Clusters) -> AsyncIterator[KubeClient]:
     """A client of the hub for the test itself, with the platform objects in place."""
     client = KubeClient("test", ClusterConfig(server=clusters.hub.url), attempts=1)
-    # No Namespace objects: KMock 0.8 cannot route /api/v1/namespaces (it reads "namespaces"
-    # as the start of a namespaced path), and nothing here needs them.
+    # No Namespace objects on the hub: nothing reads them there (the emulator serves them, and
+    # the operator creates its children's namespaces in members where they are missing).
     await client.create(
         COMPUTECLUSTER,
         compute_cluster(HUB, cloud="azure", region="westeurope", connection={"inCluster": True}),

@@ -143,6 +143,9 @@ class Fault:
         )
 
 
+# KMock 0.8 reads /api/v1/namespaces/NAME as the start of a namespaced path, so Namespace
+# objects are served here (create, get, list) before KMock sees the request.
+_NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
 _FAULT_REASONS = {409: "AlreadyExists", 500: "InternalError", 503: "ServiceUnavailable"}
 
 
@@ -157,6 +160,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
     faults: list[Fault] = attrs.field(factory=list)
     # (plural, namespace, name) -> time.monotonic() of its creation, for benchmarks.
     created_at: dict[tuple[str, str | None, str], float] = attrs.field(factory=dict)
+    namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     _counter: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     def __attrs_post_init__(self) -> None:
@@ -194,6 +198,42 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         ):
             return await self._serve_fast(request)
         return await super()._handle(request)
+
+    async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        namespace_path = _NAMESPACE_PATH.match(raw.path)
+        if namespace_path is None:
+            return await super().__call__(raw)
+        data = await raw.json() if raw.can_read_body else None
+        return self._serve_namespace(raw.method, namespace_path.group(1), data)
+
+    def _serve_namespace(
+        self, method: str, name: str | None, data: Any
+    ) -> aiohttp.web.StreamResponse:
+        def status(code: int, reason: str, message: str) -> aiohttp.web.StreamResponse:
+            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code}
+            return aiohttp.web.json_response(
+                {**body, "reason": reason, "message": message}, status=code
+            )
+
+        if name is None and method == "GET":
+            items = list(self.namespaces.values())
+            return aiohttp.web.json_response({"metadata": {}, "items": items})
+        if name is None and method == "POST":
+            data = data if isinstance(data, dict) else {}
+            problems = metadata_problems(data)
+            if problems:
+                return status(422, "Invalid", "; ".join(problems))
+            new = str(data["metadata"]["name"])
+            if new in self.namespaces:
+                return status(409, "AlreadyExists", f'namespaces "{new}" already exists')
+            meta = {**data["metadata"], "uid": str(uuid.uuid4()), "creationTimestamp": _now()}
+            self.namespaces[new] = {**data, "metadata": meta, "status": {"phase": "Active"}}
+            return aiohttp.web.json_response(self.namespaces[new], status=201)
+        if name is not None and method == "GET":
+            if name not in self.namespaces:
+                return status(404, "NotFound", f'namespaces "{name}" not found')
+            return aiohttp.web.json_response(self.namespaces[name])
+        return status(405, "MethodNotAllowed", f"{method} on namespaces")
 
     async def _serve_fast(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """KMock's object semantics without its reaction matching (same events, same errors)."""

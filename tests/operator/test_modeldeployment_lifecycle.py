@@ -42,6 +42,10 @@ async def test_create_reaches_ready_with_valid_children(
     assert rs["metadata"]["labels"]["tramontane.dev/owner-name"] == "chat"
     assert rs["metadata"]["labels"]["tramontane.dev/cluster"] == AKS
     assert "ownerReferences" not in rs["metadata"]  # the parent lives in another cluster
+    # The member had no such namespace: the operator created it, and only where it placed.
+    namespace = clusters[AKS].emulator.namespaces[NS]
+    assert namespace["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "tramontane"}
+    assert NS not in clusters[ONPREM].emulator.namespaces
     assert rayservice(clusters, ONPREM) is None and rayservice(clusters, HUB) is None
 
     await eventually(lambda: is_ready(clusters))

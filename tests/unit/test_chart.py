@@ -268,7 +268,8 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
     read = {"get", "list", "watch"}
     assert granted[("", "secrets")] == read
     assert granted[("apiextensions.k8s.io", "customresourcedefinitions")] == read
-    assert granted[("", "namespaces")] == {"list", "watch"}
+    # create, never delete: the operator makes missing pool namespaces and leaves them.
+    assert granted[("", "namespaces")] == {"get", "list", "watch", "create"}
     assert granted[("", "events")] == {"create", "patch"}
     assert {"create", "delete"} <= granted[("ray.io", "rayservices")]
     assert {"get"} <= granted[("ray.io", "rayservices/status")]

@@ -259,6 +259,8 @@ async def _apply(
             return f"{cluster}: KubeRay is not installed" if cluster in desired else None
         try:
             if cluster in desired:
+                if pool.rayservice is None:
+                    await member.ensure_namespace(namespace)
                 child, outcome = await member.client.apply(
                     RAYSERVICE, desired[cluster], pool.rayservice
                 )

@@ -16,10 +16,10 @@ from typing import Any
 
 from tramontane_operator.builders.labels import MANAGED_BY, MANAGED_BY_LABEL
 
-from .client import ApiError, KubeClient, Unreachable
+from .client import ApiError, Conflict, KubeClient, Unreachable
 from .config import ClusterConfig
 from .informer import Informer, OnEvent
-from .resources import RAYSERVICE
+from .resources import NAMESPACE, RAYSERVICE
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,35 @@ class MemberCluster:
     probe: ProbeResult = field(default_factory=lambda: ProbeResult(False, False, error=NOT_PROBED))
     failures: int = 0
     next_probe_at: float = 0.0
+    namespaces: set[str] = field(default_factory=set)  # known to exist here
 
     @property
     def usable(self) -> bool:
         """Reachable with KubeRay installed: children may be written here."""
         return self.probe.reachable and self.probe.kuberay_installed
+
+    async def ensure_namespace(self, namespace: str) -> None:
+        """Create `namespace` here when it is missing, so a child can be created in it.
+
+        A ModelDeployment's namespace exists on the hub but not necessarily in a member. The
+        operator creates it (labelled as managed by Tramontane) and never deletes it: other
+        things may come to live there. Known namespaces are remembered, so this costs one
+        request per namespace and cluster while the operator runs.
+        """
+        if namespace in self.namespaces:
+            return
+        if await self.client.get(NAMESPACE, None, namespace) is None:
+            body = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": namespace, "labels": dict(MANAGED_BY_LABELS)},
+            }
+            try:
+                await self.client.create(NAMESPACE, body)
+                log.info("cluster %s: created namespace %s", self.name, namespace)
+            except Conflict:
+                pass  # created meanwhile (by someone else, or a retried request that landed)
+        self.namespaces.add(namespace)
 
 
 class ClusterRegistry:
