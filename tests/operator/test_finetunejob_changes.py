@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fake_rayjob import FakeRayJobs
-from manifests import NS
+from manifests import NS, operator_settings
 from operator_harness import Clusters, OperatorRun, eventually
 from test_finetunejob import condition, job, phase, rayjob, stored
 from tramontane_operator.handlers.finetunejob import FINETUNEJOB, POLL_ENV
@@ -139,9 +139,21 @@ async def test_a_priority_change_reorders_the_queue(
     assert rayjob(clusters, "second") is None and phase(clusters, "second") == "Queued"
 
 
+@pytest.fixture
+async def slow_resync(clusters: Clusters, api: KubeClient) -> AsyncIterator[OperatorRun]:
+    """The operator with its production resync interval: a finished job is not polled again."""
+    run = OperatorRun(operator_settings(clusters.hub.url, resync_interval_s=600.0))
+    await run.start()
+    try:
+        yield run
+    finally:
+        await run.stop()
+
+
 async def test_a_dry_run_turned_off_trains(
-    tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs, operator: OperatorRun
-) -> None:
+    tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs,
+    slow_resync: OperatorRun,
+) -> None:  # fmt: skip
     await api.create(FINETUNEJOB, job(tmp_path, dryRun=True))
     await eventually(lambda: phase(clusters) == "Succeeded")
     estimate = stored(clusters)["status"]["estimate"]

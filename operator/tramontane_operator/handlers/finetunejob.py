@@ -119,7 +119,10 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
     async def ftj_changed(body: kopf.Body, **kwargs: Any) -> None:
-        await reconcile(rt, state, body, kwargs)
+        decision = await reconcile(rt, state, body, kwargs)
+        wakeup = state.wakeups.get(_key(body))
+        if decision is not None and decision.phase not in TERMINAL and wakeup is not None:
+            wakeup.set()  # the daemon may sleep a resync interval (a finished dry run reopened)
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=1.0)
     async def ftj_follow(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
