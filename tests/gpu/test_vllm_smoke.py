@@ -113,3 +113,44 @@ def test_vllm_through_the_chat_layer(
     unary, streamed = loop.run_until_complete(run())
     assert unary.usage.completion_tokens == 10
     assert streamed == unary.choices[0].message.content
+
+
+def test_vllm_json_schema_output_validates(
+    engine: Any, checkpoint: tuple[Path, Path], loop: asyncio.AbstractEventLoop
+) -> None:
+    # vLLM's structured outputs must hold the random tiny model to the schema, as the
+    # reference engine's xgrammar path does (tests/workers/test_structured_output.py).
+    import json
+
+    import jsonschema
+
+    from tramontane_workers.chat.encode import ChatCodec
+    from tramontane_workers.chat.service import ChatService
+    from tramontane_workers.contract import inference_pb2 as pb
+    from tramontane_workers.models.loading import find_tokenizer
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 6},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        },
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    codec = ChatCodec(find_tokenizer(checkpoint[0]), max_model_len=engine.max_model_len)
+    service = ChatService(engine, codec)
+    request = pb.ChatRequest(
+        model="tiny",
+        messages=[pb.Message(role="user", content="Describe a person as JSON.")],
+        max_tokens=200,
+        random_seed=5,
+        temperature=1.0,
+        response_format=pb.ResponseFormat(
+            type="json_schema",
+            json_schema=pb.JsonSchema(name="person", schema=json.dumps(schema), strict=True),
+        ),
+    )
+    response = loop.run_until_complete(service.complete(request))
+    assert response.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(response.choices[0].message.content), schema)
