@@ -246,7 +246,9 @@ async def _validate_in_cluster(
     else:
         placement = place_job(job, list(views.values()), None)
     view = views.get(placement.cluster) if placement.cluster else None
-    if view is None:
+    if view is None and current is not None:
+        outcome = ClusterValidation(message=f"waiting for ComputeCluster {current}, the job's")
+    elif view is None:
         message = f"waiting for a cluster to validate the pvc:// datasets in: {placement.message}"
         outcome = ClusterValidation(message=message)
     else:
