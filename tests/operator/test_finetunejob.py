@@ -110,6 +110,7 @@ async def test_job_runs_to_success_with_progress(
         labels["tramontane.dev/owner-kind"] == "FineTuneJob"
         and labels["tramontane.dev/cluster"] == AKS
     )
+    assert NS in clusters[AKS].emulator.namespaces  # created there for the RayJob
     assert "--config-b64" in rj["spec"]["entrypoint"] and rj["spec"]["backoffLimit"] == 3
     assert all_rayjobs(clusters) == [(AKS, "tune")]  # only in the placed cluster
     await eventually(lambda: condition(stored(clusters), "Running").get("reason") == "Training")
@@ -199,7 +200,9 @@ async def test_delete_cancels_and_removes_the_rayjob(
     await eventually(lambda: rayjob(clusters) is None)
     await eventually(lambda: clusters.hub.emulator.stored(FTJS, NS, "tune") is None)
     events = clusters.hub.emulator.stored_all("v1/events")
-    assert any(e.get("reason") == "Cancelled" for e in events)
+    cancelled = [e for e in events if e.get("reason") == "Cancelled"]
+    assert cancelled and cancelled[0]["involvedObject"]["kind"] == "FineTuneJob"
+    assert cancelled[0]["involvedObject"]["name"] == "tune"
 
 
 async def test_quota_queues_and_tenant_reports_usage(

@@ -271,6 +271,10 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
     # create, never delete: the operator makes missing pool namespaces and leaves them.
     assert granted[("", "namespaces")] == {"get", "list", "watch", "create"}
     assert granted[("", "events")] == {"create", "patch"}
+    # pvc:// datasets: a validation Job, its pod's result, the RayJob submitter's log.
+    assert granted[("batch", "jobs")] == {"get", "list", "create", "delete"}
+    assert granted[("", "pods")] == {"get", "list"}
+    assert granted[("", "pods/log")] == {"get"}
     assert {"create", "delete"} <= granted[("ray.io", "rayservices")]
     assert {"get"} <= granted[("ray.io", "rayservices/status")]
     assert {"list", "watch", "patch"} <= granted[("kopf.dev", "clusterkopfpeerings")]
@@ -283,6 +287,7 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
         "",
         "tramontane.dev",
         "ray.io",
+        "batch",
         "events.k8s.io",
         "apiextensions.k8s.io",
         "kopf.dev",

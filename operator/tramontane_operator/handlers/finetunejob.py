@@ -63,7 +63,8 @@ from tramontane_operator.reconcile.finetunejob_validation import (
 from tramontane_workers.contract.datasets_report import DatasetsReport
 
 from . import finetunejob_io as io
-from .finetunejob_children import RAYJOB, apply_actions, base_model, event, read_rayjob
+from .events import post_event
+from .finetunejob_children import RAYJOB, apply_actions, base_model, read_rayjob
 from .finetunejob_validation import delete_validation_job, validate_in_cluster
 from .indexes import ALL, Indexes
 from .runtime import Key, Runtime
@@ -358,7 +359,7 @@ async def _write(
         state.phases.set(namespace, name, status.phase)
         if previous is None or previous.phase != status.phase:
             kind = "Warning" if status.phase in ("Failed", "FailedValidation") else "Normal"
-            event(job, kind, status.phase or "Unknown", f"phase {status.phase}")
+            post_event(job, kind, status.phase or "Unknown", f"phase {status.phase}")
     return job.model_copy(update={"status": status})
 
 

@@ -3,14 +3,14 @@
 Reading the job's RayJob in its member cluster (an unreachable cluster where the job runs is
 a reason to wait), carrying out the phase machine's actions on it (create, suspend, resume,
 patch the job controls, replace, delete), the base model's ModelDeployment, auto-deploying
-the adapter into the target ModelDeployment, and Kubernetes events on the job.
+the adapter into the target ModelDeployment.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import kopf
 from pydantic import ValidationError
@@ -23,6 +23,7 @@ from tramontane_operator.reconcile.finetunejob import Decision, adapter_uri
 from tramontane_operator.reconcile.finetunejob_deploy import DEPLOY_FAILED, DeployOutcome
 from tramontane_operator.reconcile.finetunejob_deploy import adapters_with as deploy_adapters
 
+from .events import post_event
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,10 @@ async def apply_actions(
                 config = build_train_config(job, base_uri, base_name)
                 tenant_name = tenant.metadata.name if tenant else None
                 desired = build_rayjob(job, config, views[cluster], rt.build, tenant_name)
+                if member is not None:
+                    await member.ensure_namespace(namespace)
                 await client.apply(RAYJOB, desired, None)
-                event(job, "Normal", "Created", f"RayJob {name} created in {cluster}")
+                post_event(job, "Normal", "Created", f"RayJob {name} created in {cluster}")
             elif action in ("suspend_rayjob", "resume_rayjob") and client is not None:
                 suspend = action == "suspend_rayjob"
                 await client.patch(RAYJOB, namespace, name, {"spec": {"suspend": suspend}})
@@ -114,13 +117,13 @@ async def apply_actions(
                 await client.patch(RAYJOB, namespace, name, {"spec": controls})
             elif action == "replace_rayjob" and client is not None:
                 await client.delete(RAYJOB, namespace, name)
-                event(job, "Normal", "Replacing", f"RayJob {name} replaced: the spec changed")
+                post_event(job, "Normal", "Replacing", f"RayJob {name} replaced: the spec changed")
             elif action == "delete_rayjob" and client is not None:
                 await client.delete(RAYJOB, namespace, name)
             elif action == "auto_deploy":
                 outcome = await auto_deploy(rt, job, decision)
         except ValueError as exc:  # the spec cannot be trained as given
-            event(job, "Warning", "InvalidSpec", str(exc))
+            post_event(job, "Warning", "InvalidSpec", str(exc))
             raise kopf.PermanentError(str(exc)) from exc
         except (ApiError, Unreachable) as exc:
             raise kopf.TemporaryError(f"{action}: {exc}", delay=1.0) from exc
@@ -141,15 +144,5 @@ async def auto_deploy(rt: Runtime, job: FineTuneJob, decision: Decision) -> Depl
             await rt.hub.patch(MODELDEPLOYMENT, namespace, md.metadata.name, patch)
         except ApiError as exc:
             return DeployOutcome(False, DEPLOY_FAILED, str(exc)[:512])
-        event(job, "Normal", "AdapterDeployed", outcome.message)
+        post_event(job, "Normal", "AdapterDeployed", outcome.message)
     return outcome
-
-
-def event(job: FineTuneJob, kind: str, reason: str, message: str) -> None:
-    body = job.model_dump(by_alias=True, mode="json", exclude={"status"})
-    try:
-        kopf.event(
-            kopf.Body(cast(kopf.RawBody, body)), type=kind, reason=reason, message=message[:1024]
-        )
-    except LookupError:  # outside Kopf's context: no event sink
-        log.info("%s %s: %s", kind, reason, message)

@@ -56,6 +56,7 @@ async def validate_in_cluster(
             return ClusterValidation(message=f"replacing a stale validation Job {where}")
         if current is None:
             desired = build_validation_job(job, cluster, rt.build, tenant)
+            await member.ensure_namespace(namespace)
             await client.apply(JOB, desired, None)
             return ClusterValidation(message=f"validating the datasets {where}: Job created")
         outcome = read_validation_job(current, await _pods(client, namespace, name), where)
