@@ -26,10 +26,10 @@ from typing import Any
 import aiohttp
 
 from operator_harness import Cluster
+from tramontane_workers.contract.pvc import PVC_ROOT_ENV
 
 JOBS = "batch/v1/jobs"
 PODS = "v1/pods"
-PVC_ROOT_ENV = "TRAMONTANE_PVC_ROOT"
 
 
 def _now() -> str:

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from tramontane_workers.contract.datasets import PVC_ROOT_ENV, pvc_path
 from tramontane_workers.contract.datasets_report import (
     DatasetsReport,
     ReportedError,
     main,
     validate_files,
 )
+from tramontane_workers.contract.pvc import PVC_ROOT_ENV, pvc_path
 
 GOOD = {"messages": [{"role": "user", "content": "Capital of France?"},
                      {"role": "assistant", "content": "Paris"}]}  # fmt: skip

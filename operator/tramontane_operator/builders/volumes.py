@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlparse
 
+from tramontane_workers.contract.pvc import DEFAULT_PVC_ROOT
+
 PVC_SCHEME: Final = "pvc"
-PVC_MOUNT_ROOT: Final = "/mnt/pvc"
+PVC_MOUNT_ROOT: Final = DEFAULT_PVC_ROOT  # where the workers look (`contract.pvc`)
 _SUBDOMAIN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _MAX_CLAIM: Final = 253
 _MAX_VOLUME_NAME: Final = 63

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,12 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tramontane_workers.contract.datasets_rules import Violation, check_record
 from tramontane_workers.contract.datasets_tokens import Encoded, encode_record
+from tramontane_workers.contract.pvc import pvc_path
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_ERRORS = 20
 BATCH_LINES = 1000  # lines per task when validating in a process pool
-PVC_ROOT_ENV = "TRAMONTANE_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
 
 
 class DatasetUnreadable(OSError):
@@ -98,13 +96,6 @@ def check_line(raw: bytes) -> Encoded | Violation:
     if violation is not None:
         return violation
     return encode_record(record)
-
-
-def pvc_path(uri: str) -> str:
-    """The local path of `pvc://<claim>/<path>`: the claim is mounted at $TRAMONTANE_PVC_ROOT."""
-    parsed = urlparse(uri)
-    root = os.environ.get(PVC_ROOT_ENV) or DEFAULT_PVC_ROOT
-    return os.path.join(root, parsed.netloc, unquote(parsed.path).lstrip("/"))
 
 
 def _split_uri(uri: str) -> tuple[str, str]:

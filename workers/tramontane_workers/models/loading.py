@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tramontane_workers.contract.pvc import pvc_path
+
 CheckpointFormat = Literal["mistral", "hf"]
 _OBJECT_STORES = {"az": ("adlfs", "azure"), "s3": ("s3fs", "aws"), "gs": ("gcsfs", "gcp")}
 _SCHEMES = ("file", "pvc", "hf", *_OBJECT_STORES)
@@ -119,8 +121,7 @@ def materialize(uri: str) -> Path:
     if parsed.scheme == "file":
         path = Path(parsed.location)
     elif parsed.scheme == "pvc":
-        root = Path(os.environ.get("TRAMONTANE_PVC_ROOT", "/mnt/pvc"))
-        path = root / parsed.location
+        path = Path(pvc_path(uri))
     elif parsed.scheme == "hf":
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError

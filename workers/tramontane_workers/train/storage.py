@@ -17,7 +17,7 @@ from typing import Any
 import fsspec
 from pydantic import BaseModel
 
-from tramontane_workers.contract.datasets import pvc_path
+from tramontane_workers.contract.pvc import pvc_path
 from tramontane_workers.contract.train_config import (
     CHECKPOINTS_DIR,
     COMPLETE_MARKER,
