@@ -24,6 +24,7 @@ from tramontane_workers.contract.train_config import (
     TrainProgress,
     config_from_b64,
     entrypoint,
+    last_progress,
 )
 from tramontane_workers.train.data import IGNORE_INDEX, MixtureSampler, collate
 from tramontane_workers.train.loop import WorkerEnv, train
@@ -134,9 +135,10 @@ class _Crash(RuntimeError):
 
 
 def test_a_crashed_run_resumes_from_its_last_checkpoint(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The driver-retry path without Ray: the second call continues at the checkpoint."""
+    """The driver-retry path without Ray: the second call continues at the checkpoint. Every
+    progress.json written is also printed as a progress line (read from the job's log)."""
     data, out = _write_qa(tmp_path / "qa.jsonl", extra_weight0=True), tmp_path / "out"
     config = _config(
         tiny_model_dir, data, out, training_steps=12, checkpoint_every_steps=5, eval_every_steps=4
@@ -154,6 +156,7 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint(
     assert reached == [4, 5, 8]  # reports at evaluations and checkpoints
     crashed = TrainProgress.model_validate_json((out / PROGRESS_FILE).read_text())
     assert crashed.state == "running" and [c.step for c in crashed.checkpoints] == [5]
+    assert last_progress(capsys.readouterr().out) == crashed
     steps: list[int] = []
     final = train(config, WorkerEnv(report=lambda m: steps.append(m["step"])))
     assert steps == [8, 10, 12]  # resumed after step 5, not from scratch
@@ -164,6 +167,7 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint(
         5,
     )
     assert [c.step for c in final.checkpoints] == [5, 10, 12]
+    assert last_progress(capsys.readouterr().out) == final
     again: list[int] = []
     assert train(config, WorkerEnv(report=lambda m: again.append(m["step"]))).step == 12
     assert again == [12]  # a finished run re-entered trains nothing

@@ -9,13 +9,17 @@
                                         adapter_model.safetensors) and tramontane_adapter.json
 
 `progress.json` is where the operator reads progress (phase Running -> status.progress); the
-adapter directory loads directly in the reference engine and in vLLM.
+adapter directory loads directly in the reference engine and in vLLM. Rank 0 also prints every
+progress update as one stdout line, `progress_line(progress)`, which reaches the log of KubeRay's
+submitter pod: the operator reads it there (`last_progress`) when it cannot read the output URI
+(a `pvc://` claim it does not mount).
 Importable without torch or ray.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import shlex
 from datetime import datetime
 from typing import Annotated, Literal, Self
@@ -28,6 +32,8 @@ ADAPTER_DIR = "adapter"
 ADAPTER_MANIFEST = "tramontane_adapter.json"
 COMPLETE_MARKER = "COMPLETE"
 ENTRYPOINT_MODULE = "tramontane_workers.train"
+PROGRESS_LINE_PREFIX = "TRAMONTANE_PROGRESS "
+PROGRESS_LINE_CHECKPOINTS = 5  # the newest checkpoints a progress line carries (status keeps 5)
 
 
 def checkpoint_name(step: int) -> str:
@@ -133,6 +139,33 @@ class TrainProgress(_Strict):
     adapter_uri: str | None = None
     message: str | None = None
     updated: datetime
+
+
+def progress_line(progress: TrainProgress) -> str:
+    """One log line carrying `progress` (compact JSON, newest checkpoints only, no newline)."""
+    recent = sorted(progress.checkpoints, key=lambda c: c.step)[-PROGRESS_LINE_CHECKPOINTS:]
+    trimmed = progress.model_copy(update={"checkpoints": recent})
+    return PROGRESS_LINE_PREFIX + trimmed.model_dump_json(exclude_none=True)
+
+
+def last_progress(log_text: str) -> TrainProgress | None:
+    """The progress of the last line of `log_text` that carries a whole, valid one; None if none.
+
+    The prefix may follow other text on its line (Ray prefixes the lines it forwards from a
+    worker with `(RayTrainWorker pid=...)`) and the JSON may be followed by more (Ray's
+    `[repeated 2x across cluster]`); half lines (a log tail cut mid-line), garbage and every
+    other output are skipped."""
+    decoder = json.JSONDecoder()
+    for line in reversed(log_text.splitlines()):
+        start = line.rfind(PROGRESS_LINE_PREFIX)
+        if start < 0:
+            continue
+        try:
+            payload, _ = decoder.raw_decode(line, start + len(PROGRESS_LINE_PREFIX))
+            return TrainProgress.model_validate(payload)
+        except ValueError:  # JSON or pydantic's ValidationError: not a whole progress
+            continue
+    return None
 
 
 class AdapterManifest(_Strict):

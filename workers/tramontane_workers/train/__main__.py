@@ -1,16 +1,25 @@
 """`python -m tramontane_workers.train --config-b64 ...`: the fine-tuning RayJob entrypoint.
 
 Connects to the Ray cluster the job runs in (or starts a local one), trains, and exits 0 with
-the adapter written, or 1 with progress.json marked failed.
+the adapter written, or 1 with progress.json marked failed. Progress lines are exempt from
+Ray's log deduplication, so each reaches the job's log as printed (a restarted worker group is
+another source of the same pattern, which Ray would otherwise batch).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from tramontane_workers.contract.train_config import TrainConfig, config_from_b64
+from tramontane_workers.contract.train_config import (
+    PROGRESS_LINE_PREFIX,
+    TrainConfig,
+    config_from_b64,
+)
+
+DEDUP_ALLOW_ENV = "RAY_DEDUP_LOGS_ALLOW_REGEX"  # read by Ray at import, in this driver process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = config_from_b64(args.config_b64)
 
+    os.environ.setdefault(DEDUP_ALLOW_ENV, PROGRESS_LINE_PREFIX.strip())
     import ray
 
     from tramontane_workers.train.runner import run

@@ -4,7 +4,8 @@
 `peft` LoRA, resumes from the newest complete checkpoint under the output URI if there is one,
 and trains to `total_steps`: loss on assistant tokens only, validation loss every
 `eval_every` steps, a checkpoint every `checkpoint_every_steps`, metrics reported to Ray Train
-and (rank 0) to `progress.json`, and finally the adapter plus its manifest. A finished run
+and (rank 0) to `progress.json` and as a progress line on stdout (`publish_progress`), and
+finally the adapter plus its manifest. A finished run
 re-entered (a RayJob retried after success) does nothing.
 
 Ray Train's `report` is collective and costs ~2 s on CPU (Ray 2.60), so workers report at
@@ -14,6 +15,7 @@ evaluation and checkpoint steps only; `progress.json` is refreshed every few sec
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +37,7 @@ from tramontane_workers.contract.train_config import (
     CheckpointRecord,
     TrainConfig,
     TrainProgress,
+    progress_line,
 )
 from tramontane_workers.models.loading import materialize
 from tramontane_workers.train.checkpoint import load_latest, save_checkpoint
@@ -60,6 +63,14 @@ class WorkerEnv:
     report: Callable[[dict[str, Any]], None] = lambda metrics: None
     prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+
+
+def publish_progress(store: OutputStore, progress: TrainProgress) -> None:
+    """Write progress.json under the output URI and print the same progress as one stdout line
+    (it reaches the RayJob's log through Ray's log forwarding, where the operator reads it
+    when the output URI is a claim it cannot read)."""
+    store.write_json(PROGRESS_FILE, progress)
+    print(progress_line(progress), file=sys.stdout, flush=True)
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -146,7 +157,7 @@ class _Run:
         base.update(fields, total_steps=self.total, updated=_now())
         self.previous = TrainProgress.model_validate(base)
         if self.env.rank == 0:
-            self.store.write_json(PROGRESS_FILE, self.previous)
+            publish_progress(self.store, self.previous)
         return self.previous
 
     def write_adapter(

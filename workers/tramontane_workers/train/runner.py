@@ -16,7 +16,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
 from tramontane_workers.contract.train_config import PROGRESS_FILE, TrainConfig, TrainProgress
-from tramontane_workers.train.loop import WorkerEnv, train
+from tramontane_workers.train.loop import WorkerEnv, publish_progress, train
 from tramontane_workers.train.storage import OutputStore
 
 
@@ -78,7 +78,7 @@ def run(config: TrainConfig) -> TrainProgress:
         if previous is not None:
             failed = TrainProgress.model_validate(previous)
             failed = failed.model_copy(update={"state": "failed", "message": str(exc)[:1000]})
-            store.write_json(PROGRESS_FILE, failed)
+            publish_progress(store, failed)
         raise
     final = store.read_json(PROGRESS_FILE)
     if final is None:
