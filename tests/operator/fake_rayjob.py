@@ -6,6 +6,12 @@ entrypoint, really run as a subprocess, exits (what KubeRay's submitter pod woul
 `spec.suspend` moves it to Suspended (and kills a running entrypoint, as KubeRay deletes the
 Ray cluster); clearing it starts it again from Initializing. Statuses are KubeRay v1.7's
 fields and are checked against its CRD by the emulators.
+
+With `submitters=True` it also creates, when a RayJob starts running, KubeRay's submitter
+`batch/v1` Job (K8sJobMode: named like the RayJob, in its namespace, KubeRay's labels), and
+deletes it when the RayJob is suspended or gone. Its pod is the Job controller's business (the
+fake kubelet's, which runs the container's stand-in command: it exits at once); what
+`ray job logs --follow` would print there is what the test appends with `append_log`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from typing import Any
 from operator_harness import Cluster, FakeKubeRay
 
 RAYJOBS = "ray.io/v1/rayjobs"
+JOBS = "batch/v1/jobs"
+PODS = "v1/pods"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 
 def _now() -> str:
@@ -39,8 +48,10 @@ class FakeRayJobs(FakeKubeRay):
         run_entrypoints: bool = False,
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
+        submitters: bool = False,
     ) -> None:
         super().__init__(clusters, interval_s)
+        self.submitters = submitters
         self.run_entrypoints = run_entrypoints
         self.env = dict(env or {})
         self.log_dir = log_dir
@@ -61,9 +72,49 @@ class FakeRayJobs(FakeKubeRay):
         for name in list(self._procs):
             await self._kill(name)
 
+    def append_log(self, cluster: Cluster, namespace: str, name: str, text: str) -> str:
+        """Append `text` to the log of RayJob `name`'s newest submitter pod; the pod's name."""
+        pods = [
+            p for p in cluster.emulator.stored_all(PODS)
+            if p["metadata"]["namespace"] == namespace
+            and (p["metadata"].get("labels") or {}).get(JOB_NAME_LABEL) == name
+        ]  # fmt: skip
+        if not pods:
+            raise LookupError(f"no submitter pod of RayJob {namespace}/{name} in {cluster.name}")
+        pod = max(pods, key=lambda p: str(p["metadata"].get("creationTimestamp")))
+        key = (namespace, pod["metadata"]["name"])
+        cluster.emulator.pod_logs[key] = cluster.emulator.pod_logs.get(key, "") + text
+        return key[1]
+
     async def _sync(self, cluster: Cluster) -> None:
-        for rayjob in cluster.emulator.stored_all(RAYJOBS):
+        rayjobs = cluster.emulator.stored_all(RAYJOBS)
+        for rayjob in rayjobs:
             await self._sync_one(cluster, rayjob)
+        if self.submitters:
+            await self._sync_submitters(cluster, rayjobs)
+
+    async def _sync_submitters(self, cluster: Cluster, rayjobs: list[dict[str, Any]]) -> None:
+        """A submitter Job for each RayJob that runs (or ran) its job; none for the others."""
+        wanted = {
+            (r["metadata"]["namespace"], r["metadata"]["name"]): r
+            for r in rayjobs
+            if not (r.get("spec") or {}).get("suspend")
+            and (r.get("status") or {}).get("jobDeploymentStatus") in ("Running", "Complete", "Failed")
+        }  # fmt: skip
+        jobs = {
+            (j["metadata"]["namespace"], j["metadata"]["name"]): j
+            for j in cluster.emulator.stored_all(JOBS)
+            if (j["metadata"].get("labels") or {}).get("ray.io/originated-from-crd") == "RayJob"
+        }
+        for (namespace, name), rayjob in wanted.items():
+            if (namespace, name) not in jobs:
+                url = f"{cluster.url}/apis/batch/v1/namespaces/{namespace}/jobs"
+                async with self._session.post(url, json=_submitter_job(rayjob)) as resp:
+                    await resp.read()
+        for namespace, name in jobs.keys() - wanted.keys():
+            url = f"{cluster.url}/apis/batch/v1/namespaces/{namespace}/jobs/{name}"
+            async with self._session.delete(url) as resp:
+                await resp.read()
 
     def _next(self, name: str, spec: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
         state = old.get("jobDeploymentStatus") or ""
@@ -135,3 +186,31 @@ class FakeRayJobs(FakeKubeRay):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+def _submitter_job(rayjob: Mapping[str, Any]) -> dict[str, Any]:
+    """KubeRay v1.7's submitter Job (`createNewK8sJob`), with a stand-in command."""
+    meta = rayjob["metadata"]
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    container = {
+        "name": "ray-job-submitter",
+        "image": head["image"],
+        "command": ["python", "-c", "pass"],  # stands for `ray job submit; ray job logs -f`
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": {
+                "ray.io/originated-from-cr-name": meta["name"],
+                "ray.io/originated-from-crd": "RayJob",
+                "app.kubernetes.io/created-by": "kuberay-operator",
+            },
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "template": {"spec": {"containers": [container], "restartPolicy": "Never"}},
+        },
+    }

@@ -7,7 +7,9 @@ resource and everything but `status` on the `/status` subresource (merge and JSO
 and validates every created or patched object against its CRD schema — ours from
 `crds/*.yaml`, KubeRay's from the v1.7.0 reference — plus metadata names and labels. A write a
 real server would reject gets a 422 and is recorded in `violations`, which each test asserts
-empty at the end. `faults` inject HTTP errors (and stalls) on chosen requests.
+empty at the end. `faults` inject HTTP errors (and stalls) on chosen requests. A pod's log
+(`GET .../pods/NAME/log`, with `tailLines` and `limitBytes`) is the text a test stores in
+`pod_logs[(namespace, name)]`.
 
 Plain create/get/list/patch/delete are served directly from the object store (O(1) lookups,
 equality label selectors); KMock's reaction DSL, which costs ~45 ms per request on
@@ -146,6 +148,7 @@ class Fault:
 # KMock 0.8 reads /api/v1/namespaces/NAME as the start of a namespaced path, so Namespace
 # objects are served here (create, get, list) before KMock sees the request.
 _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
+_POD_LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 _FAULT_REASONS = {409: "AlreadyExists", 500: "InternalError", 503: "ServiceUnavailable"}
 
 
@@ -161,6 +164,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
     # (plural, namespace, name) -> time.monotonic() of its creation, for benchmarks.
     created_at: dict[tuple[str, str | None, str], float] = attrs.field(factory=dict)
     namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)  # (namespace, pod) -> log
     _counter: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     def __attrs_post_init__(self) -> None:
@@ -200,11 +204,32 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        log_path = _POD_LOG_PATH.match(raw.path)
+        if log_path is not None and raw.method == "GET":
+            return self._serve_pod_log(log_path.group(1), log_path.group(2), raw.query)
         namespace_path = _NAMESPACE_PATH.match(raw.path)
         if namespace_path is None:
             return await super().__call__(raw)
         data = await raw.json() if raw.can_read_body else None
         return self._serve_namespace(raw.method, namespace_path.group(1), data)
+
+    def _serve_pod_log(
+        self, namespace: str, name: str, query: Mapping[str, str]
+    ) -> aiohttp.web.StreamResponse:
+        """The pod's log as text, as the kubelet serves it: the last `tailLines` lines, then
+        cut to the first `limitBytes` bytes; 404 for a pod that does not exist."""
+        if self.stored("v1/pods", namespace, name) is None:
+            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                    "reason": "NotFound", "message": f'pods "{name}" not found'}  # fmt: skip
+            return aiohttp.web.json_response(body, status=404)
+        text = self.pod_logs.get((namespace, name), "")
+        if "tailLines" in query:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[len(lines) - min(len(lines), int(query["tailLines"])) :])
+        data = text.encode()
+        if "limitBytes" in query:
+            data = data[: int(query["limitBytes"])]
+        return aiohttp.web.Response(body=data, content_type="text/plain")
 
     def _serve_namespace(
         self, method: str, name: str | None, data: Any

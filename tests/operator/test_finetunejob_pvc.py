@@ -7,20 +7,24 @@ mounted — or ends in FailedValidation with line numbers, or says clearly what 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from fake_kubelet import JOBS, FakeKubelet
+from fake_kubelet import JOBS, PODS, FakeKubelet
 from fake_rayjob import FakeRayJobs
 from manifests import AKS, NS, ONPREM
 from operator_harness import Clusters, OperatorRun, eventually
 from test_finetunejob import GOOD, all_rayjobs, condition, job, phase, rayjob, stored
 from tramontane_operator.handlers.finetunejob import FINETUNEJOB, POLL_ENV
 from tramontane_operator.kube import KubeClient
+from tramontane_workers.contract.train_config import TrainProgress, progress_line
 
 BAD_ROLE = {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}
 
@@ -165,3 +169,92 @@ async def test_a_bad_claim_name_fails_validation_naming_the_field(
         "valid PersistentVolumeClaim name"
     )
     assert kubelet.runs == [] and validation_jobs(clusters) == [] and all_rayjobs(clusters) == []
+
+
+@pytest.fixture
+async def submitting_rayjobs(clusters: Clusters) -> AsyncIterator[FakeRayJobs]:
+    """KubeRay with its submitter Jobs (the fake kubelet makes their pods)."""
+    fake = FakeRayJobs(clusters.all, submitters=True)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+def ray_progress(step: int, **kw: Any) -> str:
+    """A progress line as it reaches the submitter's log: forwarded from a Ray Train worker."""
+    values: dict[str, Any] = {"step": step, "total_steps": 100, "percent": float(step),
+                              "train_loss": 2.0 - step / 100, "updated": datetime.now(UTC)}  # fmt: skip
+    line = progress_line(TrainProgress.model_validate({**values, **kw}))
+    return f"(RayTrainWorker pid=311, ip=10.0.0.9) {line}\n"
+
+
+async def running_with_submitter(
+    tmp_path: Path, claims: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs
+) -> str:
+    """A pvc:// job (datasets and output on claims) Running in AKS; its submitter pod's name."""
+    write(claims / "data" / "train.jsonl", [GOOD] * 4)
+    await api.create(FINETUNEJOB, pvc_job(tmp_path, "pvc://data/train.jsonl"))
+    await eventually(lambda: condition(stored(clusters), "Running").get("reason") == "Training")
+    aks = clusters[AKS]
+
+    def pod() -> str | None:
+        with contextlib.suppress(LookupError):
+            return rayjobs.append_log(aks, NS, "tune", "")
+        return None
+
+    return await eventually(pod)
+
+
+async def test_progress_of_a_pvc_output_is_read_from_the_submitter_pods_log(
+    tmp_path: Path, claims: Path, clusters: Clusters, api: KubeClient, kubelet: FakeKubelet,
+    submitting_rayjobs: FakeRayJobs, operator: OperatorRun,
+) -> None:  # fmt: skip
+    rayjobs, aks = submitting_rayjobs, clusters[AKS]
+    pod = await running_with_submitter(tmp_path, claims, clusters, api, rayjobs)
+    assert pod.startswith("tune-") and kubelet.runs[0] == (AKS, "tune-validate")
+    rayjobs.append_log(aks, NS, "tune", "Waiting for Ray Dashboard GCS to become healthy ...\n")
+    rayjobs.append_log(aks, NS, "tune", ray_progress(12, valid_loss=1.9, tokens_per_second=640.0))
+    await eventually(lambda: (stored(clusters)["status"].get("progress") or {}).get("step") == 12)
+    shown = stored(clusters)["status"]["progress"]
+    assert (shown["totalSteps"], shown["percent"], shown["trainLoss"]) == (100, 12.0, 1.88)
+    assert (shown["validLoss"], shown["tokensPerSecond"]) == (1.9, 640.0)
+    # The next update wins; a line cut short and other output after it change nothing.
+    checkpoint = {"step": 40, "uri": "pvc://out/tune/checkpoints/step-00000040",
+                  "time": datetime.now(UTC).isoformat()}  # fmt: skip
+    later = ray_progress(40, checkpoints=[checkpoint])
+    rayjobs.append_log(aks, NS, "tune", later + "some other output\n" + later[:-30])
+    await eventually(lambda: stored(clusters)["status"]["progress"]["step"] == 40)
+    status = stored(clusters)["status"]
+    assert status["progress"]["percent"] == 40.0 and status["phase"] == "Running"
+    assert [c["step"] for c in status["checkpoints"]] == [40]
+    assert not (claims / "out" / "tune").exists()  # nothing came from the claim
+
+
+async def test_a_submitter_log_without_progress_leaves_progress_empty(
+    tmp_path: Path, claims: Path, clusters: Clusters, api: KubeClient, kubelet: FakeKubelet,
+    submitting_rayjobs: FakeRayJobs, operator: OperatorRun,
+) -> None:  # fmt: skip
+    rayjobs, aks = submitting_rayjobs, clusters[AKS]
+    pod = await running_with_submitter(tmp_path, claims, clusters, api, rayjobs)
+    noise = "Waiting for Ray Dashboard GCS ...\nTRAMONTANE_PROGRESS {not json\nTraceback: boom\n"
+    rayjobs.append_log(aks, NS, "tune", noise)
+    await asyncio.sleep(1.0)  # five poll rounds reading that log
+    status = stored(clusters)["status"]
+    assert "progress" not in status and status["phase"] == "Running"
+    assert condition(stored(clusters), "Running")["reason"] == "Training"
+    # The submitter pod gone (its Job deleted): still no error, progress unchanged.
+    rayjobs.append_log(aks, NS, "tune", ray_progress(7))
+    await eventually(lambda: (stored(clusters)["status"].get("progress") or {}).get("step") == 7)
+    rayjobs.submitters = False  # else KubeRay would make it again
+    async with aiohttp.ClientSession() as session:
+        url = f"{aks.url}/apis/batch/v1/namespaces/{NS}/jobs/tune"
+        async with session.delete(url) as resp:
+            assert resp.status == 200
+    await eventually(
+        lambda: not [p for p in aks.emulator.stored_all(PODS) if p["metadata"]["name"] == pod]
+    )
+    await asyncio.sleep(1.0)
+    status = stored(clusters)["status"]
+    assert status["progress"]["step"] == 7 and status["phase"] == "Running"

@@ -64,7 +64,7 @@ from tramontane_workers.contract.datasets_report import DatasetsReport
 
 from . import finetunejob_io as io
 from .events import post_event
-from .finetunejob_children import RAYJOB, apply_actions, base_model, read_rayjob
+from .finetunejob_children import RAYJOB, apply_actions, base_model, read_progress, read_rayjob
 from .finetunejob_validation import delete_validation_job, validate_in_cluster
 from .indexes import ALL, Indexes
 from .runtime import Key, Runtime
@@ -303,9 +303,7 @@ async def _step(
             rayjob = await read_rayjob(rt, cluster, namespace, name, current is not None)
         if rayjob is None and current is not None and not terminal:
             placement = _within(job, views, current)  # kept there, if it fits (again)
-        progress = None
-        if rayjob is not None or terminal:
-            progress = await asyncio.to_thread(io.read_progress, job.spec.output.uri)
+        progress = await read_progress(rt, job, cluster, rayjob, terminal)
         tenant = tenant_for_namespace(_tenants(kwargs), namespace)
         deployments = list(idx.modeldeployments.get(ALL, ()))
         admission = admission_for(job, tenant, jobs, deployments)

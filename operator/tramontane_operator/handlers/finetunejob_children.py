@@ -1,13 +1,16 @@
 """The FineTuneJob handlers' I/O on their children and inputs.
 
 Reading the job's RayJob in its member cluster (an unreachable cluster where the job runs is
-a reason to wait), carrying out the phase machine's actions on it (create, suspend, resume,
-patch the job controls, replace, delete), the base model's ModelDeployment, auto-deploying
-the adapter into the target ModelDeployment.
+a reason to wait) and the trainer's progress (`progress.json`, or the tail of the RayJob's
+submitter pod's log where the output is a claim: `reconcile.finetunejob_progress`), carrying
+out the phase machine's actions on it (create, suspend, resume, patch the job controls,
+replace, delete), the base model's ModelDeployment, auto-deploying the adapter into the
+target ModelDeployment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any, Final
@@ -22,8 +25,18 @@ from tramontane_operator.placement import ClusterView
 from tramontane_operator.reconcile.finetunejob import Decision, adapter_uri
 from tramontane_operator.reconcile.finetunejob_deploy import DEPLOY_FAILED, DeployOutcome
 from tramontane_operator.reconcile.finetunejob_deploy import adapters_with as deploy_adapters
+from tramontane_operator.reconcile.finetunejob_progress import (
+    LOG_LIMIT_BYTES,
+    LOG_TAIL_LINES,
+    output_readable,
+    reads_submitter_log,
+    submitter_job_name,
+)
+from tramontane_workers.contract.train_config import TrainProgress, last_progress
 
+from . import finetunejob_io as io
 from .events import post_event
+from .finetunejob_validation import job_pods
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -73,6 +86,46 @@ async def read_rayjob(
     except Unreachable as exc:
         rt.clusters.report_unreachable(member.name, exc.cause)
         raise kopf.TemporaryError(f"{member.name} unreachable: {exc.cause}", delay=1.0) from exc
+
+
+async def read_progress(
+    rt: Runtime,
+    job: FineTuneJob,
+    cluster: str | None,
+    rayjob: Mapping[str, Any] | None,
+    terminal: bool,
+) -> TrainProgress | None:
+    """The trainer's last progress: from `progress.json` under the output URI where the
+    operator can read it, else from the submitter pod's log in `cluster`; None if neither."""
+    uri = job.spec.output.uri
+    progress = None
+    if (rayjob is not None or terminal) and output_readable(uri):
+        progress = await asyncio.to_thread(io.read_progress, uri)
+    if cluster and reads_submitter_log(rayjob, progress):
+        namespace = job.metadata.namespace or "default"
+        progress = await submitter_progress(rt, cluster, namespace, job.metadata.name)
+    return progress
+
+
+async def submitter_progress(
+    rt: Runtime, cluster: str, namespace: str, rayjob_name: str
+) -> TrainProgress | None:
+    """The last progress line in the log of the RayJob's newest submitter pod; None when there
+    is none or the log cannot be read (pod gone or not started, cluster unreachable)."""
+    member = rt.clusters.get(cluster)
+    if member is None or not member.probe.reachable:
+        return None
+    client = member.client
+    try:
+        pods = await job_pods(client, namespace, submitter_job_name(rayjob_name))
+        if not pods:
+            return None
+        pod = pods[0]["metadata"]["name"]
+        text = await client.pod_log(namespace, pod, LOG_TAIL_LINES, LOG_LIMIT_BYTES)
+    except (ApiError, Unreachable) as exc:
+        log.debug("submitter log of RayJob %s/%s unread: %s", namespace, rayjob_name, exc)
+        return None
+    return last_progress(text) if text else None
 
 
 async def apply_actions(

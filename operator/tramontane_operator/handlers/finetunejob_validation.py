@@ -59,7 +59,7 @@ async def validate_in_cluster(
             await member.ensure_namespace(namespace)
             await client.apply(JOB, desired, None)
             return ClusterValidation(message=f"validating the datasets {where}: Job created")
-        outcome = read_validation_job(current, await _pods(client, namespace, name), where)
+        outcome = read_validation_job(current, await job_pods(client, namespace, name), where)
         if outcome.report is not None or outcome.retry_due(now):
             await client.delete(JOB, namespace, name)
         return outcome
@@ -85,7 +85,7 @@ async def delete_validation_job(rt: Runtime, job: FineTuneJob, cluster: str) -> 
         log.info("validation Job of %s/%s left to its TTL: %s", namespace, job.metadata.name, exc)
 
 
-async def _pods(client: KubeClient, namespace: str, name: str) -> list[dict[str, Any]]:
+async def job_pods(client: KubeClient, namespace: str, name: str) -> list[dict[str, Any]]:
     """The Job's pods, newest first (by either of the Job controller's labels)."""
     for label in JOB_NAME_LABELS:
         pods, _ = await client.list(POD, namespace, labels={label: name})

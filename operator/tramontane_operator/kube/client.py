@@ -3,8 +3,8 @@
 Plain aiohttp (Kopf's own transport, already in the process) rather than the `kubernetes`
 package, whose client is synchronous and would block the event loop for every call to a slow
 member cluster. The surface is what a controller needs: get, list, watch, create, merge-patch
-(optionally the status subresource), delete, and `apply` (create-or-patch by deterministic
-name, writing only when something differs).
+(optionally the status subresource), delete, `apply` (create-or-patch by deterministic
+name, writing only when something differs), and the bounded tail of a pod's log.
 
 Errors are mapped so callers decide by type: `NotFound` (404), `Conflict` (409), `Invalid`
 (422, never retried), `ApiError` for the rest; 429/5xx are retried with exponential backoff;
@@ -27,7 +27,7 @@ import aiohttp
 
 from .config import ClusterConfig
 from .patches import matches_labels, merge_patch_diff
-from .resources import ResourceRef
+from .resources import POD, ResourceRef
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,10 @@ class KubeClient:
         body: Any = None,
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        text_body: bool = False,
     ) -> Any:
-        """One API call with retries on 429/5xx and on connection errors."""
+        """One API call with retries on 429/5xx and on connection errors; the decoded JSON
+        answer, or its text with `text_body` (a pod's log)."""
         url = self.config.server + path
         data = None if body is None else json.dumps(body)
         last: Exception | None = None
@@ -136,6 +138,8 @@ class KubeClient:
                     timeout=self._timeout,
                 ) as resp:
                     text = await resp.text()
+                    if resp.status < 400 and text_body:
+                        return text
                     if resp.status < 400:
                         return json.loads(text) if text else None
                     error = _api_error(self.name, resp.status, text)
@@ -267,6 +271,19 @@ class KubeClient:
                         yield event
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise Unreachable(self.name, str(exc) or type(exc).__name__) from exc
+
+    async def pod_log(
+        self, namespace: str, name: str, tail_lines: int, limit_bytes: int
+    ) -> str | None:
+        """The last `tail_lines` lines of the pod's (only) container log, at most `limit_bytes`
+        of them (the server cuts the end); None when the pod is gone."""
+        params = {"tailLines": str(tail_lines), "limitBytes": str(limit_bytes)}
+        path = POD.path(namespace, name, "log")
+        try:
+            text: str = await self.request("GET", path, params=params, text_body=True)
+        except NotFound:
+            return None
+        return text
 
     async def version(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", "/version")
