@@ -69,6 +69,9 @@ async def test_create_reaches_ready_with_valid_children(
     # Kopf progress or diff-base annotations: each would be one more hub write per object).
     assert not (md["metadata"].get("annotations") or {})
     events = clusters.hub.emulator.stored_all("v1/events")
+    # A healthy start posts no Warning (not Ready while its pool is created is expected).
+    assert [e["reason"] for e in events if e.get("type") == "Warning"] == []
+    assert any(e.get("reason") == "PoolsReady" for e in events)
     created = [e for e in events if e.get("reason") == "Created"]
     assert created and created[0]["message"] == f"RayService chat created in {AKS}"
     involved = created[0]["involvedObject"]

@@ -43,7 +43,7 @@ from tramontane_operator.reconcile import (
     invalid_spec_status,
     status_changed,
 )
-from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, READY, find
+from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, PROGRESSING, READY, find
 
 from .events import post_event
 from .indexes import Indexes
@@ -309,12 +309,16 @@ def _transition_events(
         reason = placed.reason if placed is not None else "Moved"
         kind = "Warning" if reason == REASON_FAILOVER else "Normal"
         post_event(raw, kind, reason, f"pools moved from {moved_from} to {status.cluster_names}")
+    progressing = find(status.conditions, PROGRESSING)
+    starting = progressing is not None and progressing.status == "True"
     for type_, good in ((READY, "True"), (DEGRADED, "False"), (PLACED, "True")):
         now, before = find(status.conditions, type_), find(old, type_)
         if now is None or (before is not None and before.status == now.status):
             continue
         if before is None and now.status == good and type_ != READY:
             continue  # a healthy start is not news; Ready becoming True is
+        if before is None and type_ == READY and now.status != good and starting:
+            continue  # not Ready yet while its pools are being created: no Warning for that
         kind = "Normal" if now.status == good else "Warning"
         post_event(raw, kind, now.reason, f"{type_}={now.status}: {now.message}".rstrip(": "))
 
