@@ -31,6 +31,7 @@ from tramontane_operator.kube import MODELDEPLOYMENT, KubeClient
 from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.contract import inference_pb2_grpc as pb_grpc
 from tramontane_workers.contract.serve_config import ServeAppConfig
+from tramontane_workers.contract.train_config import TrainProgress, last_progress
 
 pytestmark = pytest.mark.slow
 
@@ -162,6 +163,13 @@ async def test_fine_tune_job_trains_deploys_and_serves_the_adapter(
     assert real_rayjobs.runs == {"qa-tune": 2} and status["retries"] == 1
     written = json.loads((tmp_path / "out" / "progress.json").read_text())
     assert written["attempt"] == 2 and written["resumed_from_step"] >= 20  # not from scratch
+    # The second run's driver output is what its submitter pod's log would show (`ray job logs`,
+    # read for pvc:// outputs): the rank-0 worker's lines forwarded by Ray while it trained,
+    # then the final progress.
+    driver_log = (tmp_path / "qa-tune-1.log").read_text()
+    assert last_progress(driver_log) == TrainProgress.model_validate(written)
+    forwarded = [p for p in map(last_progress, driver_log.splitlines()) if p and p.step < 80]
+    assert forwarded and forwarded[-1].attempt == 2, driver_log[-3000:]
     assert status["progress"]["step"] == 80 and status["progress"]["percent"] == 100
     assert len(losses) >= 2 and losses[-1] < losses[0] / 4, losses  # the loss fell
     assert status["progress"]["validLoss"] < 0.5

@@ -70,6 +70,10 @@ def publish_progress(store: OutputStore, progress: TrainProgress) -> None:
     (it reaches the RayJob's log through Ray's log forwarding, where the operator reads it
     when the output URI is a claim it cannot read)."""
     store.write_json(PROGRESS_FILE, progress)
+    print_progress(progress)
+
+
+def print_progress(progress: TrainProgress) -> None:
     print(progress_line(progress), file=sys.stdout, flush=True)
 
 

@@ -3,7 +3,9 @@
 `build_trainer(config)` is what the RayJob entrypoint runs (`python -m tramontane_workers.train`):
 one `TorchTrainer` with `config.num_workers` workers, GPU or CPU, and a `FailureConfig` so a
 worker that dies restarts the group; the restarted loop resumes from the newest complete
-checkpoint under the output URI. A retried RayJob (a new driver) resumes the same way.
+checkpoint under the output URI. A retried RayJob (a new driver) resumes the same way. The
+driver prints the final progress line itself once `fit` returns: the job's log ends with it
+even when Ray has not yet forwarded the workers' last lines.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
 from tramontane_workers.contract.train_config import PROGRESS_FILE, TrainConfig, TrainProgress
-from tramontane_workers.train.loop import WorkerEnv, publish_progress, train
+from tramontane_workers.train.loop import WorkerEnv, print_progress, publish_progress, train
 from tramontane_workers.train.storage import OutputStore
 
 
@@ -83,4 +85,6 @@ def run(config: TrainConfig) -> TrainProgress:
     final = store.read_json(PROGRESS_FILE)
     if final is None:
         raise RuntimeError(f"training finished without writing {config.output_uri}/{PROGRESS_FILE}")
-    return TrainProgress.model_validate(final)
+    progress = TrainProgress.model_validate(final)
+    print_progress(progress)  # the driver's own line: workers' lines may not be forwarded yet
+    return progress
