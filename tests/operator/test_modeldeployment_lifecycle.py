@@ -68,11 +68,15 @@ async def test_create_reaches_ready_with_valid_children(
     # The operator writes a live ModelDeployment's finalizer and status, nothing else (no
     # Kopf progress or diff-base annotations: each would be one more hub write per object).
     assert not (md["metadata"].get("annotations") or {})
-    events = clusters.hub.emulator.stored_all("v1/events")
+
+    def events() -> list[dict[str, Any]]:
+        return clusters.hub.emulator.stored_all("v1/events")
+
+    # Kopf posts Events from a queue, in order: once Ready's is there, the earlier ones are.
+    await eventually(lambda: any(e.get("reason") == "PoolsReady" for e in events()))
     # A healthy start posts no Warning (not Ready while its pool is created is expected).
-    assert [e["reason"] for e in events if e.get("type") == "Warning"] == []
-    assert any(e.get("reason") == "PoolsReady" for e in events)
-    created = [e for e in events if e.get("reason") == "Created"]
+    assert [e["reason"] for e in events() if e.get("type") == "Warning"] == []
+    created = [e for e in events() if e.get("reason") == "Created"]
     assert created and created[0]["message"] == f"RayService chat created in {AKS}"
     involved = created[0]["involvedObject"]
     assert involved["kind"] == "ModelDeployment" and involved["name"] == "chat"
