@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from fake_rayjob import FakeRayJobs
 from manifests import (
     AKS,
     HUB,
@@ -24,6 +25,7 @@ from manifests import (
     operator_settings,
 )
 from operator_harness import Clusters, FakeKubeRay, OperatorRun
+from tramontane_operator.handlers.finetunejob import POLL_ENV
 from tramontane_operator.kube import (
     COMPUTECLUSTER,
     SECRET,
@@ -103,3 +105,20 @@ async def operator(clusters: Clusters, api: KubeClient) -> AsyncIterator[Operato
         yield run
     finally:
         await run.stop()
+
+
+@pytest.fixture
+def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FineTuneJobs followed every 0.2 s (the default polls every few seconds)."""
+    monkeypatch.setenv(POLL_ENV, "0.2")
+
+
+@pytest.fixture
+async def rayjobs(clusters: Clusters) -> AsyncIterator[FakeRayJobs]:
+    """A fake KubeRay that moves RayJobs along (see fake_rayjob.py)."""
+    fake = FakeRayJobs(clusters.all)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()

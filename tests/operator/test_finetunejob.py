@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from fake_rayjob import RAYJOBS, FakeRayJobs
 from manifests import AKS, NS, ONPREM, model_deployment
 from operator_harness import Clusters, FakeKubeRay, OperatorRun, eventually
-from tramontane_operator.handlers.finetunejob import FINETUNEJOB, POLL_ENV
+from tramontane_operator.handlers.finetunejob import FINETUNEJOB
 from tramontane_operator.kube import MODELDEPLOYMENT, TENANT, KubeClient
 from tramontane_workers.contract.train_config import TrainProgress
 
@@ -26,19 +25,7 @@ GOOD = {"messages": [{"role": "user", "content": "Capital of France?"},
                      {"role": "assistant", "content": "Paris"}]}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(POLL_ENV, "0.2")
-
-
-@pytest.fixture
-async def rayjobs(clusters: Clusters) -> AsyncIterator[FakeRayJobs]:
-    fake = FakeRayJobs(clusters.all)
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
+pytestmark = pytest.mark.usefixtures("fast_poll")  # jobs followed every 0.2 s
 
 
 def dataset(path: Path, lines: list[Any]) -> str:

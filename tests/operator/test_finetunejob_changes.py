@@ -16,24 +16,11 @@ from fake_rayjob import FakeRayJobs
 from manifests import NS, operator_settings
 from operator_harness import Clusters, OperatorRun, eventually
 from test_finetunejob import condition, job, phase, rayjob, stored
-from tramontane_operator.handlers.finetunejob import FINETUNEJOB, POLL_ENV
+from tramontane_operator.handlers.finetunejob import FINETUNEJOB
 from tramontane_operator.kube import TENANT, Invalid, KubeClient
 from tramontane_workers.contract.train_config import TrainConfig, config_from_b64
 
-
-@pytest.fixture(autouse=True)
-def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(POLL_ENV, "0.2")
-
-
-@pytest.fixture
-async def rayjobs(clusters: Clusters) -> AsyncIterator[FakeRayJobs]:
-    fake = FakeRayJobs(clusters.all)
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
+pytestmark = pytest.mark.usefixtures("fast_poll")  # jobs followed every 0.2 s
 
 
 def train_config(rj: dict[str, Any]) -> TrainConfig:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,17 +20,15 @@ from fake_kubelet import JOBS, PODS, FakeKubelet
 from fake_rayjob import FakeRayJobs
 from manifests import AKS, NS, ONPREM
 from operator_harness import Clusters, OperatorRun, eventually
-from test_finetunejob import GOOD, all_rayjobs, condition, job, phase, rayjob, stored
-from tramontane_operator.handlers.finetunejob import FINETUNEJOB, POLL_ENV
+from test_finetunejob import GOOD, all_rayjobs, condition, dataset, job, phase, rayjob, stored
+from tramontane_operator.handlers.finetunejob import FINETUNEJOB
 from tramontane_operator.kube import KubeClient
 from tramontane_workers.contract.train_config import TrainProgress, progress_line
 
 BAD_ROLE = {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}
 
 
-@pytest.fixture(autouse=True)
-def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(POLL_ENV, "0.2")
+pytestmark = pytest.mark.usefixtures("fast_poll")  # jobs followed every 0.2 s
 
 
 @pytest.fixture
@@ -53,20 +50,6 @@ async def kubelet(clusters: Clusters, claims: Path) -> AsyncIterator[FakeKubelet
         await fake.stop()
 
 
-@pytest.fixture
-async def rayjobs(clusters: Clusters) -> AsyncIterator[FakeRayJobs]:
-    fake = FakeRayJobs(clusters.all)
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
-
-
-def write(path: Path, lines: list[Any]) -> None:
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
-
-
 def pvc_job(tmp_path: Path, train: str, **spec: Any) -> dict[str, Any]:
     return job(tmp_path, data=train, output={"uri": "pvc://out/tune"}, **spec)
 
@@ -85,7 +68,7 @@ async def test_a_good_pvc_dataset_is_validated_in_its_cluster_and_trained_there(
     tmp_path: Path, claims: Path, clusters: Clusters, api: KubeClient, kubelet: FakeKubelet,
     rayjobs: FakeRayJobs, operator: OperatorRun,
 ) -> None:  # fmt: skip
-    write(claims / "data" / "train.jsonl", [GOOD] * 4)
+    dataset(claims / "data" / "train.jsonl", [GOOD] * 4)
     # Placed before validation (in AKS, the first named); it stays there for training.
     spec = {"placement": {"clusters": [AKS, ONPREM]},
             "validationFiles": [{"uri": "pvc://data/train.jsonl"}]}  # fmt: skip
@@ -116,7 +99,7 @@ async def test_a_bad_pvc_dataset_fails_validation_with_line_numbers(
     tmp_path: Path, claims: Path, clusters: Clusters, api: KubeClient, kubelet: FakeKubelet,
     rayjobs: FakeRayJobs, operator: OperatorRun,
 ) -> None:  # fmt: skip
-    write(claims / "data" / "bad.jsonl", [GOOD, BAD_ROLE, GOOD, "{not json", GOOD])
+    dataset(claims / "data" / "bad.jsonl", [GOOD, BAD_ROLE, GOOD, "{not json", GOOD])
     await api.create(FINETUNEJOB, pvc_job(tmp_path, "pvc://data/bad.jsonl"))
     await eventually(lambda: phase(clusters) == "FailedValidation")
     message = validated_message(clusters)
@@ -194,7 +177,7 @@ async def running_with_submitter(
     tmp_path: Path, claims: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs
 ) -> str:
     """A pvc:// job (datasets and output on claims) Running in AKS; its submitter pod's name."""
-    write(claims / "data" / "train.jsonl", [GOOD] * 4)
+    dataset(claims / "data" / "train.jsonl", [GOOD] * 4)
     await api.create(FINETUNEJOB, pvc_job(tmp_path, "pvc://data/train.jsonl"))
     await eventually(lambda: condition(stored(clusters), "Running").get("reason") == "Training")
     aks = clusters[AKS]
