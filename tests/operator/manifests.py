@@ -39,6 +39,16 @@ def model_deployment(name: str = "chat", **spec: Any) -> dict[str, Any]:
     }
 
 
+def tenant(quotas: dict[str, Any], name: str = "team") -> dict[str, Any]:
+    """A Tenant owning the test namespace with these quotas."""
+    return {
+        "apiVersion": "tramontane.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {"namespaces": [NS], "quotas": quotas},
+    }
+
+
 def operator_settings(hub_url: str, **overrides: Any) -> OperatorSettings:
     values: dict[str, Any] = {
         "cluster_name": HUB,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fake_rayjob import RAYJOBS, FakeRayJobs
-from manifests import AKS, NS, ONPREM, model_deployment
+from manifests import AKS, NS, ONPREM, model_deployment, tenant
 from operator_harness import Clusters, FakeKubeRay, OperatorRun, eventually
 from tramontane_operator.handlers.finetunejob import FINETUNEJOB
 from tramontane_operator.kube import MODELDEPLOYMENT, TENANT, KubeClient
@@ -195,10 +195,7 @@ async def test_delete_cancels_and_removes_the_rayjob(
 async def test_quota_queues_and_tenant_reports_usage(
     tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs, operator: OperatorRun
 ) -> None:
-    await api.create(TENANT, {
-        "apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team"},
-        "spec": {"namespaces": [NS], "quotas": {"gpus": {"H100": 1}}},
-    })  # fmt: skip
+    await api.create(TENANT, tenant({"gpus": {"H100": 1}}))
     await api.create(FINETUNEJOB, job(tmp_path, "first"))
     await eventually(lambda: rayjob(clusters, "first"))
     await api.create(FINETUNEJOB, job(tmp_path, "second"))
@@ -311,10 +308,7 @@ async def test_an_unreadable_dataset_keeps_validating_until_it_appears(
 async def test_tenant_counts_cpu_only_model_deployments(
     clusters: Clusters, api: KubeClient, operator: OperatorRun
 ) -> None:
-    await api.create(TENANT, {
-        "apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team"},
-        "spec": {"namespaces": [NS], "quotas": {"maxModelDeployments": 3}},
-    })  # fmt: skip
+    await api.create(TENANT, tenant({"maxModelDeployments": 3}))
     cpu_only = model_deployment(
         "cpu-chat",
         runtime={"engine": "transformers"},

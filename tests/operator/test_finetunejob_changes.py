@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fake_rayjob import FakeRayJobs
-from manifests import NS, operator_settings
+from manifests import NS, operator_settings, tenant
 from operator_harness import Clusters, OperatorRun, eventually
 from test_finetunejob import condition, job, phase, rayjob, stored
 from tramontane_operator.handlers.finetunejob import FINETUNEJOB
@@ -101,10 +101,7 @@ async def test_job_controls_are_patched_onto_the_live_rayjob(
 async def test_a_priority_change_reorders_the_queue(
     tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs, operator: OperatorRun
 ) -> None:
-    await api.create(TENANT, {
-        "apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team"},
-        "spec": {"namespaces": [NS], "quotas": {"gpus": {"H100": 1}}},
-    })  # fmt: skip
+    await api.create(TENANT, tenant({"gpus": {"H100": 1}}))
     await api.create(FINETUNEJOB, job(tmp_path, "first"))
     await eventually(lambda: rayjob(clusters, "first"))
     await api.create(FINETUNEJOB, job(tmp_path, "second"))
@@ -163,10 +160,7 @@ async def test_a_dry_run_turned_off_trains(
 async def test_resuming_with_more_gpus_than_the_quota_queues(
     tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs, operator: OperatorRun
 ) -> None:
-    await api.create(TENANT, {
-        "apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team"},
-        "spec": {"namespaces": [NS], "quotas": {"gpus": {"H100": 1}}},
-    })  # fmt: skip
+    await api.create(TENANT, tenant({"gpus": {"H100": 1}}))
     await api.create(FINETUNEJOB, job(tmp_path))
     await training(clusters)
     await api.patch(FINETUNEJOB, NS, "tune", {"spec": {"suspend": True}})
