@@ -59,6 +59,17 @@ def engine(checkpoint: tuple[Path, Path], loop: asyncio.AbstractEventLoop) -> It
     loop.run_until_complete(engine.shutdown())
 
 
+@pytest.fixture(scope="module")
+def chat(engine: Any, checkpoint: tuple[Path, Path]) -> Any:
+    """The shared chat layer (mistral-common encoding, response formats) over the vLLM engine."""
+    from tramontane_workers.chat.encode import ChatCodec
+    from tramontane_workers.chat.service import ChatService
+    from tramontane_workers.models.loading import find_tokenizer
+
+    codec = ChatCodec(find_tokenizer(checkpoint[0]), max_model_len=engine.max_model_len)
+    return ChatService(engine, codec)
+
+
 def test_vllm_generates_and_adapter_changes_output(
     engine: Any, checkpoint: tuple[Path, Path], loop: asyncio.AbstractEventLoop
 ) -> None:
@@ -87,16 +98,9 @@ def test_vllm_generates_and_adapter_changes_output(
     assert both == [*base, -1, *alpha]
 
 
-def test_vllm_through_the_chat_layer(
-    engine: Any, checkpoint: tuple[Path, Path], loop: asyncio.AbstractEventLoop
-) -> None:
-    from tramontane_workers.chat.encode import ChatCodec
-    from tramontane_workers.chat.service import ChatService
+def test_vllm_through_the_chat_layer(chat: Any, loop: asyncio.AbstractEventLoop) -> None:
     from tramontane_workers.contract import inference_pb2 as pb
-    from tramontane_workers.models.loading import find_tokenizer
 
-    codec = ChatCodec(find_tokenizer(checkpoint[0]), max_model_len=engine.max_model_len)
-    service = ChatService(engine, codec)
     request = pb.ChatRequest(
         model="tiny",
         messages=[pb.Message(role="user", content="Hello")],
@@ -106,8 +110,8 @@ def test_vllm_through_the_chat_layer(
     )
 
     async def run() -> tuple[pb.ChatResponse, str]:
-        unary = await service.complete(request)
-        streamed = "".join([c.choices[0].delta.content async for c in service.stream(request)])
+        unary = await chat.complete(request)
+        streamed = "".join([c.choices[0].delta.content async for c in chat.stream(request)])
         return unary, streamed
 
     unary, streamed = loop.run_until_complete(run())
@@ -115,19 +119,14 @@ def test_vllm_through_the_chat_layer(
     assert streamed == unary.choices[0].message.content
 
 
-def test_vllm_json_schema_output_validates(
-    engine: Any, checkpoint: tuple[Path, Path], loop: asyncio.AbstractEventLoop
-) -> None:
+def test_vllm_json_schema_output_validates(chat: Any, loop: asyncio.AbstractEventLoop) -> None:
     # vLLM's structured outputs must hold the random tiny model to the schema, as the
     # reference engine's xgrammar path does (tests/workers/test_structured_output.py).
     import json
 
     import jsonschema
 
-    from tramontane_workers.chat.encode import ChatCodec
-    from tramontane_workers.chat.service import ChatService
     from tramontane_workers.contract import inference_pb2 as pb
-    from tramontane_workers.models.loading import find_tokenizer
 
     schema = {
         "type": "object",
@@ -138,8 +137,6 @@ def test_vllm_json_schema_output_validates(
         "required": ["name", "age"],
         "additionalProperties": False,
     }
-    codec = ChatCodec(find_tokenizer(checkpoint[0]), max_model_len=engine.max_model_len)
-    service = ChatService(engine, codec)
     request = pb.ChatRequest(
         model="tiny",
         messages=[pb.Message(role="user", content="Describe a person as JSON.")],
@@ -151,6 +148,6 @@ def test_vllm_json_schema_output_validates(
             json_schema=pb.JsonSchema(name="person", schema=json.dumps(schema), strict=True),
         ),
     )
-    response = loop.run_until_complete(service.complete(request))
+    response = loop.run_until_complete(chat.complete(request))
     assert response.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(response.choices[0].message.content), schema)
