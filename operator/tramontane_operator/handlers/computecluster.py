@@ -20,6 +20,7 @@ from tramontane_operator.observability import reconcile_scope, set_cluster_reach
 from tramontane_operator.reconcile import cluster_status_changed, compute_cluster_status
 
 from .indexes import Indexes
+from .parsing import parse_resource
 from .runtime import Runtime
 
 PLURAL = "computeclusters"
@@ -47,11 +48,7 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
 async def probe_and_report(rt: Runtime, body: kopf.Body, idx: Indexes, refresh: bool) -> None:
     name = body["metadata"]["name"]
     with reconcile_scope("ComputeCluster", None, name) as scope:
-        try:
-            cc = ComputeCluster.model_validate(dict(body))
-        except ValidationError as exc:
-            scope.outcome = "invalid"
-            raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+        cc = parse_resource(ComputeCluster, body, scope)
         known = rt.clusters.get(name) is not None
         member = await rt.ensure_member(cc, refresh=refresh)
         if member is not None and known and not refresh:

@@ -67,6 +67,7 @@ from .events import post_event
 from .finetunejob_children import RAYJOB, apply_actions, base_model, read_progress, read_rayjob
 from .finetunejob_validation import delete_validation_job, validate_in_cluster
 from .indexes import ALL, Indexes
+from .parsing import parse_resource
 from .runtime import Key, Runtime
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,7 @@ def _key(body: Mapping[str, Any]) -> Key:
 
 
 def _parse(state: FineTuneState, body: Mapping[str, Any]) -> FineTuneJob:
-    try:
-        job = FineTuneJob.model_validate(dict(body))
-    except ValidationError as exc:
-        raise kopf.PermanentError(f"invalid FineTuneJob: {exc}") from exc
+    job = parse_resource(FineTuneJob, body)
     fresher = state.last_status(job)
     return job.model_copy(update={"status": fresher}) if fresher is not None else job
 

@@ -27,6 +27,7 @@ from tramontane_operator.reconcile.tenant import compute_tenant_status
 
 from .finetunejob import INDEX_ID, TENANT_INDEX_ID, poll_interval
 from .indexes import ALL, Indexes
+from .parsing import parse_resource
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,7 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
 async def report(rt: Runtime, body: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
     name = body["metadata"]["name"]
     with reconcile_scope("Tenant", None, name) as scope:
-        try:
-            tenant = Tenant.model_validate(dict(body))
-        except ValidationError as exc:
-            scope.outcome = "invalid"
-            raise kopf.PermanentError(f"invalid Tenant: {exc}") from exc
+        tenant = parse_resource(Tenant, body, scope)
         tenants = list((kwargs.get(TENANT_INDEX_ID) or {}).get(ALL, ()))
         jobs = list((kwargs.get(INDEX_ID) or {}).get(ALL, ()))
         deployments = list(Indexes.from_kwargs(kwargs).modeldeployments.get(ALL, ()))

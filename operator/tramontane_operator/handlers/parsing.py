@@ -1,0 +1,25 @@
+"""Reading a watched object's body into its API model, as every handler does first."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import kopf
+from pydantic import ValidationError
+
+from tramontane_operator.api.v1alpha1.common import Resource
+from tramontane_operator.observability import Reconcile
+
+R = TypeVar("R", bound=Resource)
+
+
+def parse_resource(model: type[R], body: Mapping[str, Any], scope: Reconcile | None = None) -> R:
+    """`body` as `model`; an invalid one marks `scope` invalid and is a kopf.PermanentError
+    naming the kind and the fields (Kopf retries only when the object changes)."""
+    try:
+        return model.model_validate(dict(body))
+    except ValidationError as exc:
+        if scope is not None:
+            scope.outcome = "invalid"
+        raise kopf.PermanentError(f"invalid {model.KIND_INFO.kind}: {exc}") from exc
