@@ -288,20 +288,27 @@ async def _step(
     idx = Indexes.from_kwargs(kwargs)
     base_uri, base_error_or_name = await base_model(rt, job)
     base_error = base_error_or_name if base_uri is None else None
+    terminal = finished(job)
+    current = job.status.cluster if job.status else None
+    # A placed job's RayJob and progress are read before the admission lock, which every
+    # job's reconcile shares: only the quota and placement decision needs it.
+    rayjob: dict[str, Any] | None = None
+    progress = None
+    if current is not None:
+        if not terminal:
+            rayjob = await read_rayjob(rt, current, namespace, name, True)
+        progress = await read_progress(rt, job, current, rayjob, terminal)
     async with state.admission:
         jobs = _jobs(kwargs, state)
         views = await _views(rt, job, idx, jobs)
-        status = job.status
-        current = status.cluster if status else None
         placement = place_job(job, list(views.values()), current)
         cluster = current or placement.cluster
-        terminal = finished(job)
-        rayjob = None
-        if not terminal:
-            rayjob = await read_rayjob(rt, cluster, namespace, name, current is not None)
+        if current is None:  # a RayJob may exist where a crash kept it out of the status
+            if not terminal:
+                rayjob = await read_rayjob(rt, cluster, namespace, name, False)
+            progress = await read_progress(rt, job, cluster, rayjob, terminal)
         if rayjob is None and current is not None and not terminal:
             placement = _within(job, views, current)  # kept there, if it fits (again)
-        progress = await read_progress(rt, job, cluster, rayjob, terminal)
         tenant = tenant_for_namespace(_tenants(kwargs), namespace)
         deployments = list(idx.modeldeployments.get(ALL, ()))
         admission = admission_for(job, tenant, jobs, deployments)
