@@ -1,5 +1,9 @@
 """Kopf wiring: the registry of our handlers, Kopf's settings, and `run` (one operator).
 
+Kopf runs the ComputeCluster, Tenant and FineTuneJob handlers; ModelDeployments have a
+controller of our own (`handlers/modeldeployment.py`), started with the hub caches when Kopf
+starts and stopped before it exits.
+
 Everything is built per run (no handlers on Kopf's global registry), so tests and benchmarks
 start, kill and restart operators in-process. Kopf logs in with the same credentials our hub
 client uses; its progress and diff-base annotations use the `tramontane.dev` prefix and the
@@ -15,13 +19,8 @@ from typing import Any
 import kopf
 
 from tramontane_operator.builders.labels import FINALIZER
-from tramontane_operator.handlers import (
-    computecluster,
-    finetunejob,
-    indexes,
-    modeldeployment,
-    tenant,
-)
+from tramontane_operator.handlers import computecluster, finetunejob, tenant
+from tramontane_operator.handlers.modeldeployment import ModelDeploymentController
 from tramontane_operator.handlers.runtime import Runtime
 from tramontane_operator.kube import ClusterConfig
 from tramontane_operator.observability import serve_metrics
@@ -51,14 +50,20 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(rt.hub.config)
 
+    controller = ModelDeploymentController(rt)
+
+    @kopf.on.startup(registry=registry)
+    async def start_caches(**_: Any) -> None:
+        rt.start()
+        controller.start()
+
     @kopf.on.cleanup(registry=registry)
     async def close_clients(**_: Any) -> None:
-        # Before Kopf's exit: our informers are tasks Kopf would otherwise wait for.
+        # Before Kopf's exit: our informers and workers are tasks Kopf would wait for.
+        await controller.stop()
         await rt.close()
 
-    indexes.register(registry, rt.gpus)
     computecluster.register(registry, rt)
-    modeldeployment.register(registry, rt)
     finetunejob.register(registry, rt)
     tenant.register(registry, rt)
     return registry

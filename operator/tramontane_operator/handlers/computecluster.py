@@ -19,7 +19,6 @@ from tramontane_operator.kube import COMPUTECLUSTER
 from tramontane_operator.observability import reconcile_scope, set_cluster_reachable
 from tramontane_operator.reconcile import cluster_status_changed, compute_cluster_status
 
-from .indexes import Indexes
 from .parsing import parse_resource
 from .runtime import Runtime
 
@@ -30,13 +29,13 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def cc_changed(body: kopf.Body, **kwargs: Any) -> None:
-        await probe_and_report(rt, body, Indexes.from_kwargs(kwargs), refresh=True)
+    async def cc_changed(body: kopf.Body, **_: Any) -> None:
+        await probe_and_report(rt, body, refresh=True)
 
     @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=rt.settings.probe_interval_s)
-    async def cc_probe(body: kopf.Body, name: str, **kwargs: Any) -> None:
+    async def cc_probe(body: kopf.Body, name: str, **_: Any) -> None:
         if rt.clusters.get(name) is None or rt.clusters.probe_due(name):
-            await probe_and_report(rt, body, Indexes.from_kwargs(kwargs), refresh=False)
+            await probe_and_report(rt, body, refresh=False)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)
     async def cc_deleted(name: str, **_: Any) -> None:
@@ -45,8 +44,9 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         set_cluster_reachable(name, None)
 
 
-async def probe_and_report(rt: Runtime, body: kopf.Body, idx: Indexes, refresh: bool) -> None:
+async def probe_and_report(rt: Runtime, body: kopf.Body, refresh: bool) -> None:
     name = body["metadata"]["name"]
+    await rt.indexes.synced()  # the GPUs allocated come from every ModelDeployment's status
     with reconcile_scope("ComputeCluster", None, name) as scope:
         cc = parse_resource(ComputeCluster, body, scope)
         known = rt.clusters.get(name) is not None

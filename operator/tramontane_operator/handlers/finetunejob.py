@@ -22,19 +22,17 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import kopf
-from pydantic import ValidationError
 
 from tramontane_operator.api.v1alpha1 import (
     GROUP,
     VERSION,
     FineTuneJob,
     FineTuneJobStatus,
-    Tenant,
 )
 from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from tramontane_operator.builders.rayjob import claim_uses, rendered_hash, spec_hash
 from tramontane_operator.builders.volumes import pod_volumes
-from tramontane_operator.kube import ApiError, ResourceRef, Unreachable
+from tramontane_operator.kube import FINETUNEJOB, ApiError, Unreachable
 from tramontane_operator.observability import PhaseTracker, reconcile_scope
 from tramontane_operator.placement import ClusterView, gpu_allocations
 from tramontane_operator.quotas import tenant_for_namespace
@@ -63,21 +61,16 @@ from tramontane_operator.reconcile.finetunejob_validation import (
 from tramontane_workers.contract.datasets_report import DatasetsReport
 
 from . import finetunejob_io as io
-from .events import post_event
 from .finetunejob_children import RAYJOB, apply_actions, base_model, read_progress, read_rayjob
 from .finetunejob_validation import delete_validation_job, validate_in_cluster
-from .indexes import ALL, Indexes
 from .parsing import parse_resource
 from .runtime import Key, Runtime
 
 log = logging.getLogger(__name__)
 
 PLURAL: Final = "finetunejobs"
-FINETUNEJOB: Final = ResourceRef(GROUP, VERSION, PLURAL, "FineTuneJob")
 POLL_ENV: Final = "TRAMONTANE_FINETUNE_POLL_INTERVAL"
 DEFAULT_POLL_S: Final = 10.0
-INDEX_ID: Final = "finetunejobs_idx"
-TENANT_INDEX_ID: Final = "tenant_objects_idx"  # registered by handlers.tenant
 
 
 class FineTuneState:
@@ -110,29 +103,22 @@ def poll_interval(env: Mapping[str, str] | None = None) -> float:
 def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     state = FineTuneState(poll_interval())
 
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=INDEX_ID)
-    def finetunejobs_idx(body: kopf.Body, **_: Any) -> dict[str, FineTuneJob]:
-        try:
-            return {ALL: FineTuneJob.model_validate(dict(body))}
-        except ValidationError:
-            return {}
-
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def ftj_changed(body: kopf.Body, **kwargs: Any) -> None:
-        decision = await reconcile(rt, state, body, kwargs)
+    async def ftj_changed(body: kopf.Body, **_: Any) -> None:
+        decision = await reconcile(rt, state, body)
         wakeup = state.wakeups.get(_key(body))
         if decision is not None and decision.phase not in TERMINAL and wakeup is not None:
             wakeup.set()  # the daemon may sleep a resync interval (a finished dry run reopened)
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=1.0)
-    async def ftj_follow(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
-        await _follow(rt, state, stopped, body, kwargs)
+    async def ftj_follow(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
+        await _follow(rt, state, stopped, body)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
-    async def ftj_deleted(body: kopf.Body, **kwargs: Any) -> None:
-        await cleanup(rt, state, body, kwargs)
+    async def ftj_deleted(body: kopf.Body, **_: Any) -> None:
+        await cleanup(rt, state, body)
 
 
 def _key_of(job: FineTuneJob) -> Key:
@@ -155,7 +141,6 @@ async def _follow(
     state: FineTuneState,
     stopped: kopf.DaemonStopped,
     body: kopf.Body,
-    kwargs: Mapping[str, Any],
 ) -> None:
     key = _key(body)
     event = state.wakeups.setdefault(key, asyncio.Event())
@@ -167,7 +152,7 @@ async def _follow(
         if stopped or body.get("metadata", {}).get("deletionTimestamp"):
             return
         try:
-            decision = await reconcile(rt, state, body, kwargs)
+            decision = await reconcile(rt, state, body)
             done = decision is not None and decision.phase in TERMINAL and not decision.actions
             delay = rt.settings.resync_interval_s if done else state.poll_s
         except (kopf.TemporaryError, kopf.PermanentError):
@@ -177,19 +162,17 @@ async def _follow(
             delay = state.poll_s
 
 
-def _tenants(kwargs: Mapping[str, Any]) -> list[Tenant]:
-    return list((kwargs.get(TENANT_INDEX_ID) or {}).get(ALL, ()))
+def _jobs(rt: Runtime, state: FineTuneState, job: FineTuneJob) -> list[FineTuneJob]:
+    """Every FineTuneJob with the newest status we know; `job` as this reconcile sees it (the
+    hub cache may not have it yet, or an older version)."""
+    jobs = [j for j in rt.indexes.jobs() if j.metadata.uid != job.metadata.uid]
+    jobs = [j.model_copy(update={"status": state.last_status(j) or j.status}) for j in jobs]
+    return [*jobs, job]
 
 
-def _jobs(kwargs: Mapping[str, Any], state: FineTuneState) -> list[FineTuneJob]:
-    jobs = list((kwargs.get(INDEX_ID) or {}).get(ALL, ()))
-    return [j.model_copy(update={"status": state.last_status(j) or j.status}) for j in jobs]
-
-
-async def reconcile(
-    rt: Runtime, state: FineTuneState, body: Mapping[str, Any], kwargs: Mapping[str, Any]
-) -> Decision | None:
+async def reconcile(rt: Runtime, state: FineTuneState, body: Mapping[str, Any]) -> Decision | None:
     key = _key(body)
+    await rt.indexes.synced()
     async with rt.lock(("FineTuneJob/" + key[0], key[1])):
         with reconcile_scope("FineTuneJob", *key) as scope:
             if (body.get("metadata") or {}).get("deletionTimestamp"):
@@ -199,15 +182,15 @@ async def reconcile(
             validation = None
             phase = job.status.phase if job.status else None
             if not was_validated(job.status) and phase not in TERMINAL:
-                job, validation = await _validate(rt, state, job, kwargs)
-            decision = await _step(rt, state, job, validation, kwargs)
+                job, validation = await _validate(rt, state, job)
+            decision = await _step(rt, state, job, validation)
             scope.outcome = decision.phase or "unknown"
             scope.clusters = decision.status.cluster or ""
             return decision
 
 
 async def _validate(
-    rt: Runtime, state: FineTuneState, job: FineTuneJob, kwargs: Mapping[str, Any]
+    rt: Runtime, state: FineTuneState, job: FineTuneJob
 ) -> tuple[FineTuneJob, ValidationResult]:
     """The datasets' validation result (and the job as last written); while there is none,
     Validating with how it goes in the `Validated` condition, and a TemporaryError."""
@@ -217,7 +200,7 @@ async def _validate(
     except ValueError as exc:
         return job, ValidationResult(False, (str(exc),))
     if needs_cluster_validation(job):
-        job, report = await _validate_in_cluster(rt, state, job, kwargs)
+        job, report = await _validate_in_cluster(rt, state, job)
     else:
         if job.status is None or job.status.phase != "Validating":
             job = await _write(rt, state, job, decide(job, Observed(), _now()).status)
@@ -228,17 +211,17 @@ async def _validate(
         await _write(rt, state, job, decide(job, observed, _now()).status)
         raise kopf.TemporaryError(f"dataset unreadable: {report.unreadable}", delay=state.poll_s)
     params = await asyncio.to_thread(io.model_params, base_uri) if base_uri else None
-    clusters = Indexes.from_kwargs(kwargs).compute_clusters()
+    clusters = rt.indexes.compute_clusters()
     return job, report_result(job, report, params, clusters)
 
 
 async def _validate_in_cluster(
-    rt: Runtime, state: FineTuneState, job: FineTuneJob, kwargs: Mapping[str, Any]
+    rt: Runtime, state: FineTuneState, job: FineTuneJob
 ) -> tuple[FineTuneJob, DatasetsReport]:
     """pvc:// datasets: place the job (for good: claims are cluster-local), then run the
     validation Job there until it reports."""
     namespace = job.metadata.namespace or "default"
-    views = await _views(rt, job, Indexes.from_kwargs(kwargs), _jobs(kwargs, state))
+    views = await _views(rt, job, _jobs(rt, state, job))
     current = job.status.cluster if job.status else None
     if current is not None:  # placed for good, even while its cluster is unreachable
         placement = JobPlacement(current, f"placed in {current}")
@@ -251,7 +234,7 @@ async def _validate_in_cluster(
         message = f"waiting for a cluster to validate the pvc:// datasets in: {placement.message}"
         outcome = ClusterValidation(message=message)
     else:
-        tenant = tenant_for_namespace(_tenants(kwargs), namespace)
+        tenant = tenant_for_namespace(rt.indexes.tenants(), namespace)
         tenant_name = tenant.metadata.name if tenant else None
         outcome = await validate_in_cluster(rt, job, view, tenant_name, _now())
     if outcome.report is not None:
@@ -261,10 +244,8 @@ async def _validate_in_cluster(
     raise kopf.TemporaryError(outcome.message, delay=state.poll_s)
 
 
-async def _views(
-    rt: Runtime, job: FineTuneJob, idx: Indexes, jobs: list[FineTuneJob]
-) -> dict[str, ClusterView]:
-    mds = idx.modeldeployments.get(ALL, ())
+async def _views(rt: Runtime, job: FineTuneJob, jobs: list[FineTuneJob]) -> dict[str, ClusterView]:
+    mds = rt.indexes.deployments()
     allocations = {c: dict(g) for c, g in gpu_allocations(mds).items()}
     for other in jobs:
         status = other.status
@@ -274,7 +255,7 @@ async def _views(
         if status.cluster and res.gpu_type and res.gpus_per_worker:
             held = allocations.setdefault(status.cluster, {})
             held[res.gpu_type] = held.get(res.gpu_type, 0) + res.workers * res.gpus_per_worker
-    return await rt.cluster_views(idx.compute_clusters(), allocations)
+    return await rt.cluster_views(rt.indexes.compute_clusters(), allocations)
 
 
 async def _step(
@@ -282,10 +263,8 @@ async def _step(
     state: FineTuneState,
     job: FineTuneJob,
     validation: ValidationResult | None,
-    kwargs: Mapping[str, Any],
 ) -> Decision:
     namespace, name = _key_of(job)
-    idx = Indexes.from_kwargs(kwargs)
     base_uri, base_error_or_name = await base_model(rt, job)
     base_error = base_error_or_name if base_uri is None else None
     terminal = finished(job)
@@ -299,8 +278,8 @@ async def _step(
             rayjob = await read_rayjob(rt, current, namespace, name, True)
         progress = await read_progress(rt, job, current, rayjob, terminal)
     async with state.admission:
-        jobs = _jobs(kwargs, state)
-        views = await _views(rt, job, idx, jobs)
+        jobs = _jobs(rt, state, job)
+        views = await _views(rt, job, jobs)
         placement = place_job(job, list(views.values()), current)
         cluster = current or placement.cluster
         if current is None:  # a RayJob may exist where a crash kept it out of the status
@@ -309,8 +288,8 @@ async def _step(
             progress = await read_progress(rt, job, cluster, rayjob, terminal)
         if rayjob is None and current is not None and not terminal:
             placement = _within(job, views, current)  # kept there, if it fits (again)
-        tenant = tenant_for_namespace(_tenants(kwargs), namespace)
-        deployments = list(idx.modeldeployments.get(ALL, ()))
+        tenant = tenant_for_namespace(rt.indexes.tenants(), namespace)
+        deployments = rt.indexes.deployments()
         admission = admission_for(job, tenant, jobs, deployments)
         observed = Observed(
             validation=validation,
@@ -362,20 +341,19 @@ async def _write(
         state.phases.set(namespace, name, status.phase)
         if previous is None or previous.phase != status.phase:
             kind = "Warning" if status.phase in ("Failed", "FailedValidation") else "Normal"
-            post_event(job, kind, status.phase or "Unknown", f"phase {status.phase}")
+            rt.events.post(job, kind, status.phase or "Unknown", f"phase {status.phase}")
     return job.model_copy(update={"status": status})
 
 
-async def cleanup(
-    rt: Runtime, state: FineTuneState, body: Mapping[str, Any], kwargs: Mapping[str, Any]
-) -> None:
+async def cleanup(rt: Runtime, state: FineTuneState, body: Mapping[str, Any]) -> None:
     """Cancel: delete the RayJob wherever it may be; keep the finalizer until it is gone."""
     namespace, name = key = _key(body)
+    await rt.indexes.synced()
     async with rt.lock(("FineTuneJob/" + namespace, name)):
         job = _parse(state, body)
         job = await _write(rt, state, job, decide(job, Observed(deleting=True), _now()).status)
         waiting = []
-        for cc in Indexes.from_kwargs(kwargs).compute_clusters():
+        for cc in rt.indexes.compute_clusters():
             member = await rt.ensure_member(cc)
             if member is None or not member.probe.reachable:
                 if job.status is not None and job.status.cluster == cc.metadata.name:

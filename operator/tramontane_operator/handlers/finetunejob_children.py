@@ -35,7 +35,6 @@ from tramontane_operator.reconcile.finetunejob_progress import (
 from tramontane_workers.contract.train_config import TrainProgress, last_progress
 
 from . import finetunejob_io as io
-from .events import post_event
 from .finetunejob_validation import job_pods
 from .runtime import Runtime
 
@@ -157,7 +156,7 @@ async def apply_actions(
                 if member is not None:
                     await member.ensure_namespace(namespace)
                 await client.apply(RAYJOB, desired, None)
-                post_event(job, "Normal", "Created", f"RayJob {name} created in {cluster}")
+                rt.events.post(job, "Normal", "Created", f"RayJob {name} created in {cluster}")
             elif action in ("suspend_rayjob", "resume_rayjob") and client is not None:
                 suspend = action == "suspend_rayjob"
                 await client.patch(RAYJOB, namespace, name, {"spec": {"suspend": suspend}})
@@ -170,13 +169,15 @@ async def apply_actions(
                 await client.patch(RAYJOB, namespace, name, {"spec": controls})
             elif action == "replace_rayjob" and client is not None:
                 await client.delete(RAYJOB, namespace, name)
-                post_event(job, "Normal", "Replacing", f"RayJob {name} replaced: the spec changed")
+                rt.events.post(
+                    job, "Normal", "Replacing", f"RayJob {name} replaced: the spec changed"
+                )
             elif action == "delete_rayjob" and client is not None:
                 await client.delete(RAYJOB, namespace, name)
             elif action == "auto_deploy":
                 outcome = await auto_deploy(rt, job, decision)
         except ValueError as exc:  # the spec cannot be trained as given
-            post_event(job, "Warning", "InvalidSpec", str(exc))
+            rt.events.post(job, "Warning", "InvalidSpec", str(exc))
             raise kopf.PermanentError(str(exc)) from exc
         except (ApiError, Unreachable) as exc:
             raise kopf.TemporaryError(f"{action}: {exc}", delay=1.0) from exc
@@ -197,5 +198,5 @@ async def auto_deploy(rt: Runtime, job: FineTuneJob, decision: Decision) -> Depl
             await rt.hub.patch(MODELDEPLOYMENT, namespace, md.metadata.name, patch)
         except ApiError as exc:
             return DeployOutcome(False, DEPLOY_FAILED, str(exc)[:512])
-        post_event(job, "Normal", "AdapterDeployed", outcome.message)
+        rt.events.post(job, "Normal", "AdapterDeployed", outcome.message)
     return outcome

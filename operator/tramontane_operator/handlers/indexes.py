@@ -1,38 +1,39 @@
-"""Kopf in-memory indexes of what reconciles read about other objects.
+"""What reconciles read about other objects: list-then-watch caches of the hub, parsed once.
 
-Kopf fills every index before any handler runs, so after a restart the first reconcile
-already knows every ComputeCluster (placement never mistakes "not seen yet" for "gone").
-Objects that fail to parse are left out of the indexes (their own handlers report them).
+One `Informer` per hub kind the operator reads (ComputeClusters, Tenants, FineTuneJobs,
+ModelDeployments; per namespace when the operator watches only some). Each object is parsed
+with its pydantic model when it changes; objects that fail to parse are left out (their own
+reconciles report them). Reconciles wait for `synced()` first, so after a restart no
+ComputeCluster is mistaken for gone and no quota is counted short. The ModelDeployment cache
+also feeds the controller (`handlers/modeldeployment.py`) and the GPU ledger.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
-import kopf
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tramontane_operator.api.v1alpha1 import (
-    GROUP,
-    VERSION,
     ComputeCluster,
     FineTuneJob,
     ModelDeployment,
     Tenant,
 )
+from tramontane_operator.kube import (
+    COMPUTECLUSTER,
+    FINETUNEJOB,
+    MODELDEPLOYMENT,
+    TENANT,
+    KubeClient,
+    ResourceRef,
+)
+from tramontane_operator.kube.informer import Informer
 from tramontane_operator.placement import gpu_allocations
 
-ALL = "all"
-F = TypeVar("F", bound=Callable[..., Any])
-# Kopf passes each index to handlers as a keyword argument named by its id.
-INDEX_IDS = {
-    "computeclusters": "computeclusters_idx",
-    "modeldeployments": "modeldeployments_idx",
-    "tenants": "tenants_idx",
-    "finetunejobs": "adapters_idx",
-}
+Key = tuple[str, str]  # (namespace or "", name)
+M = TypeVar("M", bound=BaseModel)
 
 
 class GpuLedger:
@@ -75,83 +76,151 @@ class GpuLedger:
         return out
 
 
-def register(registry: kopf.OperatorRegistry, ledger: GpuLedger) -> None:
-    def index(plural: str) -> Callable[[F], F]:
-        decorator = kopf.index(GROUP, VERSION, plural, registry=registry, id=INDEX_IDS[plural])
-        return cast(Callable[[F], F], decorator)
+class Cache(Generic[M]):
+    """The objects of one kind in the hub: raw bodies (the informers') and parsed models."""
 
-    @index("computeclusters")
-    async def computeclusters_idx(body: kopf.Body, **_: Any) -> dict[str, ComputeCluster]:
-        try:
-            return {ALL: ComputeCluster.model_validate(dict(body))}
-        except ValidationError:
-            return {}
+    def __init__(
+        self,
+        hub: KubeClient,
+        ref: ResourceRef,
+        model: type[M],
+        namespaces: Sequence[str | None],
+        on_change: Callable[[Key, M | None], None] | None = None,
+        reparse: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None,
+    ) -> None:
+        self.model = model
+        self.on_change = on_change
+        self._reparse = reparse
+        self._parsed: dict[Key, tuple[dict[str, Any], M | None]] = {}
+        self.informers = [Informer(hub, ref, {}, self._event, namespace=ns) for ns in namespaces]
+        # Called after every change with (key, object, gone): the last state of a deleted one.
+        self.on_event: Callable[[Key, Mapping[str, Any], bool], None] | None = None
 
-    @index("modeldeployments")
-    async def modeldeployments_idx(body: kopf.Body, **_: Any) -> dict[str, ModelDeployment]:
-        try:
-            md = ModelDeployment.model_validate(dict(body))
-        except ValidationError:
-            return {}
-        # CPU-only deployments are indexed too: tenants' maxModelDeployments counts them, and
-        # a deployment that drops its GPUs must leave the ledger.
-        ledger.set(_md_key(md), gpu_allocations([md]))
-        return {ALL: md}
+    def raw(self, key: Key) -> dict[str, Any] | None:
+        for informer in self.informers:
+            obj = informer.get(*key)
+            if obj is not None:
+                return obj
+        return None
 
-    @index("tenants")
-    async def tenants_idx(body: kopf.Body, name: str, **_: Any) -> dict[str, str]:
-        try:
-            tenant = Tenant.model_validate(dict(body))
-        except ValidationError:
-            return {}
-        return {namespace: name for namespace in tenant.spec.namespaces}
+    def object_keys(self) -> list[Key]:
+        return [k for informer in self.informers for k in informer.items]
 
-    @index("finetunejobs")
-    async def adapters_idx(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
-        try:
-            job = FineTuneJob.model_validate(dict(body))
-        except ValidationError:
-            return {}
-        adapter = job.status.adapter if job.status else None
-        if adapter is None:
-            return {}
-        return {(job.metadata.namespace or "", job.metadata.name): adapter.uri}
+    def parsed(self) -> list[M]:
+        return [m for _, m in self._parsed.values() if m is not None]
+
+    def _event(self, _cluster: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta["name"])
+        raw = self.raw(key)
+        before = self._parsed.get(key)
+        if raw is None:
+            self._parsed.pop(key, None)
+            model = None
+        elif before is not None and self._reparse is not None and not self._reparse(before[0], raw):
+            self._parsed[key] = (raw, before[1])  # e.g. only a finalizer changed
+            model = before[1]
+        else:
+            try:
+                model = self.model.model_validate(raw)
+            except ValidationError:
+                model = None
+            self._parsed[key] = (raw, model)
+        if self.on_change is not None and (raw is None or before is None or model is not before[1]):
+            self.on_change(key, model)
+        if self.on_event is not None:
+            self.on_event(key, obj if raw is None else raw, raw is None)
 
 
-@dataclass(frozen=True)
+def _spec_or_status_changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    meta_b, meta_a = before.get("metadata") or {}, after.get("metadata") or {}
+    return (
+        meta_b.get("generation") != meta_a.get("generation")
+        or meta_b.get("uid") != meta_a.get("uid")
+        or before.get("status") != after.get("status")
+        or before.get("spec") != after.get("spec")
+    )
+
+
 class Indexes:
-    """The indexes as one value, taken from a handler's keyword arguments."""
+    """The hub caches, and the lookups reconciles make in them."""
 
-    computeclusters: Mapping[str, Any]
-    modeldeployments: Mapping[str, Any]
-    tenants: Mapping[str, Any]
-    adapters: Mapping[tuple[str, str], Any]
+    def __init__(self, hub: KubeClient, namespaces: Sequence[str] | None, ledger: GpuLedger):
+        scoped: list[str | None] = list(namespaces) if namespaces else [None]
+        self.ledger = ledger
+        self.clusters = Cache(hub, COMPUTECLUSTER, ComputeCluster, [None])
+        self.tenant_objects = Cache(hub, TENANT, Tenant, [None], self._tenant_changed)
+        self.finetunejobs = Cache(hub, FINETUNEJOB, FineTuneJob, scoped, self._job_changed)
+        self.modeldeployments = Cache(
+            hub, MODELDEPLOYMENT, ModelDeployment, scoped, self._md_changed,
+            reparse=_spec_or_status_changed,
+        )  # fmt: skip
+        self._tenant_by_namespace: dict[str, list[str]] | None = None
+        self._adapters: dict[str, dict[str, str]] = {}  # namespace -> job name -> adapter URI
 
-    @classmethod
-    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Indexes:
-        ids = INDEX_IDS
-        return cls(
-            kwargs[ids["computeclusters"]],
-            kwargs[ids["modeldeployments"]],
-            kwargs[ids["tenants"]],
-            kwargs[ids["finetunejobs"]],
-        )
+    def _caches(self) -> list[Cache[Any]]:
+        return [self.clusters, self.tenant_objects, self.finetunejobs, self.modeldeployments]
 
+    def start(self) -> None:
+        for cache in self._caches():
+            for informer in cache.informers:
+                informer.start()
+
+    async def stop(self) -> None:
+        for cache in self._caches():
+            for informer in cache.informers:
+                await informer.stop()
+
+    async def synced(self) -> None:
+        """Wait until every cache has listed once (reconciles read nothing half-filled)."""
+        for cache in self._caches():
+            for informer in cache.informers:
+                await informer.synced.wait()
+
+    # Lookups.
     def compute_clusters(self) -> list[ComputeCluster]:
-        return sorted(self.computeclusters.get(ALL, ()), key=lambda cc: cc.metadata.name)
+        return sorted(self.clusters.parsed(), key=lambda cc: cc.metadata.name)
+
+    def tenants(self) -> list[Tenant]:
+        return self.tenant_objects.parsed()
+
+    def jobs(self) -> list[FineTuneJob]:
+        return self.finetunejobs.parsed()
+
+    def deployments(self) -> list[ModelDeployment]:
+        return self.modeldeployments.parsed()
 
     def tenant_of(self, namespace: str) -> str | None:
-        owners = sorted(self.tenants.get(namespace, ()))
-        return owners[0] if owners else None
+        if self._tenant_by_namespace is None:
+            owners: dict[str, list[str]] = {}
+            for tenant in self.tenants():
+                for ns in tenant.spec.namespaces:
+                    owners.setdefault(ns, []).append(tenant.metadata.name)
+            self._tenant_by_namespace = {ns: sorted(names) for ns, names in owners.items()}
+        found = self._tenant_by_namespace.get(namespace)
+        return found[0] if found else None
 
     def adapter_uris(self, namespace: str) -> dict[str, str]:
         """FineTuneJob name -> adapter URI, for jobs in `namespace` that produced one."""
-        return {
-            name: next(iter(uris))
-            for (ns, name), uris in self.adapters.items()
-            if ns == namespace and uris
-        }
+        return dict(self._adapters.get(namespace, {}))
 
+    # Derived indexes, kept current per change.
+    def _tenant_changed(self, _key: Key, _tenant: Tenant | None) -> None:
+        self._tenant_by_namespace = None
 
-def _md_key(md: ModelDeployment) -> tuple[str, str]:
-    return (md.metadata.namespace or "default", md.metadata.name)
+    def _job_changed(self, key: Key, job: FineTuneJob | None) -> None:
+        namespace, name = key
+        adapter = job.status.adapter if job is not None and job.status else None
+        if adapter is not None:
+            self._adapters.setdefault(namespace, {})[name] = adapter.uri
+        elif name in self._adapters.get(namespace, {}):
+            del self._adapters[namespace][name]
+
+    def _md_changed(self, key: Key, md: ModelDeployment | None) -> None:
+        # CPU-only deployments are cached too: tenants' maxModelDeployments counts them, and
+        # a deployment that drops its GPUs must leave the ledger.
+        ledger_key = (key[0] or "default", key[1])
+        if md is None:
+            self.ledger.remove(ledger_key)
+        else:
+            self.ledger.set(ledger_key, gpu_allocations([md]))

@@ -1,12 +1,21 @@
-"""ModelDeployment handlers: observe -> place -> render -> apply -> status, in every cluster.
+"""ModelDeployments: observe -> place -> render -> apply -> status, in every cluster.
 
-One per-object daemon runs the level-triggered `reconcile`: at once when the object appears
-(or the operator starts), then when its spec changes (an event handler compares generations),
-when one of its RayServices changes in any member cluster or a member cluster changes health,
-and on resync. Children are read from each member's
-informer cache, created or patched by their deterministic name, and deleted from clusters that
-are no longer placed; the status is computed by the pure `reconcile` package and written only
-when it changed. Deletion removes the children in every cluster before the finalizer goes.
+ModelDeployments are reconciled by a controller of our own rather than by Kopf handlers (as
+controller-runtime does it): the hub cache's informer feeds a work queue, and a pool of
+workers runs the level-triggered `reconcile` for one key at a time. An object is queued at
+high priority when it appears, when its spec changes (its generation, as controller-runtime's
+`GenerationChangedPredicate`: the echoes of our own status writes queue nothing) and when it
+is being deleted; at low priority when one of its RayServices changes in any member, a
+member changes health, and on resync. New work thus goes before refreshes: in a burst of
+creates, every object gets its children before any gets its Ready status. Kopf's per-event
+machinery (a per-object task, cause detection, progress storage) cost more CPU per object
+than the reconcile itself; the other kinds keep their Kopf handlers.
+
+Children are read from each member's informer cache, created or patched by their
+deterministic name, and deleted from clusters that are no longer placed; the status is
+computed by the pure `reconcile` package and written only when it changed. Our finalizer is
+added by the first reconcile (in parallel with it, not before it); deletion removes the
+children in every cluster before the finalizer goes.
 """
 
 from __future__ import annotations
@@ -22,16 +31,22 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from tramontane_operator.api.v1alpha1 import GROUP, VERSION, ModelDeployment, ModelDeploymentStatus
+from tramontane_operator.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
 from tramontane_operator.api.validate import validate_object
-from tramontane_operator.builders.labels import OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL
+from tramontane_operator.builders.labels import (
+    FINALIZER,
+    OWNER_NAME_LABEL,
+    OWNER_NAMESPACE_LABEL,
+)
 from tramontane_operator.kube import (
     MODELDEPLOYMENT,
     RAYSERVICE,
     ApiError,
     MemberCluster,
+    NotFound,
     Unreachable,
 )
+from tramontane_operator.kube.workqueue import HIGH, LOW, QueueClosed
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.placement import REASON_FAILOVER, ClusterView, place
 from tramontane_operator.reconcile import (
@@ -45,42 +60,108 @@ from tramontane_operator.reconcile import (
 )
 from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, PROGRESSING, READY, find
 
-from .events import post_event
+from .events import EventRecorder
 from .indexes import Indexes
 from .runtime import Key, Runtime
 
 log = logging.getLogger(__name__)
 
-PLURAL = "modeldeployments"
 SYNC_WAIT_S = 2.0  # how long a reconcile waits for a new member's cache before reading directly
+WORKERS = 32  # concurrent reconciles (each mostly waits on API calls)
 
 
-def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def md_seen(body: kopf.Body, type: str, **kwargs: Any) -> None:
-        key = _key(body)
-        if type == "DELETED":
-            if rt.known(key):  # gone before our finalizer landed: the cleanup never ran
-                await _cleanup_gone(rt, body, Indexes.from_kwargs(kwargs))
+class ModelDeploymentController:
+    """The work queue and workers reconciling every ModelDeployment in the hub cache."""
+
+    def __init__(self, rt: Runtime, workers: int = WORKERS) -> None:
+        self.rt = rt
+        self.workers = workers
+        self._tombstones: dict[Key, Mapping[str, Any]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self.rt.indexes.modeldeployments.on_event = self._observed
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"modeldeployment worker {i}")
+            for i in range(self.workers)
+        ]
+
+    async def stop(self) -> None:
+        self.rt.md_queue.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def _observed(self, cache_key: tuple[str, str], obj: Mapping[str, Any], gone: bool) -> None:
+        """Every watch event, once the cache has it: queue the object if it needs a reconcile."""
+        key = (cache_key[0] or "default", cache_key[1])
+        if gone:
+            if self.rt.known(key):  # deleted before our finalizer landed: clean up anyway
+                self._tombstones[key] = obj
+                self.rt.md_queue.add(key, HIGH)
             return
-        # Most events are echoes of our own status writes: only a new spec (generation) or a
-        # deletion mark needs the daemon (as controller-runtime's GenerationChangedPredicate).
-        if rt.trigger_changed(key, _trigger(body)):
-            rt.wake(key)
+        if self.rt.trigger_changed(key, _trigger(obj)):
+            self.rt.md_queue.add(key, HIGH)
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=1.0)
-    async def md_children(stopped: kopf.DaemonStopped, body: kopf.Body, **kwargs: Any) -> None:
-        await _follow(rt, stopped, body, kwargs)
+    async def _worker(self) -> None:
+        await self.rt.indexes.synced()
+        queue = self.rt.md_queue
+        while True:
+            try:
+                key = await queue.get()
+            except QueueClosed:
+                return
+            requeue: tuple[float, int] | None = None
+            try:
+                requeue = await self._process(key)
+            except Exception:
+                log.exception("reconcile of ModelDeployment %s/%s failed", *key)
+                requeue = (self.rt.settings.retry_delay_s, HIGH)
+            finally:
+                queue.done(key)
+            if requeue is not None:
+                queue.add_after(key, *requeue)
 
-    # Only while deleting: for a live object Kopf then has no change handler to track, so it
-    # writes no progress or diff-base annotations (one hub patch and echo event fewer each).
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, when=_deleting)
-    async def md_deleted(body: kopf.Body, **kwargs: Any) -> None:
-        await cleanup(rt, body, Indexes.from_kwargs(kwargs))
-
-
-def _deleting(body: kopf.Body, **_: Any) -> bool:
-    return bool(body.get("metadata", {}).get("deletionTimestamp"))
+    async def _process(self, key: Key) -> tuple[float, int] | None:
+        """One reconcile (or cleanup) of `key`; when to look at it again, and how urgently."""
+        rt = self.rt
+        raw = rt.indexes.modeldeployments.raw((key[0], key[1]))
+        if raw is None:
+            tombstone = self._tombstones.pop(key, None)
+            if tombstone is not None:
+                await _cleanup_gone(rt, tombstone)
+            return None
+        self._tombstones.pop(key, None)
+        finalizers = (raw.get("metadata") or {}).get("finalizers") or []
+        if raw["metadata"].get("deletionTimestamp"):
+            if FINALIZER not in finalizers:
+                return None
+            rt.reconciling(key, _trigger(raw))
+            try:
+                await cleanup(rt, raw)
+                await _remove_finalizer(rt, raw, finalizers)
+            except kopf.TemporaryError as exc:
+                return (exc.delay or rt.settings.retry_delay_s, HIGH)
+            except (ApiError, Unreachable) as exc:
+                log.info("finalizer of %s/%s not removed yet: %s", *key, exc)
+                return (rt.settings.retry_delay_s, HIGH)
+            return None
+        # The finalizer goes on in parallel with the first reconcile, not before it.
+        adding = None
+        if FINALIZER not in finalizers:
+            adding = asyncio.create_task(_add_finalizer(rt, raw, finalizers))
+        requeue: tuple[float, int] | None = (rt.settings.resync_interval_s, LOW)
+        try:
+            await reconcile(rt, raw, rt.indexes)
+        except kopf.TemporaryError as exc:
+            requeue = (exc.delay or rt.settings.retry_delay_s, HIGH)
+        except kopf.PermanentError:
+            requeue = None  # the spec is invalid: a new generation queues it again
+        finally:
+            if adding is not None and not await adding:
+                requeue = (rt.settings.retry_delay_s, HIGH)
+        return requeue
 
 
 def _trigger(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -89,11 +170,41 @@ def _trigger(body: Mapping[str, Any]) -> tuple[Any, ...]:
     return (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
 
 
-async def _cleanup_gone(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
-    """Best effort for an object deleted in the instant between its first reconcile (which
-    does not wait for Kopf's finalizer patch, landing the same moment) and that patch."""
+async def _add_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[str]) -> bool:
+    """Append our finalizer (a JSON patch: others' finalizers added meanwhile stay)."""
+    namespace, name = _key(raw)
+    ops: list[dict[str, Any]]
+    if finalizers:
+        ops = [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
+    else:
+        ops = [{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}]
     try:
-        await cleanup(rt, body, idx)
+        await rt.hub.patch(MODELDEPLOYMENT, namespace, name, ops)
+    except NotFound:
+        return True  # deleted meanwhile: the DELETED event cleans up
+    except (ApiError, Unreachable) as exc:
+        log.info("finalizer of %s/%s not added yet: %s", namespace, name, exc)
+        return False
+    return True
+
+
+async def _remove_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[str]) -> None:
+    """Remove our finalizer, only if it is still where we saw it (a JSON patch `test`)."""
+    namespace, name = key = _key(raw)
+    index = finalizers.index(FINALIZER)
+    path = f"/metadata/finalizers/{index}"
+    ops = [{"op": "test", "path": path, "value": FINALIZER}, {"op": "remove", "path": path}]
+    with contextlib.suppress(NotFound):
+        await rt.hub.patch(MODELDEPLOYMENT, namespace, name, ops)
+    rt.forget(key)
+
+
+async def _cleanup_gone(rt: Runtime, body: Mapping[str, Any]) -> None:
+    """Best effort for an object deleted in the instant between its first reconcile (which
+    does not wait for the finalizer patch, landing the same moment) and that patch."""
+    try:
+        await cleanup(rt, body)
+        rt.forget(_key(body))
     except kopf.TemporaryError as exc:
         log.warning("%s/%s deleted without its finalizer; %s", *_key(body), exc)
 
@@ -103,76 +214,50 @@ def _key(body: Mapping[str, Any]) -> Key:
     return (meta.get("namespace") or "default", meta["name"])
 
 
-async def _follow(
-    rt: Runtime, stopped: kopf.DaemonStopped, body: kopf.Body, kwargs: Mapping[str, Any]
-) -> None:
-    """The one reconcile loop of a ModelDeployment: at once when it appears (or the operator
-    starts), then whenever its spec, a child or a member cluster changes, and on resync."""
-    event = rt.wakeup(_key(body))
-    delay: float | None = 0.0
-    while not stopped:
-        if delay != 0.0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), delay or rt.settings.resync_interval_s)
-        event.clear()
-        delay = None
-        if stopped or body.get("metadata", {}).get("deletionTimestamp"):
-            return
-        try:
-            await reconcile(rt, body, Indexes.from_kwargs(kwargs))
-        except kopf.TemporaryError as exc:
-            delay = exc.delay or rt.settings.retry_delay_s
-        except kopf.PermanentError:
-            pass  # the spec is invalid: a new generation wakes this loop
-        except Exception:
-            log.exception("reconcile of %s/%s failed", *_key(body))
-            delay = rt.settings.retry_delay_s
-
-
 async def reconcile(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
+    """One pass for the object `body` (a hub cache entry): at most one per object at a time."""
     namespace, name = key = _key(body)
-    async with rt.lock(key):
-        with reconcile_scope("ModelDeployment", namespace, name) as scope:
-            raw = dict(body)
-            rt.reconciling(key, _trigger(raw))
-            if raw.get("metadata", {}).get("deletionTimestamp"):
-                scope.outcome = "deleting"
-                return
-            previous = rt.last_status(raw) or _status_of(raw)
-            now = datetime.now(UTC)
-            try:
-                md = ModelDeployment.model_validate(raw)
-                views = await rt.cluster_views(idx.compute_clusters(), rt.gpus.held_by_others(key))
-                observed = await _observe(rt, md, views)
-                failed = failed_clusters(list(observed.values()), name)
-                decision = place(md, list(views.values()), _current(md, observed), failed)
-                adapter_uris = idx.adapter_uris(namespace)
-                desired = desired_children(
-                    md, decision, views, rt.build, idx.tenant_of(namespace), adapter_uris
-                )
-            except (ValidationError, ValueError) as exc:
-                scope.outcome = "invalid"
-                message = _invalid_message(raw, exc)
-                status = invalid_spec_status(_generation(raw), message, previous, now)
-                await _write_status(rt, raw, previous, status)
-                raise kopf.PermanentError(f"invalid spec: {message}") from exc
-            except (ApiError, Unreachable) as exc:
-                scope.outcome = "retry"
-                raise kopf.TemporaryError(str(exc), delay=rt.settings.retry_delay_s) from exc
-            try:
-                errors = await _apply(rt, md, desired, observed)
-                pools = [observed[c] for c in decision.replicas if c in observed]
-                status = compute_status(md, decision, pools, previous, now, adapter_uris)
-                await _write_status(rt, raw, previous, status)
-            except (ApiError, Unreachable) as exc:  # the hub itself failed us: retry soon
-                scope.outcome = "retry"
-                raise kopf.TemporaryError(str(exc), delay=rt.settings.retry_delay_s) from exc
-            scope.clusters = ",".join(decision.replicas)
-            scope.outcome = status.phase or "unknown"
-            rt.md_phases.set(namespace, name, status.phase)
-            if errors:
-                scope.outcome = "retry"
-                raise kopf.TemporaryError("; ".join(errors), delay=rt.settings.retry_delay_s)
+    with reconcile_scope("ModelDeployment", namespace, name) as scope:
+        raw = dict(body)
+        rt.reconciling(key, _trigger(raw))
+        if raw.get("metadata", {}).get("deletionTimestamp"):
+            scope.outcome = "deleting"
+            return
+        previous = rt.last_status(raw) or _status_of(raw)
+        now = datetime.now(UTC)
+        try:
+            md = ModelDeployment.model_validate(raw)
+            views = await rt.cluster_views(idx.compute_clusters(), rt.gpus.held_by_others(key))
+            observed = await _observe(rt, md, views)
+            failed = failed_clusters(list(observed.values()), name)
+            decision = place(md, list(views.values()), _current(md, observed), failed)
+            adapter_uris = idx.adapter_uris(namespace)
+            desired = desired_children(
+                md, decision, views, rt.build, idx.tenant_of(namespace), adapter_uris
+            )
+        except (ValidationError, ValueError) as exc:
+            scope.outcome = "invalid"
+            message = _invalid_message(raw, exc)
+            status = invalid_spec_status(_generation(raw), message, previous, now)
+            await _write_status(rt, raw, previous, status)
+            raise kopf.PermanentError(f"invalid spec: {message}") from exc
+        except (ApiError, Unreachable) as exc:
+            scope.outcome = "retry"
+            raise kopf.TemporaryError(str(exc), delay=rt.settings.retry_delay_s) from exc
+        try:
+            errors = await _apply(rt, md, desired, observed)
+            pools = [observed[c] for c in decision.replicas if c in observed]
+            status = compute_status(md, decision, pools, previous, now, adapter_uris)
+            await _write_status(rt, raw, previous, status)
+        except (ApiError, Unreachable) as exc:  # the hub itself failed us: retry soon
+            scope.outcome = "retry"
+            raise kopf.TemporaryError(str(exc), delay=rt.settings.retry_delay_s) from exc
+        scope.clusters = ",".join(decision.replicas)
+        scope.outcome = status.phase or "unknown"
+        rt.md_phases.set(namespace, name, status.phase)
+        if errors:
+            scope.outcome = "retry"
+            raise kopf.TemporaryError("; ".join(errors), delay=rt.settings.retry_delay_s)
 
 
 def _status_of(raw: Mapping[str, Any]) -> ModelDeploymentStatus | None:
@@ -267,12 +352,14 @@ async def _apply(
                 child = member.informer.remember(child)
                 observed[cluster] = dataclasses.replace(pool, rayservice=child)
                 if outcome == "created":
-                    post_event(md, "Normal", "Created", f"RayService {name} created in {cluster}")
+                    rt.events.post(
+                        md, "Normal", "Created", f"RayService {name} created in {cluster}"
+                    )
             elif pool.rayservice is not None:
                 await member.client.delete(RAYSERVICE, namespace, name)
                 member.informer.forget(namespace, name)
                 observed[cluster] = dataclasses.replace(pool, rayservice=None)
-                post_event(md, "Normal", "Deleted", f"RayService {name} deleted from {cluster}")
+                rt.events.post(md, "Normal", "Deleted", f"RayService {name} deleted from {cluster}")
         except Unreachable as exc:
             rt.clusters.report_unreachable(cluster, exc.cause)
             observed[cluster] = dataclasses.replace(pool, reachable=False, rayservice=None)
@@ -296,11 +383,14 @@ async def _write_status(
     if not await rt.write_status(MODELDEPLOYMENT, namespace, name, previous, status):
         return  # deleted meanwhile
     rt.remember_status(raw, status)
-    _transition_events(raw, previous, status)
+    _transition_events(rt.events, raw, previous, status)
 
 
 def _transition_events(
-    raw: Mapping[str, Any], previous: ModelDeploymentStatus | None, status: ModelDeploymentStatus
+    events: EventRecorder,
+    raw: Mapping[str, Any],
+    previous: ModelDeploymentStatus | None,
+    status: ModelDeploymentStatus,
 ) -> None:
     old = previous.conditions if previous else None
     moved_from = previous.cluster_names if previous else None
@@ -308,7 +398,7 @@ def _transition_events(
         placed = find(status.conditions, PLACED)
         reason = placed.reason if placed is not None else "Moved"
         kind = "Warning" if reason == REASON_FAILOVER else "Normal"
-        post_event(raw, kind, reason, f"pools moved from {moved_from} to {status.cluster_names}")
+        events.post(raw, kind, reason, f"pools moved from {moved_from} to {status.cluster_names}")
     progressing = find(status.conditions, PROGRESSING)
     starting = progressing is not None and progressing.status == "True"
     for type_, good in ((READY, "True"), (DEGRADED, "False"), (PLACED, "True")):
@@ -320,36 +410,34 @@ def _transition_events(
         if before is None and type_ == READY and now.status != good and starting:
             continue  # not Ready yet while its pools are being created: no Warning for that
         kind = "Normal" if now.status == good else "Warning"
-        post_event(raw, kind, now.reason, f"{type_}={now.status}: {now.message}".rstrip(": "))
+        events.post(raw, kind, now.reason, f"{type_}={now.status}: {now.message}".rstrip(": "))
 
 
-async def cleanup(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
-    """Delete the children in every member cluster; keep the finalizer until all are gone."""
-    namespace, name = key = _key(body)
-    async with rt.lock(key):
-        with reconcile_scope("ModelDeployment", namespace, name) as scope:
-            scope.outcome = "cleanup"
-            waiting: list[str] = []
-            for cc in idx.compute_clusters():
-                cluster = cc.metadata.name
-                member = await rt.ensure_member(cc)
-                if member is None or not member.probe.reachable:
-                    waiting.append(f"{cluster} (unreachable)")
-                    continue
-                if not member.probe.kuberay_installed:
-                    continue
-                try:
-                    if await _delete_child(member, namespace, name):
-                        waiting.append(f"{cluster} (deleting)")
-                except (Unreachable, ApiError) as exc:
-                    waiting.append(f"{cluster} ({exc})")
-            if waiting:
-                scope.outcome = "retry"
-                raise kopf.TemporaryError(
-                    f"children not yet deleted in: {', '.join(waiting)}",
-                    delay=rt.settings.retry_delay_s,
-                )
-            rt.forget(key)
+async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
+    """Delete the children in every member cluster; TemporaryError until all are gone."""
+    namespace, name = _key(body)
+    with reconcile_scope("ModelDeployment", namespace, name) as scope:
+        scope.outcome = "cleanup"
+        waiting: list[str] = []
+        for cc in rt.indexes.compute_clusters():
+            cluster = cc.metadata.name
+            member = await rt.ensure_member(cc)
+            if member is None or not member.probe.reachable:
+                waiting.append(f"{cluster} (unreachable)")
+                continue
+            if not member.probe.kuberay_installed:
+                continue
+            try:
+                if await _delete_child(member, namespace, name):
+                    waiting.append(f"{cluster} (deleting)")
+            except (Unreachable, ApiError) as exc:
+                waiting.append(f"{cluster} ({exc})")
+        if waiting:
+            scope.outcome = "retry"
+            raise kopf.TemporaryError(
+                f"children not yet deleted in: {', '.join(waiting)}",
+                delay=rt.settings.retry_delay_s,
+            )
 
 
 async def _delete_child(member: MemberCluster, namespace: str, name: str) -> bool:

@@ -1,9 +1,9 @@
-"""State the handlers share while the operator runs: clients, member clusters, wake-ups, locks.
+"""State the handlers share while the operator runs: clients, caches, member clusters, queue.
 
-One `Runtime` per operator run. Reconciles of one ModelDeployment are serialised by a per-object
-lock (its daemon and its deletion handler may both want to run). A child event
-from any member cluster, or a member cluster changing health, wakes the affected
-ModelDeployments' daemons instead of polling.
+One `Runtime` per operator run: the hub client, the hub caches (`indexes`), the Event
+recorder, the member clusters, and the ModelDeployment work queue. A child event from any
+member cluster, or a member cluster changing health, queues the affected ModelDeployments
+(at low priority: a refresh, not new work) instead of polling.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ from tramontane_operator.kube import (
 )
 from tramontane_operator.kube.clusters import NOT_PROBED
 from tramontane_operator.kube.patches import diff
+from tramontane_operator.kube.workqueue import LOW, WorkQueue
 from tramontane_operator.observability import PhaseTracker, set_cluster_reachable
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.settings import OperatorSettings
 
-from .indexes import GpuLedger
+from .events import EventRecorder
+from .indexes import GpuLedger, Indexes
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,9 @@ class Runtime:
         self.md_phases = PhaseTracker("ModelDeployment")
         self.cc_phases = PhaseTracker("ComputeCluster")
         self._hub: KubeClient | None = None
-        self._wakeups: dict[Key, asyncio.Event] = {}
+        self._indexes: Indexes | None = None
+        self._events: EventRecorder | None = None
+        self.md_queue: WorkQueue[Key] = WorkQueue()
         self._locks: dict[Key, asyncio.Lock] = {}
         self._member_locks: dict[str, asyncio.Lock] = {}
         self.connection_errors: dict[str, str] = {}
@@ -80,7 +84,30 @@ class Runtime:
     def _client_options(self) -> dict[str, Any]:
         return {"timeout_s": self.settings.request_timeout_s, **self.settings.client_options}
 
+    @property
+    def indexes(self) -> Indexes:
+        if self._indexes is None:
+            watched = None if self.settings.all_namespaces else self.settings.namespaces
+            self._indexes = Indexes(self.hub, watched or None, self.gpus)
+        return self._indexes
+
+    @property
+    def events(self) -> EventRecorder:
+        if self._events is None:
+            self._events = EventRecorder(self.hub)
+        return self._events
+
+    def start(self) -> None:
+        """Start the hub caches and the Event posters (in the operator's event loop)."""
+        self.indexes.start()
+        self.events.start()
+
     async def close(self) -> None:
+        self.md_queue.close()
+        if self._events is not None:
+            await self._events.stop()
+        if self._indexes is not None:
+            await self._indexes.stop()
         await self.clusters.close()
         if self._hub is not None:
             await self._hub.close()
@@ -107,17 +134,13 @@ class Runtime:
             return False
         return True
 
-    # Wake-ups and locks, per ModelDeployment.
-    def wakeup(self, key: Key) -> asyncio.Event:
-        return self._wakeups.setdefault(key, asyncio.Event())
-
+    # Wake-ups, per ModelDeployment: a refresh of its status (its spec did not change).
     def wake(self, key: Key) -> None:
-        # Created if missing: a child event may arrive before the object's daemon starts.
-        self.wakeup(key).set()
+        self.md_queue.add(key, LOW)
 
     def wake_all(self) -> None:
-        for event in self._wakeups.values():
-            event.set()
+        for namespace, name in self.indexes.modeldeployments.object_keys():
+            self.md_queue.add((namespace or "default", name), LOW)
 
     def reconciling(self, key: Key, trigger: tuple[Any, ...]) -> None:
         """A reconcile of `key` starts from an object in state `trigger` (see trigger_changed)."""
@@ -135,7 +158,7 @@ class Runtime:
         return self._locks.setdefault(key, asyncio.Lock())
 
     def forget(self, key: Key) -> None:
-        self._wakeups.pop(key, None)
+        self.md_queue.forget(key)
         self._locks.pop(key, None)
         self._statuses.pop(key, None)
         self._triggers.pop(key, None)

@@ -6,6 +6,7 @@ from .config import ClusterConfig, KubeconfigError
 from .resources import (
     COMPUTECLUSTER,
     EVENT,
+    FINETUNEJOB,
     JOB,
     MODELDEPLOYMENT,
     NAMESPACE,
@@ -19,6 +20,7 @@ from .resources import (
 __all__ = [
     "COMPUTECLUSTER",
     "EVENT",
+    "FINETUNEJOB",
     "JOB",
     "MANAGED_BY_LABELS",
     "MODELDEPLOYMENT",

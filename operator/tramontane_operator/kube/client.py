@@ -20,7 +20,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 
 import aiohttp
@@ -183,15 +183,19 @@ class KubeClient:
         ref: ResourceRef,
         namespace: str | None,
         name: str,
-        patch: Mapping[str, Any],
+        patch: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         subresource: str | None = None,
     ) -> dict[str, Any]:
-        """JSON merge patch (RFC 7386): nested maps merge, lists replace, None removes."""
+        """A JSON merge patch (RFC 7386: nested maps merge, lists replace, None removes), or,
+        given a list of operations, a JSON patch (RFC 6902: e.g. append to a list)."""
+        json_patch = isinstance(patch, Sequence)
         result: dict[str, Any] = await self.request(
             "PATCH",
             ref.path(namespace, name, subresource),
             body=patch,
-            content_type="application/merge-patch+json",
+            content_type=(
+                "application/json-patch+json" if json_patch else "application/merge-patch+json"
+            ),
         )
         return result
 

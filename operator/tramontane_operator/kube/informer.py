@@ -1,4 +1,5 @@
-"""A list-then-watch cache of the children we own in one member cluster.
+"""A list-then-watch cache of objects in one cluster: our children in each member, and the
+hub objects reconciles read (`handlers/indexes.py`).
 
 Reconciles read children from this cache instead of issuing a GET per cluster, and a change to
 a child (KubeRay moving its status) wakes the owning ModelDeployment, so Ready follows KubeRay
@@ -25,7 +26,8 @@ OnEvent = Callable[[str, Mapping[str, Any]], None]  # (cluster, object)
 
 
 class Informer:
-    """Caches the objects of `ref` carrying `labels` in one cluster; calls `on_event` per change."""
+    """Caches the objects of `ref` carrying `labels` in one cluster (or one namespace of it);
+    calls `on_event` per change, after the cache has it (`get` is None once deleted)."""
 
     def __init__(
         self,
@@ -34,11 +36,13 @@ class Informer:
         labels: Mapping[str, str],
         on_event: OnEvent,
         *,
+        namespace: str | None = None,
         max_backoff_s: float = 30.0,
         watch_timeout_s: int = 300,
     ) -> None:
         self.client = client
         self.ref = ref
+        self.namespace = namespace  # None: every namespace (or a cluster-scoped kind)
         self.labels = dict(labels)
         self.on_event = on_event
         self.max_backoff_s = max_backoff_s
@@ -50,7 +54,8 @@ class Informer:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"informer:{self.client.name}")
+            name = f"informer:{self.client.name}/{self.ref.plural}"
+            self._task = asyncio.create_task(self._run(), name=name)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -90,7 +95,7 @@ class Informer:
         delay = 0.2
         while True:
             try:
-                items, version = await self.client.list(self.ref, labels=self.labels)
+                items, version = await self.client.list(self.ref, self.namespace, self.labels)
                 fresh = {_key(i): i for i in items}
                 changed = [o for k, o in fresh.items() if self.items.get(k) != o]
                 gone = [o for k, o in self.items.items() if k not in fresh]
@@ -101,6 +106,7 @@ class Informer:
                 delay = 0.2
                 async for event in self.client.watch(
                     self.ref,
+                    self.namespace,
                     labels=self.labels,
                     resource_version=version,
                     timeout_s=self.watch_timeout_s,

@@ -1,0 +1,125 @@
+"""A work queue of object keys with client-go's guarantees, and two priorities.
+
+- A key is queued at most once, however often it is added (events collapse).
+- A key is never handed to two workers at once; added while a worker holds it, it is
+  queued again when that worker is `done`.
+- `add_after` queues a key after a delay (retries, resyncs); the earliest pending delay wins.
+- `HIGH` keys are handed out before `LOW` ones: a new or changed object is worked on before
+  a refresh of one that is already converged (a child's status moving, a resync), as in
+  controller-runtime's priority queue. A key added at `HIGH` while queued `LOW` moves up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+HIGH = 0
+LOW = 1
+
+K = TypeVar("K", bound=Hashable)
+
+
+class WorkQueue(Generic[K]):
+    def __init__(self) -> None:
+        self._lanes: tuple[deque[K], deque[K]] = (deque(), deque())
+        self._queued: dict[K, int] = {}  # key -> the lane it waits in
+        self._processing: set[K] = set()
+        self._dirty: dict[K, int] = {}  # added while processing: requeued on done()
+        self._timers: dict[K, tuple[float, asyncio.TimerHandle]] = {}
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def add(self, key: K, priority: int = HIGH) -> None:
+        if self._closed:
+            return
+        if key in self._processing:
+            self._dirty[key] = min(priority, self._dirty.get(key, LOW))
+            return
+        lane = self._queued.get(key)
+        if lane is not None and lane <= priority:
+            return
+        self._queued[key] = priority  # an entry left in the LOW lane is skipped as stale
+        self._lanes[priority].append(key)
+        self._wake_one()
+
+    def add_after(self, key: K, delay_s: float, priority: int = LOW) -> None:
+        if self._closed:
+            return
+        if delay_s <= 0:
+            self.add(key, priority)
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay_s
+        pending = self._timers.get(key)
+        if pending is not None:
+            if pending[0] <= when:
+                return
+            pending[1].cancel()
+        handle = loop.call_at(when, self._fire, key, priority)
+        self._timers[key] = (when, handle)
+
+    def _fire(self, key: K, priority: int) -> None:
+        self._timers.pop(key, None)
+        self.add(key, priority)
+
+    def forget(self, key: K) -> None:
+        """Drop a pending delayed add of `key` (the object is gone)."""
+        pending = self._timers.pop(key, None)
+        if pending is not None:
+            pending[1].cancel()
+
+    async def get(self) -> K:
+        """The next key, highest priority first; it is the caller's until `done(key)`."""
+        while True:
+            for lane_no, lane in enumerate(self._lanes):
+                while lane:
+                    key = lane.popleft()
+                    if self._queued.get(key) != lane_no:
+                        continue  # moved to the HIGH lane meanwhile
+                    del self._queued[key]
+                    self._processing.add(key)
+                    return key
+            if self._closed:
+                raise QueueClosed
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # pass the wake-up on to another worker
+                raise
+
+    def done(self, key: K) -> None:
+        self._processing.discard(key)
+        priority = self._dirty.pop(key, None)
+        if priority is not None:
+            self.add(key, priority)
+
+    def close(self) -> None:
+        """Wake every waiting worker with `QueueClosed`; pending delays are dropped."""
+        self._closed = True
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class QueueClosed(Exception):
+    """The queue was closed: the worker should stop."""

@@ -1,0 +1,90 @@
+"""The ModelDeployment work queue: dedup, one worker per key, delays, priorities."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tramontane_operator.kube.workqueue import HIGH, LOW, QueueClosed, WorkQueue
+
+
+async def _drain(queue: WorkQueue[str]) -> list[str]:
+    out = []
+    while len(queue):
+        key = await queue.get()
+        out.append(key)
+        queue.done(key)
+    return out
+
+
+async def test_a_key_added_twice_is_handed_out_once() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    for key in ("a", "b", "a", "a"):
+        queue.add(key)
+    assert await _drain(queue) == ["a", "b"]
+
+
+async def test_high_keys_go_before_low_ones_and_a_low_key_moves_up() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("refresh-1", LOW)
+    queue.add("refresh-2", LOW)
+    queue.add("new", HIGH)
+    queue.add("refresh-2", HIGH)  # its spec changed meanwhile
+    queue.add("new", LOW)  # a lower-priority add does not demote it
+    assert await _drain(queue) == ["new", "refresh-2", "refresh-1"]
+
+
+async def test_a_key_added_while_processing_comes_back_only_after_done() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("a")
+    key = await queue.get()
+    queue.add("a", LOW)
+    queue.add("a", HIGH)
+    assert len(queue) == 0  # not handed to a second worker meanwhile
+    queue.done(key)
+    queue.add("b", HIGH)
+    assert await _drain(queue) == ["a", "b"]  # requeued at the highest priority asked
+
+
+async def test_add_after_keeps_the_earliest_delay() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add_after("a", 10.0)
+    queue.add_after("a", 0.05)
+    queue.add_after("a", 5.0)
+    got = await asyncio.wait_for(queue.get(), 1.0)
+    assert got == "a"
+    queue.done(got)
+    await asyncio.sleep(0.1)
+    assert len(queue) == 0  # the longer delays were not kept as extra timers
+
+
+async def test_forget_drops_a_pending_delay() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add_after("a", 0.05)
+    queue.forget("a")
+    await asyncio.sleep(0.1)
+    assert len(queue) == 0
+
+
+async def test_a_waiting_worker_wakes_on_add_and_on_close() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.add("a")
+    done, pending = await asyncio.wait({first, second}, timeout=1.0, return_when="FIRST_COMPLETED")
+    assert [t.result() for t in done] == ["a"]
+    queue.close()
+    with pytest.raises(QueueClosed):
+        await asyncio.wait_for(pending.pop(), 1.0)
+
+
+async def test_a_cancelled_worker_passes_its_wake_up_on() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.add("a")  # wakes the first waiter...
+    first.cancel()  # ...which is cancelled before it runs
+    assert await asyncio.wait_for(second, 1.0) == "a"
