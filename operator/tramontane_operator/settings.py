@@ -37,6 +37,8 @@ class OperatorSettings:
     resync_interval_s: float = 600.0
     # Delay before retrying a reconcile that hit a transient API error.
     retry_delay_s: float = 5.0
+    # ModelDeployment reconciles in flight at once (each mostly waits on API calls).
+    reconcile_workers: int = 32
     # Per-request timeout towards member clusters.
     request_timeout_s: float = 10.0
     client_options: Mapping[str, float] = field(default_factory=dict)

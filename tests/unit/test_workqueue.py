@@ -32,7 +32,9 @@ async def test_high_keys_go_before_low_ones_and_a_low_key_moves_up() -> None:
     queue.add("new", HIGH)
     queue.add("refresh-2", HIGH)  # its spec changed meanwhile
     queue.add("new", LOW)  # a lower-priority add does not demote it
+    assert (queue.waiting(HIGH), queue.waiting(LOW)) == (2, 1)
     assert await _drain(queue) == ["new", "refresh-2", "refresh-1"]
+    assert (queue.waiting(HIGH), queue.waiting(LOW)) == (0, 0)
 
 
 async def test_a_key_added_while_processing_comes_back_only_after_done() -> None:

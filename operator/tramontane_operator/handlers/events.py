@@ -1,7 +1,8 @@
 """Kubernetes Events about our objects, posted in the background through the hub client.
 
-Reconciles never wait on an Event: `EventRecorder.post` queues it and a few poster tasks
-write it (client-go's recorder does the same). Events are best effort: one the API refuses
+Reconciles never wait on an Event: `EventRecorder.post` queues it and one poster task writes
+it (client-go's recorder and Kopf's do the same), so under load Events trail behind the
+reconciles instead of competing with them for the API server. Events are best effort: one the API refuses
 is logged and dropped, and when the queue is full (the hub is slow, a burst of objects) the
 newest are dropped with a warning rather than holding memory. An Event only needs the
 object's reference (apiVersion, kind, name, namespace, uid), so that is all that is built.
@@ -72,7 +73,7 @@ def event_body(
 
 
 class EventRecorder:
-    def __init__(self, client: KubeClient, posters: int = 2, max_queued: int = 10_000) -> None:
+    def __init__(self, client: KubeClient, posters: int = 1, max_queued: int = 10_000) -> None:
         self.client = client
         self.posters = posters
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_queued)

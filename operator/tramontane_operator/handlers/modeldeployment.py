@@ -6,16 +6,20 @@ workers runs the level-triggered `reconcile` for one key at a time. An object is
 high priority when it appears, when its spec changes (its generation, as controller-runtime's
 `GenerationChangedPredicate`: the echoes of our own status writes queue nothing) and when it
 is being deleted; at low priority when one of its RayServices changes in any member, a
-member changes health, and on resync. New work thus goes before refreshes: in a burst of
-creates, every object gets its children before any gets its Ready status. Kopf's per-event
-machinery (a per-object task, cause detection, progress storage) cost more CPU per object
-than the reconcile itself; the other kinds keep their Kopf handlers.
+member changes health, and on resync. New work thus goes before refreshes. Under load (more
+new or changed objects waiting), a pass only brings the children to the spec and queues the
+object again at low priority for its finalizer, status and Events: in a burst of creates every
+pool is started before any status is written. The GPUs a pass places are held in the ledger
+at once, not when the status comes back. Kopf's per-event machinery (a per-object task, cause
+detection, progress storage) cost more CPU per object than the reconcile itself; the other
+kinds keep their Kopf handlers.
 
 Children are read from each member's informer cache, created or patched by their
 deterministic name, and deleted from clusters that are no longer placed; the status is
 computed by the pure `reconcile` package and written only when it changed. Our finalizer is
-added by the first reconcile (in parallel with it, not before it); deletion removes the
-children in every cluster before the finalizer goes.
+added by the first full pass (in parallel with it, not before it); an object deleted before
+it lands is cleaned up from its `DELETED` event. Deletion removes the children in every
+cluster before the finalizer goes.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from tramontane_operator.kube import (
 )
 from tramontane_operator.kube.workqueue import HIGH, LOW, QueueClosed
 from tramontane_operator.observability import reconcile_scope
-from tramontane_operator.placement import REASON_FAILOVER, ClusterView, place
+from tramontane_operator.placement import REASON_FAILOVER, ClusterView, place, pool_gpus
 from tramontane_operator.reconcile import (
     ObservedPool,
     compute_status,
@@ -67,15 +71,14 @@ from .runtime import Key, Runtime
 log = logging.getLogger(__name__)
 
 SYNC_WAIT_S = 2.0  # how long a reconcile waits for a new member's cache before reading directly
-WORKERS = 32  # concurrent reconciles (each mostly waits on API calls)
 
 
 class ModelDeploymentController:
     """The work queue and workers reconciling every ModelDeployment in the hub cache."""
 
-    def __init__(self, rt: Runtime, workers: int = WORKERS) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.workers = workers
+        self.workers = rt.settings.reconcile_workers
         self._tombstones: dict[Key, Mapping[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -147,13 +150,19 @@ class ModelDeploymentController:
                 log.info("finalizer of %s/%s not removed yet: %s", *key, exc)
                 return (rt.settings.retry_delay_s, HIGH)
             return None
-        # The finalizer goes on in parallel with the first reconcile, not before it.
+        # Under load (other new or changed objects wait), this pass only brings the children
+        # to the spec: the finalizer, the status and its Events follow in a low-priority pass,
+        # so a burst of creates gets every pool started before any status is written.
+        children_only = rt.md_queue.waiting(HIGH) > 0
         adding = None
-        if FINALIZER not in finalizers:
+        if FINALIZER not in finalizers and not children_only:
+            # In parallel with the reconcile, not before it.
             adding = asyncio.create_task(_add_finalizer(rt, raw, finalizers))
         requeue: tuple[float, int] | None = (rt.settings.resync_interval_s, LOW)
+        if children_only:
+            requeue = (0.0, LOW)
         try:
-            await reconcile(rt, raw, rt.indexes)
+            await reconcile(rt, raw, rt.indexes, write_status=not children_only)
         except kopf.TemporaryError as exc:
             requeue = (exc.delay or rt.settings.retry_delay_s, HIGH)
         except kopf.PermanentError:
@@ -214,8 +223,12 @@ def _key(body: Mapping[str, Any]) -> Key:
     return (meta.get("namespace") or "default", meta["name"])
 
 
-async def reconcile(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
-    """One pass for the object `body` (a hub cache entry): at most one per object at a time."""
+async def reconcile(
+    rt: Runtime, body: Mapping[str, Any], idx: Indexes, write_status: bool = True
+) -> None:
+    """One pass for the object `body` (a hub cache entry): at most one per object at a time.
+    Without `write_status`, only the children are brought to the spec (an invalid spec is
+    still reported)."""
     namespace, name = key = _key(body)
     with reconcile_scope("ModelDeployment", namespace, name) as scope:
         raw = dict(body)
@@ -227,10 +240,16 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
         now = datetime.now(UTC)
         try:
             md = ModelDeployment.model_validate(raw)
-            views = await rt.cluster_views(idx.compute_clusters(), rt.gpus.held_by_others(key))
+            views = await rt.cluster_views(idx.compute_clusters(), {})
             observed = await _observe(rt, md, views)
+            # No await from reading the ledger to writing it: every concurrent pass places
+            # against the GPUs the others have placed, whether or not their status is out.
+            views = _with_allocations(views, rt.gpus.held_by_others(key))
             failed = failed_clusters(list(observed.values()), name)
             decision = place(md, list(views.values()), _current(md, observed), failed)
+            # Held from now on, not from when the status comes back: concurrent reconciles
+            # (and passes that leave the status for later) must not place onto the same GPUs.
+            rt.gpus.set(key, pool_gpus(md, decision.replicas))
             adapter_uris = idx.adapter_uris(namespace)
             desired = desired_children(
                 md, decision, views, rt.build, idx.tenant_of(namespace), adapter_uris
@@ -247,6 +266,9 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
         try:
             errors = await _apply(rt, md, desired, observed)
             pools = [observed[c] for c in decision.replicas if c in observed]
+            if not write_status:
+                scope.outcome = "children"
+                return
             status = compute_status(md, decision, pools, previous, now, adapter_uris)
             await _write_status(rt, raw, previous, status)
         except (ApiError, Unreachable) as exc:  # the hub itself failed us: retry soon
@@ -258,6 +280,15 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any], idx: Indexes) -> None:
         if errors:
             scope.outcome = "retry"
             raise kopf.TemporaryError("; ".join(errors), delay=rt.settings.retry_delay_s)
+
+
+def _with_allocations(
+    views: Mapping[str, ClusterView], allocations: Mapping[str, Mapping[str, int]]
+) -> dict[str, ClusterView]:
+    return {
+        name: dataclasses.replace(view, gpus_allocated=dict(allocations.get(name, {})))
+        for name, view in views.items()
+    }
 
 
 def _status_of(raw: Mapping[str, Any]) -> ModelDeploymentStatus | None:

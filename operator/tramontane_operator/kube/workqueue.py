@@ -26,6 +26,7 @@ class WorkQueue(Generic[K]):
     def __init__(self) -> None:
         self._lanes: tuple[deque[K], deque[K]] = (deque(), deque())
         self._queued: dict[K, int] = {}  # key -> the lane it waits in
+        self._counts = [0, 0]  # keys waiting per lane
         self._processing: set[K] = set()
         self._dirty: dict[K, int] = {}  # added while processing: requeued on done()
         self._timers: dict[K, tuple[float, asyncio.TimerHandle]] = {}
@@ -34,6 +35,10 @@ class WorkQueue(Generic[K]):
 
     def __len__(self) -> int:
         return len(self._queued)
+
+    def waiting(self, priority: int) -> int:
+        """How many keys wait at `priority` (not counting those being processed)."""
+        return self._counts[priority]
 
     def add(self, key: K, priority: int = HIGH) -> None:
         if self._closed:
@@ -44,6 +49,9 @@ class WorkQueue(Generic[K]):
         lane = self._queued.get(key)
         if lane is not None and lane <= priority:
             return
+        if lane is not None:
+            self._counts[lane] -= 1
+        self._counts[priority] += 1
         self._queued[key] = priority  # an entry left in the LOW lane is skipped as stale
         self._lanes[priority].append(key)
         self._wake_one()
@@ -83,6 +91,7 @@ class WorkQueue(Generic[K]):
                     if self._queued.get(key) != lane_no:
                         continue  # moved to the HIGH lane meanwhile
                     del self._queued[key]
+                    self._counts[lane_no] -= 1
                     self._processing.add(key)
                     return key
             if self._closed:

@@ -5,7 +5,7 @@ Pure functions. The runtime builds a `ClusterView` per ComputeCluster and calls 
 
 from __future__ import annotations
 
-from .capacity import gpu_allocations, gpu_summary
+from .capacity import gpu_allocations, gpu_summary, pool_gpus
 from .eligibility import candidates, selector_matches
 from .strategies import desired_replicas, place, pool_sizes
 from .types import (
@@ -39,6 +39,7 @@ __all__ = [
     "gpu_allocations",
     "gpu_summary",
     "place",
+    "pool_gpus",
     "pool_sizes",
     "selector_matches",
 ]

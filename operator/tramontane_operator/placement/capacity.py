@@ -26,13 +26,22 @@ def gpu_allocations(
     skip = _key(exclude) if exclude is not None else None
     out: dict[str, dict[str, int]] = {}
     for md in mds:
-        gpu = md.spec.resources.gpu
-        if _key(md) == skip or gpu is None or gpu.count == 0 or md.status is None:
+        if _key(md) == skip or md.status is None:
             continue
-        for pool in md.status.clusters or []:
-            per_type = out.setdefault(pool.name, {})
-            per_type[gpu.type] = per_type.get(gpu.type, 0) + pool.desired_replicas * gpu.count
+        pools = {pool.name: pool.desired_replicas for pool in md.status.clusters or []}
+        for cluster, per_type in pool_gpus(md, pools).items():
+            totals = out.setdefault(cluster, {})
+            for gpu_type, n in per_type.items():
+                totals[gpu_type] = totals.get(gpu_type, 0) + n
     return out
+
+
+def pool_gpus(md: ModelDeployment, replicas: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Cluster name -> GPU type -> GPUs that `md`'s pools of `replicas` (per cluster) take."""
+    gpu = md.spec.resources.gpu
+    if gpu is None or gpu.count == 0:
+        return {}
+    return {cluster: {gpu.type: n * gpu.count} for cluster, n in replicas.items()}
 
 
 def gpu_summary(capacity: Mapping[str, int], allocated: Mapping[str, int]) -> str:
