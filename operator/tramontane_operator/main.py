@@ -6,8 +6,8 @@ starts and stopped before it exits.
 
 Everything is built per run (no handlers on Kopf's global registry), so tests and benchmarks
 start, kill and restart operators in-process. Kopf logs in with the same credentials our hub
-client uses; its progress and diff-base annotations use the `tramontane.dev` prefix and the
-ModelDeployment finalizer is `tramontane.dev/cleanup`.
+client uses; its progress and diff-base annotations use the `tramontane.dev` prefix, and its
+finalizer (on FineTuneJobs) is ours on ModelDeployments too: `tramontane.dev/cleanup`.
 """
 
 from __future__ import annotations
