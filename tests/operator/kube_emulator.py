@@ -19,6 +19,7 @@ RayService-sized bodies, only serves watches and discovery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import itertools
 import re
@@ -210,8 +211,19 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         namespace_path = _NAMESPACE_PATH.match(raw.path)
         if namespace_path is None:
             return await super().__call__(raw)
+        if raw.query.get("watch") in ("true", "1") and raw.method == "GET":
+            return await self._watch_namespaces(raw)
         data = await raw.json() if raw.can_read_body else None
         return self._serve_namespace(raw.method, namespace_path.group(1), data)
+
+    async def _watch_namespaces(self, raw: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        """A watch of Namespaces (Kopf's namespace observer, when it watches some namespaces):
+        held open until its timeout with no events; no test changes namespaces meanwhile."""
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw)
+        with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+            await asyncio.sleep(float(raw.query.get("timeoutSeconds") or 300))
+        return response
 
     def _serve_pod_log(
         self, namespace: str, name: str, query: Mapping[str, str]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from manifests import AKS, HUB, NS, ONPREM, model_deployment
+from manifests import AKS, HUB, NS, ONPREM, model_deployment, operator_settings
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
 from tramontane_operator.kube import MODELDEPLOYMENT, KubeClient
 
@@ -192,3 +192,22 @@ async def test_invalid_spec_sets_condition_and_creates_nothing(
     assert cond is not None and cond["reason"] == "InvalidSpec"
     assert "mistral-7b" in cond["message"]
     assert all(not c.emulator.stored_all(RAYSERVICES) for c in clusters.all)
+
+
+async def test_an_operator_watching_some_namespaces_reconciles_only_those(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay
+) -> None:
+    run = OperatorRun(operator_settings(clusters.hub.url, all_namespaces=False, namespaces=(NS,)))
+    await run.start()
+    try:
+        other = model_deployment("elsewhere")
+        other["metadata"]["namespace"] = "team-b"
+        await api.create(MODELDEPLOYMENT, other)
+        await api.create(MODELDEPLOYMENT, model_deployment())
+        await eventually(lambda: is_ready(clusters))
+        await asyncio.sleep(0.5)  # time enough to have touched the other one too
+    finally:
+        await run.stop()
+    assert clusters[AKS].emulator.stored(RAYSERVICES, "team-b", "elsewhere") is None
+    untouched = clusters.hub.emulator.stored(MDS, "team-b", "elsewhere") or {}
+    assert "status" not in untouched and not untouched["metadata"].get("finalizers")
