@@ -2,10 +2,11 @@
 
 Reconciles never wait on an Event: `EventRecorder.post` queues it and one poster task writes
 it (client-go's recorder and Kopf's do the same), so under load Events trail behind the
-reconciles instead of competing with them for the API server. Events are best effort: one the API refuses
-is logged and dropped, and when the queue is full (the hub is slow, a burst of objects) the
-newest are dropped with a warning rather than holding memory. An Event only needs the
-object's reference (apiVersion, kind, name, namespace, uid), so that is all that is built.
+reconciles instead of competing with them for the API server. Events are best effort: one
+the API refuses is logged and dropped, and when the queue is full (the hub is slow, a burst
+of objects) the newest are dropped with a warning rather than holding memory. An Event only
+needs the object's reference (apiVersion, kind, name, namespace, uid), so that is all that
+is built.
 """
 
 from __future__ import annotations
