@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tramontane_operator.kube.workqueue import HIGH, LOW, QueueClosed, WorkQueue
+from tramontane_operator.kube.workqueue import HIGH, LOW, LOW_SHARE, QueueClosed, WorkQueue
 
 
 async def _drain(queue: WorkQueue[str]) -> list[str]:
@@ -90,3 +90,15 @@ async def test_a_cancelled_worker_passes_its_wake_up_on() -> None:
     queue.add("a")  # wakes the first waiter...
     first.cancel()  # ...which is cancelled before it runs
     assert await asyncio.wait_for(second, 1.0) == "a"
+
+
+async def test_low_keys_get_a_share_under_sustained_high_load() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("refresh", LOW)
+    handed = []
+    for i in range(2 * LOW_SHARE):
+        queue.add(f"new-{i}", HIGH)
+        key = await queue.get()
+        handed.append(key)
+        queue.done(key)
+    assert handed.index("refresh") == LOW_SHARE - 1  # not last, not starved

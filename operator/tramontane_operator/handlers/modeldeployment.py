@@ -80,6 +80,7 @@ class ModelDeploymentController:
         self.rt = rt
         self.workers = rt.settings.reconcile_workers
         self._tombstones: dict[Key, Mapping[str, Any]] = {}
+        self._deferred: set[Key] = set()  # keys whose last pass left the status for later
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -131,6 +132,7 @@ class ModelDeploymentController:
         rt = self.rt
         raw = rt.indexes.modeldeployments.raw((key[0], key[1]))
         if raw is None:
+            self._deferred.discard(key)
             tombstone = self._tombstones.pop(key, None)
             if tombstone is not None:
                 await _cleanup_gone(rt, tombstone)
@@ -152,8 +154,13 @@ class ModelDeploymentController:
             return None
         # Under load (other new or changed objects wait), this pass only brings the children
         # to the spec: the finalizer, the status and its Events follow in a low-priority pass,
-        # so a burst of creates gets every pool started before any status is written.
-        children_only = rt.md_queue.waiting(HIGH) > 0
+        # so a burst of creates gets every pool started before any status is written. That
+        # follow-up pass does everything, however busy the queue is by then.
+        children_only = key not in self._deferred and rt.md_queue.waiting(HIGH) > 0
+        if children_only:
+            self._deferred.add(key)
+        else:
+            self._deferred.discard(key)
         adding = None
         if FINALIZER not in finalizers and not children_only:
             # In parallel with the reconcile, not before it.

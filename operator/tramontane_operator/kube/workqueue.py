@@ -7,6 +7,8 @@
 - `HIGH` keys are handed out before `LOW` ones: a new or changed object is worked on before
   a refresh of one that is already converged (a child's status moving, a resync), as in
   controller-runtime's priority queue. A key added at `HIGH` while queued `LOW` moves up.
+  So that refreshes never starve under sustained load, one key in `LOW_SHARE` comes from
+  the `LOW` lane while it holds any.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Generic, TypeVar
 
 HIGH = 0
 LOW = 1
+LOW_SHARE = 16
 
 K = TypeVar("K", bound=Hashable)
 
@@ -27,6 +30,7 @@ class WorkQueue(Generic[K]):
         self._lanes: tuple[deque[K], deque[K]] = (deque(), deque())
         self._queued: dict[K, int] = {}  # key -> the lane it waits in
         self._counts = [0, 0]  # keys waiting per lane
+        self._high_streak = 0  # HIGH keys handed out since the last LOW one
         self._processing: set[K] = set()
         self._dirty: dict[K, int] = {}  # added while processing: requeued on done()
         self._timers: dict[K, tuple[float, asyncio.TimerHandle]] = {}
@@ -85,13 +89,16 @@ class WorkQueue(Generic[K]):
     async def get(self) -> K:
         """The next key, highest priority first; it is the caller's until `done(key)`."""
         while True:
-            for lane_no, lane in enumerate(self._lanes):
+            order = (LOW, HIGH) if self._high_streak >= LOW_SHARE - 1 else (HIGH, LOW)
+            for lane_no in order:
+                lane = self._lanes[lane_no]
                 while lane:
                     key = lane.popleft()
                     if self._queued.get(key) != lane_no:
                         continue  # moved to the HIGH lane meanwhile
                     del self._queued[key]
                     self._counts[lane_no] -= 1
+                    self._high_streak = self._high_streak + 1 if lane_no == HIGH else 0
                     self._processing.add(key)
                     return key
             if self._closed:
