@@ -5,7 +5,8 @@ Reconciles read children from this cache instead of issuing a GET per cluster, a
 a child (KubeRay moving its status) wakes the owning ModelDeployment, so Ready follows KubeRay
 without polling. The cache is written through by the reconciler after each create/patch/delete,
 so a read right after a write never sees the older state. While the cluster cannot be reached,
-the informer retries with capped exponential backoff and reports `synced = False`.
+the informer retries with capped exponential backoff and reports `synced = False`. A watch
+the server ends is resumed from the last resourceVersion seen; only an error lists again.
 """
 
 from __future__ import annotations
@@ -104,14 +105,24 @@ class Informer:
                 for obj in changed + gone:
                     self.on_event(self.client.name, obj)
                 delay = 0.2
-                async for event in self.client.watch(
-                    self.ref,
-                    self.namespace,
-                    labels=self.labels,
-                    resource_version=version,
-                    timeout_s=self.watch_timeout_s,
-                ):
-                    self._apply(event)
+                # The server ends each watch after its timeout: watch again from the last
+                # version seen, as client-go does, rather than list everything again. A
+                # version too old for the server is an error (410 Gone): list again then.
+                loop = asyncio.get_running_loop()
+                while True:
+                    started = loop.time()
+                    async for event in self.client.watch(
+                        self.ref,
+                        self.namespace,
+                        labels=self.labels,
+                        resource_version=version,
+                        timeout_s=self.watch_timeout_s,
+                    ):
+                        self._apply(event)
+                        version = _version(event) or version
+                    if loop.time() - started < 1.0:  # ended at once: list again, after a pause
+                        await self._backoff(delay)
+                        break
             except asyncio.CancelledError:
                 raise
             except (Unreachable, ApiError) as exc:
@@ -140,6 +151,11 @@ class Informer:
                 return  # our own write, already remembered (or a newer one)
             self.items[key] = dict(obj)
         self.on_event(self.client.name, obj)
+
+
+def _version(event: Mapping[str, Any]) -> str | None:
+    version = ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+    return str(version) if version else None
 
 
 def _newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
