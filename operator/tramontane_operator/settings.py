@@ -3,7 +3,7 @@
 Environment: `TRAMONTANE_CLUSTER_NAME` (the hub's ComputeCluster name, default `hub`),
 `TRAMONTANE_WORKER_IMAGE` (default worker image), `TRAMONTANE_GATEWAY_CLASS` (Gateway API class
 enabling incremental upgrades), `TRAMONTANE_PROBE_INTERVAL` and `TRAMONTANE_RESYNC_INTERVAL`
-(seconds).
+(seconds), `TRAMONTANE_RECONCILE_WORKERS` (ModelDeployment reconciles in flight).
 """
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ class OperatorSettings:
                     values[name] = float(env[var])
                 except ValueError as exc:
                     raise ValueError(f"{var}: expected seconds, got {env[var]!r}") from exc
+        workers = env.get("TRAMONTANE_RECONCILE_WORKERS")
+        if workers:
+            if not workers.isdigit() or int(workers) < 1:
+                raise ValueError(
+                    f"TRAMONTANE_RECONCILE_WORKERS: expected a whole number >= 1, got {workers!r}"
+                )
+            values["reconcile_workers"] = int(workers)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
