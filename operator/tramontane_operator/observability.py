@@ -7,14 +7,18 @@ Prometheus metrics:
 - `tramontane_reconcile_duration_seconds{kind}`: histogram of reconcile durations;
 - `tramontane_reconcile_errors_total{kind,reason}`: failed reconciles by reason;
 - `tramontane_objects{kind,phase}`: objects the operator knows, by status phase;
-- `tramontane_cluster_reachable{cluster}`: 1 when the member cluster answered its last probe.
+- `tramontane_cluster_reachable{cluster}`: 1 when the member cluster answered its last probe;
+- `tramontane_workqueue_depth{priority}`: ModelDeployments waiting for a reconcile;
+- `tramontane_workqueue_wait_seconds{priority}`: how long each waited before a worker took it
+  (as controller-runtime's `workqueue_depth` and `workqueue_queue_duration_seconds`).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -34,6 +38,17 @@ OBJECTS = Gauge("tramontane_objects", "Objects known to the operator, by phase."
 CLUSTER_REACHABLE = Gauge(
     "tramontane_cluster_reachable", "1 if the member cluster answered its last probe.", ["cluster"]
 )
+
+WORKQUEUE_DEPTH = Gauge(
+    "tramontane_workqueue_depth", "ModelDeployments waiting for a reconcile.", ["priority"]
+)
+WORKQUEUE_WAIT = Histogram(
+    "tramontane_workqueue_wait_seconds",
+    "Time a ModelDeployment waited in the work queue before a worker took it.",
+    ["priority"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+QUEUE_PRIORITIES = ("high", "low")  # the work queue's lanes, HIGH = 0 and LOW = 1
 
 _tracer = trace.get_tracer("tramontane.operator")
 
@@ -101,6 +116,16 @@ def set_cluster_reachable(cluster: str, reachable: bool | None) -> None:
         return
     with suppress(KeyError):
         CLUSTER_REACHABLE.remove(cluster)
+
+
+def track_queue(waiting: Callable[[int], int]) -> None:
+    """Report `waiting(lane)` as the work queue's depth per priority (read at each scrape)."""
+    for lane, label in enumerate(QUEUE_PRIORITIES):
+        WORKQUEUE_DEPTH.labels(label).set_function(functools.partial(waiting, lane))
+
+
+def record_queue_wait(lane: int, waited_s: float) -> None:
+    WORKQUEUE_WAIT.labels(QUEUE_PRIORITIES[lane]).observe(waited_s)
 
 
 def serve_metrics(port: int) -> None:

@@ -51,6 +51,7 @@ async def test_reconcile_spans_and_metrics(
     operator: OperatorRun,
 ) -> None:
     before = metric("tramontane_reconcile_duration_seconds_count", kind="ModelDeployment")
+    taken = metric("tramontane_workqueue_wait_seconds_count", priority="high")
     await api.create(MODELDEPLOYMENT, model_deployment())
     await eventually(lambda: is_ready(clusters))
     done = [s for s in spans.get_finished_spans() if s.name == "reconcile ModelDeployment"]
@@ -63,6 +64,9 @@ async def test_reconcile_spans_and_metrics(
     assert attributes["tramontane.outcome"] in {"Progressing", "Ready"}
     assert metric("tramontane_reconcile_duration_seconds_count", kind="ModelDeployment") > before
     assert metric("tramontane_cluster_reachable", cluster=AKS) == 1.0
+    # The create went through the work queue at high priority; nothing waits once Ready.
+    assert metric("tramontane_workqueue_wait_seconds_count", priority="high") > taken
+    assert metric("tramontane_workqueue_depth", priority="high") == 0.0
     assert metric("tramontane_objects", kind="ModelDeployment", phase="Ready") >= 1.0
     assert metric("tramontane_objects", kind="ComputeCluster", phase="Ready") >= 3.0
 

@@ -102,3 +102,14 @@ async def test_low_keys_get_a_share_under_sustained_high_load() -> None:
         handed.append(key)
         queue.done(key)
     assert handed.index("refresh") == LOW_SHARE - 1  # not last, not starved
+
+
+async def test_each_key_handed_out_reports_its_lane_and_how_long_it_waited() -> None:
+    waits: list[tuple[int, float]] = []
+    queue: WorkQueue[str] = WorkQueue(on_get=lambda lane, waited: waits.append((lane, waited)))
+    queue.add("refresh", LOW)
+    queue.add("refresh", HIGH)  # moved up: still timed from its first add
+    await asyncio.sleep(0.05)
+    queue.done(await queue.get())
+    assert [lane for lane, _ in waits] == [HIGH]
+    assert waits[0][1] >= 0.04

@@ -34,7 +34,12 @@ from tramontane_operator.kube import (
 from tramontane_operator.kube.clusters import NOT_PROBED
 from tramontane_operator.kube.patches import diff
 from tramontane_operator.kube.workqueue import LOW, WorkQueue
-from tramontane_operator.observability import PhaseTracker, set_cluster_reachable
+from tramontane_operator.observability import (
+    PhaseTracker,
+    record_queue_wait,
+    set_cluster_reachable,
+    track_queue,
+)
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.settings import OperatorSettings
 
@@ -67,7 +72,8 @@ class Runtime:
         self._hub: KubeClient | None = None
         self._indexes: Indexes | None = None
         self._events: EventRecorder | None = None
-        self.md_queue: WorkQueue[Key] = WorkQueue()
+        self.md_queue: WorkQueue[Key] = WorkQueue(on_get=record_queue_wait)
+        track_queue(self.md_queue.waiting)
         self._locks: dict[Key, asyncio.Lock] = {}
         self._member_locks: dict[str, asyncio.Lock] = {}
         self.connection_errors: dict[str, str] = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 HIGH = 0
@@ -26,7 +26,10 @@ K = TypeVar("K", bound=Hashable)
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self) -> None:
+    def __init__(self, on_get: Callable[[int, float], None] | None = None) -> None:
+        """`on_get(priority, waited_s)` is told how long each key handed out had waited."""
+        self.on_get = on_get
+        self._added_at: dict[K, float] = {}
         self._lanes: tuple[deque[K], deque[K]] = (deque(), deque())
         self._queued: dict[K, int] = {}  # key -> the lane it waits in
         self._counts = [0, 0]  # keys waiting per lane
@@ -55,6 +58,8 @@ class WorkQueue(Generic[K]):
             return
         if lane is not None:
             self._counts[lane] -= 1
+        else:
+            self._added_at[key] = asyncio.get_running_loop().time()
         self._counts[priority] += 1
         self._queued[key] = priority  # an entry left in the LOW lane is skipped as stale
         self._lanes[priority].append(key)
@@ -100,6 +105,9 @@ class WorkQueue(Generic[K]):
                     self._counts[lane_no] -= 1
                     self._high_streak = self._high_streak + 1 if lane_no == HIGH else 0
                     self._processing.add(key)
+                    added = self._added_at.pop(key, None)
+                    if self.on_get is not None and added is not None:
+                        self.on_get(lane_no, asyncio.get_running_loop().time() - added)
                     return key
             if self._closed:
                 raise QueueClosed
