@@ -132,14 +132,17 @@ class Cache(Generic[M]):
             self.on_event(key, obj if raw is None else raw, raw is None)
 
 
-def _spec_or_status_changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
-    meta_b, meta_a = before.get("metadata") or {}, after.get("metadata") or {}
-    return (
-        meta_b.get("generation") != meta_a.get("generation")
-        or meta_b.get("uid") != meta_a.get("uid")
-        or before.get("status") != after.get("status")
-        or before.get("spec") != after.get("spec")
-    )
+_BOOKKEEPING = frozenset({"resourceVersion", "finalizers", "managedFields"})
+
+
+def _changed_beyond_bookkeeping(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether more than a finalizer or the resourceVersion changed (those need no parse)."""
+
+    def meaningful(obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj.get("metadata") or {}
+        return {**obj, "metadata": {k: v for k, v in meta.items() if k not in _BOOKKEEPING}}
+
+    return meaningful(before) != meaningful(after)
 
 
 class Indexes:
@@ -153,7 +156,7 @@ class Indexes:
         self.finetunejobs = Cache(hub, FINETUNEJOB, FineTuneJob, scoped, self._job_changed)
         self.modeldeployments = Cache(
             hub, MODELDEPLOYMENT, ModelDeployment, scoped, self._md_changed,
-            reparse=_spec_or_status_changed,
+            reparse=_changed_beyond_bookkeeping,
         )  # fmt: skip
         self._tenant_by_namespace: dict[str, list[str]] | None = None
         self._adapters: dict[str, dict[str, str]] = {}  # namespace -> job name -> adapter URI
