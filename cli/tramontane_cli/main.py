@@ -2,8 +2,9 @@
 
 Each subcommand lives in its own module under `tramontane_cli.commands` and exposes
 `register(subparsers)`, which adds its parser and sets `func` to a callable returning the
-exit code. Modules are imported lazily by name so that `tramontane crds ...` never pays for
-torch or ray.
+exit code. Modules are imported lazily by name, and only the one the command line names
+(all of them for `--help` or an unknown command): `tramontane crds ...` never pays for
+torch, ray or the tokenizers.
 """
 
 from __future__ import annotations
@@ -25,21 +26,29 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: with only its subcommand when it names one, else all."""
     parser = argparse.ArgumentParser(
         prog="tramontane",
         description="Tramontane: a Kubernetes-native control plane for Mistral models.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in COMMAND_MODULES:
+    for name in _modules_for(argv):
         module = importlib.import_module(name)
         module.register(subparsers)
     return parser
 
 
+def _modules_for(argv: Sequence[str] | None) -> tuple[str, ...]:
+    first = next((a for a in argv or () if not a.startswith("-")), None)
+    named = tuple(m for m in COMMAND_MODULES if m.rsplit(".", 1)[1] == first)
+    return named or COMMAND_MODULES
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
