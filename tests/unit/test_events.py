@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
-from tramontane_operator.handlers.events import MAX_MESSAGE, event_body, object_reference
+from tramontane_operator.handlers.events import (
+    MAX_MESSAGE,
+    EventRecorder,
+    event_body,
+    object_reference,
+)
 
 NOW = datetime(2026, 11, 27, 1, 2, 3, tzinfo=UTC)
 
@@ -36,3 +42,37 @@ def test_a_cluster_scoped_object_gets_its_events_in_default_and_long_messages_ar
     assert body["metadata"]["namespace"] == "default"
     assert "namespace" not in body["involvedObject"]  # not an empty or null field
     assert len(body["message"]) == MAX_MESSAGE
+
+
+class _Recording:
+    """Stands in for the hub client: records what the recorder creates, and when."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple[float, dict[str, object]]] = []
+
+    async def create(self, _ref: object, body: dict[str, object]) -> dict[str, object]:
+        self.created.append((asyncio.get_running_loop().time(), body))
+        return body
+
+
+async def test_events_wait_while_reconciles_do_and_at_most_max_hold() -> None:
+    client = _Recording()
+    busy = True
+    recorder = EventRecorder(client, busy=lambda: busy, max_hold_s=10.0)  # type: ignore[arg-type]
+    recorder.start()
+    md = {"apiVersion": "v1", "kind": "X", "metadata": {"name": "a", "namespace": "n"}}
+    recorder.post(md, "Normal", "Created", "m")
+    await asyncio.sleep(0.2)
+    assert client.created == []  # held while busy
+    busy = False
+    await asyncio.sleep(0.2)
+    assert [b["reason"] for _, b in client.created] == ["Created"]
+    await recorder.stop()
+
+    stuck = EventRecorder(client, busy=lambda: True, max_hold_s=0.1)  # type: ignore[arg-type]
+    stuck.start()
+    start = asyncio.get_running_loop().time()
+    stuck.post(md, "Warning", "Late", "m")
+    await stuck.stop(flush_s=2.0)  # posted once held for max_hold_s, not lost
+    assert client.created[-1][1]["reason"] == "Late"
+    assert client.created[-1][0] - start >= 0.1

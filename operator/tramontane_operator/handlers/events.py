@@ -1,12 +1,13 @@
 """Kubernetes Events about our objects, posted in the background through the hub client.
 
 Reconciles never wait on an Event: `EventRecorder.post` queues it and one poster task writes
-it (client-go's recorder and Kopf's do the same), so under load Events trail behind the
-reconciles instead of competing with them for the API server. Events are best effort: one
-the API refuses is logged and dropped, and when the queue is full (the hub is slow, a burst
-of objects) the newest are dropped with a warning rather than holding memory. An Event only
-needs the object's reference (apiVersion, kind, name, namespace, uid), so that is all that
-is built.
+it (client-go's recorder and Kopf's do the same). While new or changed ModelDeployments wait
+for a reconcile, the poster holds back (up to a few seconds per Event), so in a burst Events
+trail behind the reconciles instead of competing with them for the API server. Events are
+best effort: one the API refuses is logged and dropped, and when the queue is full (the hub
+is slow, a burst of objects) the newest are dropped with a warning rather than holding
+memory. An Event only needs the object's reference (apiVersion, kind, name, namespace, uid),
+so that is all that is built.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE: int = 1024
 COMPONENT = "tramontane-operator"
+HOLD_POLL_S = 0.05
 
 
 def object_reference(obj: Resource | Mapping[str, Any]) -> dict[str, Any]:
@@ -74,8 +76,19 @@ def event_body(
 
 
 class EventRecorder:
-    def __init__(self, client: KubeClient, posters: int = 1, max_queued: int = 10_000) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        posters: int = 1,
+        max_queued: int = 10_000,
+        busy: Callable[[], bool] | None = None,
+        max_hold_s: float = 5.0,
+    ) -> None:
+        """`busy()`: whether reconciles are waiting; each Event is then held back (for at
+        most `max_hold_s`, so Events are late under sustained load, never lost to it)."""
         self.client = client
+        self.busy = busy
+        self.max_hold_s = max_hold_s
         self.posters = posters
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_queued)
         self._tasks: list[asyncio.Task[None]] = []
@@ -111,6 +124,10 @@ class EventRecorder:
     async def _poster(self) -> None:
         while True:
             body = await self._queue.get()
+            held = 0.0
+            while self.busy is not None and self.busy() and held < self.max_hold_s:
+                await asyncio.sleep(HOLD_POLL_S)
+                held += HOLD_POLL_S
             try:
                 await self.client.create(EVENT, body)
             except (ApiError, Unreachable) as exc:

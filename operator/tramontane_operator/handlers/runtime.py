@@ -33,7 +33,7 @@ from tramontane_operator.kube import (
 )
 from tramontane_operator.kube.clusters import NOT_PROBED
 from tramontane_operator.kube.patches import diff
-from tramontane_operator.kube.workqueue import LOW, WorkQueue
+from tramontane_operator.kube.workqueue import HIGH, LOW, WorkQueue
 from tramontane_operator.observability import (
     PhaseTracker,
     record_queue_wait,
@@ -100,7 +100,8 @@ class Runtime:
     @property
     def events(self) -> EventRecorder:
         if self._events is None:
-            self._events = EventRecorder(self.hub)
+            # Events wait while new or changed ModelDeployments do (see EventRecorder).
+            self._events = EventRecorder(self.hub, busy=lambda: self.md_queue.waiting(HIGH) > 0)
         return self._events
 
     def start(self) -> None:
