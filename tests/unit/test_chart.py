@@ -310,6 +310,7 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
         (["affinity.nodeAffinity.required=x"], "additional properties 'required' not allowed"),
         (["extraEnv[0].name=A", "extraEnv[0].vaule=b"], "'vaule' not allowed"),
         (["replicaCount=two"], "/replicaCount"),
+        (["replicaCount=2"], "/replicaCount"),  # no leader election: two would both reconcile
         (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
         (["podDisruptionBudget.maxUnavailable=half"], "/podDisruptionBudget/maxUnavailable"),
         (["clusterName=Not_A_Name"], "/clusterName"),
