@@ -191,13 +191,19 @@ async def test_delete_cancels_and_removes_the_rayjob(
     assert cancelled[0]["involvedObject"]["name"] == "tune"
 
 
-async def test_quota_queues_and_tenant_reports_usage(
-    tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs, operator: OperatorRun
-) -> None:
+async def first_running_second_queued(tmp_path: Path, clusters: Clusters, api: KubeClient) -> None:
+    """A one-GPU quota: job `first` holds it (its RayJob exists), `second` waits first in line."""
     await api.create(TENANT, tenant({"gpus": {"H100": 1}}))
     await api.create(FINETUNEJOB, job(tmp_path, "first"))
     await eventually(lambda: rayjob(clusters, "first"))
     await api.create(FINETUNEJOB, job(tmp_path, "second"))
+    await eventually(lambda: stored(clusters, "second").get("status", {}).get("queuePosition") == 1)
+
+
+async def test_quota_queues_and_tenant_reports_usage(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs, operator: OperatorRun
+) -> None:
+    await first_running_second_queued(tmp_path, clusters, api)
     await eventually(lambda: phase(clusters, "second") == "Queued")
     second = stored(clusters, "second")
     assert second["status"]["queuePosition"] == 1

@@ -15,7 +15,7 @@ import pytest
 from fake_rayjob import FakeRayJobs
 from manifests import NS, operator_settings, tenant
 from operator_harness import Clusters, OperatorRun, eventually
-from test_finetunejob import condition, job, phase, rayjob, stored
+from test_finetunejob import condition, first_running_second_queued, job, phase, rayjob, stored
 from tramontane_operator.kube import FINETUNEJOB, TENANT, Invalid, KubeClient
 from tramontane_workers.contract.train_config import TrainConfig, config_from_b64
 
@@ -100,11 +100,7 @@ async def test_job_controls_are_patched_onto_the_live_rayjob(
 async def test_a_priority_change_reorders_the_queue(
     tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs, operator: OperatorRun
 ) -> None:
-    await api.create(TENANT, tenant({"gpus": {"H100": 1}}))
-    await api.create(FINETUNEJOB, job(tmp_path, "first"))
-    await eventually(lambda: rayjob(clusters, "first"))
-    await api.create(FINETUNEJOB, job(tmp_path, "second"))
-    await eventually(lambda: stored(clusters, "second").get("status", {}).get("queuePosition") == 1)
+    await first_running_second_queued(tmp_path, clusters, api)
     await api.create(FINETUNEJOB, job(tmp_path, "third"))
     await eventually(lambda: stored(clusters, "third").get("status", {}).get("queuePosition") == 2)
 
