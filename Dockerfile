@@ -6,6 +6,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cli/ cli/
+COPY core/ core/
 COPY operator/ operator/
 COPY router/ router/
 COPY workers/ workers/

@@ -18,7 +18,7 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
-from tramontane_operator.api.v1alpha1.tenant import Quotas
+from tramontane_api.v1alpha1.tenant import Quotas
 from tramontane_operator.quotas import Workload, admit
 
 T0 = datetime(2026, 11, 26, tzinfo=UTC)

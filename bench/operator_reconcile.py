@@ -49,7 +49,7 @@ import aiohttp  # noqa: E402
 
 from manifests import AKS, HUB, NS, ONPREM, SYSTEM_NS, compute_cluster, model_deployment  # noqa: E402
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay  # noqa: E402
-from tramontane_operator.kube import (  # noqa: E402
+from tramontane_kube import (  # noqa: E402
     COMPUTECLUSTER,
     MODELDEPLOYMENT,
     RAYSERVICE,
@@ -169,7 +169,7 @@ async def _baseline(n: int) -> float:
     clusters = await Clusters.start(HUB, [AKS], validate=False, kuberay_on_hub=False)
     try:
         # A RayService exactly as the operator renders it, taken from a throwaway render.
-        from tramontane_operator.api.v1alpha1 import ModelDeployment
+        from tramontane_api.v1alpha1 import ModelDeployment
         from tramontane_operator.builders import BuildSettings, build_rayservice
         from tramontane_operator.placement import ClusterView, PoolSize
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import kopf
 
+from tramontane_kube import ClusterConfig
 from tramontane_operator.builders.labels import FINALIZER
 from tramontane_operator.handlers import computecluster, finetunejob, tenant
 from tramontane_operator.handlers.modeldeployment import ModelDeploymentController
 from tramontane_operator.handlers.runtime import Runtime
-from tramontane_operator.kube import ClusterConfig
 from tramontane_operator.observability import serve_metrics
 from tramontane_operator.settings import OperatorSettings
 

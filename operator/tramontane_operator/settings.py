@@ -12,9 +12,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tramontane_kube.config import ClusterConfig
 from tramontane_operator.builders import BuildSettings
 from tramontane_operator.builders.rayservice import DEFAULT_WORKER_IMAGE
-from tramontane_operator.kube.config import ClusterConfig
 
 
 @dataclass(frozen=True)

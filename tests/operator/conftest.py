@@ -25,13 +25,8 @@ from manifests import (
     operator_settings,
 )
 from operator_harness import Clusters, FakeKubeRay, OperatorRun
+from tramontane_kube import COMPUTECLUSTER, SECRET, ClusterConfig, KubeClient
 from tramontane_operator.handlers.finetunejob import POLL_ENV
-from tramontane_operator.kube import (
-    COMPUTECLUSTER,
-    SECRET,
-    ClusterConfig,
-    KubeClient,
-)
 
 # Re-exported: test modules import these names from here or from `manifests`.
 __all__ = ["AKS", "HUB", "NS", "ONPREM", "SYSTEM_NS", "model_deployment", "operator_settings"]

@@ -43,7 +43,7 @@ from kmock._internal.k8s import (
     KubernetesResourceNotFoundError,
 )
 
-from tramontane_operator.api.schema import SchemaValidator
+from tramontane_api.schema import SchemaValidator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO_ROOT / "crds"

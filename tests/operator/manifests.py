@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tramontane_operator.kube import ClusterConfig
+from tramontane_kube import ClusterConfig
 from tramontane_operator.settings import OperatorSettings
 
 HUB = "hub"

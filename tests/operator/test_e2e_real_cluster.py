@@ -21,7 +21,7 @@ import yaml
 
 from manifests import HUB, compute_cluster, model_deployment, operator_settings
 from operator_harness import OperatorRun, eventually
-from tramontane_operator.kube import (
+from tramontane_kube import (
     COMPUTECLUSTER,
     MODELDEPLOYMENT,
     NAMESPACE,

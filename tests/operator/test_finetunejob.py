@@ -15,7 +15,7 @@ import pytest
 from fake_rayjob import RAYJOBS, FakeRayJobs
 from manifests import AKS, NS, ONPREM, model_deployment, tenant
 from operator_harness import Clusters, FakeKubeRay, OperatorRun, eventually
-from tramontane_operator.kube import FINETUNEJOB, MODELDEPLOYMENT, TENANT, KubeClient
+from tramontane_kube import FINETUNEJOB, MODELDEPLOYMENT, TENANT, KubeClient
 from tramontane_workers.contract.train_config import TrainProgress
 
 FTJS = "tramontane.dev/v1alpha1/finetunejobs"

@@ -16,7 +16,7 @@ from fake_rayjob import FakeRayJobs
 from manifests import NS, operator_settings, tenant
 from operator_harness import Clusters, OperatorRun, eventually
 from test_finetunejob import condition, first_running_second_queued, job, phase, rayjob, stored
-from tramontane_operator.kube import FINETUNEJOB, TENANT, Invalid, KubeClient
+from tramontane_kube import FINETUNEJOB, TENANT, Invalid, KubeClient
 from tramontane_workers.contract.train_config import TrainConfig, config_from_b64
 
 pytestmark = pytest.mark.usefixtures("fast_poll")  # jobs followed every 0.2 s

@@ -26,8 +26,8 @@ import yaml
 from fake_rayjob import FakeRayJobs
 from manifests import AKS, NS
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
+from tramontane_kube import FINETUNEJOB, MODELDEPLOYMENT, KubeClient
 from tramontane_operator.handlers.finetunejob import POLL_ENV
-from tramontane_operator.kube import FINETUNEJOB, MODELDEPLOYMENT, KubeClient
 from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.contract import inference_pb2_grpc as pb_grpc
 from tramontane_workers.contract.serve_config import ServeAppConfig

@@ -21,7 +21,7 @@ from fake_rayjob import FakeRayJobs
 from manifests import AKS, NS, ONPREM
 from operator_harness import Clusters, OperatorRun, eventually
 from test_finetunejob import GOOD, all_rayjobs, condition, dataset, job, phase, rayjob, stored
-from tramontane_operator.kube import FINETUNEJOB, KubeClient
+from tramontane_kube import FINETUNEJOB, KubeClient
 from tramontane_workers.contract.train_config import TrainProgress, progress_line
 
 BAD_ROLE = {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}

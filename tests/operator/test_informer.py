@@ -11,8 +11,8 @@ import aiohttp.web
 import pytest
 
 from operator_harness import eventually
-from tramontane_operator.kube import RAYSERVICE, ClusterConfig, KubeClient
-from tramontane_operator.kube.informer import Informer
+from tramontane_kube import RAYSERVICE, ClusterConfig, KubeClient
+from tramontane_kube.informer import Informer
 
 PATH = "/apis/ray.io/v1/rayservices"
 

@@ -10,7 +10,7 @@ import pytest
 
 from kube_emulator import Fault
 from operator_harness import RAYSERVICES, Clusters
-from tramontane_operator.kube import (
+from tramontane_kube import (
     RAYSERVICE,
     ClusterConfig,
     Invalid,
@@ -19,7 +19,7 @@ from tramontane_operator.kube import (
     NotFound,
     Unreachable,
 )
-from tramontane_operator.kube.patches import diff, merge_patch_diff
+from tramontane_kube.patches import diff, merge_patch_diff
 
 KUBECONFIG = {
     "apiVersion": "v1",

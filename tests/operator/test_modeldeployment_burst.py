@@ -7,8 +7,8 @@ import asyncio
 
 from manifests import AKS, NS, ONPREM, model_deployment, operator_settings
 from operator_harness import RAYSERVICES, Clusters, OperatorRun, eventually
+from tramontane_kube import MODELDEPLOYMENT, KubeClient
 from tramontane_operator.builders.labels import FINALIZER
-from tramontane_operator.kube import MODELDEPLOYMENT, KubeClient
 
 MDS = "tramontane.dev/v1alpha1/modeldeployments"
 COUNT = 40  # one GPU each; the two members have 8 H100s each

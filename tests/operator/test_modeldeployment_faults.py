@@ -9,7 +9,7 @@ from kube_emulator import Fault
 from manifests import AKS, NS, ONPREM, model_deployment
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
 from test_modeldeployment_lifecycle import condition, is_ready, rayservice, stored_md
-from tramontane_operator.kube import MODELDEPLOYMENT, KubeClient
+from tramontane_kube import MODELDEPLOYMENT, KubeClient
 
 CCS = "tramontane.dev/v1alpha1/computeclusters"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from manifests import AKS, HUB, NS, ONPREM, model_deployment, operator_settings
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
-from tramontane_operator.kube import MODELDEPLOYMENT, KubeClient
+from tramontane_kube import MODELDEPLOYMENT, KubeClient
 
 MDS = "tramontane.dev/v1alpha1/modeldeployments"
 

@@ -22,7 +22,7 @@ from manifests import AKS, HUB, NS, SYSTEM_NS, compute_cluster, model_deployment
 from operator_harness import Clusters, FakeKubeRay, OperatorRun, eventually
 from test_modeldeployment_faults import cc_phase
 from test_modeldeployment_lifecycle import is_ready, rayservice
-from tramontane_operator.kube import COMPUTECLUSTER, MODELDEPLOYMENT, SECRET, KubeClient
+from tramontane_kube import COMPUTECLUSTER, MODELDEPLOYMENT, SECRET, KubeClient
 
 CCS = "tramontane.dev/v1alpha1/computeclusters"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from manifests import NS
 from operator_harness import Clusters
-from tramontane_operator.kube import POD, KubeClient
-from tramontane_operator.kube.config import ClusterConfig
+from tramontane_kube import POD, KubeClient
+from tramontane_kube.config import ClusterConfig
 
 
 async def test_pod_log_reads_a_bounded_tail(clusters: Clusters) -> None:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from tests.conftest import EXAMPLES_DIR, KUBERAY_CRDS_DIR
 
-from tramontane_operator.api.schema import SchemaValidator
-from tramontane_operator.api.v1alpha1 import FineTuneJob
+from tramontane_api.schema import SchemaValidator
+from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_operator.builders import BuildSettings
 from tramontane_operator.builders.rayjob import build_rayjob, build_train_config
 from tramontane_operator.placement import ClusterView

@@ -12,8 +12,8 @@ import yaml
 from tests.conftest import EXAMPLES_DIR, KUBERAY_CRDS_DIR
 from tests.unit.test_placement import h100, make_md
 
-from tramontane_operator.api.schema import SchemaValidator
-from tramontane_operator.api.v1alpha1 import ModelDeployment
+from tramontane_api.schema import SchemaValidator
+from tramontane_api.v1alpha1 import ModelDeployment
 from tramontane_operator.builders import (
     BuildSettings,
     build_rayservice,

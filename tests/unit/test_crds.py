@@ -12,9 +12,9 @@ import pytest
 import yaml
 from jsonpath_ng.ext import parse as jsonpath
 
-from tramontane_operator.api import crdgen
-from tramontane_operator.api.schema import SchemaValidator
-from tramontane_operator.api.v1alpha1 import KINDS, Resource
+from tramontane_api import crdgen
+from tramontane_api.schema import SchemaValidator
+from tramontane_api.v1alpha1 import KINDS, Resource
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))

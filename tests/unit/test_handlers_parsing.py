@@ -5,7 +5,7 @@ from __future__ import annotations
 import kopf
 import pytest
 
-from tramontane_operator.api.v1alpha1 import Tenant
+from tramontane_api.v1alpha1 import Tenant
 from tramontane_operator.handlers.parsing import parse_resource
 from tramontane_operator.observability import Reconcile
 

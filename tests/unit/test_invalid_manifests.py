@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tramontane_operator.api.schema import SchemaValidator
-from tramontane_operator.api.validate import validate_object
+from tramontane_api.schema import SchemaValidator
+from tramontane_api.validate import validate_object
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 

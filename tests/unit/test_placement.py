@@ -12,8 +12,8 @@ import pytest
 import yaml
 from tests.conftest import EXAMPLES_DIR
 
-from tramontane_operator.api.v1alpha1 import ComputeCluster, ModelDeployment
-from tramontane_operator.api.v1alpha1.common import LabelSelector
+from tramontane_api.v1alpha1 import ComputeCluster, ModelDeployment
+from tramontane_api.v1alpha1.common import LabelSelector
 from tramontane_operator.placement import (
     REASON_FAILOVER,
     REASON_INSUFFICIENT_CAPACITY,

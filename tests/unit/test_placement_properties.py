@@ -9,7 +9,7 @@ import random
 import pytest
 from tests.unit.test_placement import make_md
 
-from tramontane_operator.api.v1alpha1 import ModelDeployment
+from tramontane_api.v1alpha1 import ModelDeployment
 from tramontane_operator.placement import (
     REASON_INSUFFICIENT_CAPACITY,
     REASON_NO_FAILOVER_TARGET,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
-from tramontane_operator.api.v1alpha1.tenant import Quotas
+from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
+from tramontane_api.v1alpha1.tenant import Quotas
 from tramontane_operator.quotas import (
     Workload,
     admit,
@@ -180,7 +180,7 @@ def test_tenant_status(
     assert status.usage is not None and status.usage.per_cluster is not None
     assert status.usage.per_cluster[0].cluster == "aks"
     # The status validates against the generated CRD's status schema.
-    from tramontane_operator.api.validate import validate_object
+    from tramontane_api.validate import validate_object
 
     body = me.model_dump(by_alias=True, exclude_none=True, mode="json")
     body["status"] = status.model_dump(by_alias=True, exclude_none=True, mode="json")

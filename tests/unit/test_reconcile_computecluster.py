@@ -9,8 +9,8 @@ import pytest
 import yaml
 from tests.conftest import EXAMPLES_DIR
 
-from tramontane_operator.api.v1alpha1 import ComputeCluster
-from tramontane_operator.api.validate import validate_object
+from tramontane_api.v1alpha1 import ComputeCluster
+from tramontane_api.validate import validate_object
 from tramontane_operator.reconcile import cluster_status_changed, compute_cluster_status
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

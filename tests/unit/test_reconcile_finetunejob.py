@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from tests.unit.test_builders_rayjob import make_job
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment
-from tramontane_operator.api.v1alpha1.finetunejob import Estimate
+from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment
+from tramontane_api.v1alpha1.finetunejob import Estimate
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.reconcile.finetunejob import (
     ADMITTED,
@@ -418,7 +418,7 @@ def test_validation_result_lists_bad_lines_of_every_file() -> None:
 
 
 def test_estimate_uses_the_job_gpu_and_the_cheapest_cluster_price() -> None:
-    from tramontane_operator.api.v1alpha1 import ComputeCluster
+    from tramontane_api.v1alpha1 import ComputeCluster
     from tramontane_operator.reconcile.finetunejob_estimate import validation_result
 
     def cluster(name: str, price: float) -> ComputeCluster:
@@ -442,7 +442,7 @@ def test_estimate_uses_the_job_gpu_and_the_cheapest_cluster_price() -> None:
 
 # Admission against the tenant's quota.
 def tenant(**quotas: Any) -> Any:
-    from tramontane_operator.api.v1alpha1 import Tenant
+    from tramontane_api.v1alpha1 import Tenant
 
     return Tenant.model_validate(
         {"apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "t"},

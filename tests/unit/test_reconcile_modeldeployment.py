@@ -10,8 +10,8 @@ import pytest
 from tests.unit.test_builders_rayservice import rayservice_validator
 from tests.unit.test_placement import h100, make_md, spec_for
 
-from tramontane_operator.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
-from tramontane_operator.api.validate import validate_object
+from tramontane_api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
+from tramontane_api.validate import validate_object
 from tramontane_operator.builders import BuildSettings, build_rayservice
 from tramontane_operator.placement import PlacementDecision, place
 from tramontane_operator.reconcile import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tramontane_operator.api.validate import validate_object, validate_text
+from tramontane_api.validate import validate_object, validate_text
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

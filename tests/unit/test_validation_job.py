@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from tests.unit.test_builders_rayjob import MEMBER, SETTINGS, make_job, rayjob_validator
 
-from tramontane_operator.api.schema import SchemaValidator
+from tramontane_api.schema import SchemaValidator
 from tramontane_operator.builders.validation_job import (
     build_validation_job,
     validation_job_name,

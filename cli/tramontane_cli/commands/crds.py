@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tramontane_operator.api import crdgen
-from tramontane_operator.api.v1alpha1 import KINDS
+from tramontane_api import crdgen
+from tramontane_api.v1alpha1 import KINDS
 
 DEFAULT_TARGETS = ("crds", "charts/tramontane/crds")
 

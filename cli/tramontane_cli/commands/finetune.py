@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tramontane_api.v1alpha1 import ComputeCluster, FineTuneJob
+from tramontane_api.v1alpha1.finetunejob import Estimate as StatusEstimate
 from tramontane_cli.commands.dataset import EXIT_BAD_LINES, EXIT_UNREADABLE, format_summary
-from tramontane_operator.api.v1alpha1 import ComputeCluster, FineTuneJob
-from tramontane_operator.api.v1alpha1.finetunejob import Estimate as StatusEstimate
 from tramontane_workers.contract.datasets import DatasetSummary, DatasetUnreadable, validate_uri
 from tramontane_workers.contract.estimate import (
     Estimate,

@@ -47,8 +47,8 @@ def load_deployment(text: str, name: str) -> Any:
     """The first ModelDeployment in `text`, validated; `ValueError` lists every problem."""
     import yaml
 
-    from tramontane_operator.api.v1alpha1 import ModelDeployment
-    from tramontane_operator.api.validate import validate_text
+    from tramontane_api.v1alpha1 import ModelDeployment
+    from tramontane_api.validate import validate_text
 
     _, problems = validate_text(text)
     if problems:

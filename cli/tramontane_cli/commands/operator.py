@@ -55,7 +55,7 @@ def _port(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tramontane_operator.kube import KubeconfigError
+    from tramontane_kube import KubeconfigError
     from tramontane_operator.main import run
     from tramontane_operator.settings import OperatorSettings
 

@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tramontane_operator.api.validate import validate_text
+    from tramontane_api.validate import validate_text
 
     status = 0
     checked_total = problems_total = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from tramontane_operator.api.v1alpha1 import API_VERSION, FineTuneJob, ModelDeployment
+from tramontane_api.v1alpha1 import API_VERSION, FineTuneJob, ModelDeployment
 
 # The kinds that own children in member clusters.
 Owner = ModelDeployment | FineTuneJob

@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob
+from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_operator.placement import ClusterView
 from tramontane_workers.contract.train_config import (
     LoraSettings,

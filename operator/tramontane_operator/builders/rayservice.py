@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import yaml
 
-from tramontane_operator.api.v1alpha1 import ModelDeployment
+from tramontane_api.v1alpha1 import ModelDeployment
 from tramontane_operator.placement import ClusterView, PoolSize
 from tramontane_workers.contract.serve_config import GRPC_PORT, HTTP_PORT, render_serve_config_v2
 

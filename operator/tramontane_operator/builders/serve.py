@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tramontane_operator.api.v1alpha1 import ModelDeployment
+from tramontane_api.v1alpha1 import ModelDeployment
 from tramontane_operator.placement import PoolSize
 from tramontane_workers.contract.serve_config import (
     AdapterSource,

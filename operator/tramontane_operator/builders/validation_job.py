@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Final
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob
+from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_operator.placement import ClusterView
 
 from .labels import child_labels

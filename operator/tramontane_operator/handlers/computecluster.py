@@ -14,8 +14,8 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from tramontane_operator.api.v1alpha1 import GROUP, VERSION, ComputeCluster, ComputeClusterStatus
-from tramontane_operator.kube import COMPUTECLUSTER
+from tramontane_api.v1alpha1 import GROUP, VERSION, ComputeCluster, ComputeClusterStatus
+from tramontane_kube import COMPUTECLUSTER
 from tramontane_operator.observability import reconcile_scope, set_cluster_reachable
 from tramontane_operator.reconcile import cluster_status_changed, compute_cluster_status
 

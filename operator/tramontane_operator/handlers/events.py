@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from tramontane_operator.api.v1alpha1.common import Resource
-from tramontane_operator.kube import EVENT, ApiError, KubeClient, Unreachable
+from tramontane_api.v1alpha1.common import Resource
+from tramontane_kube import EVENT, ApiError, KubeClient, Unreachable
 
 log = logging.getLogger(__name__)
 

@@ -23,16 +23,16 @@ from typing import Any, Final
 
 import kopf
 
-from tramontane_operator.api.v1alpha1 import (
+from tramontane_api.v1alpha1 import (
     GROUP,
     VERSION,
     FineTuneJob,
     FineTuneJobStatus,
 )
+from tramontane_kube import FINETUNEJOB, ApiError, Unreachable
 from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from tramontane_operator.builders.rayjob import claim_uses, rendered_hash, spec_hash
 from tramontane_operator.builders.volumes import pod_volumes
-from tramontane_operator.kube import FINETUNEJOB, ApiError, Unreachable
 from tramontane_operator.observability import PhaseTracker, reconcile_scope
 from tramontane_operator.placement import ClusterView, gpu_allocations
 from tramontane_operator.quotas import tenant_for_namespace

@@ -18,9 +18,9 @@ from typing import Any, Final
 import kopf
 from pydantic import ValidationError
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
+from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
+from tramontane_kube import MODELDEPLOYMENT, ApiError, ResourceRef, Unreachable
 from tramontane_operator.builders.rayjob import build_rayjob, build_train_config
-from tramontane_operator.kube import MODELDEPLOYMENT, ApiError, ResourceRef, Unreachable
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.reconcile.finetunejob import Decision, adapter_uri
 from tramontane_operator.reconcile.finetunejob_deploy import DEPLOY_FAILED, DeployOutcome

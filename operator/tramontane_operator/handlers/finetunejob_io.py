@@ -13,7 +13,7 @@ import json
 import fsspec
 from pydantic import ValidationError
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob
+from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_workers.contract.datasets_report import DatasetsReport, validate_files
 from tramontane_workers.contract.estimate import params_from_hf_config
 from tramontane_workers.contract.train_config import PROGRESS_FILE, TrainProgress

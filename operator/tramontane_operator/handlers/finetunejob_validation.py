@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob
+from tramontane_api.v1alpha1 import FineTuneJob
+from tramontane_kube import JOB, POD, ApiError, KubeClient, Unreachable
 from tramontane_operator.builders.labels import OWNER_UID_LABEL
 from tramontane_operator.builders.validation_job import (
     JOB_NAME_LABELS,
     build_validation_job,
     validation_job_name,
 )
-from tramontane_operator.kube import JOB, POD, ApiError, KubeClient, Unreachable
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.reconcile.finetunejob_validation import (
     ClusterValidation,

@@ -15,13 +15,13 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from tramontane_operator.api.v1alpha1 import (
+from tramontane_api.v1alpha1 import (
     ComputeCluster,
     FineTuneJob,
     ModelDeployment,
     Tenant,
 )
-from tramontane_operator.kube import (
+from tramontane_kube import (
     COMPUTECLUSTER,
     FINETUNEJOB,
     MODELDEPLOYMENT,
@@ -29,7 +29,7 @@ from tramontane_operator.kube import (
     KubeClient,
     ResourceRef,
 )
-from tramontane_operator.kube.informer import Informer
+from tramontane_kube.informer import Informer
 from tramontane_operator.placement import gpu_allocations
 
 Key = tuple[str, str]  # (namespace or "", name)

@@ -35,21 +35,15 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from tramontane_operator.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
-from tramontane_operator.api.validate import validate_object
+from tramontane_api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
+from tramontane_api.validate import validate_object
+from tramontane_kube import MODELDEPLOYMENT, RAYSERVICE, ApiError, NotFound, Unreachable
 from tramontane_operator.builders.labels import (
     FINALIZER,
     OWNER_NAME_LABEL,
     OWNER_NAMESPACE_LABEL,
 )
-from tramontane_operator.kube import (
-    MODELDEPLOYMENT,
-    RAYSERVICE,
-    ApiError,
-    MemberCluster,
-    NotFound,
-    Unreachable,
-)
+from tramontane_operator.kube import MemberCluster
 from tramontane_operator.kube.workqueue import HIGH, LOW, QueueClosed
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.placement import REASON_FAILOVER, ClusterView, place, pool_gpus

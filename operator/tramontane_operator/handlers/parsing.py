@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import ValidationError
 
-from tramontane_operator.api.v1alpha1.common import Resource
+from tramontane_api.v1alpha1.common import Resource
 from tramontane_operator.observability import Reconcile
 
 R = TypeVar("R", bound=Resource)

@@ -17,22 +17,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tramontane_operator.api.v1alpha1 import ComputeCluster, ModelDeploymentStatus
-from tramontane_operator.builders.labels import OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL
-from tramontane_operator.kube import (
+from tramontane_api.v1alpha1 import ComputeCluster, ModelDeploymentStatus
+from tramontane_kube import (
     SECRET,
     ApiError,
     ClusterConfig,
-    ClusterRegistry,
     KubeClient,
     KubeconfigError,
-    MemberCluster,
     NotFound,
     ResourceRef,
     Unreachable,
 )
+from tramontane_kube.patches import diff
+from tramontane_operator.builders.labels import OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL
+from tramontane_operator.kube import ClusterRegistry, MemberCluster
 from tramontane_operator.kube.clusters import NOT_PROBED
-from tramontane_operator.kube.patches import diff
 from tramontane_operator.kube.workqueue import HIGH, LOW, WorkQueue
 from tramontane_operator.observability import (
     PhaseTracker,
@@ -64,7 +63,7 @@ class Runtime:
             self._on_health_change,
             base_backoff_s=settings.backoff_base_s,
             max_backoff_s=settings.backoff_max_s,
-            client_options={"timeout_s": settings.request_timeout_s, **settings.client_options},
+            client_options=self._client_options(),
         )
         self.gpus = GpuLedger()
         self.md_phases = PhaseTracker("ModelDeployment")
@@ -88,7 +87,11 @@ class Runtime:
         return self._hub
 
     def _client_options(self) -> dict[str, Any]:
-        return {"timeout_s": self.settings.request_timeout_s, **self.settings.client_options}
+        return {
+            "timeout_s": self.settings.request_timeout_s,
+            "user_agent": "tramontane-operator",
+            **self.settings.client_options,
+        }
 
     @property
     def indexes(self) -> Indexes:

@@ -17,8 +17,8 @@ from typing import Any
 
 import kopf
 
-from tramontane_operator.api.v1alpha1 import GROUP, VERSION, Tenant
-from tramontane_operator.kube import TENANT
+from tramontane_api.v1alpha1 import GROUP, VERSION, Tenant
+from tramontane_kube import TENANT
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.reconcile.conditions import status_differs
 from tramontane_operator.reconcile.finetunejob_quota import tenant_workloads

@@ -1,44 +1,16 @@
-"""The only Kubernetes I/O seam: one async client per member cluster, a child cache, health."""
+"""Operator-side Kubernetes plumbing: the member-cluster registry (a client, a child cache and
+health per cluster) and the reconcile work queue. The client itself is `tramontane_kube`."""
 
-from .client import ApiError, Conflict, Invalid, KubeClient, NotFound, Unreachable
 from .clusters import MANAGED_BY_LABELS, ClusterRegistry, MemberCluster, ProbeResult
-from .config import ClusterConfig, KubeconfigError
-from .resources import (
-    COMPUTECLUSTER,
-    EVENT,
-    FINETUNEJOB,
-    JOB,
-    MODELDEPLOYMENT,
-    NAMESPACE,
-    POD,
-    RAYSERVICE,
-    SECRET,
-    TENANT,
-    ResourceRef,
-)
+from .workqueue import HIGH, LOW, QueueClosed, WorkQueue
 
 __all__ = [
-    "COMPUTECLUSTER",
-    "EVENT",
-    "FINETUNEJOB",
-    "JOB",
+    "HIGH",
+    "LOW",
     "MANAGED_BY_LABELS",
-    "MODELDEPLOYMENT",
-    "NAMESPACE",
-    "POD",
-    "RAYSERVICE",
-    "SECRET",
-    "TENANT",
-    "ApiError",
-    "ClusterConfig",
     "ClusterRegistry",
-    "Conflict",
-    "Invalid",
-    "KubeClient",
-    "KubeconfigError",
     "MemberCluster",
-    "NotFound",
     "ProbeResult",
-    "ResourceRef",
-    "Unreachable",
+    "QueueClosed",
+    "WorkQueue",
 ]

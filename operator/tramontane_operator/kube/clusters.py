@@ -14,12 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tramontane_kube.client import ApiError, Conflict, KubeClient, Unreachable
+from tramontane_kube.config import ClusterConfig
+from tramontane_kube.informer import Informer, OnEvent
+from tramontane_kube.resources import NAMESPACE, RAYSERVICE
 from tramontane_operator.builders.labels import MANAGED_BY, MANAGED_BY_LABEL
-
-from .client import ApiError, Conflict, KubeClient, Unreachable
-from .config import ClusterConfig
-from .informer import Informer, OnEvent
-from .resources import NAMESPACE, RAYSERVICE
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from tramontane_operator.api.v1alpha1 import ModelDeployment
+from tramontane_api.v1alpha1 import ModelDeployment
 
 
 def _key(md: ModelDeployment) -> tuple[str, str]:

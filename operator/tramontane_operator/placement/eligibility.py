@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tramontane_operator.api.v1alpha1 import ModelDeployment
-from tramontane_operator.api.v1alpha1.common import LabelSelector
+from tramontane_api.v1alpha1 import ModelDeployment
+from tramontane_api.v1alpha1.common import LabelSelector
 
 from .types import ClusterView
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tramontane_operator.api.v1alpha1 import ModelDeployment
+from tramontane_api.v1alpha1 import ModelDeployment
 
 from .eligibility import can_keep, can_take, candidates, replica_capacity, why_ineligible
 from .types import (

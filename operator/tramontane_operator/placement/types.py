@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from tramontane_operator.api.v1alpha1 import ComputeCluster
+from tramontane_api.v1alpha1 import ComputeCluster
 
 # Labels every ComputeCluster implicitly carries, so selectors can match cloud and region
 # whether or not the platform team wrote them into metadata.labels.

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
-from tramontane_operator.api.v1alpha1.tenant import Quotas
+from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
+from tramontane_api.v1alpha1.tenant import Quotas
 
 WorkloadKind = Literal["ModelDeployment", "FineTuneJob"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from tramontane_operator.api.v1alpha1 import ComputeCluster, ComputeClusterStatus
-from tramontane_operator.api.v1alpha1.computecluster import ComputeClusterPhase
+from tramontane_api.v1alpha1 import ComputeCluster, ComputeClusterStatus
+from tramontane_api.v1alpha1.computecluster import ComputeClusterPhase
 from tramontane_operator.placement.capacity import gpu_summary
 
 from .conditions import (

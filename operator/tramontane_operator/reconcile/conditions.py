@@ -14,8 +14,8 @@ from typing import Final, Literal
 
 from pydantic import BaseModel
 
+from tramontane_api.v1alpha1 import Condition
 from tramontane_operator import placement
-from tramontane_operator.api.v1alpha1 import Condition
 
 Status = Literal["True", "False", "Unknown"]
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob, FineTuneJobStatus
-from tramontane_operator.api.v1alpha1.finetunejob import (
+from tramontane_api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from tramontane_api.v1alpha1.finetunejob import (
     AdapterStatus,
     Checkpoint,
     FineTuneJobPhase,

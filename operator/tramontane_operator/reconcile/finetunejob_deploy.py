@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment
+from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment
 
 ADAPTER_DEPLOYED: Final = "AdapterDeployed"
 MODEL_DEPLOYMENT_NOT_FOUND: Final = "ModelDeploymentNotFound"

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from tramontane_operator.api.v1alpha1 import ComputeCluster, FineTuneJob
-from tramontane_operator.api.v1alpha1.finetunejob import Estimate
+from tramontane_api.v1alpha1 import ComputeCluster, FineTuneJob
+from tramontane_api.v1alpha1.finetunejob import Estimate
 from tramontane_workers.contract.datasets import DatasetSummary
 from tramontane_workers.contract.datasets_report import DatasetsReport
 from tramontane_workers.contract.estimate import Estimate as ContractEstimate

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob
-from tramontane_operator.api.v1alpha1.finetunejob import Estimate
+from tramontane_api.v1alpha1 import FineTuneJob
+from tramontane_api.v1alpha1.finetunejob import Estimate
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.placement.eligibility import selector_matches
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
+from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
 from tramontane_operator.quotas import (
     Workload,
     admit,

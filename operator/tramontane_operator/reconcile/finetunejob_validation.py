@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from tramontane_operator.api.v1alpha1 import FineTuneJob
+from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_workers.contract.datasets_report import DatasetsReport
 
 PVC_PREFIX: Final = "pvc://"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tramontane_operator.api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
-from tramontane_operator.api.v1alpha1.modeldeployment import ClusterStatus, ModelDeploymentPhase
+from tramontane_api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
+from tramontane_api.v1alpha1.modeldeployment import ClusterStatus, ModelDeploymentPhase
 from tramontane_operator.builders import BuildSettings, build_rayservice, resolve_adapters
 from tramontane_operator.placement import PlacementDecision
 from tramontane_operator.placement.types import ClusterView

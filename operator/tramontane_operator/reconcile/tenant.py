@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Final
 
-from tramontane_operator.api.v1alpha1 import Tenant, TenantStatus
-from tramontane_operator.api.v1alpha1.tenant import ClusterUsage, TenantPhase, TenantUsage
+from tramontane_api.v1alpha1 import Tenant, TenantStatus
+from tramontane_api.v1alpha1.tenant import ClusterUsage, TenantPhase, TenantUsage
 from tramontane_operator.quotas import Workload, namespace_conflicts, over_quota, usage
 
 from .conditions import READY, ConditionSpec, merge_conditions

@@ -4,8 +4,8 @@
 certificate). Member clusters come from a kubeconfig stored in a Secret, so only embedded data is
 accepted (`certificate-authority-data`, `client-certificate-data`, `token`): file paths and exec
 plugins would need files and cloud CLIs inside the operator pod, and are rejected with an error
-naming the field. The same config converts to Kopf's `ConnectionInfo`, so Kopf and our client
-talk to the hub with the same credentials.
+naming the field. The operator converts the same config to Kopf's `ConnectionInfo`
+(`tramontane_operator.main`), so Kopf and our client talk to the hub with the same credentials.
 """
 
 from __future__ import annotations

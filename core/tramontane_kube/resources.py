@@ -1,10 +1,10 @@
-"""The Kubernetes resources the operator reads and writes, and how their URLs are built."""
+"""The Kubernetes resources Tramontane reads and writes, and how their URLs are built."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tramontane_operator.api.v1alpha1 import GROUP, VERSION
+from tramontane_api.v1alpha1 import GROUP, VERSION
 
 
 @dataclass(frozen=True)

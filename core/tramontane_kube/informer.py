@@ -1,5 +1,5 @@
 """A list-then-watch cache of objects in one cluster: our children in each member, and the
-hub objects reconciles read (`handlers/indexes.py`).
+hub objects reconciles read (the operator's `handlers/indexes.py`).
 
 Reconciles read children from this cache instead of issuing a GET per cluster, and a change to
 a child (KubeRay moving its status) wakes the owning ModelDeployment, so Ready follows KubeRay

@@ -1,10 +1,10 @@
 """The async Kubernetes client: one per cluster, the only place that talks HTTP to an API server.
 
-Plain aiohttp (Kopf's own transport, already in the process) rather than the `kubernetes`
-package, whose client is synchronous and would block the event loop for every call to a slow
-member cluster. The surface is what a controller needs: get, list, watch, create, merge-patch
-(optionally the status subresource), delete, `apply` (create-or-patch by deterministic
-name, writing only when something differs), and the bounded tail of a pod's log.
+Plain aiohttp (Kopf's own transport, so already in the operator's process) rather than the
+`kubernetes` package, whose client is synchronous and would block the event loop for every call
+to a slow member cluster. The surface is what a controller needs: get, list, watch, create,
+merge-patch (optionally the status subresource), delete, `apply` (create-or-patch by
+deterministic name, writing only when something differs), and the bounded tail of a pod's log.
 
 Errors are mapped so callers decide by type: `NotFound` (404), `Conflict` (409), `Invalid`
 (422, never retried), `ApiError` for the rest; 429/5xx are retried with exponential backoff;
@@ -82,6 +82,7 @@ class KubeClient:
         attempts: int = 4,
         backoff_s: float = 0.1,
         max_connections: int = 32,
+        user_agent: str = "tramontane",
     ) -> None:
         self.name = name
         self.config = config
@@ -95,7 +96,7 @@ class KubeClient:
         self._ssl: ssl.SSLContext | bool = _ssl_context(config)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, ssl=self._ssl),
-            headers={"Accept": "application/json", "User-Agent": "tramontane-operator"},
+            headers={"Accept": "application/json", "User-Agent": user_agent},
         )
 
     async def close(self) -> None:

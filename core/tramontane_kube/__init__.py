@@ -1,0 +1,44 @@
+"""The async Kubernetes client: one per cluster; list/watch informer; resource refs.
+
+Shared by the operator and the router (neither Kopf nor anything operator-specific here).
+"""
+
+from .client import ApiError, Conflict, Invalid, KubeClient, NotFound, Unreachable
+from .config import ClusterConfig, KubeconfigError
+from .informer import Informer
+from .resources import (
+    COMPUTECLUSTER,
+    EVENT,
+    FINETUNEJOB,
+    JOB,
+    MODELDEPLOYMENT,
+    NAMESPACE,
+    POD,
+    RAYSERVICE,
+    SECRET,
+    TENANT,
+    ResourceRef,
+)
+
+__all__ = [
+    "COMPUTECLUSTER",
+    "EVENT",
+    "FINETUNEJOB",
+    "JOB",
+    "MODELDEPLOYMENT",
+    "NAMESPACE",
+    "POD",
+    "RAYSERVICE",
+    "SECRET",
+    "TENANT",
+    "ApiError",
+    "ClusterConfig",
+    "Conflict",
+    "Informer",
+    "Invalid",
+    "KubeClient",
+    "KubeconfigError",
+    "NotFound",
+    "ResourceRef",
+    "Unreachable",
+]
