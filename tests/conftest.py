@@ -38,3 +38,21 @@ def ray_session() -> Iterator[Any]:
     with contextlib.suppress(Exception):  # Serve may never have started
         serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def spans() -> Iterator[Any]:
+    """Every span the process ends, in memory (an SDK tracer provider set once per run)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.clear()

@@ -8,11 +8,10 @@ from typing import Any
 import pytest
 
 from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
-from tramontane_api.v1alpha1.tenant import Quotas
+from tramontane_api.v1alpha1.tenant import Quotas, namespace_conflicts
 from tramontane_operator.quotas import (
     Workload,
     admit,
-    namespace_conflicts,
     over_quota,
     queue_order,
     tenant_for_namespace,

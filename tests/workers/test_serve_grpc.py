@@ -32,9 +32,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def stub(
+def serve_port(
     ray_session: Any, tiny_model_dir: Path, tiny_adapters: dict[str, Path]
-) -> Iterator[pb_grpc.InferenceStub]:
+) -> Iterator[int]:
+    """The port of Serve's gRPC proxy with the tiny application running behind it."""
     from ray import serve
 
     from tramontane_workers.serve.local import free_port, run_local
@@ -54,10 +55,15 @@ def stub(
     )
     port = free_port()
     run_local([config], grpc_port=port, http_port=free_port())
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield port
+    serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def stub(serve_port: int) -> Iterator[pb_grpc.InferenceStub]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{serve_port}")
     yield pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
     channel.close()
-    serve.delete(APP)
 
 
 def _request(model: str = "tiny", content: str = "Hello there", **kw: Any) -> pb.ChatRequest:
@@ -243,3 +249,82 @@ def test_cancelled_stream_frees_the_replica(stub: pb_grpc.InferenceStub) -> None
         time.sleep(0.1)
     assert (stats.running_requests, stats.queue_depth) == (0, 0)
     assert stub.Chat(_request(max_tokens=3), metadata=METADATA).usage.completion_tokens == 3
+
+
+def test_router_path_through_real_serve(serve_port: int) -> None:
+    """Client -> router (HTTP with the openai SDK, and gRPC) -> Serve's gRPC proxy -> the tiny
+    model: the router's answers equal Serve's own, for the base model and an adapter."""
+    import asyncio
+    import base64
+
+    import openai
+
+    from tramontane_router.server import Router, RouterSettings
+    from tramontane_router.sources import StaticSource
+
+    key = "serve-path-key-0123456789"
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Secret",
+         "metadata": {"name": "k", "namespace": "keys"},
+         "data": {"api-key": base64.b64encode(key.encode()).decode()}},
+        {"apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "t"},
+         "spec": {"namespaces": ["team"],
+                  "apiKeySecretRefs": [{"namespace": "keys", "name": "k"}]}},
+        {"apiVersion": "tramontane.dev/v1alpha1", "kind": "ComputeCluster",
+         "metadata": {"name": "local"},
+         "spec": {"cloud": "onprem", "region": "here", "connection": {"inCluster": True},
+                  "ingress": {"grpcEndpoint": f"127.0.0.1:{serve_port}", "tls": False}}},
+        {"apiVersion": "tramontane.dev/v1alpha1", "kind": "ModelDeployment",
+         "metadata": {"name": APP, "namespace": "team"},
+         "spec": {"model": {"name": "tiny", "source": "file:///m"},
+                  "runtime": {"engine": "transformers"}},
+         "status": {"adapters": ["alpha", "beta"],
+                    "clusters": [{"name": "local", "endpoint": f"127.0.0.1:{serve_port}",
+                                  "readyReplicas": 1}]}},
+    ]  # fmt: skip
+
+    direct = grpc.insecure_channel(f"127.0.0.1:{serve_port}")
+    direct_stub = pb_grpc.InferenceStub(direct)  # type: ignore[no-untyped-call]
+
+    def serve_answer(model: str, metadata: tuple[tuple[str, str], ...]) -> str:
+        reply = direct_stub.Chat(_request(model, max_tokens=10, temperature=0.0), metadata=metadata)
+        return str(reply.choices[0].message.content)
+
+    expected_base = serve_answer("tiny", METADATA)
+    expected_alpha = serve_answer("alpha", (*METADATA, ("multiplexed_model_id", "alpha")))
+    direct.close()
+    assert expected_base != expected_alpha
+
+    async def through_router() -> tuple[str, str, str]:
+        router = Router(
+            StaticSource(objects),
+            RouterSettings(grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
+                           stats_interval_s=0),
+        )  # fmt: skip
+        await router.start()
+        try:
+            client = openai.AsyncOpenAI(
+                base_url=f"http://127.0.0.1:{router.http_port}/v1", api_key=key, max_retries=0
+            )
+            base = await client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "Hello there"}],
+                max_tokens=10, temperature=0.0,
+            )  # fmt: skip
+            stream = await client.chat.completions.create(
+                model="tiny:alpha", messages=[{"role": "user", "content": "Hello there"}],
+                max_tokens=10, temperature=0.0, stream=True,
+            )  # fmt: skip
+            alpha = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as channel:
+                stub = pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+                reply = await stub.Chat(
+                    _request("tiny:alpha", max_tokens=10, temperature=0.0),
+                    metadata=(("authorization", f"Bearer {key}"),),
+                )
+            return str(base.choices[0].message.content), alpha, reply.choices[0].message.content
+        finally:
+            await router.drain()
+
+    base, alpha_http, alpha_grpc = asyncio.run(through_router())
+    assert base == expected_base
+    assert alpha_http == alpha_grpc == expected_alpha

@@ -7,6 +7,7 @@ and enforces its request and token rates.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -110,3 +111,12 @@ class Tenant(Resource):
     kind: Literal["Tenant"] = "Tenant"
     spec: TenantSpec
     status: TenantStatus | None = None
+
+
+def namespace_conflicts(tenants: Iterable[Tenant]) -> dict[str, list[str]]:
+    """Namespaces claimed by more than one tenant -> the tenants' names, sorted."""
+    claims: dict[str, list[str]] = {}
+    for tenant in tenants:
+        for namespace in tenant.spec.namespaces:
+            claims.setdefault(namespace, []).append(tenant.metadata.name)
+    return {ns: sorted(names) for ns, names in sorted(claims.items()) if len(names) > 1}

@@ -93,15 +93,6 @@ def tenant_for_namespace(tenants: Iterable[Tenant], namespace: str) -> Tenant | 
     return owners[0] if owners else None
 
 
-def namespace_conflicts(tenants: Iterable[Tenant]) -> dict[str, list[str]]:
-    """Namespaces claimed by more than one tenant -> the tenants' names, sorted."""
-    claims: dict[str, list[str]] = {}
-    for tenant in tenants:
-        for namespace in tenant.spec.namespaces:
-            claims.setdefault(namespace, []).append(tenant.metadata.name)
-    return {ns: sorted(names) for ns, names in sorted(claims.items()) if len(names) > 1}
-
-
 @dataclass(frozen=True)
 class Usage:
     """What a tenant's admitted workloads hold."""

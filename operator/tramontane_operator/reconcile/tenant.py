@@ -12,8 +12,13 @@ from datetime import datetime
 from typing import Final
 
 from tramontane_api.v1alpha1 import Tenant, TenantStatus
-from tramontane_api.v1alpha1.tenant import ClusterUsage, TenantPhase, TenantUsage
-from tramontane_operator.quotas import Workload, namespace_conflicts, over_quota, usage
+from tramontane_api.v1alpha1.tenant import (
+    ClusterUsage,
+    TenantPhase,
+    TenantUsage,
+    namespace_conflicts,
+)
+from tramontane_operator.quotas import Workload, over_quota, usage
 
 from .conditions import READY, ConditionSpec, merge_conditions
 

@@ -1,0 +1,375 @@
+"""The data plane both fronts share: auth -> resolve model -> limits -> pick endpoint -> call ->
+usage. The gRPC servicer and the HTTP API are thin translations onto `DataPlane`.
+
+Failover: an attempt that fails with UNAVAILABLE (which is also what gRPC reports for a
+connection that cannot be made) before any token reached the caller is retried once, on
+another member cluster, within the caller's deadline. A stream that has sent a token is never
+retried. Deadlines propagate: each attempt gets the time the caller has left. Cancellation
+propagates: the caller's task is cancelled (gRPC cancel, HTTP disconnect), which cancels the
+worker call at once.
+
+Limits (`Limits`) sit between resolving the model and picking an endpoint: `admit` may wait
+or raise `RateLimited`, and the permit it returns is settled with the real usage however the
+request ends. `NoLimits` admits everything; the per-tenant limits plug in here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from tramontane_workers.contract import inference_pb2 as pb
+
+from . import observability as obs
+from .backends import Backends
+from .balancer import Balancer
+from .errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidRequest,
+    RouterError,
+    Unauthenticated,
+    Unavailable,
+    from_upstream,
+)
+from .sources import RoutingSource
+from .table import Endpoint, Route, TenantView
+from .usage import UsageLog
+
+log = logging.getLogger(__name__)
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+TENANT_METADATA = "x-tramontane-tenant"
+_RETRIABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# Codes that say the endpoint, not the request, is at fault (outlier detection counts them).
+_ENDPOINT_FAULTS = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
+
+
+class Permit(Protocol):
+    def settle(self, usage: pb.Usage | None) -> None:
+        """The request ended with this usage (None: it never reached a worker)."""
+
+
+class Limits(Protocol):
+    async def admit(
+        self, tenant: TenantView, route: Route, request: pb.ChatRequest, deadline: float
+    ) -> Permit:
+        """Admit the request (perhaps after waiting until `deadline`), or raise
+        `RateLimited` naming the limit."""
+
+
+class _NoPermit:
+    def settle(self, usage: pb.Usage | None) -> None:
+        return None
+
+
+class NoLimits:
+    async def admit(
+        self, tenant: TenantView, route: Route, request: pb.ChatRequest, deadline: float
+    ) -> Permit:
+        return _NoPermit()
+
+
+@dataclass(frozen=True)
+class DataPlaneSettings:
+    max_messages: int = 1024
+    request_timeout_s: float = 600.0  # when the caller sets no deadline
+    attempts: int = 2  # the first try and one failover
+
+
+def validate(request: pb.ChatRequest, max_messages: int) -> None:
+    """What the router checks itself (the worker checks the rest, naming the field)."""
+    if not request.model:
+        raise InvalidRequest("model: required", param="model")
+    if not request.messages:
+        raise InvalidRequest("messages: at least one message is required", param="messages")
+    if len(request.messages) > max_messages:
+        raise InvalidRequest(
+            f"messages: {len(request.messages)} messages; at most {max_messages} are accepted",
+            param="messages",
+        )
+    for i, message in enumerate(request.messages):
+        if message.role not in ROLES:
+            raise InvalidRequest(
+                f"messages.{i}.role: {message.role!r} is not one of {', '.join(sorted(ROLES))}",
+                param=f"messages.{i}.role",
+            )
+    if request.HasField("max_tokens") and request.max_tokens < 1:
+        raise InvalidRequest("max_tokens: must be at least 1", param="max_tokens")
+
+
+class DataPlane:
+    def __init__(
+        self,
+        source: RoutingSource,
+        backends: Backends,
+        balancer: Balancer,
+        usage: UsageLog,
+        *,
+        limits: Limits | None = None,
+        settings: DataPlaneSettings | None = None,
+    ) -> None:
+        self.source = source
+        self.backends = backends
+        self.balancer = balancer
+        self.usage = usage
+        self.limits: Limits = limits or NoLimits()
+        self.settings = settings or DataPlaneSettings()
+        self.draining = False
+        balancer.on_eject = lambda e, _s: obs.EJECTIONS.labels(e.cluster).inc()
+
+    # ------------------------------------------------------------------------------ auth
+    def authenticate(self, key: str | None) -> TenantView:
+        if not key:
+            raise Unauthenticated(
+                "missing API key: send 'Authorization: Bearer <key>' (HTTP) or "
+                "'authorization' metadata (gRPC)"
+            )
+        tenant = self.source.table.tenant(key)
+        if tenant is None:
+            raise Unauthenticated("invalid API key")
+        return tenant
+
+    def list_models(self, tenant: TenantView) -> pb.ListModelsResponse:
+        cards = [
+            pb.ModelCard(
+                id=m.id,
+                object="model",
+                owned_by=tenant.name,
+                root=m.root,
+                kind=m.kind,
+                max_context_length=m.max_model_len or 0,
+                loaded=m.ready,
+            )
+            for m in self.source.table.models(tenant)
+        ]
+        return pb.ListModelsResponse(object="list", data=cards)
+
+    # ------------------------------------------------------------------------------ chat
+    def _deadline(self, timeout_s: float | None) -> float:
+        limit = self.settings.request_timeout_s
+        return time.monotonic() + (min(timeout_s, limit) if timeout_s is not None else limit)
+
+    def _prepare(self, tenant: TenantView, request: pb.ChatRequest) -> Route:
+        if self.draining:
+            raise Unavailable("the router is shutting down; retry", retry_after_s=1)
+        validate(request, self.settings.max_messages)
+        return self.source.table.resolve(tenant, request.model)
+
+    def _upstream(self, route: Route, endpoint: Endpoint, request: pb.ChatRequest) -> tuple[
+        pb.ChatRequest, list[tuple[str, str]]
+    ]:
+        upstream = pb.ChatRequest()
+        upstream.CopyFrom(request)
+        upstream.model = route.adapter or route.model
+        metadata = [("application", endpoint.application), (TENANT_METADATA, route.tenant)]
+        if route.adapter:
+            metadata.append(("multiplexed_model_id", route.adapter))
+        return upstream, metadata + obs.trace_metadata()
+
+    def _span(
+        self, tenant: TenantView, request: pb.ChatRequest, parent: otel_context.Context | None
+    ) -> trace.Span:
+        span = obs.tracer.start_span(
+            f"chat {request.model}", context=parent, kind=SpanKind.SERVER
+        )
+        span.set_attribute("gen_ai.operation.name", "chat")
+        span.set_attribute("gen_ai.provider.name", obs.PROVIDER)
+        span.set_attribute("gen_ai.request.model", request.model)
+        span.set_attribute("tramontane.tenant", tenant.name)
+        if request.HasField("max_tokens"):
+            span.set_attribute("gen_ai.request.max_tokens", request.max_tokens)
+        if request.HasField("temperature"):
+            span.set_attribute("gen_ai.request.temperature", request.temperature)
+        return span
+
+    async def chat(
+        self,
+        tenant: TenantView,
+        request: pb.ChatRequest,
+        *,
+        timeout_s: float | None = None,
+        parent: otel_context.Context | None = None,
+    ) -> pb.ChatResponse:
+        started = time.monotonic()
+        deadline = self._deadline(timeout_s)
+        span = self._span(tenant, request, parent)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        code, model = "OK", request.model
+        usage: pb.Usage | None = None
+        permit: Permit | None = None
+        try:
+            route = self._prepare(tenant, request)
+            obs.IN_FLIGHT.labels(tenant.name, model).inc()
+            try:
+                permit = await self.limits.admit(tenant, route, request, deadline)
+                response = await self._unary(route, request, deadline, span)
+            finally:
+                obs.IN_FLIGHT.labels(tenant.name, model).dec()
+            usage = response.usage
+            self._record(tenant, route, usage, span)
+            span.set_attribute("gen_ai.response.model", route.model_id)
+            response.model = route.model_id
+            return response
+        except BaseException as exc:
+            code = _fail(span, exc)
+            raise
+        finally:
+            if permit is not None:
+                permit.settle(usage)
+            obs.REQUESTS.labels(tenant.name, model, code).inc()
+            obs.DURATION.labels(tenant.name, model).observe(time.monotonic() - started)
+            otel_context.detach(token)
+            span.end()
+
+    async def _unary(
+        self, route: Route, request: pb.ChatRequest, deadline: float, span: trace.Span
+    ) -> pb.ChatResponse:
+        tried: list[str] = []
+        last: RouterError = Unavailable(f"model: {route.model_id!r} has no healthy pool")
+        for _ in range(self.settings.attempts):
+            endpoint = self.balancer.pick(route.endpoints, tried)
+            if endpoint is None:
+                break
+            tried.append(endpoint.cluster)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded("the request's deadline passed before a worker answered")
+            upstream, metadata = self._upstream(route, endpoint, request)
+            span.set_attribute("tramontane.cluster", endpoint.cluster)
+            obs.ROUTED.labels(endpoint.cluster).inc()
+            self.balancer.started(endpoint)
+            ok: bool | None = None
+            try:
+                response: pb.ChatResponse = await self.backends.stub(endpoint).Chat(
+                    upstream, metadata=metadata, timeout=remaining
+                )
+                ok = True
+                return response
+            except grpc.aio.AioRpcError as exc:
+                ok = False if exc.code() in _ENDPOINT_FAULTS else None
+                obs.UPSTREAM_FAILURES.labels(endpoint.cluster, exc.code().name).inc()
+                if exc.code() not in _RETRIABLE:
+                    raise from_upstream(exc.code(), exc.details()) from None
+                last = from_upstream(exc.code(), exc.details())
+            finally:
+                self.balancer.finished(endpoint, ok)
+        raise last
+
+    async def chat_stream(
+        self,
+        tenant: TenantView,
+        request: pb.ChatRequest,
+        *,
+        timeout_s: float | None = None,
+        parent: otel_context.Context | None = None,
+    ) -> AsyncIterator[pb.ChatChunk]:
+        """The chunks of one streamed answer. Raises before the first chunk for anything that
+        prevents the answer (auth is the caller's, but model, limits and routing are here)."""
+        started = time.monotonic()
+        deadline = self._deadline(timeout_s)
+        span = self._span(tenant, request, parent)
+        code, model = "OK", request.model
+        usage: pb.Usage | None = None
+        permit: Permit | None = None
+        route: Route | None = None
+        first = True
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                route = self._prepare(tenant, request)
+                obs.IN_FLIGHT.labels(tenant.name, model).inc()
+                try:
+                    permit = await self.limits.admit(tenant, route, request, deadline)
+                    async for chunk in self._streamed(route, request, deadline, span):
+                        if first:
+                            obs.TTFT.labels(tenant.name, model).observe(
+                                time.monotonic() - started
+                            )
+                            first = False
+                        if chunk.HasField("usage"):
+                            usage = chunk.usage
+                        chunk.model = route.model_id
+                        yield chunk
+                finally:
+                    obs.IN_FLIGHT.labels(tenant.name, model).dec()
+        except BaseException as exc:
+            code = _fail(span, exc)
+            raise
+        finally:
+            if route is not None and usage is not None:
+                self._record(tenant, route, usage, span)
+            if permit is not None:
+                permit.settle(usage)
+            obs.REQUESTS.labels(tenant.name, model, code).inc()
+            obs.DURATION.labels(tenant.name, model).observe(time.monotonic() - started)
+            span.end()
+
+    async def _streamed(
+        self, route: Route, request: pb.ChatRequest, deadline: float, span: trace.Span
+    ) -> AsyncIterator[pb.ChatChunk]:
+        tried: list[str] = []
+        last: RouterError = Unavailable(f"model: {route.model_id!r} has no healthy pool")
+        for _ in range(self.settings.attempts):
+            endpoint = self.balancer.pick(route.endpoints, tried)
+            if endpoint is None:
+                break
+            tried.append(endpoint.cluster)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded("the request's deadline passed before a worker answered")
+            upstream, metadata = self._upstream(route, endpoint, request)
+            span.set_attribute("tramontane.cluster", endpoint.cluster)
+            obs.ROUTED.labels(endpoint.cluster).inc()
+            self.balancer.started(endpoint)
+            call = self.backends.stub(endpoint).ChatStream(
+                upstream, metadata=metadata, timeout=remaining
+            )
+            sent = False
+            ok: bool | None = None
+            try:
+                async for chunk in call:
+                    sent = True
+                    yield chunk
+                ok = True
+                return
+            except grpc.aio.AioRpcError as exc:
+                ok = False if exc.code() in _ENDPOINT_FAULTS else None
+                obs.UPSTREAM_FAILURES.labels(endpoint.cluster, exc.code().name).inc()
+                if sent or exc.code() not in _RETRIABLE:
+                    raise from_upstream(exc.code(), exc.details()) from None
+                last = from_upstream(exc.code(), exc.details())
+            finally:
+                call.cancel()  # no-op once finished; frees the replica when the caller left
+                self.balancer.finished(endpoint, ok)
+        raise last
+
+    def _record(
+        self, tenant: TenantView, route: Route, usage: pb.Usage, span: trace.Span
+    ) -> None:
+        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+        self.usage.record(
+            tenant.name, route.model, route.adapter, usage.prompt_tokens, usage.completion_tokens
+        )
+
+
+def _fail(span: trace.Span, exc: BaseException) -> str:
+    """Mark the span failed; the status code name for the requests counter."""
+    if isinstance(exc, GeneratorExit):
+        exc = Cancelled("the client went away")
+    elif not isinstance(exc, RouterError) and not isinstance(exc, Exception):
+        exc = Cancelled("the request was cancelled")  # CancelledError
+    code = exc.grpc_code.name if isinstance(exc, RouterError) else "INTERNAL"
+    span.set_attribute("error.type", code if isinstance(exc, RouterError) else type(exc).__name__)
+    span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+    return code

@@ -1,0 +1,149 @@
+"""Fixtures of the router tier: manifests as a platform team writes them, fake workers (small
+real gRPC servers), and routers on loopback built from a `StaticSource` over those manifests.
+
+Two tenants: `acme` (namespace `acme-ml`) and `globex` (namespace `globex-ml`), each with a key
+in a Secret and a ModelDeployment serving `tiny` (acme's also serves the adapter `support`),
+placed on two member clusters in two regions.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_worker import FakeWorker
+
+from tramontane_router.server import Router, RouterSettings
+from tramontane_router.sources import StaticSource
+
+ACME_KEY = "acme-key-0123456789abcdef"
+GLOBEX_KEY = "globex-key-0123456789abcdef"
+KEYS_NS = "tramontane-keys"
+
+
+def secret(name: str, value: str, namespace: str = KEYS_NS, key: str = "api-key") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {key: base64.b64encode(value.encode()).decode()},
+    }
+
+
+def tenant(name: str, namespaces: list[str], secrets: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "tramontane.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaces": namespaces,
+            "apiKeySecretRefs": [{"namespace": KEYS_NS, "name": s} for s in secrets],
+        },
+    }
+
+
+def cluster(name: str, region: str, cloud: str = "azure") -> dict[str, Any]:
+    return {
+        "apiVersion": "tramontane.dev/v1alpha1",
+        "kind": "ComputeCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "cloud": cloud,
+            "region": region,
+            "connection": {"inCluster": True},
+            "gpus": {"H100": 8},
+            "ingress": {"grpcEndpoint": "placeholder.example.com:443", "tls": False},
+        },
+    }
+
+
+def deployment(
+    name: str,
+    namespace: str,
+    pools: dict[str, str],
+    *,
+    model: str = "tiny",
+    adapters: list[str] | None = None,
+    ready: int = 1,
+) -> dict[str, Any]:
+    """A ModelDeployment with the status the operator publishes: `pools` cluster -> address."""
+    return {
+        "apiVersion": "tramontane.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": model, "source": "file:///models/tiny"},
+            "runtime": {"engine": "transformers"},
+            "adapters": [{"name": a, "uri": f"file:///adapters/{a}"} for a in adapters or []],
+        },
+        "status": {
+            "phase": "Ready",
+            "adapters": adapters or None,
+            "clusters": [
+                {"name": c, "endpoint": addr, "readyReplicas": ready, "desiredReplicas": ready}
+                for c, addr in pools.items()
+            ],
+        },
+    }
+
+
+def platform(west: FakeWorker, north: FakeWorker, globex: FakeWorker) -> list[dict[str, Any]]:
+    """The standard objects: two tenants, two clusters; acme's model on both clusters."""
+    return [
+        secret("acme-key", ACME_KEY),
+        secret("globex-key", GLOBEX_KEY),
+        tenant("acme", ["acme-ml"], ["acme-key"]),
+        tenant("globex", ["globex-ml"], ["globex-key"]),
+        cluster("west", "westeurope"),
+        cluster("north", "northeurope"),
+        deployment(
+            "chat",
+            "acme-ml",
+            {"west": west.address, "north": north.address},
+            adapters=["support"],
+        ),
+        deployment("chat", "globex-ml", {"west": globex.address}, model="tiny"),
+    ]
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[Callable[..., Awaitable[FakeWorker]]]:
+    started: list[FakeWorker] = []
+
+    async def make(name: str, **kw: Any) -> FakeWorker:
+        worker = await FakeWorker(name, **kw).start()
+        started.append(worker)
+        return worker
+
+    yield make
+    for w in started:
+        await w.stop()
+
+
+@pytest.fixture
+async def routers() -> AsyncIterator[Callable[..., Awaitable[Router]]]:
+    """Start routers on loopback (free ports) over a source; drained at the end."""
+    started: list[Router] = []
+
+    async def make(source: Any, **settings: Any) -> Router:
+        settings.setdefault("grpc_listen", "127.0.0.1:0")
+        settings.setdefault("http_listen", "127.0.0.1:0")
+        settings.setdefault("drain_grace_s", 2.0)
+        settings.setdefault("stats_interval_s", 0)
+        if not hasattr(source, "subscribe"):
+            source = StaticSource(source)
+        router = Router(source, RouterSettings(**settings))
+        await router.start()
+        started.append(router)
+        return router
+
+    yield make
+    for r in started:
+        await r.drain()
