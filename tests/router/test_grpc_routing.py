@@ -404,3 +404,25 @@ async def test_not_ready_model_is_unavailable_and_unknown_is_not_found(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "messages" in (err.value.details() or "")
     await client.close()
+
+
+async def test_usage_is_recorded_durably(workers: Any, routers: Any, tmp_path: Any) -> None:
+    """Unary, streamed and cancelled streams all count; the record is on disk after drain."""
+    from tramontane_router.usage import read_usage
+
+    west = await workers("west", adapters=("support",), token_delay_s=0.05)
+    router = await routers(platform(west, west, west), usage_dir=str(tmp_path))
+    client = Client(router.grpc_port)
+    await client.stub.Chat(request(), metadata=auth(ACME_KEY))
+    [c async for c in client.stub.ChatStream(request("tiny:support"), metadata=auth(ACME_KEY))]
+    call = client.stub.ChatStream(request(), metadata=auth(ACME_KEY))
+    await call.read()
+    call.cancel()
+    await until(lambda: len(west.cancelled) == 1)
+    await client.close()
+    await router.drain()
+    totals = read_usage(tmp_path.glob("usage-*.jsonl"))
+    base, adapter = totals[("acme", "tiny", None)], totals[("acme", "tiny", "support")]
+    assert base["requests"] == 2 and adapter["requests"] == 1
+    assert base["completionTokens"] == 4 + 1  # the cancelled stream's one chunk counts
+    assert adapter["completionTokens"] == 4 and adapter["promptTokens"] > 0
