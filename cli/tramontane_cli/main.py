@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tramontane_cli.commands.finetune",
     "tramontane_cli.commands.serve",
     "tramontane_cli.commands.operator",
+    "tramontane_cli.commands.router",
     "tramontane_cli.commands.local",
 )
 
