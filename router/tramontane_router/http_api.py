@@ -8,7 +8,10 @@ and `GET /readyz` (503 while draining).
 Errors answer the status the SDKs map to their error classes (400 unreadable body, 401, 403,
 404, 413, 422 invalid field, 429 with `Retry-After`, 503, 504) with one JSON body both parse:
 Mistral's top-level `message`/`type`/`param`/`code`, the same under `error` (OpenAI), and for
-422 a `detail` list of `{loc, msg, type}` (the `mistralai` SDK's `HTTPValidationError`).
+422 a `detail` list of `{loc, msg, type}` (the `mistralai` SDK's `HTTPValidationError`),
+`loc` naming the field (never a pydantic union member's tag). What JSON allows but the model
+server cannot take is refused too, naming where: NaN/Infinity, nesting deeper than
+`MAX_DEPTH`, strings with a lone surrogate, integers wider than the proto's fields.
 A client that disconnects cancels the worker call at once. An error after a stream has begun
 is sent as a last `data: {"error": ...}` event.
 """
@@ -123,7 +126,7 @@ def _check_tree(data: Any, text: str) -> None:
     """Refuse what JSON allows but the rest cannot take: nesting deeper than `MAX_DEPTH`
     (it would exhaust the stack later) and strings with a lone UTF-16 surrogate escape
     (protobuf and the response encoder refuse them). Walks only when the text could hold
-    either: a body of ordinary size and characters costs two scans at C speed."""
+    either: an ordinary body costs three scans of its text at C speed."""
     deep = text.count("[") + text.count("{") > MAX_DEPTH
     if not deep and "\\u" not in text:
         return
@@ -131,7 +134,8 @@ def _check_tree(data: Any, text: str) -> None:
     while stack:
         value, path = stack.pop()
         if len(path) > MAX_DEPTH:
-            raise BadRequest(f"{_dotted(path)}: nested more than {MAX_DEPTH} levels deep")
+            where = _dotted(path[:6]) + ("..." if len(path) > 6 else "")
+            raise BadRequest(f"{where}: nested more than {MAX_DEPTH} levels deep")
         if isinstance(value, str):
             if not _is_unicode(value):
                 where = _dotted(path)

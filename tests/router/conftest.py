@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_worker import FakeWorker
 
+from tramontane_router.dataplane import Limits
 from tramontane_router.server import Router, RouterSettings
 from tramontane_router.sources import StaticSource
 
@@ -129,17 +130,18 @@ async def workers() -> AsyncIterator[Callable[..., Awaitable[FakeWorker]]]:
 
 @pytest.fixture
 async def routers() -> AsyncIterator[Callable[..., Awaitable[Router]]]:
-    """Start routers on loopback (free ports) over a source; drained at the end."""
+    """Start routers on loopback (free ports) over a source; drained at the end. Keyword
+    arguments are `RouterSettings` fields, except `limits` (the data plane's `Limits`)."""
     started: list[Router] = []
 
-    async def make(source: Any, **settings: Any) -> Router:
+    async def make(source: Any, *, limits: Limits | None = None, **settings: Any) -> Router:
         settings.setdefault("grpc_listen", "127.0.0.1:0")
         settings.setdefault("http_listen", "127.0.0.1:0")
         settings.setdefault("drain_grace_s", 2.0)
         settings.setdefault("stats_interval_s", 0)
         if not hasattr(source, "subscribe"):
             source = StaticSource(source)
-        router = Router(source, RouterSettings(**settings))
+        router = Router(source, RouterSettings(**settings), limits=limits)
         await router.start()
         started.append(router)
         return router
