@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from conftest import ACME_KEY, cluster, deployment, secret, tenant
 from fake_worker import FakeWorker
 
+from conftest import ACME_KEY, cluster, deployment, secret, tenant
 from tramontane_router.server import TlsFiles
 from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.contract import inference_pb2_grpc as pb_grpc
