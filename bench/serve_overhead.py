@@ -1,11 +1,17 @@
 """Benchmark: what Ray Serve + the gRPC proxy add on top of the engine (tiny model, CPU).
 
-Two paths answer the same streamed chat requests in the same run:
+Three paths answer the same streamed chat requests in the same run:
 - direct: `ChatService` over the reference engine, called in this process (the baseline);
-- path:   the Serve application over Ray Serve's gRPC proxy (`ChatStream`), as clients see it.
+- path:   the Serve application over Ray Serve's gRPC proxy (`ChatStream`), as clients see it;
+- e2e:    the whole path, client -> router -> Serve's gRPC proxy -> engine: the router
+          (`Router` over a `StaticSource` whose ModelDeployment status names the Serve gRPC
+          port; default settings) runs in its own process (multiprocessing spawn), so it does
+          not share this process's GIL, and is called over gRPC with a tenant's API key.
 Each is measured at concurrency 1 and 8 (closed-loop clients): completion tokens/s and
 time-to-first-token (p50), in rounds that alternate the paths; figures are medians over rounds
 (ratios: the median of per-round ratios). Both engines use the same torch thread count.
+Figures against direct: `throughput_ratio_c8`, `ttft_added_ms_c1` (Serve path) and
+`e2e_throughput_ratio_c8`, `e2e_ttft_added_ms_c1` (whole path); `--no-router` drops e2e.
 
     .venv/bin/python bench/serve_overhead.py --quick    # under a minute after Ray starts
     .venv/bin/python bench/serve_overhead.py --engine vllm --quick   # GPU: vs plain vLLM
@@ -135,6 +141,89 @@ def _constrained(stream: Stream) -> Stream:
     return as_json
 
 
+ROUTER_KEY = "bench-key-0123456789abcdef"
+
+
+def _router_objects(grpc_port: int) -> list[dict[str, Any]]:
+    """A tenant with a key, a cluster, and the ModelDeployment `APP` served at `grpc_port`."""
+    import base64
+
+    address = f"127.0.0.1:{grpc_port}"
+    return [
+        {"apiVersion": "v1", "kind": "Secret",
+         "metadata": {"name": "bench-key", "namespace": "keys"},
+         "data": {"api-key": base64.b64encode(ROUTER_KEY.encode()).decode()}},
+        {"apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "t"},
+         "spec": {"namespaces": ["team"],
+                  "apiKeySecretRefs": [{"namespace": "keys", "name": "bench-key"}]}},
+        {"apiVersion": "tramontane.dev/v1alpha1", "kind": "ComputeCluster",
+         "metadata": {"name": "local"},
+         "spec": {"cloud": "onprem", "region": "here", "connection": {"inCluster": True},
+                  "ingress": {"grpcEndpoint": address, "tls": False}}},
+        {"apiVersion": "tramontane.dev/v1alpha1", "kind": "ModelDeployment",
+         "metadata": {"name": APP, "namespace": "team"},
+         "spec": {"model": {"name": "tiny", "source": "file:///m"},
+                  "runtime": {"engine": "transformers"}},
+         "status": {"phase": "Ready",
+                    "clusters": [{"name": "local", "endpoint": address,
+                                  "readyReplicas": 1, "desiredReplicas": 1}]}},
+    ]  # fmt: skip
+
+
+def _router_main(grpc_port: int, ready: Any, stop: Any) -> None:
+    """The router's process: serve until `stop` is set, after putting its gRPC port on `ready`."""
+    sys.path[:0] = [str(REPO / "workers"), str(REPO / "router")]
+    from tramontane_router.server import Router, RouterSettings
+    from tramontane_router.sources import StaticSource
+
+    async def serve() -> None:
+        router = Router(
+            StaticSource(_router_objects(grpc_port)),
+            RouterSettings(grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
+                           drain_grace_s=1.0),
+        )  # fmt: skip
+        await router.start()
+        ready.put(router.grpc_port)
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        await router.drain()
+
+    asyncio.run(serve())
+
+
+class RouterProcess:
+    """The router in a spawned process, routing to the Serve gRPC proxy at `grpc_port`."""
+
+    def __init__(self, grpc_port: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        ready, self._stop = ctx.Queue(), ctx.Event()
+        self.proc = ctx.Process(
+            target=_router_main, args=(grpc_port, ready, self._stop), name="router", daemon=True
+        )
+        self.proc.start()
+        self.grpc_port: int = ready.get(timeout=60)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def _router_stream(router_port: int) -> tuple[Stream, Any]:
+    import grpc
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{router_port}")
+    stub: Any = pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+    metadata = (("authorization", f"Bearer {ROUTER_KEY}"),)
+
+    def via_router(request: pb.ChatRequest) -> AsyncIterator[pb.ChatChunk]:
+        return stub.ChatStream(request, metadata=metadata)  # type: ignore[no-any-return]
+
+    return via_router, channel
+
+
 def _serve_stream(grpc_port: int) -> tuple[Stream, Any]:
     import grpc
 
@@ -147,7 +236,9 @@ def _serve_stream(grpc_port: int) -> tuple[Stream, Any]:
     return via_serve, channel
 
 
-async def _run_transformers(args: argparse.Namespace, model_dir: Path, grpc_port: int) -> Rounds:
+async def _run_transformers(
+    args: argparse.Namespace, model_dir: Path, grpc_port: int, router_port: int | None
+) -> Rounds:
     """Reference engine in this process vs the Serve path, alternating in every round."""
     from tramontane_workers.chat.encode import ChatCodec
     from tramontane_workers.chat.service import ChatService
@@ -160,10 +251,16 @@ async def _run_transformers(args: argparse.Namespace, model_dir: Path, grpc_port
     )
     via_serve, channel = _serve_stream(grpc_port)
     paths = {"direct": service.stream, "path": via_serve}
+    channels = [channel]
+    if router_port is not None:
+        via_router, routed = _router_stream(router_port)
+        paths["e2e"] = via_router
+        channels.append(routed)
     if args.json:
         paths["json"] = _constrained(service.stream)
     rounds = await _rounds(args, paths)
-    await channel.close()
+    for ch in channels:
+        await ch.close()
     await engine.shutdown()
     return rounds
 
@@ -219,10 +316,19 @@ async def _plain_vllm_rounds(args: argparse.Namespace, model_dir: Path) -> Round
         engine.shutdown()
 
 
-async def _serve_rounds(args: argparse.Namespace, grpc_port: int) -> Rounds:
+async def _serve_rounds(
+    args: argparse.Namespace, grpc_port: int, router_port: int | None
+) -> Rounds:
     via_serve, channel = _serve_stream(grpc_port)
-    rounds = await _rounds(args, {"path": via_serve})
-    await channel.close()
+    paths = {"path": via_serve}
+    channels = [channel]
+    if router_port is not None:
+        via_router, routed = _router_stream(router_port)
+        paths["e2e"] = via_router
+        channels.append(routed)
+    rounds = await _rounds(args, paths)
+    for ch in channels:
+        await ch.close()
     return rounds
 
 
@@ -239,7 +345,7 @@ def _figures(rounds: Rounds) -> dict[str, Any]:
         answers = [r[key]["tokens_per_answer"] for r in rounds]
         figures[f"{key}_tokens_per_answer"] = round(statistics.mean(answers), 1)
     for c in (1, 8):
-        for path, prefix in (("path", ""), ("json", "json_")):
+        for path, prefix in (("path", ""), ("e2e", "e2e_"), ("json", "json_")):
             if f"{path}_c{c}" not in rounds[0]:
                 continue
             ratios = [
@@ -249,6 +355,9 @@ def _figures(rounds: Rounds) -> dict[str, Any]:
             figures[f"{prefix}throughput_ratio_c{c}"] = round(median(ratios), 3)
     added = [r["path_c1"]["ttft_p50_ms"] - r["direct_c1"]["ttft_p50_ms"] for r in rounds]
     figures["ttft_added_ms_c1"] = round(median(added), 2)
+    if "e2e_c1" in rounds[0]:
+        added = [r["e2e_c1"]["ttft_p50_ms"] - r["direct_c1"]["ttft_p50_ms"] for r in rounds]
+        figures["e2e_ttft_added_ms_c1"] = round(median(added), 2)
     figures["rounds"] = len(rounds)
     return figures
 
@@ -282,6 +391,9 @@ def main() -> None:
         "--json",
         action="store_true",
         help="also time JSON-constrained requests (json_object) against free ones, direct path",
+    )
+    parser.add_argument(
+        "--no-router", action="store_true", help="skip the whole path through the router (e2e)"
     )
     args = parser.parse_args()
     if args.json and args.engine == "vllm":
@@ -322,13 +434,17 @@ def main() -> None:
         )
         grpc_port = free_port()
         run_local([_app_config(args, model_dir)], grpc_port=grpc_port, http_port=free_port())
+        router = None if args.no_router else RouterProcess(grpc_port)
+        router_port = None if router is None else router.grpc_port
         try:
             if args.engine == "vllm":
-                path = asyncio.run(_serve_rounds(args, grpc_port))
+                path = asyncio.run(_serve_rounds(args, grpc_port, router_port))
                 rounds = [{**d, **p} for d, p in zip(direct, path, strict=True)]
             else:
-                rounds = asyncio.run(_run_transformers(args, model_dir, grpc_port))
+                rounds = asyncio.run(_run_transformers(args, model_dir, grpc_port, router_port))
         finally:
+            if router is not None:
+                router.close()
             ray.shutdown()
     figures = _figures(rounds)
     figures.update(engine=args.engine, threads=args.threads, max_tokens=args.max_tokens)
