@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.serve.batching import batch_stream, merge_chunks
@@ -66,3 +66,43 @@ def test_merge_keeps_tool_calls_and_later_usage() -> None:
     assert merged.choices[0].delta.content == "hi"
     assert merged.choices[0].delta.tool_calls[0].id == "abcdefghi"
     assert (merged.choices[0].finish_reason, merged.usage.completion_tokens) == ("tool_calls", 4)
+
+
+async def test_a_source_error_reaches_the_reader_after_the_first_chunk() -> None:
+    async def failing() -> AsyncIterator[pb.ChatChunk]:
+        yield _chunk("a", 1)
+        yield _chunk("b", 2)
+        raise RuntimeError("engine failed")
+
+    stream = batch_stream(failing(), interval_s=1.0)
+    assert (await anext(stream)).choices[0].delta.content == "a"
+    try:
+        await anext(stream)
+    except RuntimeError as exc:
+        assert str(exc) == "engine failed"
+    else:
+        raise AssertionError("the error was swallowed")
+
+
+async def test_a_finishing_chunk_ends_its_batch_at_once() -> None:
+    async def source() -> AsyncIterator[pb.ChatChunk]:
+        yield _chunk("a", 1)
+        yield _chunk("b", 2)
+        yield _chunk("c", 3, "stop")
+        await asyncio.sleep(5)  # never reached: the reader has what it needs
+
+    start = asyncio.get_running_loop().time()
+    out = [c.choices[0].delta.content for c in await _collect(batch_stream(source(), 2.0))]
+    assert out == ["a", "bc"]
+    assert asyncio.get_running_loop().time() - start < 1.0
+
+
+async def _collect(stream: AsyncGenerator[pb.ChatChunk, None]) -> list[pb.ChatChunk]:
+    """The chunks up to the finishing one; then the stream is closed (as Serve's client does)."""
+    out = []
+    async for chunk in stream:
+        out.append(chunk)
+        if chunk.choices[0].finish_reason:
+            break
+    await stream.aclose()
+    return out
