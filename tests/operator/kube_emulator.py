@@ -99,6 +99,9 @@ CORE = {
     "v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, verbs=_VERBS),
     "v1/pods": kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=_VERBS),
     "batch/v1/jobs": kmock.ResourceInfo(kind="Job", namespaced=True, verbs=_VERBS),
+    "coordination.k8s.io/v1/leases": kmock.ResourceInfo(
+        kind="Lease", namespaced=True, verbs=_VERBS
+    ),
     "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
         kind="CustomResourceDefinition", namespaced=False, verbs=_VERBS
     ),
