@@ -23,6 +23,9 @@ from .balancer import Balancer, BalancerSettings
 from .dataplane import DataPlane, DataPlaneSettings, Limits
 from .grpc_api import build_server, set_serving
 from .http_api import build_app
+from .limits.budgets import LongBudgets
+from .limits.rates import RateLimiter
+from .limits.tokens import warm_up
 from .observability import setup_tracing
 from .sources import RoutingSource
 from .usage import UsageLog, replica_name
@@ -75,12 +78,14 @@ class Router:
         self.usage = UsageLog(
             settings.usage_dir, replica_name(), flush_interval_s=settings.usage_flush_s
         )
+        self.budgets = LongBudgets(self.usage)
+        self.limiter = RateLimiter(budgets=self.budgets)
         self.plane = DataPlane(
             source,
             self.backends,
             self.balancer,
             self.usage,
-            limits=limits,
+            limits=limits or self.limiter,
             settings=settings.dataplane,
         )
         self.stats = StatsPoller(
@@ -146,6 +151,10 @@ class Router:
         self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
         self.stats.start()
         self.usage.start()
+        self.budgets.start()
+        # The tokenizer that counts prompts for token limits takes ~2 s to load: not in the
+        # first limited request's path.
+        self._warm = asyncio.create_task(asyncio.to_thread(warm_up), name="router:tokenizer")
         log.info("router serving gRPC on :%d and HTTP on :%d", self.grpc_port, self.http_port)
 
     def _ready(self) -> bool:
@@ -167,6 +176,7 @@ class Router:
             stops.append(asyncio.wait_for(asyncio.shield(self._http_task), grace + 5))
         await asyncio.gather(*stops, return_exceptions=True)
         await self.stats.stop()
+        await self.budgets.stop()
         await self.usage.close()
         await self.backends.close()
         await self.source.stop()

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,14 +61,23 @@ class UsageLog:
         replica: str,
         *,
         flush_interval_s: float = 10.0,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.directory = Path(directory) if directory else None
+        self._now = now
         self.replica = replica
         self.flush_interval_s = flush_interval_s
         self._pending: dict[UsageKey, _Tally] = defaultdict(_Tally)
         self._task: asyncio.Task[None] | None = None
+        # Tokens this replica served per (tenant, period), period "YYYY-MM-DD" or "YYYY-MM":
+        # what long budgets count for this replica (its files, read back at start-up).
+        self.own_tokens: dict[tuple[str, str], int] = defaultdict(int)
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
+            for path in self.directory.glob(f"usage-{replica}-*.jsonl"):
+                for tenant, day, tokens in token_rows(path.read_text(encoding="utf-8")):
+                    self.own_tokens[(tenant, day)] += tokens
+                    self.own_tokens[(tenant, day[:7])] += tokens
 
     def record(
         self, tenant: str, model: str, adapter: str | None, prompt: int, completion: int
@@ -77,9 +86,11 @@ class UsageLog:
         USAGE_TOKENS.labels(tenant, model, adapter_label, "input").inc(prompt)
         USAGE_TOKENS.labels(tenant, model, adapter_label, "output").inc(completion)
         USAGE_REQUESTS.labels(tenant, model, adapter_label).inc()
+        minute = self._now().strftime("%Y-%m-%dT%H:%M:00Z")
+        self.own_tokens[(tenant, minute[:10])] += prompt + completion
+        self.own_tokens[(tenant, minute[:7])] += prompt + completion
         if self.directory is None:
             return
-        minute = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:00Z")
         tally = self._pending[(minute, tenant, model, adapter_label)]
         tally.requests += 1
         tally.prompt_tokens += prompt
@@ -156,6 +167,21 @@ def read_usage(paths: Iterable[Path]) -> dict[tuple[str, str, str | None], dict[
             for name in total:
                 total[name] += int(row.get(name, 0))
     return totals
+
+
+def token_rows(text: str) -> list[tuple[str, str, int]]:
+    """(tenant, day, prompt + completion tokens) of each whole line of a usage file."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            rows.append(
+                (str(row["tenant"]), str(row["minute"])[:10],
+                 int(row.get("promptTokens", 0)) + int(row.get("completionTokens", 0)))
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line
+    return rows
 
 
 def replica_name() -> str:

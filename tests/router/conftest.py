@@ -38,7 +38,10 @@ def secret(name: str, value: str, namespace: str = KEYS_NS, key: str = "api-key"
     }
 
 
-def tenant(name: str, namespaces: list[str], secrets: list[str]) -> dict[str, Any]:
+def tenant(
+    name: str, namespaces: list[str], secrets: list[str], **quotas: Any
+) -> dict[str, Any]:
+    """A Tenant; `quotas` in the API's camelCase (`requestsPerMinute=3`)."""
     return {
         "apiVersion": "tramontane.dev/v1alpha1",
         "kind": "Tenant",
@@ -46,6 +49,7 @@ def tenant(name: str, namespaces: list[str], secrets: list[str]) -> dict[str, An
         "spec": {
             "namespaces": namespaces,
             "apiKeySecretRefs": [{"namespace": KEYS_NS, "name": s} for s in secrets],
+            **({"quotas": quotas} if quotas else {}),
         },
     }
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tramontane_workers.chat.assemble import CompletionAssembler, Delta, parse_tool_calls
-from tramontane_workers.chat.encode import SAFE_PROMPT, ChatCodec
+from tramontane_workers.chat.encode import ChatCodec
 from tramontane_workers.contract import inference_pb2 as pb
+from tramontane_workers.contract.prompts import SAFE_PROMPT
 from tramontane_workers.engines.base import TokenStep
 from tramontane_workers.errors import InvalidRequest
 from tramontane_workers.models.tiny import bundled_v3_tokenizer

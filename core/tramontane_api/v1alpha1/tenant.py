@@ -39,9 +39,24 @@ class Quotas(ApiModel):
     )
     max_concurrent_fine_tune_jobs: NonNegative | None = None
     max_model_deployments: NonNegative | None = None
-    requests_per_minute: NonNegative | None = None
-    tokens_per_minute: NonNegative | None = None
-    max_concurrent_requests: NonNegative | None = None
+    requests_per_minute: NonNegative | None = Field(
+        default=None,
+        description="Requests admitted in any 60-second window, across every router replica.",
+    )
+    tokens_per_minute: NonNegative | None = Field(
+        default=None,
+        description="Prompt plus completion tokens admitted in any 60-second window, across "
+        "every router replica.",
+    )
+    max_concurrent_requests: NonNegative | None = Field(
+        default=None, description="Requests in flight at once, across every router replica."
+    )
+    tokens_per_day: NonNegative | None = Field(
+        default=None, description="Prompt plus completion tokens per UTC calendar day."
+    )
+    tokens_per_month: NonNegative | None = Field(
+        default=None, description="Prompt plus completion tokens per UTC calendar month."
+    )
 
 
 class ApiKeySecretRef(SecretKeyReference):

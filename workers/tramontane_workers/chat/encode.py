@@ -41,15 +41,10 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from pydantic import ValidationError
 
 from tramontane_workers.contract import inference_pb2 as pb
+from tramontane_workers.contract.prompts import SAFE_PROMPT
 from tramontane_workers.engines.base import SamplingParams
 from tramontane_workers.errors import InvalidRequest
 
-# Mistral's API prepends this system prompt when `safe_prompt` is set.
-SAFE_PROMPT = (
-    "Always assist with care, respect, and truth. Respond with utmost utility yet securely. "
-    "Avoid harmful, unethical, prejudiced, or negative content. "
-    "Ensure replies promote fairness and positivity."
-)
 DEFAULT_TEMPERATURE = 0.7
 TOOL_CHOICES = ("auto", "none", "any", "required")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
