@@ -40,6 +40,7 @@ from .errors import (
     Unavailable,
     from_upstream,
 )
+from .limits.queues import ModelQueues, Slot
 from .sources import RoutingSource
 from .table import Endpoint, Route, TenantView
 from .usage import UsageLog
@@ -65,7 +66,8 @@ class Limits(Protocol):
         self, tenant: TenantView, route: Route, request: pb.ChatRequest, deadline: float
     ) -> Permit:
         """Admit the request (perhaps after waiting until `deadline`), or raise
-        `RateLimited` naming the limit."""
+        `RateLimited` naming the limit. A permit with a `reserved` attribute (tokens) gives
+        the fair queue the request's cost."""
 
 
 class _NoPermit:
@@ -85,6 +87,8 @@ class DataPlaneSettings:
     max_messages: int = 1024
     request_timeout_s: float = 600.0  # when the caller sets no deadline
     attempts: int = 2  # the first try and one failover
+    slots_per_replica: int = 16  # requests a ready replica takes before the router queues
+    max_waiting: int = 1024  # per model; beyond, 429 at once
 
 
 def validate(request: pb.ChatRequest, max_messages: int) -> None:
@@ -125,6 +129,10 @@ class DataPlane:
         self.usage = usage
         self.limits: Limits = limits or NoLimits()
         self.settings = settings or DataPlaneSettings()
+        self.queues = ModelQueues(
+            slots_per_replica=self.settings.slots_per_replica,
+            max_waiting=self.settings.max_waiting,
+        )
         self.draining = False
         balancer.on_eject = lambda e, _s: obs.EJECTIONS.labels(e.cluster).inc()
 
@@ -213,11 +221,17 @@ class DataPlane:
             obs.IN_FLIGHT.labels(tenant.name, model).inc()
             try:
                 permit = await self.limits.admit(tenant, route, request, deadline)
-                response = await self._unary(route, request, deadline, span)
+                slot = await self.queues.acquire(
+                    tenant, route, request, getattr(permit, "reserved", None), deadline
+                )
+                try:
+                    response = await self._unary(route, request, deadline, span)
+                    usage = response.usage
+                finally:
+                    self.queues.release(slot, usage)
             finally:
                 obs.IN_FLIGHT.labels(tenant.name, model).dec()
-            usage = response.usage
-            self._record(tenant, route, usage, span)
+            self._record(tenant, route, response.usage, span)
             span.set_attribute("gen_ai.response.model", route.model_id)
             response.model = route.model_id
             return response
@@ -282,6 +296,7 @@ class DataPlane:
         code, model = "OK", request.model
         usage: pb.Usage | None = None
         permit: Permit | None = None
+        slot: Slot | None = None
         route: Route | None = None
         first = True
         try:
@@ -290,6 +305,9 @@ class DataPlane:
                 obs.IN_FLIGHT.labels(tenant.name, model).inc()
                 try:
                     permit = await self.limits.admit(tenant, route, request, deadline)
+                    slot = await self.queues.acquire(
+                        tenant, route, request, getattr(permit, "reserved", None), deadline
+                    )
                     async for chunk in self._streamed(route, request, deadline, span):
                         if first:
                             obs.TTFT.labels(tenant.name, model).observe(
@@ -306,6 +324,8 @@ class DataPlane:
             code = _fail(span, exc)
             raise
         finally:
+            if slot is not None:
+                self.queues.release(slot, usage)
             if route is not None and usage is not None:
                 self._record(tenant, route, usage, span)
             if permit is not None:

@@ -139,6 +139,11 @@ class HubSource:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    @property
+    def client(self) -> KubeClient | None:
+        """The hub client, once started (the budget exchange writes its Lease with it)."""
+        return self._client
+
     async def start(self) -> None:
         """List everything, build the first table, then follow the watches.
 

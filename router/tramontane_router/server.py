@@ -24,6 +24,7 @@ from .dataplane import DataPlane, DataPlaneSettings, Limits
 from .grpc_api import build_server, set_serving
 from .http_api import build_app
 from .limits.budgets import LongBudgets
+from .limits.exchange import BudgetExchange
 from .limits.rates import RateLimiter
 from .limits.tokens import warm_up
 from .observability import setup_tracing
@@ -50,6 +51,12 @@ class RouterSettings:
     stats_interval_s: float = 2.0
     usage_dir: str | None = None
     usage_flush_s: float = 10.0
+    # Where the replicas' budget Leases live on the hub (the router's own namespace); with a
+    # hub source and no namespace given, the namespace of the hub credentials' context.
+    budget_namespace: str | None = None
+    budget_interval_s: float = 1.0  # a round of the exchange
+    budget_lease_s: int = 10
+    limits_window_s: float = 60.0  # "per minute"; shorter only in tests and benchmarks
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
     dataplane: DataPlaneSettings = field(default_factory=DataPlaneSettings)
 
@@ -79,7 +86,7 @@ class Router:
             settings.usage_dir, replica_name(), flush_interval_s=settings.usage_flush_s
         )
         self.budgets = LongBudgets(self.usage)
-        self.limiter = RateLimiter(budgets=self.budgets)
+        self.limiter = RateLimiter(budgets=self.budgets, window_s=settings.limits_window_s)
         self.plane = DataPlane(
             source,
             self.backends,
@@ -95,6 +102,7 @@ class Router:
                      for e in d.endpoints],
             settings.stats_interval_s,
         )  # fmt: skip
+        self.exchange: BudgetExchange | None = None
         self.grpc_port = 0
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -116,6 +124,7 @@ class Router:
     async def start(self) -> None:
         cfg = self.settings
         await self.source.start()
+        self._start_exchange()
         server, self._health = build_server(self.plane, max_message_bytes=cfg.max_body_bytes)
         if cfg.tls is not None:
             with open(cfg.tls.key, "rb") as k, open(cfg.tls.cert, "rb") as c:
@@ -157,6 +166,26 @@ class Router:
         self._warm = asyncio.create_task(asyncio.to_thread(warm_up), name="router:tokenizer")
         log.info("router serving gRPC on :%d and HTTP on :%d", self.grpc_port, self.http_port)
 
+    def _start_exchange(self) -> None:
+        """Split global limits with the other replicas through the hub, when there is one."""
+        client = getattr(self.source, "client", None)
+        config = getattr(self.source, "config", None)
+        namespace = self.settings.budget_namespace or getattr(config, "default_namespace", None)
+        if client is None or not namespace:
+            return  # one replica (local mode, files): every cap is the whole limit
+        self.limiter.shared = True
+        cfg = self.settings
+        self.exchange = BudgetExchange(
+            client,
+            namespace,
+            self.usage.replica,
+            self.limiter,
+            interval_s=cfg.budget_interval_s,
+            lease_duration_s=cfg.budget_lease_s,
+            window_s=cfg.limits_window_s,
+        )
+        self.exchange.start()
+
     def _ready(self) -> bool:
         return not self.plane.draining
 
@@ -176,6 +205,8 @@ class Router:
             stops.append(asyncio.wait_for(asyncio.shield(self._http_task), grace + 5))
         await asyncio.gather(*stops, return_exceptions=True)
         await self.stats.stop()
+        if self.exchange is not None:
+            await self.exchange.stop()
         await self.budgets.stop()
         await self.usage.close()
         await self.backends.close()

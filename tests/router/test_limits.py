@@ -122,3 +122,26 @@ async def test_a_changed_tenant_applies_at_once(workers: Any, routers: Any) -> N
     for _ in range(10):
         await client.stub.Chat(request(), metadata=auth(ACME_KEY))
     await client.close()
+
+
+async def test_a_flooding_tenant_does_not_starve_another(workers: Any, routers: Any) -> None:
+    """Both tenants' models run on the same saturated pool (one slot): acme floods with 40
+    requests, globex sends 4 after them; globex's are served in acme's gaps, not after."""
+    from tramontane_router.dataplane import DataPlaneSettings
+
+    shared = await workers("shared", delay_s=0.02)
+    router = await routers(
+        platform(shared, shared, shared),
+        dataplane=DataPlaneSettings(slots_per_replica=1),
+    )
+    client = Client(router.grpc_port)
+    flood = [asyncio.ensure_future(client.stub.Chat(request(max_tokens=4), metadata=auth(ACME_KEY)))
+             for _ in range(40)]  # fmt: skip
+    await until(lambda: router.plane.queues.waiting >= 30)
+    polite = [asyncio.ensure_future(client.stub.Chat(request(max_tokens=4), metadata=auth(GLOBEX_KEY)))
+              for _ in range(4)]  # fmt: skip
+    await asyncio.gather(*flood, *polite)
+    order = [c.metadata["x-tramontane-tenant"] for c in shared.calls]
+    assert order.count("globex") == 4
+    assert max(i for i, t in enumerate(order) if t == "globex") < 10, order
+    await client.close()

@@ -73,6 +73,14 @@ def register(subparsers: Any) -> None:
     run.add_argument("--max-body-bytes", type=_positive_int, default=4 * 1024 * 1024)
     run.add_argument("--drain-grace-seconds", type=_seconds, default=30.0)
     run.add_argument("--usage-dir", metavar="DIR", help="write per-tenant token usage here")
+    run.add_argument(
+        "--budget-namespace",
+        metavar="NS",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="hub namespace of the replicas' budget Leases (default: $POD_NAMESPACE, else "
+        "the hub credentials' namespace); with --source hub the replicas split each tenant's "
+        "global limits there",
+    )
     run.add_argument("--metrics-port", type=_port, default=9090, help="0 disables /metrics")
     run.add_argument("--log-level", type=_log_level, default="INFO", help="/".join(LOG_LEVELS))
     run.set_defaults(func=_run)
@@ -229,6 +237,7 @@ def _settings(args: argparse.Namespace) -> Any:
         max_body_bytes=args.max_body_bytes,
         drain_grace_s=args.drain_grace_seconds,
         usage_dir=args.usage_dir,
+        budget_namespace=args.budget_namespace,
         balancer=BalancerSettings(region=args.region, cloud=args.cloud),
     )
 

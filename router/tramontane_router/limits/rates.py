@@ -24,14 +24,14 @@ from ..errors import RateLimited
 from ..table import Route, TenantView
 from .budgets import LongBudgets
 from .tokens import prompt_tokens, worst_case
-from .types import Demand, LimitKey, LimitName
+from .types import WINDOW_S, Demand, LimitKey, LimitName
 from .window import Entry, SlidingWindow
 
 
 @dataclass
 class _TenantState:
-    requests: SlidingWindow = field(default_factory=SlidingWindow)
-    tokens: SlidingWindow = field(default_factory=SlidingWindow)
+    requests: SlidingWindow
+    tokens: SlidingWindow
     in_flight: int = 0
     wanted: dict[LimitName, float] = field(default_factory=lambda: defaultdict(float))
     limits: dict[LimitName, int] = field(default_factory=dict)
@@ -78,8 +78,14 @@ class RateLimiter:
         *,
         budgets: LongBudgets | None = None,
         clock: Callable[[], float] = time.monotonic,
+        window_s: float = WINDOW_S,
     ) -> None:
         self.budgets = budgets
+        self.window_s = window_s  # 60 s: "per minute"; shorter only in tests and benchmarks
+        # With a budget exchange (several replicas), a limit this replica has no cap for yet
+        # admits nothing until the exchange gives it one (about a second): taking the whole
+        # limit before the replicas have agreed could overspend it.
+        self.shared = False
         self._clock = clock
         self._states: dict[str, _TenantState] = {}
         self._caps: dict[LimitKey, float] = {}
@@ -106,7 +112,9 @@ class RateLimiter:
             cost = worst_case(prompt, request, route.max_model_len)
         state = self._states.get(tenant.name)
         if state is None:
-            state = self._states[tenant.name] = _TenantState()
+            state = self._states[tenant.name] = _TenantState(
+                SlidingWindow(self.window_s), SlidingWindow(self.window_s)
+            )
         state.limits = limits
         return self._take(tenant, state, limits, cost)
 
@@ -120,7 +128,8 @@ class RateLimiter:
             if limit is None:
                 continue
             state.wanted[name] += amount  # type: ignore[index]
-            cap = self._caps.get((tenant.name, name), float(limit))  # type: ignore[arg-type]
+            default = 0.0 if self.shared else float(limit)
+            cap = self._caps.get((tenant.name, name), default)  # type: ignore[arg-type]
             refusal = _check(name, state, amount, limit, min(cap, limit), now)
             if refusal is not None:
                 refusals.append(refusal)
