@@ -26,6 +26,7 @@ from .http_api import build_app
 from .limits.budgets import LongBudgets
 from .limits.exchange import BudgetExchange
 from .limits.rates import RateLimiter
+from .limits.report import BudgetReporter
 from .limits.tokens import warm_up
 from .observability import setup_tracing
 from .sources import RoutingSource
@@ -57,6 +58,7 @@ class RouterSettings:
     budget_interval_s: float = 1.0  # a round of the exchange
     budget_lease_s: int = 10
     limits_window_s: float = 60.0  # "per minute"; shorter only in tests and benchmarks
+    budget_status_interval_s: float = 30.0  # Tenant status.tokenBudget, at most this often
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
     dataplane: DataPlaneSettings = field(default_factory=DataPlaneSettings)
 
@@ -103,6 +105,7 @@ class Router:
             settings.stats_interval_s,
         )  # fmt: skip
         self.exchange: BudgetExchange | None = None
+        self.reporter: BudgetReporter | None = None
         self.grpc_port = 0
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -124,7 +127,7 @@ class Router:
     async def start(self) -> None:
         cfg = self.settings
         await self.source.start()
-        self._start_exchange()
+        self._start_hub_tasks()
         server, self._health = build_server(self.plane, max_message_bytes=cfg.max_body_bytes)
         if cfg.tls is not None:
             with open(cfg.tls.key, "rb") as k, open(cfg.tls.cert, "rb") as c:
@@ -166,11 +169,19 @@ class Router:
         self._warm = asyncio.create_task(asyncio.to_thread(warm_up), name="router:tokenizer")
         log.info("router serving gRPC on :%d and HTTP on :%d", self.grpc_port, self.http_port)
 
-    def _start_exchange(self) -> None:
-        """Split global limits with the other replicas through the hub, when there is one."""
+    def _start_hub_tasks(self) -> None:
+        """With a hub: write budget statuses, and split global limits with the other replicas."""
         client = getattr(self.source, "client", None)
         config = getattr(self.source, "config", None)
         namespace = self.settings.budget_namespace or getattr(config, "default_namespace", None)
+        if client is not None and self.usage.directory is not None:
+            self.reporter = BudgetReporter(
+                client,
+                self.budgets,
+                lambda: list(self.source.table.tenants.values()),
+                interval_s=self.settings.budget_status_interval_s,
+            )
+            self.reporter.start()
         if client is None or not namespace:
             return  # one replica (local mode, files): every cap is the whole limit
         self.limiter.shared = True
@@ -207,6 +218,8 @@ class Router:
         await self.stats.stop()
         if self.exchange is not None:
             await self.exchange.stop()
+        if self.reporter is not None:
+            await self.reporter.stop()
         await self.budgets.stop()
         await self.usage.close()
         await self.backends.close()

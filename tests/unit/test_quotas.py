@@ -192,3 +192,16 @@ def test_tenant_status_keeps_transition_time() -> None:
     me.status = first
     later = compute_tenant_status(me, [], [me], T0 + timedelta(hours=1))
     assert [c.last_transition_time for c in later.conditions or []] == [T0, T0]
+
+
+def test_tenant_status_carries_the_routers_token_budget_over() -> None:
+    """The routers write status.tokenBudget; the operator's status never clears it."""
+    from tramontane_api.v1alpha1.tenant import TokenBudgetStatus
+
+    me = tenant("me", ["team-a"], tokens_per_day=1000)
+    budget = TokenBudgetStatus(day="2026-11-27", tokens_today=10, remaining_today=990,
+                               month="2026-11", tokens_this_month=10)  # fmt: skip
+    me.status = compute_tenant_status(me, [], [me], T0)
+    me.status.token_budget = budget
+    later = compute_tenant_status(me, [], [me], T0 + timedelta(hours=1))
+    assert later.token_budget == budget

@@ -8,6 +8,7 @@ and enforces its request and token rates.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -98,12 +99,28 @@ class TenantUsage(ApiModel):
     model_deployments: int | None = None
 
 
+class TokenBudgetStatus(ApiModel):
+    """Tokens served against tokensPerDay / tokensPerMonth, written by the routers (the
+    operator carries it over untouched)."""
+
+    day: str = Field(description="The UTC day counted, YYYY-MM-DD.")
+    tokens_today: int = 0
+    remaining_today: int | None = Field(default=None, description="Absent without a daily budget.")
+    month: str = Field(description="The UTC month counted, YYYY-MM.")
+    tokens_this_month: int = 0
+    remaining_this_month: int | None = Field(
+        default=None, description="Absent without a monthly budget."
+    )
+    updated_time: datetime | None = None
+
+
 class TenantStatus(ApiModel):
     phase: TenantPhase | None = None
     observed_generation: int | None = None
     conditions: Conditions | None = None
     usage: TenantUsage | None = None
     gpus_in_use: int | None = Field(default=None, description="All GPU types, for display.")
+    token_budget: TokenBudgetStatus | None = None
 
 
 class Tenant(Resource):

@@ -79,4 +79,6 @@ def compute_tenant_status(
             model_deployments=current.model_deployments,
         ),
         gpus_in_use=current.total_gpus,
+        # The routers own the token budget's status: carried over, never cleared here.
+        token_budget=tenant.status.token_budget if tenant.status else None,
     )

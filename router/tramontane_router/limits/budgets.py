@@ -22,6 +22,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tramontane_api.v1alpha1.tenant import TokenBudgetStatus
+
 from ..table import TenantView
 from ..usage import UsageLog, token_rows
 
@@ -83,6 +85,24 @@ class LongBudgets:
                  f"request may use {cost}", wait)
             )  # fmt: skip
         return out
+
+    def status(self, tenant: TenantView) -> TokenBudgetStatus:
+        """What the Tenant's `status.tokenBudget` says now."""
+        q, now = tenant.quotas, self._now()
+        day, month = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+        today, this_month = self.used(tenant.name, day), self.used(tenant.name, month)
+
+        def left(limit: int | None, used: int) -> int | None:
+            return None if limit is None else max(0, limit - used)
+
+        return TokenBudgetStatus(
+            day=day,
+            tokens_today=today,
+            remaining_today=left(q.tokens_per_day, today),
+            month=month,
+            tokens_this_month=this_month,
+            remaining_this_month=left(q.tokens_per_month, this_month),
+        )
 
     def reserve(self, tenant: str, cost: int) -> None:
         self._reserved[tenant] += cost
