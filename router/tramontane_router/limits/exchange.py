@@ -6,13 +6,15 @@ namespace on the hub, `tramontane-router-<replica>` (the replica is the pod name
 `spec.holderIdentity`, `renewTime`, `leaseDurationSeconds`, and in the annotation
 `tramontane.dev/budget` its per-(tenant, limit) view as compact JSON:
 `{"acme/tokens": [used, wanted, cap], ...}`. For the per-minute limits `wanted` is what was
-asked in the last interval scaled to one window (`window_s / interval_s`); for
+asked (admitted or refused) in the last window: the mean of the last rounds' asks scaled to
+one window, so a replica with a request every few rounds reads as wanting steadily; for
 `concurrent` it is taken as reported (a level, not a rate), and `used` is what is in flight.
 
 Rounds are aligned to the wall clock, `interval_s` apart (1 s): at the start of a round every
 replica lists the router Leases (label selector); at its middle each reads its limiter's
-demand, computes its next cap for every key with `shares.next_cap` from that snapshot, writes
-its own Lease (create-or-patch) and, once the write succeeded, hands the caps to the limiter.
+demand, computes its next cap for every key with `shares.next_caps` from that snapshot, writes
+its own Lease (create-or-patch) and, once the write succeeded, hands the caps to the limiter
+(a shrinking replica publishes what its window still holds but admits against its target).
 So, with clocks in step (NTP) and hub round trips well under half an interval, every replica
 computes a round from the caps all replicas published in the previous one: the model under
 which `shares` proves that the published caps never sum above the limit. A replica whose list
@@ -46,6 +48,7 @@ namespace.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
 import json
@@ -58,7 +61,7 @@ from typing import Any, Protocol
 
 from tramontane_kube import LEASE, ApiError, KubeClient, NotFound, Unreachable
 
-from .shares import ReplicaView, next_cap
+from .shares import ReplicaView, next_caps
 from .types import WINDOW_S, CapSink, Demand, DemandSource, LimitKey, LimitName
 
 log = logging.getLogger(__name__)
@@ -170,6 +173,7 @@ class BudgetExchange:
         self.last_ok: float | None = None  # monotonic time of the last successful write
         self.rounds = 0
         self._lease: dict[str, Any] | None = None
+        self._asked: dict[LimitKey, collections.deque[float]] = {}  # per round, last window
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -234,20 +238,21 @@ class BudgetExchange:
         # Joining (or back after the others freed our caps): announce ourselves with cap 0 and
         # grow from the next round, once every replica counts us among the live ones.
         grow = grow and not rejoining
-        rate_scale = self.window_s / self.interval_s
         views: dict[LimitKey, ReplicaView] = {}
+        enforced: dict[LimitKey, float] = {}  # at most the published cap (below it: shrinking)
         for d in demands:
             key: LimitKey = (d.tenant, d.limit)
             # A rate's demand is what was asked in an interval, scaled to one window; a
             # concurrency's is a level already.
-            wanted = d.wanted if d.limit == "concurrent" else d.wanted * rate_scale
+            wanted = d.wanted if d.limit == "concurrent" else self._smoothed(key, d.wanted)
             mine = ReplicaView(d.used, wanted, base.get(key, 0.0))
             everyone = {self.replica: mine}
             for name, peer in peers.items():
                 everyone[name] = peer.budget.get(key, ReplicaView(0.0, 0.0, 0.0))
-            cap = next_cap(self.replica, float(d.global_limit), everyone)
+            cap, admit = next_caps(self.replica, float(d.global_limit), everyone)
             cap = cap if grow else min(cap, mine.cap)
             views[key] = ReplicaView(d.used, mine.wanted, _floor(cap))
+            enforced[key] = _floor(min(cap, admit))
         try:
             self._lease, _ = await self.client.apply(LEASE, self._desired(views), self._lease)
         except (ApiError, Unreachable) as exc:
@@ -257,8 +262,21 @@ class BudgetExchange:
             self._cut_off(demands)
             return False
         self.published, self.last_ok = views, mono
-        self.limiter.set_caps({k: v.cap for k, v in views.items()})
+        self.limiter.set_caps(enforced)
         return True
+
+    def _smoothed(self, key: LimitKey, asked: float) -> float:
+        """A rate's demand: what was asked in the last window (the mean of the last rounds'
+        asks, scaled to one window; fewer rounds while a key is new). One round's ask scaled
+        by window / interval alone swings between 0 and a multiple of one request for a
+        replica that gets a request every few rounds: at 0 its cap falls to 0, and what it
+        regrows into is less than a request costs, so it never admits while others are busy."""
+        rounds = max(1, round(self.window_s / self.interval_s))
+        history = self._asked.get(key)
+        if history is None:
+            history = self._asked[key] = collections.deque(maxlen=rounds)
+        history.append(asked)
+        return sum(history) / len(history) * (self.window_s / self.interval_s)
 
     def _cut_off(self, demands: list[Demand]) -> None:
         """The hub was not reached this round: keep the last caps within the lease, else admit

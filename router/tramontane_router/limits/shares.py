@@ -18,8 +18,10 @@ cap with two rules:
 
 - **shrink** (target below its cap): down to `max(used, target)`, at once. Never below what it
   already admitted in the window: those admissions count against the limit until they age out,
-  so a busy replica's cap slides down as its window slides (it admits nothing new meanwhile),
-  reaching the target within one window.
+  so a busy replica's cap slides down as its window slides, reaching the target within one
+  window. Meanwhile it admits against the target, not the published cap (`next_caps`):
+  admitting against the published cap would re-admit what ages out, keep `used` at the cap,
+  and the cap would never come down.
 - **grow** (target above its cap): only into free capacity `free = limit - sum(all caps)`, and
   at most `free / n` per round, `n` the number of live replicas.
 
@@ -89,11 +91,21 @@ def targets(limit: float, wants: Mapping[R, float]) -> dict[R, float]:
 
 def next_cap(me: R, limit: float, replicas: Mapping[R, ReplicaView]) -> float:
     """`me`'s next cap, given every live replica's last published view (`me` included)."""
+    return next_caps(me, limit, replicas)[0]
+
+
+def next_caps(me: R, limit: float, replicas: Mapping[R, ReplicaView]) -> tuple[float, float]:
+    """`me`'s next cap to publish (`next_cap`) and the cap to admit against: the published
+    one, or the target when shrinking. A shrinking replica publishes `max(used, target)`
+    (its admissions count until they age out) but admits nothing new above its target: were
+    it to admit against the published cap, what ages out of its window would be re-admitted,
+    its `used` would stay at its cap, and the cap would never come down."""
     view = replicas[me]
     target = targets(limit, {r: v.wanted for r, v in replicas.items()})[me]
     if target <= view.cap:
-        return min(view.cap, max(view.used, target))
+        return min(view.cap, max(view.used, target)), target
     free = limit - sum(v.cap for v in replicas.values())
     if free <= 0:
-        return view.cap
-    return min(target, view.cap + free / len(replicas))
+        return view.cap, view.cap
+    cap = min(target, view.cap + free / len(replicas))
+    return cap, cap
