@@ -66,6 +66,10 @@ class _Permit:
         used = (usage.prompt_tokens + usage.completion_tokens) if usage is not None else 0
         if self._tokens is not None:
             self._state.tokens.settle(self._tokens, used)
+            # Demand counts what the request really used, not its worst case: a replica whose
+            # demand is met must not hold a cap above what it uses (it lends the rest).
+            wanted = self._state.wanted
+            wanted["tokens"] = max(0.0, wanted.get("tokens", 0.0) - (self.reserved - used))
         if self._limiter.budgets is not None:
             self._limiter.budgets.settle(self._tenant, self.reserved, used)
 
