@@ -9,7 +9,6 @@ only before any token was sent).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,6 +19,7 @@ from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.contract import inference_pb2_grpc as pb_grpc
 
 from .balancer import Balancer
+from .periodic import Periodic
 from .table import Endpoint
 
 log = logging.getLogger(__name__)
@@ -89,18 +89,13 @@ class StatsPoller:
         self.backends, self.balancer = backends, balancer
         self.endpoints = endpoints
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("stats", interval_s, self.poll_once)
 
     def start(self) -> None:
-        if self._task is None and self.interval_s > 0:
-            self._task = asyncio.create_task(self._run(), name="router:stats")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def poll_once(self) -> None:
         unique = {e.key: e for e in self.endpoints()}
@@ -117,11 +112,3 @@ class StatsPoller:
             log.debug("stats of %s: %s", endpoint.cluster, exc.code())
             return
         self.balancer.report_stats(endpoint, stats.running_requests, stats.queue_depth)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.poll_once()
-            except Exception:  # never let the poller die
-                log.exception("stats poll failed")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +80,15 @@ class NoLimits:
         self, tenant: TenantView, route: Route, request: pb.ChatRequest, deadline: float
     ) -> Permit:
         return _NoPermit()
+
+
+@dataclass
+class _Attempt:
+    endpoint: Endpoint
+    upstream: pb.ChatRequest
+    metadata: list[tuple[str, str]]
+    timeout_s: float
+    ok: bool | None = None  # for the balancer: None says nothing of the endpoint
 
 
 @dataclass(frozen=True)
@@ -246,15 +255,16 @@ class DataPlane:
             otel_context.detach(token)
             span.end()
 
-    async def _unary(
+    def _attempts(
         self, route: Route, request: pb.ChatRequest, deadline: float, span: trace.Span
-    ) -> pb.ChatResponse:
+    ) -> Iterator[_Attempt]:
+        """At most `attempts` tries, each on a cluster not tried yet, each started on the
+        balancer (the caller finishes it) with the time the caller has left."""
         tried: list[str] = []
-        last: RouterError = Unavailable(f"model: {route.model_id!r} has no healthy pool")
         for _ in range(self.settings.attempts):
             endpoint = self.balancer.pick(route.endpoints, tried)
             if endpoint is None:
-                break
+                return
             tried.append(endpoint.cluster)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -263,21 +273,36 @@ class DataPlane:
             span.set_attribute("tramontane.cluster", endpoint.cluster)
             obs.ROUTED.labels(endpoint.cluster).inc()
             self.balancer.started(endpoint)
-            ok: bool | None = None
+            yield _Attempt(endpoint, upstream, metadata, remaining)
+
+    @staticmethod
+    def _failed(attempt: _Attempt, exc: grpc.aio.AioRpcError, retry: bool) -> RouterError:
+        """The error for a failed attempt: raised unless it may be retried elsewhere."""
+        attempt.ok = False if exc.code() in _ENDPOINT_FAULTS else None
+        obs.UPSTREAM_FAILURES.labels(attempt.endpoint.cluster, exc.code().name).inc()
+        error = from_upstream(exc.code(), exc.details())
+        if not retry or exc.code() not in _RETRIABLE:
+            raise error from None
+        return error
+
+    def _no_pool(self, route: Route) -> RouterError:
+        return Unavailable(f"model: {route.model_id!r} has no healthy pool")
+
+    async def _unary(
+        self, route: Route, request: pb.ChatRequest, deadline: float, span: trace.Span
+    ) -> pb.ChatResponse:
+        last = self._no_pool(route)
+        for attempt in self._attempts(route, request, deadline, span):
             try:
-                response: pb.ChatResponse = await self.backends.stub(endpoint).Chat(
-                    upstream, metadata=metadata, timeout=remaining
+                response: pb.ChatResponse = await self.backends.stub(attempt.endpoint).Chat(
+                    attempt.upstream, metadata=attempt.metadata, timeout=attempt.timeout_s
                 )
-                ok = True
+                attempt.ok = True
                 return response
             except grpc.aio.AioRpcError as exc:
-                ok = False if exc.code() in _ENDPOINT_FAULTS else None
-                obs.UPSTREAM_FAILURES.labels(endpoint.cluster, exc.code().name).inc()
-                if exc.code() not in _RETRIABLE:
-                    raise from_upstream(exc.code(), exc.details()) from None
-                last = from_upstream(exc.code(), exc.details())
+                last = self._failed(attempt, exc, retry=True)
             finally:
-                self.balancer.finished(endpoint, ok)
+                self.balancer.finished(attempt.endpoint, attempt.ok)
         raise last
 
     async def chat_stream(
@@ -337,40 +362,23 @@ class DataPlane:
     async def _streamed(
         self, route: Route, request: pb.ChatRequest, deadline: float, span: trace.Span
     ) -> AsyncIterator[pb.ChatChunk]:
-        tried: list[str] = []
-        last: RouterError = Unavailable(f"model: {route.model_id!r} has no healthy pool")
-        for _ in range(self.settings.attempts):
-            endpoint = self.balancer.pick(route.endpoints, tried)
-            if endpoint is None:
-                break
-            tried.append(endpoint.cluster)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded("the request's deadline passed before a worker answered")
-            upstream, metadata = self._upstream(route, endpoint, request)
-            span.set_attribute("tramontane.cluster", endpoint.cluster)
-            obs.ROUTED.labels(endpoint.cluster).inc()
-            self.balancer.started(endpoint)
-            call = self.backends.stub(endpoint).ChatStream(
-                upstream, metadata=metadata, timeout=remaining
+        last = self._no_pool(route)
+        for attempt in self._attempts(route, request, deadline, span):
+            call = self.backends.stub(attempt.endpoint).ChatStream(
+                attempt.upstream, metadata=attempt.metadata, timeout=attempt.timeout_s
             )
             sent = False
-            ok: bool | None = None
             try:
                 async for chunk in call:
                     sent = True
                     yield chunk
-                ok = True
+                attempt.ok = True
                 return
             except grpc.aio.AioRpcError as exc:
-                ok = False if exc.code() in _ENDPOINT_FAULTS else None
-                obs.UPSTREAM_FAILURES.labels(endpoint.cluster, exc.code().name).inc()
-                if sent or exc.code() not in _RETRIABLE:
-                    raise from_upstream(exc.code(), exc.details()) from None
-                last = from_upstream(exc.code(), exc.details())
+                last = self._failed(attempt, exc, retry=not sent)  # never after a token
             finally:
                 call.cancel()  # no-op once finished; frees the replica when the caller left
-                self.balancer.finished(endpoint, ok)
+                self.balancer.finished(attempt.endpoint, attempt.ok)
         raise last
 
     def _record(

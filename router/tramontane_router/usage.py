@@ -17,7 +17,6 @@ directory is a persistent volume; `read_usage` sums any set of files.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
+
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class UsageLog:
         self.replica = replica
         self.flush_interval_s = flush_interval_s
         self._pending: dict[UsageKey, _Tally] = defaultdict(_Tally)
-        self._task: asyncio.Task[None] | None = None
+        # A write that fails keeps the rows in memory for the next round (see `flush`).
+        self._loop = Periodic("usage", flush_interval_s, lambda: asyncio.to_thread(self.flush))
         # Tokens this replica served per (tenant, period), period "YYYY-MM-DD" or "YYYY-MM":
         # what long budgets count for this replica (its files, read back at start-up).
         self.own_tokens: dict[tuple[str, str], int] = defaultdict(int)
@@ -97,24 +99,12 @@ class UsageLog:
         tally.completion_tokens += completion
 
     def start(self) -> None:
-        if self.directory is not None and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="router:usage")
+        if self.directory is not None:
+            self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         self.flush()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval_s)
-            try:
-                await asyncio.to_thread(self.flush)
-            except OSError:
-                log.exception("usage: could not write the record; keeping it in memory")
 
     def flush(self) -> None:
         """Append what was recorded since the last flush; kept in memory if the write fails."""

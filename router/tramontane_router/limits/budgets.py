@@ -15,7 +15,6 @@ router's start, and the router says so in its log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from tramontane_api.v1alpha1.tenant import TokenBudgetStatus
 
+from ..periodic import Periodic
 from ..table import TenantView
 from ..usage import UsageLog, token_rows
 
@@ -44,7 +44,7 @@ class LongBudgets:
         self._others: dict[tuple[str, str], int] = defaultdict(int)
         self._offsets: dict[Path, int] = {}
         self._reserved: dict[str, int] = defaultdict(int)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("budgets", refresh_s, lambda: asyncio.to_thread(self.refresh))
         self._warned = False
 
     @staticmethod
@@ -139,24 +139,13 @@ class LongBudgets:
                 self._others[(tenant, day[:7])] += tokens
 
     def start(self) -> None:
-        if self.usage.directory is not None and self._task is None:
+        """Follow other replicas' usage (a failed read keeps the last totals)."""
+        if self.usage.directory is not None:
             self.refresh()
-            self._task = asyncio.create_task(self._run(), name="router:budgets")
+            self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            try:
-                await asyncio.to_thread(self.refresh)
-            except OSError:
-                log.exception("budgets: could not read the usage record; using the last totals")
+        await self._loop.stop()
 
 
 def _next_day(now: datetime) -> datetime:

@@ -11,14 +11,13 @@ over). A replica writes a tenant's status when its figures changed, at most ever
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from tramontane_kube import TENANT, ApiError, KubeClient, NotFound, Unreachable
 
+from ..periodic import Periodic
 from ..table import TenantView
 from .budgets import LongBudgets
 
@@ -37,18 +36,13 @@ class BudgetReporter:
         self.client, self.budgets, self.tenants = client, budgets, tenants
         self.interval_s = interval_s
         self._written: dict[str, dict[str, object]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("budget-status", interval_s, self.report_once)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="router:budget-status")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def report_once(self) -> int:
         """Write the statuses that changed; how many were written."""
@@ -74,11 +68,3 @@ class BudgetReporter:
             self._written[tenant.name] = body
             written += 1
         return written
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.report_once()
-            except Exception:  # never let the reporter die
-                log.exception("budget status round failed")
