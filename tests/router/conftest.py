@@ -17,10 +17,14 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).parents[1] / "operator"))  # the hub emulator
 
 from fake_worker import FakeWorker
 
+from operator_harness import Cluster, Clusters
+from tramontane_kube import ClusterConfig, KubeClient
 from tramontane_router.dataplane import Limits
+from tramontane_router.hub import HubSource
 from tramontane_router.server import Router, RouterSettings
 from tramontane_router.sources import StaticSource
 
@@ -153,3 +157,38 @@ async def routers() -> AsyncIterator[Callable[..., Awaitable[Router]]]:
     yield make
     for r in started:
         await r.drain()
+
+
+# ------------------------------------------------------ an emulated hub (HubSource tests)
+@pytest.fixture
+async def hub() -> AsyncIterator[Cluster]:
+    made = await Clusters.start("hub", [], kuberay_on_hub=False)
+    try:
+        yield made.hub
+        assert made.violations() == [], "writes a real API server would reject"
+    finally:
+        await made.close()
+
+
+@pytest.fixture
+async def api(hub: Cluster) -> AsyncIterator[KubeClient]:
+    client = KubeClient("test", ClusterConfig(server=hub.url), attempts=1)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def sources(hub: Cluster) -> AsyncIterator[Callable[..., Awaitable[HubSource]]]:
+    made: list[HubSource] = []
+
+    async def make(**kw: Any) -> HubSource:
+        source = HubSource(ClusterConfig(server=hub.url), **kw)
+        made.append(source)
+        await source.start()
+        return source
+
+    yield make
+    for s in made:
+        await s.stop()

@@ -24,7 +24,7 @@ import pytest
 
 sys.path.append(str(Path(__file__).parents[1] / "operator"))
 
-from operator_harness import Cluster, Clusters, eventually
+from operator_harness import Cluster, eventually
 from tramontane_kube import ClusterConfig, KubeClient
 from tramontane_router.limits.exchange import (
     BUDGET_ANNOTATION,
@@ -135,16 +135,6 @@ class Replicas:
                 if held > most + 1e-6:
                     self.problems.append(f"{sorted(names)} hold {held} > {most}")
             await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[Cluster]:
-    made = await Clusters.start("hub", [], kuberay_on_hub=False)
-    try:
-        yield made.hub
-        assert made.violations() == [], "writes a real API server would reject"
-    finally:
-        await made.close()
 
 
 @pytest.fixture

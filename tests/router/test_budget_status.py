@@ -12,7 +12,7 @@ import grpc
 
 sys.path.append(str(Path(__file__).parents[1] / "operator"))
 
-from test_hub_source import acme_platform, api, hub, sources  # noqa: F401 - fixtures
+from test_hub_source import acme_platform
 
 from conftest import ACME_KEY, tenant
 from operator_harness import eventually
@@ -22,7 +22,7 @@ from tramontane_workers.contract import inference_pb2_grpc as pb_grpc
 
 
 async def test_router_writes_the_token_budget_into_the_tenant_status(
-    api: KubeClient, sources: Any, workers: Any, routers: Any, tmp_path: Path  # noqa: F811
+    api: KubeClient, sources: Any, workers: Any, routers: Any, tmp_path: Path
 ) -> None:
     worker = await workers("west")
     await acme_platform(api, worker)

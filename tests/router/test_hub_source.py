@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from fake_worker import FakeWorker
 
 from conftest import ACME_KEY, GLOBEX_KEY, KEYS_NS, cluster, secret, tenant
 from kube_emulator import Fault
-from operator_harness import Cluster, Clusters, eventually
+from operator_harness import Cluster, eventually
 from tramontane_api.v1alpha1 import Tenant
 from tramontane_kube import (
     COMPUTECLUSTER,
@@ -53,40 +53,6 @@ Routers = Callable[..., Awaitable[Router]]
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture
-async def hub() -> AsyncIterator[Cluster]:
-    made = await Clusters.start("hub", [], kuberay_on_hub=False)
-    try:
-        yield made.hub
-        assert made.violations() == [], "writes a real API server would reject"
-    finally:
-        await made.close()
-
-
-@pytest.fixture
-async def api(hub: Cluster) -> AsyncIterator[KubeClient]:
-    client = KubeClient("test", ClusterConfig(server=hub.url), attempts=1)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-async def sources(hub: Cluster) -> AsyncIterator[Callable[..., Awaitable[HubSource]]]:
-    made: list[HubSource] = []
-
-    async def make(**kw: Any) -> HubSource:
-        source = HubSource(ClusterConfig(server=hub.url), **kw)
-        made.append(source)
-        await source.start()
-        return source
-
-    yield make
-    for s in made:
-        await s.stop()
-
-
 def model_deployment(name: str, namespace: str, model: str = "tiny") -> dict[str, Any]:
     return {
         "apiVersion": "tramontane.dev/v1alpha1",
