@@ -1,4 +1,4 @@
-"""`tramontane validate`: examples pass; problems print as FILE:DOC: field.path: message."""
+"""`tramontane validate`: examples pass; problems print on stderr as FILE:LINE: field.path: message."""
 
 from __future__ import annotations
 
@@ -75,9 +75,10 @@ spec:
     )
     result = run_cli(str(bad))
     assert result.returncode == 1
-    lines = result.stdout.splitlines()
-    assert f"{bad}:2: spec.fairShareWeight: Input should be greater than 0" in lines
-    assert f"{bad}:3: spec.extra: unknown field" in lines
+    lines = result.stderr.splitlines()
+    assert f"{bad}:10: spec.fairShareWeight: Input should be greater than 0" in lines
+    assert f"{bad}:19: spec.extra: unknown field" in lines
+    assert result.stdout == f"{bad}:1: skipped v1 Namespace 'team-a': not a tramontane.dev kind\n"
     # Structural problems come first; CEL rules are only evaluated on a well-formed object.
     assert not any("minReplicas" in line for line in lines)
     assert "2 document(s) checked, 2 problem(s)" in result.stderr
@@ -96,8 +97,8 @@ spec:
     result = run_cli("-", stdin=text)
     assert result.returncode == 1
     assert (
-        result.stdout.strip()
-        == "-:1: spec.scaling.minReplicas: minReplicas must not exceed maxReplicas"
+        result.stderr.splitlines()[0]
+        == "-:7: spec.scaling.minReplicas: minReplicas must not exceed maxReplicas"
     )
 
 
@@ -106,8 +107,7 @@ def test_cli_yaml_error_and_unreadable_file(tmp_path: Path) -> None:
     broken.write_text("apiVersion: tramontane.dev/v1alpha1\nkind: [Tenant\n")
     result = run_cli(str(broken))
     assert result.returncode == 1
-    assert result.stdout.startswith(f"{broken}:0: line ")
-    assert "invalid YAML" in result.stdout
+    assert result.stderr.startswith(f"{broken}:3: invalid YAML")
 
     missing = run_cli(str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2

@@ -52,7 +52,7 @@ def load_deployment(text: str, name: str) -> Any:
 
     _, problems = validate_text(text)
     if problems:
-        raise ValueError("\n".join(f"{name}:{p.doc}: {p.problem}" for p in problems))
+        raise ValueError("\n".join(p.format(name) for p in problems))
     for doc in yaml.safe_load_all(text):
         if isinstance(doc, dict) and doc.get("kind") == "ModelDeployment":
             return ModelDeployment.model_validate(doc)

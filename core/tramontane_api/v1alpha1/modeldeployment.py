@@ -209,6 +209,14 @@ class ModelDeploymentSpec(ApiModel):
             "engine vllm needs resources.gpu",
             field_path=".runtime.engine",
         ),
+        # The reference engine loads Hugging Face checkpoints only (TransformersEngine
+        # refuses a Mistral-format one at start-up), so say so at admission instead.
+        Rule(
+            "self.runtime.engine != 'transformers' || self.model.format != 'mistral'",
+            "engine transformers needs a Hugging Face checkpoint (format hf or auto); serve a "
+            "Mistral-format checkpoint with engine vllm",
+            field_path=".model.format",
+        ),
     )
 
     model: ModelSource
