@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 TENANT_METADATA = "x-tramontane-tenant"
+# The model label of requests that named no model of theirs: a label per name a client
+# invents would make the metrics' series unbounded.
+UNRESOLVED = "-"
 _RETRIABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 # Codes that say the endpoint, not the request, is at fault (outlier detection counts them).
 _ENDPOINT_FAULTS = frozenset(
@@ -183,7 +186,9 @@ class DataPlane:
         validate(request, self.settings.max_messages)
         return self.source.table.resolve(tenant, request.model)
 
-    def _upstream(self, route: Route, endpoint: Endpoint, request: pb.ChatRequest) -> tuple[
+    def _upstream(
+        self, route: Route, endpoint: Endpoint, request: pb.ChatRequest, span: trace.Span
+    ) -> tuple[
         pb.ChatRequest, list[tuple[str, str]]
     ]:
         upstream = pb.ChatRequest()
@@ -192,7 +197,7 @@ class DataPlane:
         metadata = [("application", endpoint.application), (TENANT_METADATA, route.tenant)]
         if route.adapter:
             metadata.append(("multiplexed_model_id", route.adapter))
-        return upstream, metadata + obs.trace_metadata()
+        return upstream, metadata + obs.trace_metadata(span)
 
     def _span(
         self, tenant: TenantView, request: pb.ChatRequest, parent: otel_context.Context | None
@@ -221,12 +226,12 @@ class DataPlane:
         started = time.monotonic()
         deadline = self._deadline(timeout_s)
         span = self._span(tenant, request, parent)
-        token = otel_context.attach(trace.set_span_in_context(span))
-        code, model = "OK", request.model
+        code, model = "OK", UNRESOLVED
         usage: pb.Usage | None = None
         permit: Permit | None = None
         try:
             route = self._prepare(tenant, request)
+            model = route.model_id
             obs.IN_FLIGHT.labels(tenant.name, model).inc()
             try:
                 permit = await self.limits.admit(tenant, route, request, deadline)
@@ -252,7 +257,6 @@ class DataPlane:
                 permit.settle(usage)
             obs.REQUESTS.labels(tenant.name, model, code).inc()
             obs.DURATION.labels(tenant.name, model).observe(time.monotonic() - started)
-            otel_context.detach(token)
             span.end()
 
     def _attempts(
@@ -269,7 +273,7 @@ class DataPlane:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded("the request's deadline passed before a worker answered")
-            upstream, metadata = self._upstream(route, endpoint, request)
+            upstream, metadata = self._upstream(route, endpoint, request, span)
             span.set_attribute("tramontane.cluster", endpoint.cluster)
             obs.ROUTED.labels(endpoint.cluster).inc()
             self.balancer.started(endpoint)
@@ -318,33 +322,33 @@ class DataPlane:
         started = time.monotonic()
         deadline = self._deadline(timeout_s)
         span = self._span(tenant, request, parent)
-        code, model = "OK", request.model
+        code, model = "OK", UNRESOLVED
         usage: pb.Usage | None = None
         permit: Permit | None = None
         slot: Slot | None = None
         route: Route | None = None
         first = True
         try:
-            with trace.use_span(span, end_on_exit=False):
-                route = self._prepare(tenant, request)
-                obs.IN_FLIGHT.labels(tenant.name, model).inc()
-                try:
-                    permit = await self.limits.admit(tenant, route, request, deadline)
-                    slot = await self.queues.acquire(
-                        tenant, route, request, getattr(permit, "reserved", None), deadline
-                    )
-                    async for chunk in self._streamed(route, request, deadline, span):
-                        if first:
-                            obs.TTFT.labels(tenant.name, model).observe(
-                                time.monotonic() - started
-                            )
-                            first = False
-                        if chunk.HasField("usage"):
-                            usage = chunk.usage
-                        chunk.model = route.model_id
-                        yield chunk
-                finally:
-                    obs.IN_FLIGHT.labels(tenant.name, model).dec()
+            route = self._prepare(tenant, request)
+            model = route.model_id
+            obs.IN_FLIGHT.labels(tenant.name, model).inc()
+            try:
+                permit = await self.limits.admit(tenant, route, request, deadline)
+                slot = await self.queues.acquire(
+                    tenant, route, request, getattr(permit, "reserved", None), deadline
+                )
+                async for chunk in self._streamed(route, request, deadline, span):
+                    if first:
+                        obs.TTFT.labels(tenant.name, model).observe(
+                            time.monotonic() - started
+                        )
+                        first = False
+                    if chunk.HasField("usage"):
+                        usage = chunk.usage
+                    chunk.model = route.model_id
+                    yield chunk
+            finally:
+                obs.IN_FLIGHT.labels(tenant.name, model).dec()
         except BaseException as exc:
             code = _fail(span, exc)
             raise

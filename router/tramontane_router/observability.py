@@ -76,8 +76,10 @@ def parent_context(carrier: Mapping[str, str]) -> otel_context.Context:
     return propagate.extract(dict(carrier))
 
 
-def trace_metadata() -> list[tuple[str, str]]:
-    """The current trace context as gRPC metadata for the worker call."""
+def trace_metadata(span: trace.Span) -> list[tuple[str, str]]:
+    """`span`'s trace context as gRPC metadata for the worker call. Passed explicitly rather
+    than made current: a stream's chunks are produced in more than one task (the HTTP front
+    reads the first in one), and a context attached in one task cannot be detached in another."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
     return [(k.lower(), v) for k, v in carrier.items()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -756,3 +757,38 @@ async def test_client_disconnect_cancels_the_worker_call(
     # The router is unharmed: the next request (to a fast worker) is answered.
     answer = await oai(base, GLOBEX_KEY).chat.completions.create(model="tiny", messages=HELLO)
     assert (answer.choices[0].message.content or "").startswith("gx|")
+
+
+# ------------------------------------------------------------------ traces and metrics
+async def test_sse_streams_log_no_trace_context_errors(
+    stack: Stack, spans: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The HTTP front reads a stream's first chunk in one task and the rest in another: the
+    span must not be made current across them (OpenTelemetry logs a traceback if it is)."""
+    caplog.set_level(logging.ERROR)
+    body = {"model": "tiny", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(f"{stack.base}/v1/chat/completions", json=body,
+                                    headers={"Authorization": f"Bearer {ACME_KEY}"}) as r:
+                assert (await r.text()).endswith("data: [DONE]\n\n")  # fmt: skip
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    call = stack.west.calls[-1] if stack.west.calls else stack.north.calls[-1]
+    assert any(
+        f"{s.context.trace_id:032x}" in call.metadata["traceparent"]
+        for s in spans.get_finished_spans()
+    )
+
+
+async def test_invented_model_names_make_no_metric_series(stack: Stack) -> None:
+    from prometheus_client import REGISTRY
+
+    async with aiohttp.ClientSession() as session:
+        for i in range(5):
+            body = {"model": f"invented-{i}", "messages": [{"role": "user", "content": "x"}]}
+            async with session.post(f"{stack.base}/v1/chat/completions", json=body,
+                                    headers={"Authorization": f"Bearer {ACME_KEY}"}) as r:
+                assert r.status == 404  # fmt: skip
+    models = {s.labels.get("model") for m in REGISTRY.collect()
+              if m.name == "tramontane_router_requests" for s in m.samples}  # fmt: skip
+    assert "-" in models and not any(str(m).startswith("invented-") for m in models)
