@@ -63,7 +63,8 @@ def test_the_job_runs_the_report_on_every_dataset_with_read_only_claims() -> Non
     assert container["command"] == [
         "python", "-m", "tramontane_workers.contract.datasets_report",
         "--training", "pvc://datasets/train.jsonl", "s3://data/more.jsonl",
-        "--validation", "pvc://held-out/valid.jsonl", "--output", "/dev/termination-log",
+        "--validation", "pvc://held-out/valid.jsonl",
+        "--max-seq-len", "4096", "--output", "/dev/termination-log",
     ]  # fmt: skip
     assert container["terminationMessagePolicy"] == "File"
     assert container["image"] == SETTINGS.worker_image

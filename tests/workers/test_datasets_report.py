@@ -61,6 +61,13 @@ def test_bad_lines_are_reported_with_their_numbers(claims: Path) -> None:
     assert described[1].startswith("pvc://data/train.jsonl:4: invalid JSON")
 
 
+def test_conversations_longer_than_the_sequence_length_are_counted(claims: Path) -> None:
+    write(claims / "data" / "train.jsonl", [GOOD, GOOD])
+    report = validate_files(["pvc://data/train.jsonl"], [], max_seq_len=5)
+    assert report.ok and report.truncated == 2
+    assert validate_files(["pvc://data/train.jsonl"], [], max_seq_len=4096).truncated == 0
+
+
 def test_an_empty_training_file_is_named_by_index(claims: Path) -> None:
     write(claims / "data" / "train.jsonl", [GOOD])
     (claims / "data" / "empty.jsonl").write_text("\n")

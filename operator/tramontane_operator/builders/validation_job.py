@@ -52,7 +52,8 @@ def validation_command(job: FineTuneJob) -> list[str]:
     command = ["python", "-m", REPORT_MODULE, "--training", *(f.uri for f in spec.training_files)]
     if spec.validation_files:
         command += ["--validation", *(f.uri for f in spec.validation_files)]
-    return [*command, "--output", TERMINATION_LOG]
+    seq_len = str(spec.hyperparameters.sequence_length)
+    return [*command, "--max-seq-len", seq_len, "--output", TERMINATION_LOG]
 
 
 def build_validation_job(

@@ -25,6 +25,7 @@ def validate_datasets(job: FineTuneJob) -> DatasetsReport:
     return validate_files(
         [f.uri for f in job.spec.training_files],
         [f.uri for f in job.spec.validation_files or []],
+        max_seq_len=job.spec.hyperparameters.sequence_length,
     )
 
 

@@ -35,6 +35,23 @@ from tramontane_workers.contract.pvc import pvc_path
 MAX_LINE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_ERRORS = 20
 BATCH_LINES = 1000  # lines per task when validating in a process pool
+INVALID_JSON = "invalid JSON"
+LONE_BRACKET = "the line holds only"
+# Consecutive lines that are not JSON objects after which a file is taken for pretty-printed JSON.
+PRETTY_PRINTED_RUN = 3
+PRETTY_PRINTED_HINT = (
+    "this looks like pretty-printed JSON: JSONL holds one complete JSON object per line "
+    "(convert with `jq -c '.[]'` for an array or `jq -c .` for a stream); "
+    "further lines that are not JSON objects (or are objects without 'messages') are counted "
+    "but not listed"
+)
+# Magic bytes of compressed files someone may hand over instead of the JSONL inside.
+COMPRESSED_MAGIC: tuple[tuple[bytes, str, str], ...] = (
+    (b"\x1f\x8b", "gzip", "gunzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+    (b"PK\x03\x04", "zip", "unzip"),
+    (b"BZh", "bzip2", "bunzip2"),
+)
 
 
 class DatasetUnreadable(OSError):
@@ -64,6 +81,9 @@ class DatasetSummary(BaseModel):
     trainable_tokens: int = 0
     bad_lines: int = 0
     errors: list[LineError] = Field(default_factory=list)
+    longest: int = Field(default=0, description="tokens of the longest conversation")
+    max_seq_len: int | None = Field(default=None, description="the length `truncated` counts at")
+    truncated: int = Field(default=0, description="conversations longer than max_seq_len tokens")
 
     @property
     def ok(self) -> bool:
@@ -87,11 +107,13 @@ def check_line(raw: bytes) -> Encoded | Violation:
         text = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         return Violation("", f"not valid UTF-8 ({exc.reason} at byte {exc.start + 1})")
+    if text.strip() in ("{", "["):
+        return Violation("", f"{INVALID_JSON}: {LONE_BRACKET} {text.strip()!r}")
     try:
         record: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         where = "at the end of the line" if exc.pos >= len(text) else f"at column {exc.colno}"
-        return Violation("", f"invalid JSON: {exc.msg} {where}")
+        return Violation("", f"{INVALID_JSON}: {exc.msg} {where}")
     violation = check_record(record)
     if violation is not None:
         return violation
@@ -204,6 +226,42 @@ def iter_outcomes(stream: IO[bytes], processes: int = 1) -> Iterator[LineOutcome
             yield from pending.popleft().result()
 
 
+def compressed_format(head: bytes) -> tuple[str, str] | None:
+    """(format, decompressor) when `head` starts like a compressed file, else None."""
+    for magic, name, tool in COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            return name, tool
+    return None
+
+
+def _head(stream: IO[bytes]) -> bytes:
+    """The first bytes of `stream` without consuming them (b"" where it cannot tell)."""
+    peek = getattr(stream, "peek", None)
+    if callable(peek):
+        head: bytes = peek(4)[:4]
+        return head
+    if stream.seekable():
+        position = stream.tell()
+        head = stream.read(4)
+        stream.seek(position)
+        return head
+    return b""
+
+
+def _is_line_shape_error(error: LineError) -> bool:
+    """Not JSON, or JSON that is not an object: what the lines of pretty-printed JSON give."""
+    return error.path == "" and error.message.startswith((INVALID_JSON, "a line must be"))
+
+
+def _is_fragment_error(error: LineError) -> bool:
+    """A top-level unknown field: what an inner object of pretty-printed JSON gives."""
+    return (
+        "." not in error.path
+        and "[" not in error.path
+        and error.message.startswith("unknown field")
+    )
+
+
 def validate_stream(
     stream: IO[bytes],
     source: str,
@@ -211,21 +269,70 @@ def validate_stream(
     max_errors: int = DEFAULT_MAX_ERRORS,
     on_error: Callable[[LineError], None] | None = None,
     processes: int = 1,
+    max_seq_len: int | None = None,
 ) -> DatasetSummary:
-    """Validate an open binary stream; `on_error` sees every bad line, the summary the first few."""
-    summary = DatasetSummary(source=source)
+    """Validate an open binary stream; `on_error` sees every bad line, the summary the first few.
+
+    A compressed file is one error on line 1. Once the file looks like pretty-printed JSON
+    (line 1 is a lone `{` or `[`, or `PRETTY_PRINTED_RUN` lines in a row are not JSON objects)
+    one hint is reported and further such lines are only counted. With `max_seq_len`,
+    conversations longer than that many tokens are counted in `truncated`.
+    """
+    summary = DatasetSummary(source=source, max_seq_len=max_seq_len)
+
+    def report(error: LineError) -> None:
+        if len(summary.errors) < max_errors:
+            summary.errors.append(error)
+        if on_error is not None:
+            on_error(error)
+
+    compressed = compressed_format(_head(stream))
+    if compressed is not None:
+        name, tool = compressed
+        summary.lines = summary.bad_lines = 1
+        report(
+            LineError(
+                line=1,
+                message=f"the file is {name}-compressed: decompress it first ({tool})",
+            )
+        )
+        return summary
+    hinted = False
+    run: list[LineError] = []  # the current run of line-shape errors, not yet reported
     for outcome in iter_outcomes(stream, processes):
         summary.lines = outcome.line
-        if outcome.error is not None:
-            summary.bad_lines += 1
-            if len(summary.errors) < max_errors:
-                summary.errors.append(outcome.error)
-            if on_error is not None:
-                on_error(outcome.error)
-        elif not outcome.blank:
+        error = outcome.error
+        if error is None:
+            if outcome.blank:
+                continue
+            for pending in run:
+                report(pending)
+            run = []
             summary.conversations += 1
             summary.tokens += outcome.tokens
             summary.trainable_tokens += outcome.trainable
+            summary.longest = max(summary.longest, outcome.tokens)
+            if max_seq_len is not None and outcome.tokens > max_seq_len:
+                summary.truncated += 1
+            continue
+        summary.bad_lines += 1
+        if hinted and _is_fragment_error(error):
+            continue  # a fragment of pretty-printed JSON that happens to parse
+        if not _is_line_shape_error(error):
+            for pending in run:
+                report(pending)
+            run = []
+            report(error)
+            continue
+        if hinted:
+            continue  # counted above, not listed
+        run.append(error)
+        if LONE_BRACKET in error.message or len(run) >= PRETTY_PRINTED_RUN:
+            hinted = True
+            report(LineError(line=run[0].line, message=PRETTY_PRINTED_HINT))
+            run = []
+    for pending in run:
+        report(pending)
     return summary
 
 
@@ -235,12 +342,18 @@ def validate_uri(
     max_errors: int = DEFAULT_MAX_ERRORS,
     on_error: Callable[[LineError], None] | None = None,
     processes: int = 1,
+    max_seq_len: int | None = None,
 ) -> DatasetSummary:
     """Validate the dataset at `uri`; raises DatasetUnreadable if it cannot be read."""
     with open_uri(uri) as stream:
         try:
             return validate_stream(
-                stream, uri, max_errors=max_errors, on_error=on_error, processes=processes
+                stream,
+                uri,
+                max_errors=max_errors,
+                on_error=on_error,
+                processes=processes,
+                max_seq_len=max_seq_len,
             )
         except OSError as exc:
             raise DatasetUnreadable(f"{uri}: {exc}") from exc

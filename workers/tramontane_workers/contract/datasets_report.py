@@ -7,7 +7,8 @@ training files without any conversation (by index), the first bad lines with the
 1-based number, and `unreadable` when a file could not be read.
 
     python -m tramontane_workers.contract.datasets_report \\
-        --training URI [URI ...] [--validation URI ...] [--output /dev/termination-log]
+        --training URI [URI ...] [--validation URI ...] [--max-seq-len N]
+        [--output /dev/termination-log]
 
 runs the same streaming validation as `tramontane dataset validate` and writes the report as
 one JSON object that always fits in `--max-bytes` (4096 by default: the kubelet's limit on a
@@ -53,6 +54,10 @@ class DatasetsReport(BaseModel):
     conversations: int = Field(default=0, description="in the training files")
     tokens: int = Field(default=0, description="in the training files")
     trainable_tokens: int = Field(default=0, description="in the training files")
+    truncated: int = Field(
+        default=0,
+        description="training conversations longer than the job's sequence length (cut)",
+    )
     empty_training: list[int] = Field(
         default_factory=list, description="indexes of training files without a conversation"
     )
@@ -74,6 +79,7 @@ class DatasetsReport(BaseModel):
             conversations=sum(s.conversations for s in training),
             tokens=sum(s.tokens for s in training),
             trainable_tokens=sum(s.trainable_tokens for s in training),
+            truncated=sum(s.truncated for s in training),
             empty_training=empty,
             errors=[
                 ReportedError(uri=s.source, line=e.line, path=e.path, message=e.message)
@@ -124,12 +130,16 @@ def _shorten(text: str | None, chars: int) -> str | None:
 
 
 def validate_files(
-    training: Sequence[str], validation: Sequence[str], max_errors: int = DEFAULT_MAX_ERRORS
+    training: Sequence[str],
+    validation: Sequence[str],
+    max_errors: int = DEFAULT_MAX_ERRORS,
+    max_seq_len: int | None = None,
 ) -> DatasetsReport:
-    """Validate every file; a file that cannot be read makes an `unreadable` report."""
+    """Validate every file; a file that cannot be read makes an `unreadable` report.
+    With `max_seq_len`, training conversations longer than it are counted in `truncated`."""
     try:
         return DatasetsReport.of(
-            [validate_uri(uri, max_errors=max_errors) for uri in training],
+            [validate_uri(uri, max_errors=max_errors, max_seq_len=max_seq_len) for uri in training],
             [validate_uri(uri, max_errors=max_errors) for uri in validation],
         )
     except DatasetUnreadable as exc:
@@ -146,10 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="-", help="file to write the report to (- : stdout)")
     parser.add_argument("--max-errors", type=int, default=DEFAULT_MAX_ERRORS)
     parser.add_argument("--max-bytes", type=int, default=TERMINATION_MESSAGE_BYTES)
+    parser.add_argument(
+        "--max-seq-len", type=int, default=None, help="count conversations longer than this"
+    )
     args = parser.parse_args(argv)
     if args.max_errors < 0 or args.max_bytes < 512:
         parser.error("--max-errors must be >= 0 and --max-bytes >= 512")
-    text = validate_files(args.training, args.validation, args.max_errors).to_json(args.max_bytes)
+    if args.max_seq_len is not None and args.max_seq_len < 1:
+        parser.error("--max-seq-len must be a positive integer")
+    report = validate_files(args.training, args.validation, args.max_errors, args.max_seq_len)
+    text = report.to_json(args.max_bytes)
     if args.output == "-":
         sys.stdout.write(text + "\n")
     else:

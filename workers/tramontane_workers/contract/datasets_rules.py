@@ -13,7 +13,8 @@ field path such as `messages[2].tool_calls[0].id`, or None. The rules (issue 5):
 - a tool-call id is 9 ASCII letters or digits, unique in the conversation; every called
   function is defined in `tools`; every tool message answers a pending call of the assistant
   message just before it, and every call is answered before the next user or assistant turn
-  (calls in the final assistant message need no answer: that is how tool use is taught).
+  (calls in the final assistant message need no answer: that is how tool use is taught);
+- a tool call's `arguments` is a JSON object, or a string that parses to one.
 
 These checks exist only to name the field precisely; mistral-common's own models and
 `MistralRequestValidatorV3` run afterwards (see `datasets_tokens`) as the reference.
@@ -21,6 +22,7 @@ These checks exist only to name the field precisely; mistral-common's own models
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +108,30 @@ def _check_tools(tools: Any) -> tuple[set[str], Violation | None]:
     return names, None
 
 
+def _check_arguments(where: str, arguments: Any) -> Violation | None:
+    """Tool-call arguments are a JSON object, given as one or as a string that parses to one
+    (mistral-finetune's validator refuses anything else)."""
+    if isinstance(arguments, dict):
+        return None
+    if not isinstance(arguments, str):
+        return Violation(
+            where, f"must be a JSON object or a string holding one, got {_type_name(arguments)}"
+        )
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError as exc:
+        return Violation(
+            where,
+            f"must be a string holding a JSON object, got invalid JSON ({exc.msg} at "
+            f"column {exc.colno})",
+        )
+    if not isinstance(parsed, dict):
+        return Violation(
+            where, f"must be a string holding a JSON object, got one holding {_type_name(parsed)}"
+        )
+    return None
+
+
 class _Conversation:
     """Walks the messages once, remembering tool calls still waiting for an answer."""
 
@@ -184,9 +210,7 @@ class _Conversation:
             return Violation(f"{where}.function.name", "must be a non-empty string")
         if name not in self.functions:
             return Violation(f"{where}.function.name", f"function {name!r} is not defined in tools")
-        if not isinstance(function.get("arguments"), str | dict):
-            return Violation(f"{where}.function.arguments", "must be a JSON string or an object")
-        return None
+        return _check_arguments(f"{where}.function.arguments", function.get("arguments"))
 
     def _tool(self, i: int, msg: dict[str, Any]) -> Violation | None:
         where = f"messages[{i}]"
