@@ -112,7 +112,7 @@ def test_cli_estimate_from_a_manifest_prints_status_estimate(
     bad = EXAMPLES_DIR / "datasets" / "bad.jsonl"
     manifest.write_text(manifest.read_text().replace(data.as_uri(), bad.as_uri()))
     assert main(["finetune", "estimate", str(manifest)]) == 1
-    assert f"{bad.as_uri()}:3: messages[1].weight" in capsys.readouterr().out
+    assert f"{bad.as_uri()}:3: messages[1].weight" in capsys.readouterr().err  # errors: stderr
 
 
 def test_cli_estimate_from_flags(capsys: pytest.CaptureFixture[str]) -> None:

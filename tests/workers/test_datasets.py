@@ -333,7 +333,7 @@ def test_cli_prints_file_line_message_and_exit_codes(
     assert _cli("dataset", "validate", str(good)) == 0
     assert "5 conversations" in capsys.readouterr().out
     assert _cli("dataset", "validate", str(good), str(bad)) == 1
-    out = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().err.splitlines()  # bad lines go to stderr, summaries to stdout
     assert f"{bad}:3: messages[1].weight: must be 0 or 1, got 0.5" in out
     assert sum(line.startswith(f"{bad}:") and line.split(":")[1].isdigit() for line in out) == 6
     assert _cli("dataset", "validate", str(good), str(tmp_path / "nope.jsonl")) == 2

@@ -2,16 +2,29 @@
 
 The same Serve application KubeRay runs, on a local Ray: gRPC `tramontane.v1.Inference` on
 `--grpc-port`, metadata `("application", NAME)`. `--tiny DIR` writes the tiny test Mistral into
-DIR first, so `tramontane serve --tiny /tmp/tiny` works with no model download.
+DIR first, so `tramontane serve --tiny /tmp/tiny` works with no model download. A bad flag value
+(a URI of an unknown scheme, a bad name) is refused before Ray starts, as `--flag: message` on
+stderr with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from tramontane_cli.args import (
+    EXIT_CODES_EPILOG,
+    EXIT_USAGE,
+    non_negative_float,
+    port,
+    positive_int,
+)
+from tramontane_cli.manifest import pydantic_message
 from tramontane_workers.contract.serve_config import (
     GRPC_PORT,
     AdapterSource,
@@ -22,7 +35,9 @@ from tramontane_workers.contract.serve_config import (
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("serve", help="serve a model locally over gRPC (Ray Serve)")
+    parser = subparsers.add_parser(
+        "serve", help="serve a model locally over gRPC (Ray Serve)", epilog=EXIT_CODES_EPILOG
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-uri", help="checkpoint URI (file://, pvc://, hf://, s3://...)")
     source.add_argument("--tiny", type=Path, metavar="DIR", help="write and serve the tiny model")
@@ -32,11 +47,41 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--adapter", action="append", default=[], metavar="NAME=URI", help="a LoRA adapter"
     )
-    parser.add_argument("--max-adapters", type=int, default=4, help="adapters per replica")
-    parser.add_argument("--grpc-port", type=int, default=GRPC_PORT)
-    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
-    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
+    parser.add_argument("--max-adapters", type=positive_int, default=4, help="adapters per replica")
+    parser.add_argument("--grpc-port", type=port, default=GRPC_PORT)
+    parser.add_argument("--num-cpus", type=non_negative_float, default=1.0, help="CPUs per replica")
+    parser.add_argument(
+        "--num-gpus",
+        type=non_negative_float,
+        default=0.0,
+        help="GPUs per replica (a fraction such as 0.5 shares one)",
+    )
     parser.set_defaults(func=run)
+
+
+# Where each field of the application config comes from on the command line. Each model is
+# built on its own, so a problem's location is a field of the model its error is titled with.
+_FLAGS: dict[str, str] = {
+    "name": "--name",
+    "route_prefix": "--name",
+    "engine": "--engine",
+    "model_uri": "--model-uri",
+    "served_model_name": "--served-model-name",
+    "max_adapters_per_replica": "--max-adapters",
+    "adapters": "--adapter",
+    "num_cpus": "--num-cpus",
+    "num_gpus": "--num-gpus",
+}
+
+
+def flag_problems(error: ValidationError) -> list[str]:
+    """`--flag: message` for each problem pydantic found in the config the flags describe."""
+    problems = []
+    for item in error.errors():
+        field = next((str(p) for p in item["loc"] if isinstance(p, str)), "")
+        flag = "--adapter" if error.title == "AdapterSource" else _FLAGS.get(field, "--adapter")
+        problems.append(f"{flag}: {pydantic_message(item)}")
+    return problems
 
 
 def local_config(args: argparse.Namespace, model_uri: str) -> ServeAppConfig:
@@ -45,8 +90,13 @@ def local_config(args: argparse.Namespace, model_uri: str) -> ServeAppConfig:
     for item in args.adapter:
         name, sep, uri = item.partition("=")
         if not sep:
-            raise ValueError(f"--adapter {item!r}: expected NAME=URI")
-        adapters.append(AdapterSource(name=name, uri=uri))
+            raise ValueError(f"--adapter: expected NAME=URI, got {item!r}")
+        try:
+            adapters.append(AdapterSource(name=name, uri=uri))
+        except ValidationError as exc:
+            field = next((str(p) for p in exc.errors()[0]["loc"]), "")
+            detail = pydantic_message(exc.errors()[0])
+            raise ValueError(f"--adapter: {item!r}: {field}: {detail}") from exc
     return ServeAppConfig(
         name=args.name,
         route_prefix=f"/{args.name}",
@@ -61,17 +111,41 @@ def local_config(args: argparse.Namespace, model_uri: str) -> ServeAppConfig:
     )
 
 
+def checked_config(args: argparse.Namespace) -> ServeAppConfig | list[str]:
+    """The config the flags describe, or `--flag: message` problems (before any model is
+    written or Ray started). A local model directory must exist."""
+    tiny = args.tiny.resolve() if args.tiny is not None else None
+    model_uri = f"file://{tiny}" if tiny is not None else args.model_uri
+    try:
+        config = local_config(args, model_uri)
+    except ValidationError as exc:
+        return flag_problems(exc)
+    except ValueError as exc:
+        return [str(exc)]
+    if tiny is None and model_uri.startswith("file://"):
+        path = Path(model_uri.removeprefix("file://"))
+        if not path.is_dir():
+            return [f"--model-uri: {path} is not a directory holding a model"]
+    if tiny is not None and tiny.exists() and not tiny.is_dir():
+        return [f"--tiny: {tiny} exists and is not a directory"]
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
-    model_uri = args.model_uri
+    config = checked_config(args)
+    if isinstance(config, list):
+        for problem in config:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
     if args.tiny is not None:
         from tramontane_workers.models.tiny import write_tiny_mistral
 
-        model_uri = f"file://{write_tiny_mistral(args.tiny.resolve())}"
-    try:
-        config = local_config(args, model_uri)
-    except ValueError as exc:
-        print(f"tramontane serve: {exc}")
-        return 2
+        try:
+            written = write_tiny_mistral(args.tiny.resolve())
+        except OSError as exc:
+            print(f"--tiny: cannot write the tiny model: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        config.engine.model_uri = f"file://{written}"
     import ray
 
     from tramontane_workers.serve.local import run_local
