@@ -65,7 +65,14 @@ def schema_validator(kind: str) -> SchemaValidator:
     return SchemaValidator.from_crd(crd_for(KINDS_BY_NAME[kind]))
 
 
-def _pydantic_problems(error: ValidationError) -> list[Problem]:
+def pydantic_message(item: Mapping[str, Any]) -> str:
+    """Pydantic's message for one error, without its 'Value error, ' prefix."""
+    message = str(item["msg"])
+    return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def pydantic_problems(error: ValidationError) -> list[Problem]:
+    """Each error of `error` as a `Problem` at its field path (camelCase, as written)."""
     problems = []
     for item in error.errors():
         loc = list(item["loc"])
@@ -83,7 +90,7 @@ def _pydantic_problems(error: ValidationError) -> list[Problem]:
         elif item["type"] in ("literal_error", "enum"):
             message = f"{item['msg']}, got {item.get('input')!r}"
         else:
-            message = item["msg"]
+            message = pydantic_message(item)
         problems.append(Problem(format_path(loc), prefix + message))
     return problems
 
@@ -111,7 +118,7 @@ def validate_object(obj: Any, old: Mapping[str, Any] | None = None) -> list[Prob
         typed = parse(obj)
     except ValueError as exc:
         if isinstance(exc, ValidationError):
-            problems = _pydantic_problems(exc)
+            problems = pydantic_problems(exc)
         else:
             return [Problem("kind", str(exc).removeprefix("kind: "))]
     else:

@@ -272,10 +272,10 @@ ROWS: dict[str, Row] = {
     ),
     "estimate invalid YAML": Row((*FE, "{d}/ftj-yaml.yaml"), 1, ("ftj-yaml.yaml:", "invalid YAML")),
     "estimate duplicate key": Row(
-        (*FE, "{d}/ftj-dupe.yaml"), 1, ("ftj-dupe.yaml:12: kind: duplicate key",)
+        (*FE, "{d}/ftj-dupe.yaml"), 1, ("ftj-dupe.yaml:12: invalid YAML: duplicate key 'kind'",)
     ),
     "estimate alias bomb": Row(
-        (*FE, "{d}/ftj-bomb.yaml"), 1, ("ftj-bomb.yaml:", "YAML nodes once aliases are expanded")
+        (*FE, "{d}/ftj-bomb.yaml"), 1, ("ftj-bomb.yaml:", "nodes with aliases expanded")
     ),
     "estimate missing manifest": Row((*FE, "{d}/nope.yaml"), 2, ("{d}/nope.yaml: cannot read",)),
     "estimate empty manifest": Row(

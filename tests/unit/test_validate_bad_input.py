@@ -295,7 +295,10 @@ def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["validate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "0 ok; 1 invalid input" in out and "2 usage error or a file that cannot be read" in out
+    assert (
+        "0 ok; 1 invalid input" in out
+        and "2 usage error (--flag: message) or a file that cannot be read" in out
+    )
     assert "3 MiB" in out
 
 

@@ -24,7 +24,6 @@ from tramontane_cli.args import (
     port,
     positive_int,
 )
-from tramontane_cli.manifest import pydantic_message
 from tramontane_workers.contract.serve_config import (
     GRPC_PORT,
     AdapterSource,
@@ -76,6 +75,8 @@ _FLAGS: dict[str, str] = {
 
 def flag_problems(error: ValidationError) -> list[str]:
     """`--flag: message` for each problem pydantic found in the config the flags describe."""
+    from tramontane_api.validate import pydantic_message
+
     problems = []
     for item in error.errors():
         field = next((str(p) for p in item["loc"] if isinstance(p, str)), "")
@@ -94,6 +95,8 @@ def local_config(args: argparse.Namespace, model_uri: str) -> ServeAppConfig:
         try:
             adapters.append(AdapterSource(name=name, uri=uri))
         except ValidationError as exc:
+            from tramontane_api.validate import pydantic_message
+
             field = next((str(p) for p in exc.errors()[0]["loc"]), "")
             detail = pydantic_message(exc.errors()[0])
             raise ValueError(f"--adapter: {item!r}: {field}: {detail}") from exc

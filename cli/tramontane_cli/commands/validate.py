@@ -12,14 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_UNREADABLE = 2
+from tramontane_cli.args import EXIT_CODES_EPILOG, EXIT_INVALID, EXIT_OK, EXIT_USAGE
 
 EPILOG = (
-    "exit status: 0 ok; 1 invalid input (each problem printed on stderr as FILE:LINE: field: "
-    "message); 2 usage error or a file that cannot be read. Documents are bounded like an API "
-    "server request: 3 MiB per file, a limited number of YAML aliases, nodes and nesting levels."
+    f"{EXIT_CODES_EPILOG}. Documents are bounded like an API server request: 3 MiB per file, "
+    "a limited number of YAML aliases, nodes and nesting levels."
 )
 
 
@@ -74,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
             texts.append((name, _read(path)))
         except (OSError, UnicodeDecodeError) as exc:
             print(_read_error(name, exc), file=sys.stderr)
-            return EXIT_UNREADABLE
+            return EXIT_USAGE
     status = EXIT_OK
     checked_total = problems_total = 0
     for name, text in texts:
