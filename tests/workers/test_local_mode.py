@@ -23,9 +23,12 @@ def test_bad_manifest_is_reported_with_its_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "md.yaml"
-    bad.write_text(EMBEDDED.read_text().replace("maxReplicas: 1", "maxReplicas: 0"))
+    text = EMBEDDED.read_text().replace("maxReplicas: 1", "maxReplicas: 0")
+    bad.write_text(text)
     assert main(["local", str(bad)]) == 1
-    assert f"{bad}:1: spec.scaling.maxReplicas:" in capsys.readouterr().err
+    # FILE:LINE, the line of the field itself.
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "maxReplicas: 0" in row)
+    assert f"{bad}:{line}: spec.scaling.maxReplicas:" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no ModelDeployment"):
         load_deployment("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n", "ns.yaml")
 
