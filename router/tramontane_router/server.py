@@ -205,6 +205,7 @@ class Router:
         if self._stopped.is_set():
             return
         self.plane.draining = True
+        log.info("router draining: in-flight requests have %.0fs", self.settings.drain_grace_s)
         if self._health is not None:
             await set_serving(self._health, False)
         grace = self.settings.drain_grace_s
@@ -224,6 +225,7 @@ class Router:
         await self.usage.close()
         await self.backends.close()
         await self.source.stop()
+        log.info("router stopped")
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
