@@ -234,10 +234,7 @@ class DataPlane:
             model = route.model_id
             obs.IN_FLIGHT.labels(tenant.name, model).inc()
             try:
-                permit = await self.limits.admit(tenant, route, request, deadline)
-                slot = await self.queues.acquire(
-                    tenant, route, request, getattr(permit, "reserved", None), deadline
-                )
+                permit, slot = await self._admit(tenant, route, request, deadline)
                 try:
                     response = await self._unary(route, request, deadline, span)
                     usage = response.usage
@@ -258,6 +255,21 @@ class DataPlane:
             obs.REQUESTS.labels(tenant.name, model, code).inc()
             obs.DURATION.labels(tenant.name, model).observe(time.monotonic() - started)
             span.end()
+
+    async def _admit(
+        self, tenant: TenantView, route: Route, request: pb.ChatRequest, deadline: float
+    ) -> tuple[Permit, Slot]:
+        """The tenant's limits, then a slot of the model's pools (perhaps after a fair wait);
+        a permit whose slot never comes is settled with nothing used."""
+        permit = await self.limits.admit(tenant, route, request, deadline)
+        try:
+            slot = await self.queues.acquire(
+                tenant, route, request, getattr(permit, "reserved", None), deadline
+            )
+        except BaseException:
+            permit.settle(None)
+            raise
+        return permit, slot
 
     def _attempts(
         self, route: Route, request: pb.ChatRequest, deadline: float, span: trace.Span
@@ -333,10 +345,7 @@ class DataPlane:
             model = route.model_id
             obs.IN_FLIGHT.labels(tenant.name, model).inc()
             try:
-                permit = await self.limits.admit(tenant, route, request, deadline)
-                slot = await self.queues.acquire(
-                    tenant, route, request, getattr(permit, "reserved", None), deadline
-                )
+                permit, slot = await self._admit(tenant, route, request, deadline)
                 async for chunk in self._streamed(route, request, deadline, span):
                     if first:
                         obs.TTFT.labels(tenant.name, model).observe(

@@ -34,25 +34,36 @@ def _cert(directory: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
-async def test_tls_listeners_and_tls_to_the_workers(tmp_path: Path, routers: Any) -> None:
-    worker_cert, worker_key = _cert(tmp_path, "worker")
-    router_cert, router_key = _cert(tmp_path, "router")
+async def _tls_worker(cert: Path, key: Path) -> FakeWorker:
+    """A fake worker serving TLS with `cert`, as a member cluster's ingress would."""
     worker = FakeWorker("secure")
     worker.server = grpc.aio.server()
     pb_grpc.add_InferenceServicer_to_server(worker, worker.server)  # type: ignore[no-untyped-call]
-    creds = grpc.ssl_server_credentials([(worker_key.read_bytes(), worker_cert.read_bytes())])
+    creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
     worker.port = worker.server.add_secure_port("127.0.0.1:0", creds)
     await worker.server.start()
+    return worker
+
+
+def _platform(port: int) -> list[dict[str, Any]]:
+    """acme's model on one cluster whose ingress uses TLS; its certificate names localhost,
+    so the pool is reached by that name."""
+    secure = cluster("secure", "westeurope")
+    secure["spec"]["ingress"]["tls"] = True
+    return [
+        secret("acme-key", ACME_KEY),
+        tenant("acme", ["acme-ml"], ["acme-key"]),
+        secure,
+        deployment("chat", "acme-ml", {"secure": f"localhost:{port}"}),
+    ]
+
+
+async def test_tls_listeners_and_tls_to_the_workers(tmp_path: Path, routers: Any) -> None:
+    worker_cert, worker_key = _cert(tmp_path, "worker")
+    router_cert, router_key = _cert(tmp_path, "router")
+    worker = await _tls_worker(worker_cert, worker_key)
     try:
-        secure = cluster("secure", "westeurope")
-        secure["spec"]["ingress"]["tls"] = True
-        objects = [
-            secret("acme-key", ACME_KEY),
-            tenant("acme", ["acme-ml"], ["acme-key"]),
-            secure,
-            # The ingress certificate names localhost: route to it by that name.
-            deployment("chat", "acme-ml", {"secure": f"localhost:{worker.port}"}),
-        ]
+        objects = _platform(worker.port)
         router = await routers(
             objects,
             tls=TlsFiles(cert=str(router_cert), key=str(router_key)),
@@ -86,21 +97,9 @@ async def test_untrusted_worker_certificate_is_refused(tmp_path: Path, routers: 
     """Without the right CA, the router does not talk to a TLS ingress: UNAVAILABLE."""
     worker_cert, worker_key = _cert(tmp_path, "worker")
     other_cert, _ = _cert(tmp_path, "other")
-    worker = FakeWorker("secure")
-    worker.server = grpc.aio.server()
-    pb_grpc.add_InferenceServicer_to_server(worker, worker.server)  # type: ignore[no-untyped-call]
-    creds = grpc.ssl_server_credentials([(worker_key.read_bytes(), worker_cert.read_bytes())])
-    worker.port = worker.server.add_secure_port("127.0.0.1:0", creds)
-    await worker.server.start()
+    worker = await _tls_worker(worker_cert, worker_key)
     try:
-        secure = cluster("secure", "westeurope")
-        secure["spec"]["ingress"]["tls"] = True
-        objects = [
-            secret("acme-key", ACME_KEY),
-            tenant("acme", ["acme-ml"], ["acme-key"]),
-            secure,
-            deployment("chat", "acme-ml", {"secure": f"localhost:{worker.port}"}),
-        ]
+        objects = _platform(worker.port)
         router = await routers(objects, backend_ca_file=str(other_cert))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as channel:
             stub = pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
