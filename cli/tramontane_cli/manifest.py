@@ -46,10 +46,8 @@ def _read(path: str) -> str:
             data = handle.read(yamlload.MAX_BYTES + 1)
     except OSError as exc:
         raise ManifestError(EXIT_USAGE, [f"{path}: cannot read: {exc.strerror or exc}"]) from exc
-    if len(data) > yamlload.MAX_BYTES:  # refused for its size, wherever the read cut a character
-        return data.decode("utf-8", errors="replace")
     try:
-        return data.decode("utf-8")
+        return yamlload.decode_bounded(data)
     except UnicodeDecodeError as exc:
         raise _wrong(path, 0, f"not valid UTF-8 (at byte {exc.start + 1})") from exc
 

@@ -194,6 +194,15 @@ def _line_of(exc: yaml.YAMLError) -> int:
     return int(mark.line) + 1 if mark is not None else 0
 
 
+def decode_bounded(data: bytes) -> str:
+    """The text of a manifest read as at most `MAX_BYTES + 1` bytes. Past the limit the file is
+    refused for its size by `load_documents`, wherever the read cut a character; below it,
+    bytes that are not UTF-8 raise `UnicodeDecodeError` (a file that cannot be read)."""
+    if len(data) > MAX_BYTES:
+        return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8")
+
+
 def load_documents(text: str) -> list[Document]:
     """Every document of `text`, empty ones included; `ManifestError` on the first refusal."""
     size = len(text.encode("utf-8", errors="surrogatepass"))

@@ -182,6 +182,9 @@ CASES = [
     Case("too-many-nodes", "a: [" + "1," * (MAX_NODES + 1) + "1]\n", 1, "nodes", 1),
     Case("over-3-mib", adapters(90_000), 1, "3 MiB", None),
     Case("over-3-mib-one-line", "a: '" + "x" * MAX_BYTES + "'\n", 1, "API server request", None),
+    # The read stops one byte past the limit, here inside a two-byte character: still "too
+    # large" (exit 1), not "not UTF-8" (exit 2).
+    Case("over-3-mib-cut-mid-character", "a: '" + "é" * MAX_BYTES + "'\n", 1, "3 MiB", None),
     # --- checks beyond the CRD schema, at the field's line -------------------------------------
     Case(
         "transformers-mistral-format",

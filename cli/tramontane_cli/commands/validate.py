@@ -41,14 +41,14 @@ def register(subparsers: Any) -> None:
 
 def _read(path: Path) -> str:
     """The text of `path` (or stdin for `-`), at most one byte over the size limit."""
-    from tramontane_api.yamlload import MAX_BYTES
+    from tramontane_api.yamlload import MAX_BYTES, decode_bounded
 
     if str(path) == "-":
         data = sys.stdin.buffer.read(MAX_BYTES + 1)
     else:
         with path.open("rb") as handle:
             data = handle.read(MAX_BYTES + 1)
-    return data.decode("utf-8")
+    return decode_bounded(data)
 
 
 def _read_error(name: str, exc: Exception) -> str:
