@@ -476,3 +476,20 @@ def test_admission_by_priority_then_age_within_the_quota() -> None:
     assert admission_for(holder, quota, jobs, []).admitted  # what runs keeps running
     assert admission_for(new, None, jobs, []).admitted  # no tenant: no quota
     assert not admission_for(old, tenant(maxConcurrentFineTuneJobs=1), [old, holder], []).admitted
+
+
+def test_valid_datasets_say_how_many_conversations_will_be_cut() -> None:
+    from tramontane_operator.reconcile.finetunejob_estimate import report_result
+    from tramontane_workers.contract.datasets_report import DatasetsReport
+
+    job = make_job()
+    report = DatasetsReport(ok=True, lines=10, conversations=10, tokens=5000, truncated=3)
+    result = report_result(job, report, 7e9)
+    assert result.ok and result.truncated == 3
+    seq = job.spec.hyperparameters.sequence_length
+    assert result.message() == (
+        f"10 lines valid; 3 conversation(s) longer than sequenceLength {seq} tokens will be cut"
+    )
+    assert report_result(job, report.model_copy(update={"truncated": 0}), 7e9).message() == (
+        "10 lines valid"
+    )

@@ -94,4 +94,12 @@ def report_result(
         price_per_gpu_hour=prices,
         currency=currency,
     )
-    return ValidationResult(True, (), 0, report.lines, status_estimate(result))
+    return ValidationResult(
+        True,
+        (),
+        0,
+        report.lines,
+        status_estimate(result),
+        truncated=report.truncated,
+        sequence_length=hp.sequence_length,
+    )

@@ -45,10 +45,18 @@ class ValidationResult:
     bad_lines: int = 0
     lines: int = 0
     estimate: Estimate | None = None
+    truncated: int = 0  # training conversations longer than the job's sequence length
+    sequence_length: int | None = None
 
     def message(self, limit: int = 5) -> str:
         if self.ok:
-            return f"{self.lines} lines valid"
+            cut = (
+                f"; {self.truncated} conversation(s) longer than sequenceLength "
+                f"{self.sequence_length} tokens will be cut"
+                if self.truncated
+                else ""
+            )
+            return f"{self.lines} lines valid{cut}"
         shown = "; ".join(self.errors[:limit])
         if not self.bad_lines:
             return shown
