@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -340,6 +341,9 @@ ROWS: dict[str, Row] = {
 }
 
 
+MEMORY_CEILING_BYTES = 300 * 2**20  # Python allocations, generous: a bound, not a target
+
+
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str, float]:
     start = time.perf_counter()
     try:
@@ -374,6 +378,14 @@ def test_bad_input(
     if code:
         assert "problem(s)" not in out
     assert elapsed < CEILING_S
+    # Memory, in a second run so that tracemalloc's overhead does not count in the time.
+    tracemalloc.start()
+    try:
+        _run(argv, capsys)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < MEMORY_CEILING_BYTES, f"{peak / 2**20:.0f} MiB"
 
 
 @pytest.mark.parametrize("command", ["dataset validate", "finetune estimate", "serve"])
