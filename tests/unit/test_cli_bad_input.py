@@ -2,8 +2,8 @@
 
 Each row runs the command in-process through `tramontane_cli.main.main` and asserts the exit
 status (1 invalid input, 2 usage or I/O error), that stderr names the file and line, field or
-flag, that no traceback appears anywhere, and that the answer comes in bounded time (a generous
-ceiling, so it cannot flake on a loaded machine). A few rows also run as real subprocesses.
+flag, that no traceback appears anywhere, and that the answer comes in bounded time and memory
+(generous ceilings, so they cannot flake on a loaded machine). A few rows also run as real subprocesses.
 """
 
 from __future__ import annotations
