@@ -252,7 +252,7 @@ class Clients:
         self.routed = grpc.aio.insecure_channel(f"127.0.0.1:{router_grpc}")
         self.direct_stub: Any = pb_grpc.InferenceStub(self.direct)  # type: ignore[no-untyped-call]
         self.router_stub: Any = pb_grpc.InferenceStub(self.routed)  # type: ignore[no-untyped-call]
-        self.direct_md = (("application", APP),)
+        self.direct_md = (("application", f"acme-ml.{APP}"),)  # as the router sends it
         self.router_md = (("authorization", f"Bearer {ACME_KEY}"),)
         self.request = pb.ChatRequest(
             model=MODEL, messages=[pb.Message(role="user", content=PROMPT)], max_tokens=chunks

@@ -51,9 +51,11 @@ from tramontane_workers.contract.serve_config import (  # noqa: E402
     EngineConfig,
     ReplicaResources,
     ServeAppConfig,
+    application_name,
 )
 
-APP = "bench"
+APP = "bench"  # the ModelDeployment, in namespace "team"
+SERVE_APP = application_name("team", APP)  # its Serve application, as the operator names it
 Stream = Callable[[pb.ChatRequest], AsyncIterator[pb.ChatChunk]]
 
 
@@ -231,7 +233,7 @@ def _serve_stream(grpc_port: int) -> tuple[Stream, Any]:
     stub: Any = pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
 
     def via_serve(request: pb.ChatRequest) -> AsyncIterator[pb.ChatChunk]:
-        return stub.ChatStream(request, metadata=(("application", APP),))  # type: ignore[no-any-return]
+        return stub.ChatStream(request, metadata=(("application", SERVE_APP),))  # type: ignore[no-any-return]
 
     return via_serve, channel
 
@@ -365,7 +367,7 @@ def _figures(rounds: Rounds) -> dict[str, Any]:
 def _app_config(args: argparse.Namespace, model_dir: Path) -> ServeAppConfig:
     gpu = args.engine == "vllm"
     return ServeAppConfig(
-        name=APP,
+        name=SERVE_APP,
         route_prefix="/bench",
         engine=EngineConfig(
             engine=args.engine, model_uri=f"file://{model_dir}", served_model_name="tiny"

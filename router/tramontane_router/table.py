@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from tramontane_api.v1alpha1 import ComputeCluster, ModelDeployment, Tenant
 from tramontane_api.v1alpha1.tenant import Quotas, namespace_conflicts
+from tramontane_workers.contract.serve_config import application_name
 
 from .errors import ModelNotFound, Unavailable
 from .keys import MIN_KEY_LENGTH, Digest, KeyRing, digest
@@ -45,7 +46,7 @@ class Endpoint:
     cluster: str
     address: str  # host:port
     tls: bool
-    application: str  # the Serve application (the ModelDeployment's name)
+    application: str  # the Serve application: `<namespace>.<name>` of the ModelDeployment
     ready_replicas: int
     region: str | None = None
     cloud: str | None = None
@@ -231,7 +232,7 @@ def _deployments(
                     cluster=pool.name,
                     address=pool.endpoint,
                     tls=cc.spec.ingress.tls if cc.spec.ingress else True,
-                    application=md.metadata.name,
+                    application=application_name(namespace, md.metadata.name),
                     ready_replicas=pool.ready_replicas,
                     region=cc.spec.region,
                     cloud=cc.spec.cloud,

@@ -64,7 +64,7 @@ async def test_chat_stream_and_models_over_grpc(workers: Any, routers: Any, span
     assert all(c.model == "tiny:support" for c in chunks)
     call = next(c for c in west.calls + north.calls if c.method == "ChatStream")
     assert call.metadata["multiplexed_model_id"] == "support"
-    assert call.metadata["application"] == "chat"
+    assert call.metadata["application"] == "acme-ml.chat"
     assert call.metadata["x-tramontane-tenant"] == "acme"
     # The span of the request carries the GenAI attributes, and its context reached the worker.
     span = next(s for s in spans.get_finished_spans() if s.name == "chat tiny:support")

@@ -522,7 +522,7 @@ async def test_openai_fields_reach_the_worker(single: Stack) -> None:
     call = single.west.calls[-1]
     request = call.request
     assert request.model == "support"  # the bare adapter name
-    assert call.metadata["application"] == "chat"
+    assert call.metadata["application"] == "acme-ml.chat"
     assert call.metadata["x-tramontane-tenant"] == "acme"
     assert call.metadata["multiplexed_model_id"] == "support"
     (tool,) = request.tools
@@ -597,7 +597,7 @@ async def test_mistral_fields_reach_the_worker(single: Stack) -> None:
     call = single.west.calls[-1]
     request = call.request
     assert request.model == "tiny"
-    assert call.metadata["application"] == "chat"
+    assert call.metadata["application"] == "acme-ml.chat"
     assert call.metadata["x-tramontane-tenant"] == "acme"
     assert "multiplexed_model_id" not in call.metadata  # a base model: no adapter to pick
     assert [m.role for m in request.messages] == ["system", "user", "assistant", "tool", "user"]

@@ -127,7 +127,9 @@ def test_every_rayservice_validates_against_kuberay_crd(
     assert rayservice_validator().validate(rs) == []
     # The serve config parses back into the workers' contract.
     (app,) = serve_config(rs)["applications"]
-    assert ServeAppConfig.from_serve_args(app["args"]).name == md.metadata.name
+    # Named after the ModelDeployment and its namespace: unique in the member cluster.
+    expected = f"{md.metadata.namespace or 'default'}.{md.metadata.name}"
+    assert ServeAppConfig.from_serve_args(app["args"]).name == expected == app["name"]
 
 
 def test_gpu_worker_group() -> None:
@@ -236,7 +238,8 @@ def test_serve_config_carries_model_runtime_and_adapters() -> None:
         ("search-query-rewriter", "az://adapters/search/query-rewriter-v3")
     ]
     assert app.resources.num_gpus == 1
-    assert app.route_prefix == "/mistral-7b-instruct"
+    assert app.route_prefix == "/search/mistral-7b-instruct"
+    assert app.name == "search.mistral-7b-instruct"
 
 
 def test_fine_tuned_adapters_resolve_through_the_callers_mapping() -> None:

@@ -64,7 +64,7 @@ def kuberay_status(
     }
     if app is not None:
         active["applicationStatuses"] = {
-            "chat": {
+            "team-a.chat": {  # the Serve application: <namespace>.<name>
                 "status": app,
                 "message": message,
                 "serveDeploymentStatuses": {"MistralServer": {"status": "HEALTHY"}},
@@ -214,8 +214,8 @@ def test_failed_pool_message_is_kept() -> None:
     status = compute_status(md, place(md, CLUSTERS), [ObservedPool("a", True, rs)], None, T0)
     assert status.clusters is not None
     assert status.clusters[0].message == "Serve application DEPLOY_FAILED: ImportError: vllm"
-    assert failed_clusters([ObservedPool("a", True, rs)], "chat") == {"a"}
-    assert failed_clusters([ObservedPool("a", False, None)], "chat") == frozenset()
+    assert failed_clusters([ObservedPool("a", True, rs)], md) == {"a"}
+    assert failed_clusters([ObservedPool("a", False, None)], md) == frozenset()
 
 
 def test_two_pools_aggregate() -> None:

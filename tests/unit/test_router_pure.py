@@ -48,7 +48,7 @@ def test_table_resolves_base_and_adapter() -> None:
     base = table.resolve(tenant, "m")
     assert (base.model, base.adapter, base.max_model_len) == ("m", None, 4096)
     (endpoint,) = base.endpoints
-    assert endpoint == Endpoint("c1", "h1:9000", True, "md", 2, "r1", "aws")
+    assert endpoint == Endpoint("c1", "h1:9000", True, "ns.md", 2, "r1", "aws")
     adapter = table.resolve(tenant, "m:a1")
     assert (adapter.model, adapter.adapter) == ("m", "a1")
     assert [(e.id, e.kind) for e in table.models(tenant)] == [("m", "base"), ("m:a1", "adapter")]

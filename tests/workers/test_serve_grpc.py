@@ -26,7 +26,7 @@ from tramontane_workers.contract.serve_config import (
     ServeAppConfig,
 )
 
-APP = "tiny-app"
+APP = "team.tiny-app"  # the Serve application of ModelDeployment team/tiny-app
 METADATA = (("application", APP),)
 pytestmark = pytest.mark.slow
 
@@ -275,7 +275,7 @@ def test_router_path_through_real_serve(serve_port: int) -> None:
          "spec": {"cloud": "onprem", "region": "here", "connection": {"inCluster": True},
                   "ingress": {"grpcEndpoint": f"127.0.0.1:{serve_port}", "tls": False}}},
         {"apiVersion": "tramontane.dev/v1alpha1", "kind": "ModelDeployment",
-         "metadata": {"name": APP, "namespace": "team"},
+         "metadata": {"name": "tiny-app", "namespace": "team"},
          "spec": {"model": {"name": "tiny", "source": "file:///m"},
                   "runtime": {"engine": "transformers"}},
          "status": {"adapters": ["alpha", "beta"],

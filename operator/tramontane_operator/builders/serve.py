@@ -19,6 +19,7 @@ from tramontane_workers.contract.serve_config import (
     EngineConfig,
     ReplicaResources,
     ServeAppConfig,
+    application_name,
 )
 
 _SUFFIXES = {
@@ -78,8 +79,8 @@ def serve_app(
     spec = md.spec
     gpu = spec.resources.gpu
     return ServeAppConfig(
-        name=md.metadata.name,
-        route_prefix=f"/{md.metadata.name}",
+        name=serve_app_name(md),
+        route_prefix=f"/{_namespace(md)}/{md.metadata.name}",
         engine=EngineConfig(
             engine=spec.runtime.engine,
             model_uri=spec.model.source,
@@ -104,6 +105,15 @@ def serve_app(
         ),
         max_ongoing_requests=max_ongoing_requests(spec.scaling.target_ongoing_requests),
     )
+
+
+def _namespace(md: ModelDeployment) -> str:
+    return md.metadata.namespace or "default"
+
+
+def serve_app_name(md: ModelDeployment) -> str:
+    """The Serve application of `md`'s pools (unique in a member cluster)."""
+    return application_name(_namespace(md), md.metadata.name)
 
 
 def max_ongoing_requests(target: float) -> int:

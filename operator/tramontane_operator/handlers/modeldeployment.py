@@ -246,7 +246,7 @@ async def reconcile(
             # No await from reading the ledger to writing it: every concurrent pass places
             # against the GPUs the others have placed, whether or not their status is out.
             views = _with_allocations(views, rt.gpus.held_by_others(key))
-            failed = failed_clusters(list(observed.values()), name)
+            failed = failed_clusters(list(observed.values()), md)
             decision = place(md, list(views.values()), _current(md, observed), failed)
             # Held from now on, not from when the status comes back: concurrent reconciles
             # (and passes that leave the status for later) must not place onto the same GPUs.

@@ -16,6 +16,7 @@ from typing import Any
 from tramontane_api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
 from tramontane_api.v1alpha1.modeldeployment import ClusterStatus, ModelDeploymentPhase
 from tramontane_operator.builders import BuildSettings, build_rayservice, resolve_adapters
+from tramontane_operator.builders.serve import serve_app_name
 from tramontane_operator.placement import PlacementDecision
 from tramontane_operator.placement.types import ClusterView
 
@@ -69,8 +70,9 @@ def current_replicas(md: ModelDeployment) -> dict[str, int]:
     return {c.name: c.desired_replicas for c in status.clusters}
 
 
-def failed_clusters(observed: Sequence[ObservedPool], app_name: str) -> frozenset[str]:
+def failed_clusters(observed: Sequence[ObservedPool], md: ModelDeployment) -> frozenset[str]:
     """Clusters whose pool KubeRay reports as failed (`place`'s `failed`)."""
+    app_name = serve_app_name(md)
     return frozenset(
         o.cluster
         for o in observed
@@ -97,7 +99,7 @@ def compute_status(
     adapter_uris: Mapping[str, str] | None = None,
 ) -> ModelDeploymentStatus:
     """The ModelDeployment status for this placement and these observed pools."""
-    app = md.metadata.name
+    app = serve_app_name(md)
     seen = {o.cluster: o for o in observed}
     rows: list[ClusterStatus] = []
     readings: dict[str, pools.PoolReading] = {}
@@ -112,7 +114,7 @@ def compute_status(
         rows.append(
             ClusterStatus(
                 name=name,
-                ray_service=app,
+                ray_service=md.metadata.name,
                 desired_replicas=replicas,
                 ready_replicas=reading.ready_replicas,
                 state=reading.state,

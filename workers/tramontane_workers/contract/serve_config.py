@@ -25,6 +25,14 @@ GRPC_SERVICER_FUNCTION = (
 # LoRA multiplexing routes on the gRPC `multiplexed_model_id` metadata with no extra hop).
 DEPLOYMENT_NAME = "MistralServer"
 
+
+def application_name(namespace: str, name: str) -> str:
+    """The Serve application of a ModelDeployment's pools: `<namespace>.<name>`. What callers
+    put in the `application` metadata, so it must be unique in a member cluster, whose one
+    ingress fronts every tenant's pools: two tenants' ModelDeployments may share a name, never
+    a namespace (a DNS label, without dots)."""
+    return f"{namespace}.{name}"
+
 ALLOWED_URI_SCHEMES = ("file", "pvc", "hf", "az", "s3", "gs")
 
 
