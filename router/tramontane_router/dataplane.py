@@ -15,6 +15,7 @@ request ends. `NoLimits` admits everything; the per-tenant limits plug in here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -83,6 +84,24 @@ class NoLimits:
         self, tenant: TenantView, route: Route, request: pb.ChatRequest, deadline: float
     ) -> Permit:
         return _NoPermit()
+
+
+@dataclass
+class _Serving:
+    """What one request's bookkeeping needs to know as it goes."""
+
+    started: float
+    deadline: float
+    span: trace.Span
+    route: Route | None = None
+    usage: pb.Usage | None = None  # the latest the worker reported (streams: running totals)
+    first_chunk_s: float | None = None
+
+    @property
+    def resolved(self) -> Route:
+        if self.route is None:  # pragma: no cover - set before the caller's block runs
+            raise RuntimeError("no route yet")
+        return self.route
 
 
 @dataclass
@@ -215,6 +234,47 @@ class DataPlane:
             span.set_attribute("gen_ai.request.temperature", request.temperature)
         return span
 
+    @contextlib.asynccontextmanager
+    async def _serving(
+        self,
+        tenant: TenantView,
+        request: pb.ChatRequest,
+        timeout_s: float | None,
+        parent: otel_context.Context | None,
+    ) -> AsyncIterator[_Serving]:
+        """One request's bookkeeping, for unary and streamed calls alike: resolve the model,
+        the tenant's limits and a fair slot, then, however the request ends, release the
+        slot, record and settle what it used, count it and end its span."""
+        call = _Serving(time.monotonic(), self._deadline(timeout_s),
+                        self._span(tenant, request, parent))  # fmt: skip
+        code, model = "OK", UNRESOLVED
+        permit: Permit | None = None
+        slot: Slot | None = None
+        try:
+            call.route = self._prepare(tenant, request)
+            model = call.route.model_id
+            obs.IN_FLIGHT.labels(tenant.name, model).inc()
+            try:
+                permit, slot = await self._admit(tenant, call.route, request, call.deadline)
+                yield call
+            finally:
+                obs.IN_FLIGHT.labels(tenant.name, model).dec()
+        except BaseException as exc:
+            code = _fail(call.span, exc)
+            raise
+        finally:
+            if slot is not None:
+                self.queues.release(slot, call.usage)
+            if call.route is not None and call.usage is not None:
+                self._record(tenant, call.route, call.usage, call.span)
+            if permit is not None:
+                permit.settle(call.usage)
+            if call.first_chunk_s is not None:
+                obs.TTFT.labels(tenant.name, model).observe(call.first_chunk_s)
+            obs.REQUESTS.labels(tenant.name, model, code).inc()
+            obs.DURATION.labels(tenant.name, model).observe(time.monotonic() - call.started)
+            call.span.end()
+
     async def chat(
         self,
         tenant: TenantView,
@@ -223,38 +283,14 @@ class DataPlane:
         timeout_s: float | None = None,
         parent: otel_context.Context | None = None,
     ) -> pb.ChatResponse:
-        started = time.monotonic()
-        deadline = self._deadline(timeout_s)
-        span = self._span(tenant, request, parent)
-        code, model = "OK", UNRESOLVED
-        usage: pb.Usage | None = None
-        permit: Permit | None = None
-        try:
-            route = self._prepare(tenant, request)
-            model = route.model_id
-            obs.IN_FLIGHT.labels(tenant.name, model).inc()
-            try:
-                permit, slot = await self._admit(tenant, route, request, deadline)
-                try:
-                    response = await self._unary(route, request, deadline, span)
-                    usage = response.usage
-                finally:
-                    self.queues.release(slot, usage)
-            finally:
-                obs.IN_FLIGHT.labels(tenant.name, model).dec()
-            self._record(tenant, route, response.usage, span)
-            span.set_attribute("gen_ai.response.model", route.model_id)
+        async with self._serving(tenant, request, timeout_s, parent) as call:
+            route = call.resolved
+            response = await self._unary(route, request, call.deadline, call.span)
+            call.usage = response.usage
+            call.span.set_attribute("gen_ai.response.model", route.model_id)
             response.model = route.model_id
             return response
-        except BaseException as exc:
-            code = _fail(span, exc)
-            raise
-        finally:
-            if permit is not None:
-                permit.settle(usage)
-            obs.REQUESTS.labels(tenant.name, model, code).inc()
-            obs.DURATION.labels(tenant.name, model).observe(time.monotonic() - started)
-            span.end()
+        raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
 
     async def _admit(
         self, tenant: TenantView, route: Route, request: pb.ChatRequest, deadline: float
@@ -331,46 +367,15 @@ class DataPlane:
     ) -> AsyncIterator[pb.ChatChunk]:
         """The chunks of one streamed answer. Raises before the first chunk for anything that
         prevents the answer (auth is the caller's, but model, limits and routing are here)."""
-        started = time.monotonic()
-        deadline = self._deadline(timeout_s)
-        span = self._span(tenant, request, parent)
-        code, model = "OK", UNRESOLVED
-        usage: pb.Usage | None = None
-        permit: Permit | None = None
-        slot: Slot | None = None
-        route: Route | None = None
-        first = True
-        try:
-            route = self._prepare(tenant, request)
-            model = route.model_id
-            obs.IN_FLIGHT.labels(tenant.name, model).inc()
-            try:
-                permit, slot = await self._admit(tenant, route, request, deadline)
-                async for chunk in self._streamed(route, request, deadline, span):
-                    if first:
-                        obs.TTFT.labels(tenant.name, model).observe(
-                            time.monotonic() - started
-                        )
-                        first = False
-                    if chunk.HasField("usage"):
-                        usage = chunk.usage
-                    chunk.model = route.model_id
-                    yield chunk
-            finally:
-                obs.IN_FLIGHT.labels(tenant.name, model).dec()
-        except BaseException as exc:
-            code = _fail(span, exc)
-            raise
-        finally:
-            if slot is not None:
-                self.queues.release(slot, usage)
-            if route is not None and usage is not None:
-                self._record(tenant, route, usage, span)
-            if permit is not None:
-                permit.settle(usage)
-            obs.REQUESTS.labels(tenant.name, model, code).inc()
-            obs.DURATION.labels(tenant.name, model).observe(time.monotonic() - started)
-            span.end()
+        async with self._serving(tenant, request, timeout_s, parent) as call:
+            route = call.resolved
+            async for chunk in self._streamed(route, request, call.deadline, call.span):
+                if call.first_chunk_s is None:
+                    call.first_chunk_s = time.monotonic() - call.started
+                if chunk.HasField("usage"):
+                    call.usage = chunk.usage
+                chunk.model = route.model_id
+                yield chunk
 
     async def _streamed(
         self, route: Route, request: pb.ChatRequest, deadline: float, span: trace.Span
