@@ -1,13 +1,12 @@
-"""Kopf wiring: the registry of our handlers, Kopf's settings, and `run` (one operator).
+"""Kopf wiring: the operator's lifecycle, login and liveness, and `run` (one operator).
 
-Kopf runs the ComputeCluster, Tenant and FineTuneJob handlers; ModelDeployments have a
-controller of our own (`handlers/modeldeployment.py`), started with the hub caches when Kopf
-starts and stopped before it exits.
+Kopf hosts the process: it logs in (with the credentials our hub client uses), serves the
+liveness endpoint, and starts and stops our control loop (`handlers.manager.Manager`: the
+controllers of every kind on our informers and work queues). Kopf watches no resource of
+ours itself, so a standby replica costs nothing.
 
 Everything is built per run (no handlers on Kopf's global registry), so tests and benchmarks
-start, kill and restart operators in-process. Kopf logs in with the same credentials our hub
-client uses; its progress and diff-base annotations use the `tramontane.dev` prefix, and its
-finalizer (on FineTuneJobs) is ours on ModelDeployments too: `tramontane.dev/cleanup`.
+start, kill and restart operators in-process.
 """
 
 from __future__ import annotations
@@ -19,9 +18,7 @@ from typing import Any
 import kopf
 
 from tramontane_kube import ClusterConfig
-from tramontane_operator.builders.labels import FINALIZER
-from tramontane_operator.handlers import computecluster, finetunejob, tenant
-from tramontane_operator.handlers.modeldeployment import ModelDeploymentController
+from tramontane_operator.handlers.manager import Manager
 from tramontane_operator.handlers.runtime import Runtime
 from tramontane_operator.observability import serve_metrics
 from tramontane_operator.settings import OperatorSettings
@@ -50,35 +47,32 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(rt.hub.config)
 
-    controller = ModelDeploymentController(rt)
+    running: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(registry=registry)
-    async def start_caches(**_: Any) -> None:
-        rt.start()
-        controller.start()
+    async def start_control_loop(**_: Any) -> None:
+        running.append(asyncio.create_task(Manager(rt).run(), name="control loop"))
 
     @kopf.on.cleanup(registry=registry)
-    async def close_clients(**_: Any) -> None:
+    async def stop_control_loop(**_: Any) -> None:
         # Before Kopf's exit: our informers and workers are tasks Kopf would wait for.
-        await controller.stop()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         await rt.close()
 
-    computecluster.register(registry, rt)
-    finetunejob.register(registry, rt)
-    tenant.register(registry, rt)
     return registry
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """Our choices for Kopf's settings (annotation prefix, finalizer, quiet event posting)."""
+    """Our choices for Kopf's settings (annotation prefix, quiet event posting)."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = FINALIZER
-    # Handler log lines stay in the log; Events are the transitions we post ourselves.
+    # Log lines stay in the log; Events are the transitions we post ourselves.
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 30.0
 

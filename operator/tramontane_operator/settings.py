@@ -29,14 +29,17 @@ class OperatorSettings:
     # The hub's API server; None: the service account of the pod we run in, else $KUBECONFIG.
     hub: ClusterConfig | None = None
     # How often each ComputeCluster is probed while reachable; unreachable ones back off
-    # exponentially from `backoff_base_s` to `backoff_max_s`.
+    # exponentially from `backoff_base_s` to `backoff_max_s` (the cap of reconcile retries too).
     probe_interval_s: float = 30.0
     backoff_base_s: float = 2.0
     backoff_max_s: float = 300.0
     # A ModelDeployment nobody woke (no child or cluster change) is re-checked this often.
     resync_interval_s: float = 600.0
-    # Delay before retrying a reconcile that hit a transient API error.
-    retry_delay_s: float = 5.0
+    # How often every member is swept for children whose owner is gone (and once at start).
+    sweep_interval_s: float = 300.0
+    # A failed reconcile is retried after this, doubling per consecutive failure of the same
+    # object (with jitter) up to `backoff_max_s`; a success resets it.
+    retry_delay_s: float = 0.5
     # ModelDeployment reconciles in flight at once (each mostly waits on API calls).
     reconcile_workers: int = 32
     # Per-request timeout towards member clusters.

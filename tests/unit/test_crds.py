@@ -128,6 +128,7 @@ SAMPLE_STATUS: dict[str, dict[str, Any]] = {
         "readyReplicas": 3,
         "gpus": 3,
         "clusterNames": "aks-we,onprem",
+        "queuePosition": 2,  # set only while Queued; here for the column to find
         "conditions": [
             {
                 "type": "Placed",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import kopf
 import pytest
 
 from tramontane_api.v1alpha1 import Tenant
+from tramontane_operator.handlers.controller import Invalid
 from tramontane_operator.handlers.parsing import parse_resource
 from tramontane_operator.observability import Reconcile
 
@@ -26,7 +26,7 @@ def test_a_valid_body_parses_and_leaves_the_outcome() -> None:
 def test_an_invalid_body_is_permanent_names_kind_and_field_and_marks_the_scope() -> None:
     scope = Reconcile("Tenant")
     bad = {**GOOD, "spec": {"namespaces": ["team-a"], "colour": "blue"}}
-    with pytest.raises(kopf.PermanentError) as raised:
+    with pytest.raises(Invalid) as raised:
         parse_resource(Tenant, bad, scope)
     message = str(raised.value)
     assert message.startswith("invalid Tenant: ") and "colour" in message

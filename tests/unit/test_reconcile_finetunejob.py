@@ -458,24 +458,26 @@ def named(name: str, created: str, status: Decision | None = None, **spec: Any) 
 
 
 def test_admission_by_priority_then_age_within_the_quota() -> None:
-    from tramontane_operator.reconcile.finetunejob_quota import admission_for
+    from tramontane_operator.reconcile.admission import admission_for, job_workload
 
     validated = decide(make_job(), Observed(validation=VALID, admission=QUEUED), T0)
     running = decide(make_job(), Observed(validation=VALID, rayjob=rayjob("Running")), T0)
     quota = tenant(gpus={"H100": 4})  # each job: 2 workers x 1 H100
-    old = named("old", "2026-01-01T00:00:00Z", validated)
-    new = named("new", "2026-01-02T00:00:00Z", validated)
-    urgent = named("urgent", "2026-01-03T00:00:00Z", validated, priority=10)
-    holder = named("holder", "2025-12-31T00:00:00Z", running)
-    jobs = [old, new, urgent, holder]
-    assert admission_for(urgent, quota, jobs, []).admitted  # priority first
-    assert not admission_for(old, quota, jobs, []).admitted  # urgent + holder fill the quota
-    queued = admission_for(new, quota, jobs, [])
+    old = job_workload(named("old", "2026-01-01T00:00:00Z", validated))
+    new = job_workload(named("new", "2026-01-02T00:00:00Z", validated))
+    urgent = job_workload(named("urgent", "2026-01-03T00:00:00Z", validated, priority=10))
+    holder = job_workload(named("holder", "2025-12-31T00:00:00Z", running))
+    assert holder.admitted and not old.admitted
+    held, waiting = [holder], [old, new, urgent]
+    assert admission_for(urgent, quota, held, waiting).admitted  # priority first
+    assert not admission_for(old, quota, held, waiting).admitted  # urgent + holder fill it
+    queued = admission_for(new, quota, held, waiting)
     assert (queued.admitted, queued.queue_position) == (False, 2)
     assert "quota gpus.H100" in queued.reason
-    assert admission_for(holder, quota, jobs, []).admitted  # what runs keeps running
-    assert admission_for(new, None, jobs, []).admitted  # no tenant: no quota
-    assert not admission_for(old, tenant(maxConcurrentFineTuneJobs=1), [old, holder], []).admitted
+    assert admission_for(holder, quota, held, waiting).admitted  # what runs keeps running
+    assert admission_for(new, None, held, waiting).admitted  # no tenant: no quota
+    one_job = tenant(maxConcurrentFineTuneJobs=1)
+    assert not admission_for(old, one_job, held, [old]).admitted
 
 
 def test_valid_datasets_say_how_many_conversations_will_be_cut() -> None:

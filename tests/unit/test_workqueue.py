@@ -113,3 +113,34 @@ async def test_each_key_handed_out_reports_its_lane_and_how_long_it_waited() -> 
     queue.done(await queue.get())
     assert [lane for lane, _ in waits] == [HIGH]
     assert waits[0][1] >= 0.04
+
+
+async def test_retry_backs_off_exponentially_per_key_and_success_resets_it() -> None:
+    queue: WorkQueue[str] = WorkQueue(base_delay_s=0.01, max_delay_s=0.08, jitter=0.0)
+    delays = [queue.retry("a") for _ in range(6)]
+    assert delays == [0.01, 0.02, 0.04, 0.08, 0.08, 0.08]  # doubled, then capped
+    assert queue.failures("a") == 6 and queue.failures("b") == 0  # per key
+    assert queue.retry("b") == 0.01
+    queue.succeeded("a")
+    assert queue.failures("a") == 0 and queue.retry("a") == 0.01
+
+
+async def test_retry_jitter_stays_within_its_band_and_respects_a_floor() -> None:
+    queue: WorkQueue[str] = WorkQueue(base_delay_s=1.0, max_delay_s=100.0, jitter=0.2)
+    seen = set()
+    for i in range(50):
+        delay = queue.retry(f"k{i}")
+        assert 0.8 <= delay <= 1.2
+        seen.add(round(delay, 6))
+    assert len(seen) > 1  # jittered: not every key wakes at once
+    assert queue.retry("floor", at_least_s=5.0) == 5.0
+    queue.close()
+
+
+async def test_a_retried_key_is_handed_out_after_its_delay() -> None:
+    queue: WorkQueue[str] = WorkQueue(base_delay_s=0.05, jitter=0.0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    queue.retry("a")
+    assert await asyncio.wait_for(queue.get(), 1.0) == "a"
+    assert loop.time() - start >= 0.045

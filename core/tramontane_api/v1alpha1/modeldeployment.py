@@ -226,9 +226,13 @@ class ModelDeploymentSpec(ApiModel):
     scaling: Scaling = Field(default_factory=Scaling)
     placement: Placement = Field(default_factory=Placement)
     rollout: Rollout = Field(default_factory=Rollout)
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
+        default=0,
+        description="Higher is admitted first within the tenant's quota, then oldest first.",
+    )
 
 
-ModelDeploymentPhase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+ModelDeploymentPhase = Literal["Queued", "Pending", "Progressing", "Ready", "Degraded", "Failed"]
 
 
 class ClusterStatus(ApiModel):
@@ -256,6 +260,9 @@ class ModelDeploymentStatus(ApiModel):
     )
     adapters: list[str] | None = None
     last_failover_time: datetime | None = None
+    queue_position: int | None = Field(
+        default=None, description="1-based place in the tenant's queue while Queued."
+    )
 
 
 class ModelDeployment(Resource):
@@ -276,6 +283,7 @@ class ModelDeployment(Resource):
             PrinterColumn("GPUs", "integer", ".status.gpus", "GPUs requested"),
             PrinterColumn("Clusters", "string", ".status.clusterNames"),
             PrinterColumn("Engine", "string", ".spec.runtime.engine", priority=1),
+            PrinterColumn("Queue", "integer", ".status.queuePosition", priority=1),
             AGE_COLUMN,
         ),
         scale=ScaleSubresource(".spec.scaling.replicas", ".status.replicas"),

@@ -1,52 +1,62 @@
-"""ComputeCluster handlers: connect to the member cluster, probe it, report conditions.
+"""ComputeClusters: connect to the member cluster, probe it, report conditions.
 
-On create/update/resume the connection is (re)built (kubeconfig Secret re-read) and probed;
-a timer probes again every `probe_interval_s`, skipping clusters still in their failure
-backoff. The status (Reachable, KubeRayInstalled, Ready, allocated GPUs) is written only when
-it changed; a change of health wakes every ModelDeployment so placement can react.
+Reconciled by the kind's `Controller` (`controller.py`). When a ComputeCluster appears or its
+spec changes, the connection is (re)built (kubeconfig Secret re-read) and probed; it is
+queued again every `probe_interval_s` (a delayed re-queue), skipping clusters still in their
+failure backoff. The status (Reachable, KubeRayInstalled, Ready, allocated GPUs from the
+ledger) is written only when it changed; a change of health wakes every ModelDeployment and
+FineTuneJob so placement can react. A deleted ComputeCluster's connection is closed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
-from tramontane_api.v1alpha1 import GROUP, VERSION, ComputeCluster, ComputeClusterStatus
+from tramontane_api.v1alpha1 import ComputeCluster, ComputeClusterStatus
 from tramontane_kube import COMPUTECLUSTER
 from tramontane_operator.observability import reconcile_scope, set_cluster_reachable
 from tramontane_operator.reconcile import cluster_status_changed, compute_cluster_status
 
+from .controller import Body, Controller, Key, Requeue, trigger
 from .parsing import parse_resource
-from .runtime import Runtime
-
-PLURAL = "computeclusters"
+from .runtime import COMPUTECLUSTERS, Runtime
 
 
-def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def cc_changed(body: kopf.Body, **_: Any) -> None:
-        await probe_and_report(rt, body, refresh=True)
+class ComputeClusters:
+    """The controller of ComputeClusters."""
 
-    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=rt.settings.probe_interval_s)
-    async def cc_probe(body: kopf.Body, name: str, **_: Any) -> None:
-        if rt.clusters.get(name) is None or rt.clusters.probe_due(name):
-            await probe_and_report(rt, body, refresh=False)
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        cache = rt.indexes.clusters
+        self.controller = Controller(
+            COMPUTECLUSTERS, cache.raw, self._process, workers=4, ready=rt.ready,
+            queue=rt.work_queue(),
+        )  # fmt: skip
+        cache.listeners.append(self.controller.observed)
+        rt.controllers[COMPUTECLUSTERS] = self.controller
+        self._connected: dict[str, tuple[Any, ...]] = {}  # name -> trigger it was built at
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)
-    async def cc_deleted(name: str, **_: Any) -> None:
-        await rt.remove_member(name)
-        rt.cc_phases.set(None, name, None)
-        set_cluster_reachable(name, None)
+    async def _process(self, key: Key, raw: Body | None) -> Requeue | None:
+        rt, name = self.rt, key[1]
+        if raw is None:
+            self._connected.pop(name, None)
+            await rt.remove_member(name)
+            rt.forget(COMPUTECLUSTERS, key)
+            set_cluster_reachable(name, None)
+            return None
+        refresh = self._connected.get(name) != trigger(raw)
+        if refresh or rt.clusters.get(name) is None or rt.clusters.probe_due(name):
+            await probe_and_report(rt, raw, refresh=refresh)
+            self._connected[name] = trigger(raw)
+        return Requeue(rt.settings.probe_interval_s)
 
 
-async def probe_and_report(rt: Runtime, body: kopf.Body, refresh: bool) -> None:
+async def probe_and_report(rt: Runtime, body: Mapping[str, Any], refresh: bool) -> None:
     name = body["metadata"]["name"]
-    await rt.indexes.synced()  # the GPUs allocated come from every ModelDeployment's status
     with reconcile_scope("ComputeCluster", None, name) as scope:
         cc = parse_resource(ComputeCluster, body, scope)
         known = rt.clusters.get(name) is not None
@@ -60,21 +70,21 @@ async def probe_and_report(rt: Runtime, body: kopf.Body, refresh: bool) -> None:
             cc,
             reachable=reachable,
             kuberay_installed=probe.kuberay_installed if probe and reachable else None,
-            allocated_gpus=rt.gpus.in_cluster(name),
+            allocated_gpus=rt.ledger.in_cluster(name),
             previous=previous,
             now=datetime.now(UTC),
             kubernetes_version=probe.kubernetes_version if probe else None,
             error=rt.connection_errors.get(name) or (probe.error if probe else None),
         )
         set_cluster_reachable(name, reachable)
-        rt.cc_phases.set(None, name, status.phase)
+        rt.phases[COMPUTECLUSTERS].set(None, name, status.phase)
         scope.outcome = status.phase or "unknown"
         scope.clusters = name
         if cluster_status_changed(previous, status):
             await rt.write_status(COMPUTECLUSTER, None, name, previous, status)
 
 
-def _previous(body: kopf.Body) -> ComputeClusterStatus | None:
+def _previous(body: Mapping[str, Any]) -> ComputeClusterStatus | None:
     raw = body.get("status")
     if not raw:
         return None

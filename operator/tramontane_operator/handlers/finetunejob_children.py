@@ -15,7 +15,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
-import kopf
 from pydantic import ValidationError
 
 from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
@@ -35,6 +34,7 @@ from tramontane_operator.reconcile.finetunejob_progress import (
 from tramontane_workers.contract.train_config import TrainProgress, last_progress
 
 from . import finetunejob_io as io
+from .controller import Invalid, Retry
 from .finetunejob_validation import job_pods
 from .runtime import Runtime
 
@@ -61,7 +61,7 @@ async def model_deployment(rt: Runtime, namespace: str, name: str) -> ModelDeplo
     try:
         raw = await rt.hub.get(MODELDEPLOYMENT, namespace, name)
     except (ApiError, Unreachable) as exc:
-        raise kopf.TemporaryError(f"reading ModelDeployment {name}: {exc}", delay=1.0) from exc
+        raise Retry(f"reading ModelDeployment {name}: {exc}") from exc
     if raw is None:
         return None
     try:
@@ -78,13 +78,13 @@ async def read_rayjob(
     member = rt.clusters.get(cluster) if cluster else None
     if member is None or not member.probe.reachable:
         if placed_before:
-            raise kopf.TemporaryError(f"cluster {cluster} of the job unreachable", delay=1.0)
+            raise Retry(f"cluster {cluster} of the job unreachable", 1.0)
         return None
     try:
         return await member.client.get(RAYJOB, namespace, name)
     except Unreachable as exc:
         rt.clusters.report_unreachable(member.name, exc.cause)
-        raise kopf.TemporaryError(f"{member.name} unreachable: {exc.cause}", delay=1.0) from exc
+        raise Retry(f"{member.name} unreachable: {exc.cause}", 1.0) from exc
 
 
 async def read_progress(
@@ -178,9 +178,14 @@ async def apply_actions(
                 outcome = await auto_deploy(rt, job, decision)
         except ValueError as exc:  # the spec cannot be trained as given
             rt.events.post(job, "Warning", "InvalidSpec", str(exc))
-            raise kopf.PermanentError(str(exc)) from exc
-        except (ApiError, Unreachable) as exc:
-            raise kopf.TemporaryError(f"{action}: {exc}", delay=1.0) from exc
+            raise Invalid(str(exc)) from exc
+        except ApiError as exc:
+            if exc.status == 422:  # what we render is refused: not until the spec changes
+                rt.events.post(job, "Warning", "InvalidSpec", f"{action}: {exc}")
+                raise Invalid(f"{action}: {exc}") from exc
+            raise Retry(f"{action}: {exc}") from exc
+        except Unreachable as exc:
+            raise Retry(f"{action}: {exc}") from exc
     return outcome
 
 

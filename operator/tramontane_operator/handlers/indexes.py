@@ -4,8 +4,8 @@ One `Informer` per hub kind the operator reads (ComputeClusters, Tenants, FineTu
 ModelDeployments; per namespace when the operator watches only some). Each object is parsed
 with its pydantic model when it changes; objects that fail to parse are left out (their own
 reconciles report them). Reconciles wait for `synced()` first, so after a restart no
-ComputeCluster is mistaken for gone and no quota is counted short. The ModelDeployment cache
-also feeds the controller (`handlers/modeldeployment.py`) and the GPU ledger.
+ComputeCluster is mistaken for gone and no quota is counted short. Every cache also feeds
+the controllers (`handlers/controller.py`): its `listeners` hear each change once cached.
 """
 
 from __future__ import annotations
@@ -30,50 +30,9 @@ from tramontane_kube import (
     ResourceRef,
 )
 from tramontane_kube.informer import Informer
-from tramontane_operator.placement import gpu_allocations
 
 Key = tuple[str, str]  # (namespace or "", name)
 M = TypeVar("M", bound=BaseModel)
-
-
-class GpuLedger:
-    """GPUs held per cluster and GPU type, summed over ModelDeployments as their status says.
-
-    Kept up to date by the ModelDeployment index handler, so placement reads totals in
-    O(clusters) instead of summing every ModelDeployment on every reconcile.
-    """
-
-    def __init__(self) -> None:
-        self._by_md: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
-        self._total: dict[str, dict[str, int]] = {}
-
-    def set(self, key: tuple[str, str], held: Mapping[str, Mapping[str, int]]) -> None:
-        self._add(self._by_md.pop(key, {}), -1)
-        if held:
-            self._by_md[key] = {c: dict(t) for c, t in held.items()}
-            self._add(self._by_md[key], 1)
-
-    def remove(self, key: tuple[str, str]) -> None:
-        self.set(key, {})
-
-    def _add(self, held: Mapping[str, Mapping[str, int]], sign: int) -> None:
-        for cluster, per_type in held.items():
-            totals = self._total.setdefault(cluster, {})
-            for gpu_type, n in per_type.items():
-                totals[gpu_type] = totals.get(gpu_type, 0) + sign * n
-
-    def in_cluster(self, cluster: str) -> dict[str, int]:
-        return {t: n for t, n in self._total.get(cluster, {}).items() if n}
-
-    def held_by_others(self, key: tuple[str, str]) -> dict[str, dict[str, int]]:
-        own = self._by_md.get(key, {})
-        out = {}
-        for cluster, per_type in self._total.items():
-            mine = own.get(cluster, {})
-            left = {t: n - mine.get(t, 0) for t, n in per_type.items() if n - mine.get(t, 0)}
-            if left:
-                out[cluster] = left
-        return out
 
 
 class Cache(Generic[M]):
@@ -94,7 +53,7 @@ class Cache(Generic[M]):
         self._parsed: dict[Key, tuple[dict[str, Any], M | None]] = {}
         self.informers = [Informer(hub, ref, {}, self._event, namespace=ns) for ns in namespaces]
         # Called after every change with (key, object, gone): the last state of a deleted one.
-        self.on_event: Callable[[Key, Mapping[str, Any], bool], None] | None = None
+        self.listeners: list[Callable[[Key, Mapping[str, Any], bool], None]] = []
 
     def raw(self, key: Key) -> dict[str, Any] | None:
         for informer in self.informers:
@@ -128,8 +87,8 @@ class Cache(Generic[M]):
             self._parsed[key] = (raw, model)
         if self.on_change is not None and (raw is None or before is None or model is not before[1]):
             self.on_change(key, model)
-        if self.on_event is not None:
-            self.on_event(key, obj if raw is None else raw, raw is None)
+        for listener in self.listeners:
+            listener(key, obj if raw is None else raw, raw is None)
 
 
 _BOOKKEEPING = frozenset({"resourceVersion", "finalizers", "managedFields"})
@@ -148,21 +107,23 @@ def _changed_beyond_bookkeeping(before: Mapping[str, Any], after: Mapping[str, A
 class Indexes:
     """The hub caches, and the lookups reconciles make in them."""
 
-    def __init__(self, hub: KubeClient, namespaces: Sequence[str] | None, ledger: GpuLedger):
+    def __init__(self, hub: KubeClient, namespaces: Sequence[str] | None):
         scoped: list[str | None] = list(namespaces) if namespaces else [None]
-        self.ledger = ledger
         self.clusters = Cache(hub, COMPUTECLUSTER, ComputeCluster, [None])
         self.tenant_objects = Cache(hub, TENANT, Tenant, [None], self._tenant_changed)
         self.finetunejobs = Cache(hub, FINETUNEJOB, FineTuneJob, scoped, self._job_changed)
         self.modeldeployments = Cache(
-            hub, MODELDEPLOYMENT, ModelDeployment, scoped, self._md_changed,
-            reparse=_changed_beyond_bookkeeping,
-        )  # fmt: skip
+            hub, MODELDEPLOYMENT, ModelDeployment, scoped, reparse=_changed_beyond_bookkeeping
+        )
         self._tenant_by_namespace: dict[str, list[str]] | None = None
         self._adapters: dict[str, dict[str, str]] = {}  # namespace -> job name -> adapter URI
 
     def _caches(self) -> list[Cache[Any]]:
         return [self.clusters, self.tenant_objects, self.finetunejobs, self.modeldeployments]
+
+    def cache(self, kind: str) -> Cache[Any]:
+        """The cache of `kind` (its name: "ModelDeployment", "FineTuneJob", ...)."""
+        return {cache.model.__name__: cache for cache in self._caches()}[kind]
 
     def start(self) -> None:
         for cache in self._caches():
@@ -194,6 +155,7 @@ class Indexes:
         return self.modeldeployments.parsed()
 
     def tenant_of(self, namespace: str) -> str | None:
+        """The name of the tenant owning `namespace` (with a conflict, the first by name)."""
         if self._tenant_by_namespace is None:
             owners: dict[str, list[str]] = {}
             for tenant in self.tenants():
@@ -202,6 +164,16 @@ class Indexes:
             self._tenant_by_namespace = {ns: sorted(names) for ns, names in owners.items()}
         found = self._tenant_by_namespace.get(namespace)
         return found[0] if found else None
+
+    def tenant_object(self, namespace: str) -> Tenant | None:
+        """The Tenant owning `namespace` (as `tenant_of` names it)."""
+        name = self.tenant_of(namespace)
+        if name is None:
+            return None
+        for tenant in self.tenants():
+            if tenant.metadata.name == name:
+                return tenant
+        return None
 
     def adapter_uris(self, namespace: str) -> dict[str, str]:
         """FineTuneJob name -> adapter URI, for jobs in `namespace` that produced one."""
@@ -218,12 +190,3 @@ class Indexes:
             self._adapters.setdefault(namespace, {})[name] = adapter.uri
         elif name in self._adapters.get(namespace, {}):
             del self._adapters[namespace][name]
-
-    def _md_changed(self, key: Key, md: ModelDeployment | None) -> None:
-        # CPU-only deployments are cached too: tenants' maxModelDeployments counts them, and
-        # a deployment that drops its GPUs must leave the ledger.
-        ledger_key = (key[0] or "default", key[1])
-        if md is None:
-            self.ledger.remove(ledger_key)
-        else:
-            self.ledger.set(ledger_key, gpu_allocations([md]))

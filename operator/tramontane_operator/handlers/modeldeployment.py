@@ -1,25 +1,21 @@
-"""ModelDeployments: observe -> place -> render -> apply -> status, in every cluster.
+"""ModelDeployments: admit -> place -> render -> apply -> status, in every cluster.
 
-ModelDeployments are reconciled by a controller of our own rather than by Kopf handlers (as
-controller-runtime does it): the hub cache's informer feeds a work queue, and a pool of
-workers runs the level-triggered `reconcile` for one key at a time. An object is queued at
-high priority when it appears, when its spec changes (its generation, as controller-runtime's
-`GenerationChangedPredicate`: the echoes of our own status writes queue nothing) and when it
-is being deleted; at low priority when one of its RayServices changes in any member, a
-member changes health, and on resync. New work thus goes before refreshes. Under load (more
-new or changed objects waiting), a pass only brings the children to the spec and queues the
-object again at low priority for its finalizer, status and Events: in a burst of creates every
-pool is started before any status is written. The GPUs a pass places are held in the ledger
-at once, not when the status comes back. Kopf's per-event machinery (a per-object task, cause
-detection, progress storage) cost more CPU per object than the reconcile itself; the other
-kinds keep their Kopf handlers.
+Reconciled by the kind's `Controller` (`controller.py`): the hub cache queues a key when the
+object appears, its spec changes or it is being deleted (high priority), and when one of its
+RayServices changes in any member, a member changes health, quota or GPUs are released, or
+on resync (low priority). Under load (more new or changed objects waiting), a pass only
+brings the children to the spec and queues the object again at low priority for its status
+and Events: in a burst of creates every pool is started before any status is written.
 
-Children are read from each member's informer cache, created or patched by their
-deterministic name, and deleted from clusters that are no longer placed; the status is
-computed by the pure `reconcile` package and written only when it changed. Our finalizer is
-added by the first full pass (in parallel with it, not before it); an object deleted before
-it lands is cleaned up from its `DELETED` event. Deletion removes the children in every
-cluster before the finalizer goes.
+A pass: our finalizer first (before any child exists, so none can be orphaned by a delete);
+then, in one synchronous step (no `await`: no other decision interleaves), admission against
+the tenant's quota and placement against the one GPU ledger, whose entry for the deployment
+is updated in the same step; then the I/O: children are read from each member's informer
+cache, created or patched by their deterministic name, and deleted from clusters no longer
+placed; the status is computed by the pure `reconcile` package and written only when it
+changed. A deployment the tenant's quota holds back is `Queued` with its position and creates
+nothing. Placement only uses the tenant's `allowedClusters`. Deletion removes the children in
+every cluster before the finalizer goes, and releases the deployment's GPUs and quota.
 """
 
 from __future__ import annotations
@@ -32,10 +28,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
-from tramontane_api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
+from tramontane_api.v1alpha1 import ModelDeployment, ModelDeploymentStatus, Tenant
 from tramontane_api.validate import validate_object
 from tramontane_kube import MODELDEPLOYMENT, RAYSERVICE, ApiError, NotFound, Unreachable
 from tramontane_operator.builders.labels import (
@@ -44,9 +39,20 @@ from tramontane_operator.builders.labels import (
     OWNER_NAMESPACE_LABEL,
 )
 from tramontane_operator.kube import MemberCluster
-from tramontane_operator.kube.workqueue import HIGH, LOW, QueueClosed
-from tramontane_operator.observability import reconcile_scope
-from tramontane_operator.placement import REASON_FAILOVER, ClusterView, place, pool_gpus
+from tramontane_operator.kube.workqueue import HIGH, LOW
+from tramontane_operator.observability import (
+    reconcile_scope,
+    record_queue_wait,
+    track_queue,
+)
+from tramontane_operator.placement import (
+    REASON_FAILOVER,
+    ClusterView,
+    PlacementDecision,
+    place,
+    pool_gpus,
+)
+from tramontane_operator.quotas.ledger import Ledger, merge_clusters
 from tramontane_operator.reconcile import (
     ObservedPool,
     compute_status,
@@ -54,133 +60,202 @@ from tramontane_operator.reconcile import (
     desired_children,
     failed_clusters,
     invalid_spec_status,
+    queued_status,
     status_changed,
 )
+from tramontane_operator.reconcile.admission import admission_for, md_workload, waiting
 from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, PROGRESSING, READY, find
+from tramontane_operator.reconcile.finetunejob_inputs import AdmissionResult
 
+from .controller import Body, Controller, Invalid, Key, Requeue, Retry
 from .events import EventRecorder
-from .indexes import Indexes
-from .runtime import Key, Runtime
+from .runtime import MODELDEPLOYMENTS, Runtime, allowed_views, with_allocations
 
 log = logging.getLogger(__name__)
 
 SYNC_WAIT_S = 2.0  # how long a reconcile waits for a new member's cache before reading directly
 
 
-class ModelDeploymentController:
-    """The work queue and workers reconciling every ModelDeployment in the hub cache."""
+class ModelDeployments:
+    """The controller of ModelDeployments and what its passes share."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.workers = rt.settings.reconcile_workers
-        self._tombstones: dict[Key, Mapping[str, Any]] = {}
+        settings = rt.settings
+        queue = rt.work_queue(on_get=record_queue_wait)
+        track_queue(queue.waiting)
+        cache = rt.indexes.modeldeployments
+        self.controller = Controller(
+            MODELDEPLOYMENTS,
+            cache.raw,
+            self._process,
+            workers=settings.reconcile_workers,
+            ready=rt.ready,
+            queue=queue,
+        )
+        self._tombstones: dict[Key, Body] = {}
         self._deferred: set[Key] = set()  # keys whose last pass left the status for later
-        self._tasks: list[asyncio.Task[None]] = []
+        cache.listeners += [self._observed, self.controller.observed]
+        rt.controllers[MODELDEPLOYMENTS] = self.controller
 
-    def start(self) -> None:
-        self.rt.indexes.modeldeployments.on_event = self._observed
-        self._tasks = [
-            asyncio.create_task(self._worker(), name=f"modeldeployment worker {i}")
-            for i in range(self.workers)
-        ]
+    def _observed(self, key: Key, obj: Body, gone: bool) -> None:
+        if gone and self.controller.known(key):  # deleted before our finalizer landed
+            self._tombstones[key] = obj
 
-    async def stop(self) -> None:
-        self.rt.md_queue.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-
-    def _observed(self, cache_key: tuple[str, str], obj: Mapping[str, Any], gone: bool) -> None:
-        """Every watch event, once the cache has it: queue the object if it needs a reconcile."""
-        key = (cache_key[0] or "default", cache_key[1])
-        if gone:
-            if self.rt.known(key):  # deleted before our finalizer landed: clean up anyway
-                self._tombstones[key] = obj
-                self.rt.md_queue.add(key, HIGH)
-            return
-        if self.rt.trigger_changed(key, _trigger(obj)):
-            self.rt.md_queue.add(key, HIGH)
-
-    async def _worker(self) -> None:
-        await self.rt.indexes.synced()
-        queue = self.rt.md_queue
-        while True:
-            try:
-                key = await queue.get()
-            except QueueClosed:
-                return
-            requeue: tuple[float, int] | None = None
-            try:
-                requeue = await self._process(key)
-            except Exception:
-                log.exception("reconcile of ModelDeployment %s/%s failed", *key)
-                requeue = (self.rt.settings.retry_delay_s, HIGH)
-            finally:
-                queue.done(key)
-            if requeue is not None:
-                queue.add_after(key, *requeue)
-
-    async def _process(self, key: Key) -> tuple[float, int] | None:
+    async def _process(self, key: Key, raw: Body | None) -> Requeue | None:
         """One reconcile (or cleanup) of `key`; when to look at it again, and how urgently."""
         rt = self.rt
-        raw = rt.indexes.modeldeployments.raw((key[0], key[1]))
         if raw is None:
             self._deferred.discard(key)
             tombstone = self._tombstones.pop(key, None)
             if tombstone is not None:
-                await _cleanup_gone(rt, tombstone)
+                await cleanup(rt, tombstone)
+            self._release(key)
             return None
         self._tombstones.pop(key, None)
         finalizers = (raw.get("metadata") or {}).get("finalizers") or []
         if raw["metadata"].get("deletionTimestamp"):
             if FINALIZER not in finalizers:
                 return None
-            rt.reconciling(key, _trigger(raw))
-            try:
-                await cleanup(rt, raw)
-                await _remove_finalizer(rt, raw, finalizers)
-            except kopf.TemporaryError as exc:
-                return (exc.delay or rt.settings.retry_delay_s, HIGH)
-            except (ApiError, Unreachable) as exc:
-                log.info("finalizer of %s/%s not removed yet: %s", *key, exc)
-                return (rt.settings.retry_delay_s, HIGH)
+            await cleanup(rt, raw)
+            await _remove_finalizer(rt, raw, finalizers)
+            self._release(key)
+            rt.forget(MODELDEPLOYMENTS, key)
             return None
+        if FINALIZER not in finalizers:  # before any child: a delete can never orphan one
+            await _add_finalizer(rt, raw, finalizers)
         # Under load (other new or changed objects wait), this pass only brings the children
-        # to the spec: the finalizer, the status and its Events follow in a low-priority pass,
-        # so a burst of creates gets every pool started before any status is written. That
-        # follow-up pass does everything, however busy the queue is by then.
-        children_only = key not in self._deferred and rt.md_queue.waiting(HIGH) > 0
+        # to the spec: the status and its Events follow in a low-priority pass, so a burst of
+        # creates gets every pool started before any status is written. That follow-up pass
+        # does everything, however busy the queue is by then.
+        children_only = key not in self._deferred and self.controller.queue.waiting(HIGH) > 0
         if children_only:
             self._deferred.add(key)
         else:
             self._deferred.discard(key)
-        adding = None
-        if FINALIZER not in finalizers and not children_only:
-            # In parallel with the reconcile, not before it.
-            adding = asyncio.create_task(_add_finalizer(rt, raw, finalizers))
-        requeue: tuple[float, int] | None = (rt.settings.resync_interval_s, LOW)
+        await self.reconcile(raw, write_status=not children_only)
         if children_only:
-            requeue = (0.0, LOW)
-        try:
-            await reconcile(rt, raw, rt.indexes, write_status=not children_only)
-        except kopf.TemporaryError as exc:
-            requeue = (exc.delay or rt.settings.retry_delay_s, HIGH)
-        except kopf.PermanentError:
-            requeue = None  # the spec is invalid: a new generation queues it again
-        finally:
-            if adding is not None and not await adding:
-                requeue = (rt.settings.retry_delay_s, HIGH)
-        return requeue
+            return Requeue(0.0, LOW)
+        return Requeue(rt.settings.resync_interval_s, LOW)
+
+    def _release(self, key: Key) -> None:
+        """The deployment is gone: its GPUs and quota go back to the queue."""
+        if self.rt.ledger.release(f"{MODELDEPLOYMENTS}/{key[0]}/{key[1]}") is not None:
+            self.rt.wake_tenant(key[0])
+
+    async def reconcile(self, body: Body, write_status: bool = True) -> None:
+        """One pass for the object `body` (a hub cache entry): at most one per object at a
+        time. Without `write_status`, only the children are brought to the spec (an invalid
+        spec and a queued deployment are still reported)."""
+        rt, idx = self.rt, self.rt.indexes
+        namespace, name = _key(body)
+        with reconcile_scope("ModelDeployment", namespace, name) as scope:
+            raw = dict(body)
+            previous = _previous(rt, raw)
+            now = datetime.now(UTC)
+            try:
+                md = ModelDeployment.model_validate(raw)
+                views = await rt.cluster_views(idx.compute_clusters(), {})
+                observed = await _observe(rt, md, views)
+                tenant = idx.tenant_object(namespace)
+                # One synchronous step from reading the ledger to writing it.
+                outcome = self._decide(md, tenant, views, observed)
+                if isinstance(outcome, AdmissionResult):
+                    scope.outcome = "Queued"
+                    position, why = outcome.queue_position, outcome.reason
+                    status = queued_status(md, position, why, previous, now)
+                    await _write_status(rt, raw, previous, status)
+                    rt.phases[MODELDEPLOYMENTS].set(namespace, name, status.phase)
+                    return
+                decision = outcome
+                adapter_uris = idx.adapter_uris(namespace)
+                desired = desired_children(
+                    md, decision, views, rt.build, idx.tenant_of(namespace), adapter_uris
+                )
+            except (ValidationError, ValueError) as exc:
+                scope.outcome = "invalid"
+                message = _invalid_message(raw, exc)
+                status = invalid_spec_status(_generation(raw), message, previous, now)
+                await _write_status(rt, raw, previous, status)
+                raise Invalid(f"invalid spec: {message}") from exc
+            except (ApiError, Unreachable) as exc:
+                scope.outcome = "retry"
+                raise Retry(str(exc)) from exc
+            try:
+                errors = await _apply(rt, md, desired, observed)
+                pools = [observed[c] for c in decision.replicas if c in observed]
+                if not write_status:
+                    scope.outcome = "children"
+                    return
+                status = compute_status(md, decision, pools, previous, now, adapter_uris)
+                await _write_status(rt, raw, previous, status)
+            except (ApiError, Unreachable) as exc:  # the hub itself failed us: retry
+                scope.outcome = "retry"
+                raise Retry(str(exc)) from exc
+            scope.clusters = ",".join(decision.replicas)
+            scope.outcome = status.phase or "unknown"
+            rt.phases[MODELDEPLOYMENTS].set(namespace, name, status.phase)
+            if errors:
+                scope.outcome = "retry"
+                raise Retry("; ".join(errors))
+
+    def _decide(
+        self,
+        md: ModelDeployment,
+        tenant: Tenant | None,
+        views: Mapping[str, ClusterView],
+        observed: Mapping[str, ObservedPool],
+    ) -> PlacementDecision | AdmissionResult:
+        """Admission, then placement, and the ledger entry they make: synchronous, so no other
+        decision reads the ledger between this one reading and writing it."""
+        rt = self.rt
+        workload = md_workload(md)
+        if workload.key not in rt.ledger and tenant is not None:
+            namespaces = tenant.spec.namespaces
+            others = waiting(
+                namespaces, rt.indexes.jobs(), rt.indexes.deployments(), _keys(rt.ledger)
+            )
+            admission = admission_for(workload, tenant, rt.ledger.held_in(namespaces), others)
+            if not admission.admitted:
+                return admission
+        held = rt.ledger.allocations(exclude=workload.key)
+        views = with_allocations(allowed_views(views, tenant), held)
+        failed = failed_clusters(list(observed.values()), md)
+        decision = place(md, list(views.values()), _current(md, observed), failed)
+        # Held from now on, not from when the status comes back; pools still running where
+        # they are no longer placed hold their GPUs until they are gone.
+        running = pool_gpus(md, _existing(observed))
+        placed = merge_clusters(pool_gpus(md, decision.replicas), running)
+        rt.ledger.hold(dataclasses.replace(workload, clusters=placed))
+        return decision
 
 
-def _trigger(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a reconcile must follow: the object's identity, spec generation and deletion."""
-    meta = body.get("metadata") or {}
-    return (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+def _keys(ledger: Ledger) -> list[str]:
+    return [w.key for w in ledger.entries()]
 
 
-async def _add_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[str]) -> bool:
+def _existing(observed: Mapping[str, ObservedPool]) -> dict[str, int]:
+    """Worker replicas per cluster of the children that exist now."""
+    out = {}
+    for cluster, pool in observed.items():
+        if pool.rayservice is not None:
+            out[cluster] = _replicas(pool.rayservice)
+    return out
+
+
+def _replicas(rayservice: Mapping[str, Any]) -> int:
+    groups = (rayservice.get("spec") or {}).get("rayClusterConfig", {})
+    return sum(int(g.get("replicas") or 0) for g in groups.get("workerGroupSpecs") or [])
+
+
+def _previous(rt: Runtime, raw: Mapping[str, Any]) -> ModelDeploymentStatus | None:
+    last = rt.last_status(MODELDEPLOYMENTS, raw)
+    if isinstance(last, ModelDeploymentStatus):
+        return last
+    return _status_of(raw)
+
+
+async def _add_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[str]) -> None:
     """Append our finalizer (a JSON patch: others' finalizers added meanwhile stay)."""
     namespace, name = _key(raw)
     ops: list[dict[str, Any]]
@@ -191,105 +266,27 @@ async def _add_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[s
     try:
         await rt.hub.patch(MODELDEPLOYMENT, namespace, name, ops)
     except NotFound:
-        return True  # deleted meanwhile: the DELETED event cleans up
+        raise Retry("deleted meanwhile", 0.0) from None  # its DELETED event ends it
     except (ApiError, Unreachable) as exc:
-        log.info("finalizer of %s/%s not added yet: %s", namespace, name, exc)
-        return False
-    return True
+        raise Retry(f"finalizer not added yet: {exc}") from exc
 
 
 async def _remove_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[str]) -> None:
     """Remove our finalizer, only if it is still where we saw it (a JSON patch `test`)."""
-    namespace, name = key = _key(raw)
+    namespace, name = _key(raw)
     index = finalizers.index(FINALIZER)
     path = f"/metadata/finalizers/{index}"
     ops = [{"op": "test", "path": path, "value": FINALIZER}, {"op": "remove", "path": path}]
-    with contextlib.suppress(NotFound):
-        await rt.hub.patch(MODELDEPLOYMENT, namespace, name, ops)
-    rt.forget(key)
-
-
-async def _cleanup_gone(rt: Runtime, body: Mapping[str, Any]) -> None:
-    """Best effort for an object deleted in the instant between its first reconcile (which
-    does not wait for the finalizer patch, landing the same moment) and that patch."""
     try:
-        await cleanup(rt, body)
-        rt.forget(_key(body))
-    except kopf.TemporaryError as exc:
-        log.warning("%s/%s deleted without its finalizer; %s", *_key(body), exc)
+        with contextlib.suppress(NotFound):
+            await rt.hub.patch(MODELDEPLOYMENT, namespace, name, ops)
+    except (ApiError, Unreachable) as exc:
+        raise Retry(f"finalizer not removed yet: {exc}") from exc
 
 
 def _key(body: Mapping[str, Any]) -> Key:
     meta = body.get("metadata") or {}
-    return (meta.get("namespace") or "default", meta["name"])
-
-
-async def reconcile(
-    rt: Runtime, body: Mapping[str, Any], idx: Indexes, write_status: bool = True
-) -> None:
-    """One pass for the object `body` (a hub cache entry): at most one per object at a time.
-    Without `write_status`, only the children are brought to the spec (an invalid spec is
-    still reported)."""
-    namespace, name = key = _key(body)
-    with reconcile_scope("ModelDeployment", namespace, name) as scope:
-        raw = dict(body)
-        rt.reconciling(key, _trigger(raw))
-        if raw.get("metadata", {}).get("deletionTimestamp"):
-            scope.outcome = "deleting"
-            return
-        previous = rt.last_status(raw) or _status_of(raw)
-        now = datetime.now(UTC)
-        try:
-            md = ModelDeployment.model_validate(raw)
-            views = await rt.cluster_views(idx.compute_clusters(), {})
-            observed = await _observe(rt, md, views)
-            # No await from reading the ledger to writing it: every concurrent pass places
-            # against the GPUs the others have placed, whether or not their status is out.
-            views = _with_allocations(views, rt.gpus.held_by_others(key))
-            failed = failed_clusters(list(observed.values()), md)
-            decision = place(md, list(views.values()), _current(md, observed), failed)
-            # Held from now on, not from when the status comes back: concurrent reconciles
-            # (and passes that leave the status for later) must not place onto the same GPUs.
-            rt.gpus.set(key, pool_gpus(md, decision.replicas))
-            adapter_uris = idx.adapter_uris(namespace)
-            desired = desired_children(
-                md, decision, views, rt.build, idx.tenant_of(namespace), adapter_uris
-            )
-        except (ValidationError, ValueError) as exc:
-            scope.outcome = "invalid"
-            message = _invalid_message(raw, exc)
-            status = invalid_spec_status(_generation(raw), message, previous, now)
-            await _write_status(rt, raw, previous, status)
-            raise kopf.PermanentError(f"invalid spec: {message}") from exc
-        except (ApiError, Unreachable) as exc:
-            scope.outcome = "retry"
-            raise kopf.TemporaryError(str(exc), delay=rt.settings.retry_delay_s) from exc
-        try:
-            errors = await _apply(rt, md, desired, observed)
-            pools = [observed[c] for c in decision.replicas if c in observed]
-            if not write_status:
-                scope.outcome = "children"
-                return
-            status = compute_status(md, decision, pools, previous, now, adapter_uris)
-            await _write_status(rt, raw, previous, status)
-        except (ApiError, Unreachable) as exc:  # the hub itself failed us: retry soon
-            scope.outcome = "retry"
-            raise kopf.TemporaryError(str(exc), delay=rt.settings.retry_delay_s) from exc
-        scope.clusters = ",".join(decision.replicas)
-        scope.outcome = status.phase or "unknown"
-        rt.md_phases.set(namespace, name, status.phase)
-        if errors:
-            scope.outcome = "retry"
-            raise kopf.TemporaryError("; ".join(errors), delay=rt.settings.retry_delay_s)
-
-
-def _with_allocations(
-    views: Mapping[str, ClusterView], allocations: Mapping[str, Mapping[str, int]]
-) -> dict[str, ClusterView]:
-    return {
-        name: dataclasses.replace(view, gpus_allocated=dict(allocations.get(name, {})))
-        for name, view in views.items()
-    }
+    return (meta.get("namespace") or "", meta["name"])
 
 
 def _status_of(raw: Mapping[str, Any]) -> ModelDeploymentStatus | None:
@@ -350,12 +347,8 @@ def _current(md: ModelDeployment, observed: Mapping[str, ObservedPool]) -> dict[
     """Replicas per cluster now: the last status, plus children found that it does not list
     (the operator may have stopped between creating a child and writing the status)."""
     current = current_replicas(md)
-    for cluster, pool in observed.items():
-        if pool.rayservice is not None and cluster not in current:
-            groups = (pool.rayservice.get("spec") or {}).get("rayClusterConfig", {})
-            current[cluster] = sum(
-                int(g.get("replicas") or 0) for g in groups.get("workerGroupSpecs") or []
-            )
+    for cluster, replicas in _existing(observed).items():
+        current.setdefault(cluster, replicas)
     return current
 
 
@@ -414,7 +407,7 @@ async def _write_status(
     namespace, name = _key(raw)
     if not await rt.write_status(MODELDEPLOYMENT, namespace, name, previous, status):
         return  # deleted meanwhile
-    rt.remember_status(raw, status)
+    rt.remember_status(MODELDEPLOYMENTS, raw, status)
     _transition_events(rt.events, raw, previous, status)
 
 
@@ -446,7 +439,7 @@ def _transition_events(
 
 
 async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
-    """Delete the children in every member cluster; TemporaryError until all are gone."""
+    """Delete the children in every member cluster; `Retry` until all are gone."""
     namespace, name = _key(body)
     with reconcile_scope("ModelDeployment", namespace, name) as scope:
         scope.outcome = "cleanup"
@@ -466,10 +459,7 @@ async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
                 waiting.append(f"{cluster} ({exc})")
         if waiting:
             scope.outcome = "retry"
-            raise kopf.TemporaryError(
-                f"children not yet deleted in: {', '.join(waiting)}",
-                delay=rt.settings.retry_delay_s,
-            )
+            raise Retry(f"children not yet deleted in: {', '.join(waiting)}")
 
 
 async def _delete_child(member: MemberCluster, namespace: str, name: str) -> bool:

@@ -1,9 +1,10 @@
-"""State the handlers share while the operator runs: clients, caches, member clusters, queue.
+"""State the controllers share while the operator runs: clients, caches, members, the ledger.
 
 One `Runtime` per operator run: the hub client, the hub caches (`indexes`), the Event
-recorder, the member clusters, and the ModelDeployment work queue. A child event from any
-member cluster, or a member cluster changing health, queues the affected ModelDeployments
-(at low priority: a refresh, not new work) instead of polling.
+recorder, the member clusters, the one GPU ledger (`quotas.ledger`), the statuses we last
+wrote, and the controllers of every kind (`controllers`, to wake keys of another kind). A
+child event from any member cluster queues its owner; a member changing health queues every
+ModelDeployment and FineTuneJob (at low priority: a refresh, not new work) instead of polling.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
-from tramontane_api.v1alpha1 import ComputeCluster, ModelDeploymentStatus
+from tramontane_api.v1alpha1 import ComputeCluster, Tenant
 from tramontane_kube import (
     SECRET,
     ApiError,
@@ -33,21 +35,21 @@ from tramontane_operator.builders.labels import OWNER_NAME_LABEL, OWNER_NAMESPAC
 from tramontane_operator.kube import ClusterRegistry, MemberCluster
 from tramontane_operator.kube.clusters import NOT_PROBED
 from tramontane_operator.kube.workqueue import HIGH, LOW, WorkQueue
-from tramontane_operator.observability import (
-    PhaseTracker,
-    record_queue_wait,
-    set_cluster_reachable,
-    track_queue,
-)
+from tramontane_operator.observability import PhaseTracker, set_cluster_reachable
 from tramontane_operator.placement import ClusterView
+from tramontane_operator.quotas.ledger import Ledger
 from tramontane_operator.settings import OperatorSettings
 
+from .controller import Controller, Key
 from .events import EventRecorder
-from .indexes import GpuLedger, Indexes
+from .indexes import Indexes
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name)
+MODELDEPLOYMENTS = "ModelDeployment"
+FINETUNEJOBS = "FineTuneJob"
+TENANTS = "Tenant"
+COMPUTECLUSTERS = "ComputeCluster"
 
 
 class ClusterConnectionError(Exception):
@@ -65,20 +67,35 @@ class Runtime:
             max_backoff_s=settings.backoff_max_s,
             client_options=self._client_options(),
         )
-        self.gpus = GpuLedger()
-        self.md_phases = PhaseTracker("ModelDeployment")
-        self.cc_phases = PhaseTracker("ComputeCluster")
+        self.ledger = Ledger()
+        self.phases = {
+            kind: PhaseTracker(kind)
+            for kind in (MODELDEPLOYMENTS, FINETUNEJOBS, TENANTS, COMPUTECLUSTERS)
+        }
         self._hub: KubeClient | None = None
         self._indexes: Indexes | None = None
         self._events: EventRecorder | None = None
-        self.md_queue: WorkQueue[Key] = WorkQueue(on_get=record_queue_wait)
-        track_queue(self.md_queue.waiting)
-        self._locks: dict[Key, asyncio.Lock] = {}
+        self.controllers: dict[str, Controller] = {}
+        self._ready = asyncio.Event()
         self._member_locks: dict[str, asyncio.Lock] = {}
         self.connection_errors: dict[str, str] = {}
         self._connections: dict[str, str] = {}
-        self._statuses: dict[Key, tuple[str | None, ModelDeploymentStatus]] = {}
-        self._triggers: dict[Key, tuple[Any, ...]] = {}
+        self._statuses: dict[tuple[str, Key], tuple[str | None, BaseModel]] = {}
+
+    def work_queue(self, on_get: Callable[[int, float], None] | None = None) -> WorkQueue[Key]:
+        """A controller's queue, with the operator's retry backoff."""
+        return WorkQueue(
+            on_get,
+            base_delay_s=self.settings.retry_delay_s,
+            max_delay_s=self.settings.backoff_max_s,
+        )
+
+    async def ready(self) -> None:
+        """Wait until the caches are synced and the ledger rebuilt (see `handlers.startup`)."""
+        await self._ready.wait()
+
+    def set_ready(self) -> None:
+        self._ready.set()
 
     @property
     def hub(self) -> KubeClient:
@@ -97,15 +114,18 @@ class Runtime:
     def indexes(self) -> Indexes:
         if self._indexes is None:
             watched = None if self.settings.all_namespaces else self.settings.namespaces
-            self._indexes = Indexes(self.hub, watched or None, self.gpus)
+            self._indexes = Indexes(self.hub, watched or None)
         return self._indexes
 
     @property
     def events(self) -> EventRecorder:
         if self._events is None:
-            # Events wait while new or changed ModelDeployments do (see EventRecorder).
-            self._events = EventRecorder(self.hub, busy=lambda: self.md_queue.waiting(HIGH) > 0)
+            # Events wait while new or changed objects do (see EventRecorder).
+            self._events = EventRecorder(self.hub, busy=self._busy)
         return self._events
+
+    def _busy(self) -> bool:
+        return any(c.queue.waiting(HIGH) for c in self.controllers.values())
 
     def start(self) -> None:
         """Start the hub caches and the Event posters (in the operator's event loop)."""
@@ -113,7 +133,8 @@ class Runtime:
         self.events.start()
 
     async def close(self) -> None:
-        self.md_queue.close()
+        for controller in self.controllers.values():
+            await controller.stop()
         if self._events is not None:
             await self._events.stop()
         if self._indexes is not None:
@@ -144,59 +165,62 @@ class Runtime:
             return False
         return True
 
-    # Wake-ups, per ModelDeployment: a refresh of its status (its spec did not change).
-    def wake(self, key: Key) -> None:
-        self.md_queue.add(key, LOW)
+    # Wake-ups: a refresh of objects whose spec did not change.
+    def wake(self, kind: str, key: Key, priority: int = LOW) -> None:
+        controller = self.controllers.get(kind)
+        if controller is not None:
+            controller.wake(key, priority)
 
-    def wake_all(self) -> None:
-        for namespace, name in self.indexes.modeldeployments.object_keys():
-            self.md_queue.add((namespace or "default", name), LOW)
+    def wake_all(self, kind: str) -> None:
+        controller = self.controllers.get(kind)
+        if controller is not None:
+            for key in self.indexes.cache(kind).object_keys():
+                controller.wake(key)
 
-    def reconciling(self, key: Key, trigger: tuple[Any, ...]) -> None:
-        """A reconcile of `key` starts from an object in state `trigger` (see trigger_changed)."""
-        self._triggers[key] = trigger
-
-    def known(self, key: Key) -> bool:
-        """Whether `key` was reconciled and not yet cleaned up (`forget`)."""
-        return key in self._triggers
-
-    def trigger_changed(self, key: Key, trigger: tuple[Any, ...]) -> bool:
-        """Whether an object in state `trigger` differs from what `key` was last reconciled at."""
-        return self._triggers.get(key) != trigger
-
-    def lock(self, key: Key) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
-
-    def forget(self, key: Key) -> None:
-        self.md_queue.forget(key)
-        self._locks.pop(key, None)
-        self._statuses.pop(key, None)
-        self._triggers.pop(key, None)
-        self.gpus.remove(key)
-        self.md_phases.set(key[0], key[1], None)
+    def wake_tenant(self, namespace: str) -> None:
+        """Capacity or quota was released in `namespace`: every workload of the tenant owning
+        it may be admitted now (its queue is decided again), and waiting ModelDeployments of
+        any tenant may now fit the freed GPUs."""
+        tenant = self.indexes.tenant_object(namespace)
+        namespaces = set(tenant.spec.namespaces) if tenant is not None else {namespace}
+        for kind in (MODELDEPLOYMENTS, FINETUNEJOBS):
+            for key in self.indexes.cache(kind).object_keys():
+                if key[0] in namespaces or kind == MODELDEPLOYMENTS:
+                    self.wake(kind, key)
+        if tenant is not None:
+            self.wake(TENANTS, ("", tenant.metadata.name))
 
     # The status we last wrote, per object: newer than the body of a watch event in flight.
-    def last_status(self, body: Mapping[str, Any]) -> ModelDeploymentStatus | None:
+    def last_status(self, kind: str, body: Mapping[str, Any]) -> BaseModel | None:
         key, uid = _identity(body)
-        uid_and_status = self._statuses.get(key)
+        uid_and_status = self._statuses.get((kind, key))
         if uid_and_status is None or uid_and_status[0] != uid:
             return None
         return uid_and_status[1]
 
-    def remember_status(self, body: Mapping[str, Any], status: ModelDeploymentStatus) -> None:
+    def remember_status(self, kind: str, body: Mapping[str, Any], status: BaseModel) -> None:
         key, uid = _identity(body)
-        self._statuses[key] = (uid, status)
+        self._statuses[(kind, key)] = (uid, status)
+
+    def forget(self, kind: str, key: Key) -> None:
+        """`key` is gone and cleaned up: drop its status, phase and ledger entry."""
+        self._statuses.pop((kind, key), None)
+        self.phases[kind].set(key[0] or None, key[1], None)
+        controller = self.controllers.get(kind)
+        if controller is not None:
+            controller.forget(key)
 
     def _on_child_event(self, cluster: str, obj: Mapping[str, Any]) -> None:
         labels = (obj.get("metadata") or {}).get("labels") or {}
         namespace, name = labels.get(OWNER_NAMESPACE_LABEL), labels.get(OWNER_NAME_LABEL)
         if namespace and name:
-            self.wake((namespace, name))
+            self.wake(MODELDEPLOYMENTS, (namespace, name))
 
     def _on_health_change(self, cluster: str) -> None:
         member = self.clusters.get(cluster)
         set_cluster_reachable(cluster, member.probe.reachable if member else None)
-        self.wake_all()
+        self.wake_all(MODELDEPLOYMENTS)
+        self.wake_all(FINETUNEJOBS)
 
     # Member clusters.
     async def ensure_member(
@@ -281,8 +305,25 @@ class Runtime:
 
 def _identity(body: Mapping[str, Any]) -> tuple[Key, str | None]:
     meta = body.get("metadata") or {}
-    return (meta.get("namespace") or "default", meta["name"]), meta.get("uid")
+    return (meta.get("namespace") or "", meta["name"]), meta.get("uid")
 
 
-def _dump(status: BaseModel) -> dict[str, Any]:
-    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+def allowed_views(
+    views: Mapping[str, ClusterView], tenant: Tenant | None
+) -> dict[str, ClusterView]:
+    """The clusters the tenant may use (`spec.allowedClusters`; every one when unset)."""
+    allowed = tenant.spec.allowed_clusters if tenant is not None else None
+    if allowed is None:
+        return dict(views)
+    names = set(allowed)
+    return {name: view for name, view in views.items() if name in names}
+
+
+def with_allocations(
+    views: Mapping[str, ClusterView], allocations: Mapping[str, Mapping[str, int]]
+) -> dict[str, ClusterView]:
+    """`views` with the GPUs `allocations` holds in each cluster."""
+    return {
+        name: dataclasses.replace(view, gpus_allocated=dict(allocations.get(name, {})))
+        for name, view in views.items()
+    }

@@ -1,62 +1,67 @@
-"""Tenant handlers: usage and conditions from the tenant's workloads, kept current.
+"""Tenants: usage and conditions from what the tenant holds in the ledger, kept current.
 
-The hub cache holds every Tenant (the FineTuneJob handlers read quotas from it). A per-Tenant
-daemon recomputes the status with the pure `reconcile.tenant.compute_tenant_status` from
-the ModelDeployments and FineTuneJobs in its namespaces, every poll interval (the FineTuneJob
-one), and writes it only when it changed.
+Reconciled by the kind's `Controller` (`controller.py`): a Tenant is queued when it appears
+or its spec changes, and (coalesced, at most once a second) when a ModelDeployment or
+FineTuneJob in one of its namespaces changes. The status is the pure
+`reconcile.tenant.compute_tenant_status` of the workloads the ledger holds in its namespaces,
+written only when it changed. Admission itself is decided by the workloads' own controllers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
-
-from tramontane_api.v1alpha1 import GROUP, VERSION, Tenant
+from tramontane_api.v1alpha1 import Tenant
 from tramontane_kube import TENANT
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.reconcile.conditions import status_differs
-from tramontane_operator.reconcile.finetunejob_quota import tenant_workloads
 from tramontane_operator.reconcile.tenant import compute_tenant_status
 
-from .finetunejob import poll_interval
+from .controller import Body, Controller, Key, Requeue
 from .parsing import parse_resource
-from .runtime import Runtime
+from .runtime import FINETUNEJOBS, MODELDEPLOYMENTS, TENANTS, Runtime
 
 log = logging.getLogger(__name__)
 
-PLURAL = "tenants"
+COALESCE_S = 1.0  # a burst of workload changes refreshes a tenant's status once
 
 
-def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
-    interval = poll_interval()
+class Tenants:
+    """The controller of Tenants."""
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=1.0)
-    async def tenant_usage(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
-        while not stopped:
-            try:
-                await report(rt, body)
-            except Exception:
-                log.exception("status of Tenant %s failed", body["metadata"]["name"])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), interval)
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        cache = rt.indexes.tenant_objects
+        self.controller = Controller(
+            TENANTS, cache.raw, self._process, workers=2, ready=rt.ready, queue=rt.work_queue()
+        )
+        cache.listeners.append(self.controller.observed)
+        for kind in (MODELDEPLOYMENTS, FINETUNEJOBS):
+            rt.indexes.cache(kind).listeners.append(self._workload_changed)
+        rt.controllers[TENANTS] = self.controller
+
+    def _workload_changed(self, key: Key, _obj: Mapping[str, Any], _gone: bool) -> None:
+        name = self.rt.indexes.tenant_of(key[0])
+        if name is not None:
+            self.controller.queue.add_after(("", name), COALESCE_S)
+
+    async def _process(self, key: Key, raw: Body | None) -> Requeue | None:
+        if raw is None:
+            self.rt.forget(TENANTS, key)
+            return None
+        await report(self.rt, raw)
+        return Requeue(self.rt.settings.resync_interval_s)
 
 
 async def report(rt: Runtime, body: Mapping[str, Any]) -> None:
     name = body["metadata"]["name"]
-    await rt.indexes.synced()
     with reconcile_scope("Tenant", None, name) as scope:
         tenant = parse_resource(Tenant, body, scope)
-        tenants = rt.indexes.tenants()
-        jobs = rt.indexes.jobs()
-        deployments = rt.indexes.deployments()
-        workloads = tenant_workloads(tenant, jobs, deployments)
-        status = compute_tenant_status(tenant, workloads, tenants, datetime.now(UTC))
+        workloads = rt.ledger.held_in(tenant.spec.namespaces)
+        status = compute_tenant_status(tenant, workloads, rt.indexes.tenants(), datetime.now(UTC))
         scope.outcome = status.phase or "unknown"
         if status_differs(tenant.status, status):
             await rt.write_status(TENANT, None, name, tenant.status, status)

@@ -9,11 +9,15 @@
   controller-runtime's priority queue. A key added at `HIGH` while queued `LOW` moves up.
   So that refreshes never starve under sustained load, one key in `LOW_SHARE` comes from
   the `LOW` lane while it holds any.
+- `retry` queues a key after a per-key exponential backoff with jitter (client-go's
+  rate-limited queue: `base x 2^failures`, capped), and `succeeded` resets it: a persistent
+  error (a 403, a member that is down) is retried with growing delays, not in a storm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -26,9 +30,21 @@ K = TypeVar("K", bound=Hashable)
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self, on_get: Callable[[int, float], None] | None = None) -> None:
-        """`on_get(priority, waited_s)` is told how long each key handed out had waited."""
+    def __init__(
+        self,
+        on_get: Callable[[int, float], None] | None = None,
+        *,
+        base_delay_s: float = 0.05,
+        max_delay_s: float = 300.0,
+        jitter: float = 0.2,
+    ) -> None:
+        """`on_get(priority, waited_s)` is told how long each key handed out had waited;
+        `retry` waits `base_delay_s x 2^failures` up to `max_delay_s`, +/- `jitter` of it."""
         self.on_get = on_get
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.jitter = jitter
+        self._failures: dict[K, int] = {}
         self._added_at: dict[K, float] = {}
         self._lanes: tuple[deque[K], deque[K]] = (deque(), deque())
         self._queued: dict[K, int] = {}  # key -> the lane it waits in
@@ -86,10 +102,29 @@ class WorkQueue(Generic[K]):
         self.add(key, priority)
 
     def forget(self, key: K) -> None:
-        """Drop a pending delayed add of `key` (the object is gone)."""
+        """Drop a pending delayed add of `key` and its backoff (the object is gone)."""
+        self._failures.pop(key, None)
         pending = self._timers.pop(key, None)
         if pending is not None:
             pending[1].cancel()
+
+    def retry(self, key: K, priority: int = LOW, at_least_s: float = 0.0) -> float:
+        """Queue `key` again after its backoff (at least `at_least_s`); the delay chosen."""
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        delay = min(self.base_delay_s * 2.0**failures, self.max_delay_s)
+        delay *= 1.0 + self.jitter * (2.0 * random.random() - 1.0)
+        delay = max(delay, at_least_s)
+        self.add_after(key, delay, priority)
+        return delay
+
+    def failures(self, key: K) -> int:
+        """How many `retry` calls since the last `succeeded` (client-go's NumRequeues)."""
+        return self._failures.get(key, 0)
+
+    def succeeded(self, key: K) -> None:
+        """The key's last pass worked: its next failure starts from the base delay again."""
+        self._failures.pop(key, None)
 
     async def get(self) -> K:
         """The next key, highest priority first; it is the caller's until `done(key)`."""

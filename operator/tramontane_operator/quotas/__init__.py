@@ -58,6 +58,7 @@ def workload_of_model_deployment(
         name=md.metadata.name,
         created=created,
         gpus=gpus,
+        priority=md.spec.priority,
         admitted=admitted,
         clusters=dict(clusters or {}),
     )

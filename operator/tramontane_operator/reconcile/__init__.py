@@ -11,6 +11,7 @@ from .modeldeployment import (
     desired_children,
     failed_clusters,
     invalid_spec_status,
+    queued_status,
     status_changed,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "desired_children",
     "failed_clusters",
     "invalid_spec_status",
+    "queued_status",
     "status_changed",
 ]

@@ -43,10 +43,12 @@ class Reason:
     NO_FAILOVER_TARGET: Final = placement.REASON_NO_FAILOVER_TARGET
     PINNED_CLUSTER_MISSING: Final = placement.REASON_PINNED_CLUSTER_MISSING
     INVALID_SPEC: Final = "InvalidSpec"
+    QUOTA_EXCEEDED: Final = "QuotaExceeded"  # queued: the tenant's quota holds it back
     # Ready.
     POOLS_READY: Final = "PoolsReady"
     POOLS_NOT_READY: Final = "PoolsNotReady"
     NOT_PLACED: Final = "NotPlaced"
+    QUEUED: Final = "Queued"
     # Progressing.
     CREATING: Final = "Creating"
     DEPLOYING: Final = "Deploying"

@@ -3,7 +3,8 @@
 `desired_children` renders one RayService per placed cluster. `compute_status` aggregates the
 pools KubeRay reports into the ModelDeployment status (per-cluster replicas and endpoint, the
 Ready / Progressing / Degraded / Placed conditions, a phase derived from them).
-`status_changed` says whether that status needs writing.
+`queued_status` is the status of one the tenant's quota holds back. `status_changed` says
+whether a status needs writing.
 """
 
 from __future__ import annotations
@@ -233,6 +234,36 @@ def _degraded(decision: PlacementDecision, by_state: Mapping[str, list[str]]) ->
         short = f"placed {decision.total} of {decision.desired} replicas (free GPUs)"
         return ConditionSpec(DEGRADED, "True", Reason.INSUFFICIENT_CAPACITY, short)
     return ConditionSpec(DEGRADED, "False", Reason.HEALTHY, "")
+
+
+def queued_status(
+    md: ModelDeployment,
+    position: int | None,
+    reason: str,
+    previous: ModelDeploymentStatus | None,
+    now: datetime,
+) -> ModelDeploymentStatus:
+    """Status of a deployment the tenant's quota holds back: phase Queued, its place in the
+    tenant's queue, the limit in `Placed`; no pool exists (nothing is created while queued)."""
+    message = f"queued at position {position}: {reason}" if position else reason
+    specs = [
+        ConditionSpec(READY, "False", Reason.QUEUED, message),
+        ConditionSpec(PROGRESSING, "False", Reason.QUEUED, message),
+        ConditionSpec(DEGRADED, "False", Reason.QUEUED, ""),
+        ConditionSpec(PLACED, "False", Reason.QUOTA_EXCEEDED, message),
+    ]
+    generation = md.metadata.generation
+    return ModelDeploymentStatus(
+        phase="Queued",
+        observed_generation=generation,
+        conditions=merge_conditions(
+            specs, previous.conditions if previous else None, now, generation
+        ),
+        replicas=0,
+        ready_replicas=0,
+        gpus=0,
+        queue_position=position,
+    )
 
 
 def status_changed(old: ModelDeploymentStatus | None, new: ModelDeploymentStatus) -> bool:

@@ -1,0 +1,129 @@
+"""Admission of both kinds against the tenant's quota, from the one ledger.
+
+Pure. A ModelDeployment or FineTuneJob is reduced to a `quotas.Workload`: a ModelDeployment
+counts `maxReplicas x gpu.count` of its GPU type and one of `maxModelDeployments`; a
+FineTuneJob `workers x gpusPerWorker` and one of `maxConcurrentFineTuneJobs`. What holds
+quota is what the ledger holds (`quotas.ledger`); what waits is every workload of the tenant
+that wants to run and is not in the ledger. `admission_for` runs Kueue's BestEffortFIFO
+round over both (priority, then age) and says whether the candidate is admitted now, or its
+queue position and the limit that holds it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
+from tramontane_operator.placement import pool_gpus
+from tramontane_operator.quotas import (
+    Workload,
+    admit,
+    workload_of_fine_tune_job,
+    workload_of_model_deployment,
+)
+
+from .finetunejob import finished, holds_quota, was_validated
+from .finetunejob_inputs import AdmissionResult
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def created_at(obj: FineTuneJob | ModelDeployment) -> datetime:
+    """metadata.creationTimestamp (the epoch when absent: oldest first, deterministically)."""
+    meta_created = (obj.metadata.model_extra or {}).get("creationTimestamp")
+    if isinstance(meta_created, datetime):
+        return meta_created
+    if isinstance(meta_created, str):
+        try:
+            return datetime.fromisoformat(meta_created.replace("Z", "+00:00"))
+        except ValueError:
+            return _EPOCH
+    return _EPOCH
+
+
+def job_workload(job: FineTuneJob, cluster: str | None = None) -> Workload:
+    """The job as quotas count it; `cluster`: where it holds its GPUs (admitted, placed)."""
+    status = job.status
+    cluster = cluster or (status.cluster if status and holds_quota(status) else None)
+    return workload_of_fine_tune_job(
+        job, created_at(job), admitted=holds_quota(status), cluster=cluster
+    )
+
+
+def md_admitted(md: ModelDeployment) -> bool:
+    """Whether the deployment's status says it was admitted (anything past Queued)."""
+    status = md.status
+    return status is not None and status.phase is not None and status.phase != "Queued"
+
+
+def md_workload(md: ModelDeployment, replicas: dict[str, int] | None = None) -> Workload:
+    """The deployment as quotas count it; `replicas`: its pools per cluster (default: as its
+    status says)."""
+    if replicas is None:
+        pools = (md.status.clusters if md.status is not None else None) or []
+        replicas = {p.name: p.desired_replicas for p in pools}
+    return workload_of_model_deployment(
+        md, created_at(md), admitted=md_admitted(md), clusters=pool_gpus(md, replicas)
+    )
+
+
+def job_queues(job: FineTuneJob) -> bool:
+    """Whether the job waits for admission now (validated and wanting to run)."""
+    return (
+        was_validated(job.status)
+        and not job.spec.suspend
+        and not job.spec.dry_run
+        and not finished(job)
+    )
+
+
+def waiting(
+    namespaces: Iterable[str],
+    jobs: Iterable[FineTuneJob],
+    deployments: Iterable[ModelDeployment],
+    held: Iterable[str],
+) -> list[Workload]:
+    """The workloads in `namespaces` that want to run and hold nothing (`held`: the keys the
+    ledger holds)."""
+    owned, holding = set(namespaces), set(held)
+    out = [
+        md_workload(md)
+        for md in deployments
+        if (md.metadata.namespace or "") in owned and not _deleting(md)
+    ]
+    out += [
+        job_workload(j) for j in jobs if (j.metadata.namespace or "") in owned and job_queues(j)
+    ]
+    return [w for w in out if w.key not in holding]
+
+
+def _deleting(obj: ModelDeployment | FineTuneJob) -> bool:
+    return bool((obj.metadata.model_extra or {}).get("deletionTimestamp"))
+
+
+def admission_for(
+    candidate: Workload,
+    tenant: Tenant | None,
+    held: Sequence[Workload],
+    others: Sequence[Workload],
+) -> AdmissionResult:
+    """Whether `candidate` may hold quota now, given what the tenant's workloads hold (`held`)
+    and the others waiting (`others`); no tenant: no quota to check."""
+    holding = {w.key for w in held}
+    if tenant is None or candidate.key in holding:
+        return AdmissionResult(admitted=True)
+    workloads = [dataclasses.replace(w, admitted=True) for w in held]
+    workloads += [_waiting(w) for w in others if w.key not in holding | {candidate.key}]
+    workloads.append(_waiting(candidate))
+    result = admit(tenant.spec.quotas, workloads)
+    if candidate.key in result.admitted:
+        return AdmissionResult(admitted=True)
+    return AdmissionResult(
+        False, result.queued.get(candidate.key), result.reasons.get(candidate.key, "queued")
+    )
+
+
+def _waiting(w: Workload) -> Workload:
+    return dataclasses.replace(w, admitted=False) if w.admitted else w
