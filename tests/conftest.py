@@ -1,7 +1,7 @@
 """Fixtures shared by every test tier.
 
 One Ray session serves the whole test run (starting Ray costs ~7 s); tests that need it ask
-for `ray_session`. Paths to the repository, CRDs and KubeRay's reference CRDs live here so
+for `ray_session`; tests that render the Helm chart ask for `helm`. Paths to the repository, CRDs and KubeRay's reference CRDs live here so
 that no test guesses them.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CRDS_DIR = REPO_ROOT / "crds"
 EXAMPLES_DIR = REPO_ROOT / "examples"
 KUBERAY_CRDS_DIR = REPO_ROOT.parent / "shared" / "reference" / "kuberay-v1.7.0"
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """Path to helm v4; skip locally when absent, fail in CI."""
+    local = REPO_ROOT / ".tools" / "bin" / "helm"
+    found = str(local) if local.is_file() else shutil.which("helm")
+    if found is None:
+        message = "helm not found: run `bash .ci/install-tools.sh` (installs .tools/bin/helm)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,7 @@ shipped by `kubernetes-validate`, for the oldest Kubernetes the chart supports a
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -48,19 +46,6 @@ def _min_kube_version() -> str:
 
 
 KUBE_VERSIONS = (_min_kube_version(), latest_version())
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    """Path to helm v4; skip locally when absent, fail in CI."""
-    local = REPO_ROOT / ".tools" / "bin" / "helm"
-    found = str(local) if local.is_file() else shutil.which("helm")
-    if found is None:
-        message = "helm not found: run `bash .ci/install-tools.sh` (installs .tools/bin/helm)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:

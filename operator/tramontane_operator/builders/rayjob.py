@@ -9,7 +9,9 @@ retry resumes from the newest checkpoint), stops it after `activeDeadlineSeconds
 the Ray cluster when the job ends. `suspend` maps to the RayJob's own `suspend` (KubeRay
 deletes the Ray cluster and keeps the RayJob; resuming starts again from the checkpoint).
 Claims named by pvc:// URIs are mounted on every pod: base model and datasets read-only, the
-output read-write (`volumes`).
+output read-write (`volumes`). The submitter pod template is set (KubeRay's default one, under
+the restricted pod security profile like every other pod: KubeRay's own default has no
+security context, so a restricted namespace would refuse its pod).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from .rayservice import (
     head_group,
     worker_pod_spec,
 )
+from .security import restricted_pod_spec
 from .serve import parse_quantity
 from .volumes import ClaimUse, PodVolumes, pod_volumes
 
@@ -46,6 +49,10 @@ TTL_AFTER_FINISHED_S: Final = 3600
 HEAD_PORTS: Final = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001))
 # What the RayJob was rendered from: a job resumed with another one gets a new RayJob.
 SPEC_HASH_ANNOTATION: Final = "tramontane.dev/spec-hash"
+# KubeRay's default submitter container (`GetDefaultSubmitterContainer`): its name and resources.
+SUBMITTER_CONTAINER: Final = "ray-job-submitter"
+SUBMITTER_REQUESTS: Final = {"cpu": "500m", "memory": "200Mi"}
+SUBMITTER_LIMITS: Final = {"cpu": "1", "memory": "1Gi"}
 
 
 def spec_hash(job: FineTuneJob) -> str:
@@ -183,6 +190,25 @@ def _worker_group(
     }
 
 
+def submitter_pod_template(image: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """KubeRay's default submitter pod (the head's image, its resources, no restarts) under the
+    restricted profile. No command: KubeRay fills in its `ray job submit` and the address."""
+    pod_spec = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": SUBMITTER_CONTAINER,
+                "image": image,
+                "resources": {
+                    "requests": dict(SUBMITTER_REQUESTS),
+                    "limits": dict(SUBMITTER_LIMITS),
+                },
+            }
+        ],
+    }
+    return {"metadata": {"labels": dict(labels)}, "spec": restricted_pod_spec(pod_spec)}
+
+
 def build_rayjob(
     job: FineTuneJob,
     train_config: TrainConfig,
@@ -211,6 +237,7 @@ def build_rayjob(
             "headGroupSpec": head_group(image, settings, labels, HEAD_PORTS, volumes),
             "workerGroupSpecs": [_worker_group(job, image, labels, volumes)],
         },
+        "submitterPodTemplate": submitter_pod_template(image, labels),
     }
     if spec.active_deadline_seconds is not None:
         rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds

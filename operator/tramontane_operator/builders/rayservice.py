@@ -23,6 +23,7 @@ from tramontane_operator.placement import ClusterView, PoolSize
 from tramontane_workers.contract.serve_config import GRPC_PORT, HTTP_PORT, render_serve_config_v2
 
 from .labels import Owner, child_labels, owner_reference
+from .security import restricted_pod_spec
 from .serve import ray_cpus, serve_app
 from .volumes import ClaimUse, PodVolumes, pod_volumes, with_volumes
 
@@ -113,7 +114,8 @@ def head_group(
     volumes: PodVolumes | None = None,
 ) -> dict[str, Any]:
     """A Ray head group that runs no work itself (`num-cpus: 0`), exposing `ports`, with the
-    claims in `volumes` mounted (the head runs the driver and the Serve controller)."""
+    claims in `volumes` mounted (the head runs the driver and the Serve controller), under the
+    restricted pod security profile."""
     limits = {"cpu": settings.head_cpu, "memory": settings.head_memory}
     pod_spec = {
         "containers": [
@@ -131,7 +133,7 @@ def head_group(
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
         "template": {
             "metadata": {"labels": dict(labels)},
-            "spec": with_volumes(pod_spec, volumes) if volumes else pod_spec,
+            "spec": restricted_pod_spec(with_volumes(pod_spec, volumes) if volumes else pod_spec),
         },
     }
 
@@ -146,7 +148,8 @@ def worker_pod_spec(
     volumes: PodVolumes | None = None,
 ) -> dict[str, Any]:
     """The pod spec of a Ray worker: one container requesting (and limited to) its resources,
-    with the claims in `volumes` mounted."""
+    with the claims in `volumes` mounted, under the restricted pod security profile. GPUs are
+    a resource limit only (the device plugin needs no privilege)."""
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
         limits[GPU_RESOURCE] = gpus
@@ -163,7 +166,7 @@ def worker_pod_spec(
         pod_spec["nodeSelector"] = dict(node_selector)
     if tolerations:
         pod_spec["tolerations"] = [dict(t) for t in tolerations]
-    return with_volumes(pod_spec, volumes) if volumes else pod_spec
+    return restricted_pod_spec(with_volumes(pod_spec, volumes) if volumes else pod_spec)
 
 
 def claim_uses(md: ModelDeployment, adapter_uris: Mapping[str, str] | None) -> list[ClaimUse]:

@@ -7,7 +7,8 @@ validation (`python -m tramontane_workers.contract.datasets_report`), which writ
 JSON report to `/dev/termination-log` (`terminationMessagePolicy: File`). The operator reads it
 from the pod's `status.containerStatuses[].state.terminated.message`. No retries
 (`backoffLimit: 0`; the operator decides), a deadline, and a TTL so a Job the operator never
-deleted does not linger. Labels as every child, plus the role label.
+deleted does not linger. Labels as every child, plus the role label; the pod runs under the
+restricted pod security profile (`security`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tramontane_operator.placement import ClusterView
 from .labels import child_labels
 from .rayjob import dataset_uses
 from .rayservice import BuildSettings, child_metadata
+from .security import restricted_pod_spec
 from .volumes import pod_volumes, with_volumes
 
 REPORT_MODULE: Final = "tramontane_workers.contract.datasets_report"
@@ -86,7 +88,7 @@ def build_validation_job(
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
             "template": {
                 "metadata": {"labels": dict(labels)},
-                "spec": with_volumes(pod_spec, pod_volumes(dataset_uses(job))),
+                "spec": restricted_pod_spec(with_volumes(pod_spec, pod_volumes(dataset_uses(job)))),
             },
         },
     }
