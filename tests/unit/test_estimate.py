@@ -10,11 +10,15 @@ from tests.conftest import EXAMPLES_DIR
 
 from tramontane_cli.main import main
 from tramontane_workers.contract.estimate import (
+    ASSUMED_MODEL_PARAMS,
     GPU_PROFILES,
+    ModelParams,
+    ModelSizeRead,
     TrainingShape,
     estimate,
     gpu_profile,
     params_from_hf_config,
+    params_in_words,
     plan_steps,
 )
 
@@ -76,6 +80,39 @@ def test_duration_gpu_hours_and_cost_follow_the_assumptions() -> None:
     )
     fits = {r.gpu_type: r.fits_in_memory for r in everything.per_gpu_type}
     assert fits["A100"] and not fits["T4"]  # 14.5 GB of bf16 weights do not fit 80% of 16 GiB
+
+
+def test_a_known_size_is_used_and_an_unknown_one_assumed_out_loud() -> None:
+    shape = TrainingShape(batch_size=4, sequence_length=2048, training_steps=10)
+    known = estimate(
+        conversations=40, dataset_tokens=40_000, shape=shape, gpu_types=["H100"],
+        model_params=ModelParams.of(ModelSizeRead("file:///m", params=24e9)),
+    )  # fmt: skip
+    assert (known.model_params, known.model_params_source, known.assumptions) == (
+        24_000_000_000, "Read", []
+    )  # fmt: skip
+    given = estimate(conversations=40, dataset_tokens=40_000, shape=shape, model_params=24e9)
+    assert (given.model_params_source, given.assumptions) == ("Given", [])
+    unread = ModelSizeRead("hf://mistralai/Mistral-Small-24B", error="private repository")
+    assumed = estimate(
+        conversations=40, dataset_tokens=40_000, shape=shape, gpu_types=["H100"],
+        model_params=ModelParams.of(unread),
+    )  # fmt: skip
+    assert assumed.model_params == ASSUMED_MODEL_PARAMS == 7_248_023_552
+    assert assumed.model_params_source == "Assumed"
+    assert assumed.assumptions == [
+        "base model size unknown (could not read hf://mistralai/Mistral-Small-24B: private "
+        "repository); assumed 7.2B parameters (Mistral 7B v0.3)"
+    ]
+    # The figures are those of the assumed size, not of the real (bigger) model.
+    tps = assumed.per_gpu_type[0].tokens_per_second_per_gpu
+    assert tps > known.per_gpu_type[0].tokens_per_second_per_gpu
+    assert ModelParams.of(None).assumption == (
+        "base model size unknown (no base model URI); assumed 7.2B parameters (Mistral 7B v0.3)"
+    )
+    assert ModelParams.of(ModelSizeRead("s3://m", params=0.0)).source == "Assumed"
+    words = [params_in_words(n) for n in (7_248_023_552, 24e9, 123e9, 4.3e6, 1.5e12, 512)]
+    assert words == ["7.2B", "24B", "123B", "4.3M", "1.5T", "512"]
 
 
 def test_parameter_count_of_mistral_7b() -> None:
