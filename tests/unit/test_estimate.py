@@ -142,10 +142,14 @@ def test_cli_estimate_from_a_manifest_prints_status_estimate(
     assert main(["finetune", "estimate", str(manifest), "--cluster", str(cluster), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["steps"] == 9 and status["epochs"] == 3.0  # ceil(5 / 2) * 3
+    assert status["modelParams"] == 7_248_023_552 and status["modelParamsSource"] == "Read"
+    assert "assumptions" not in status  # the size was read: nothing assumed
     (row,) = status["perGpuType"]
     assert row["gpuType"] == "A100-80GB" and row["currency"] == "EUR" and row["cost"] >= 0
     assert main(["finetune", "estimate", str(manifest)]) == 0
-    assert "A100-80GB" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "A100-80GB" in out and "model: 7.2B parameters (from " in out
+    assert "assumed" not in out
     bad = EXAMPLES_DIR / "datasets" / "bad.jsonl"
     manifest.write_text(manifest.read_text().replace(data.as_uri(), bad.as_uri()))
     assert main(["finetune", "estimate", str(manifest)]) == 1
@@ -158,7 +162,8 @@ def test_cli_estimate_from_flags(capsys: pytest.CaptureFixture[str]) -> None:
                  "--gpu-type", "H100", "--price-per-gpu-hour", "2.5", "--currency", "EUR"])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert out.startswith("10 steps") and "EUR" in out and "assumed Mistral 7B" in out
+    assert out.startswith("10 steps") and "EUR" in out and "model: 7.2B parameters (assumed)" in out
+    assert out.splitlines()[-1].startswith("assumed: base model size unknown (no manifest")
     assert main(["finetune", "estimate"]) == 2
     both = ["--dataset", data, "--training-steps", "10", "--epochs", "2"]
     assert main(["finetune", "estimate", *both]) == 2
@@ -179,3 +184,41 @@ def test_docs_table_matches_the_profiles() -> None:
         assert float(memory.split()[0]) == profile.memory_gib
         expected = round(profile.tokens_per_second(7_248_023_552, "lora"))
         assert int(tokens.split()[0].replace(",", "")) == expected, name
+
+
+def test_cli_estimate_says_what_it_assumed_of_an_hf_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never the network, whatever the CLI does
+    data = EXAMPLES_DIR / "datasets" / "good.jsonl"
+    manifest = tmp_path / "ftj.yaml"
+    manifest.write_text(
+        "apiVersion: tramontane.dev/v1alpha1\nkind: FineTuneJob\n"
+        "metadata: {name: t, namespace: team}\n"
+        "spec:\n  baseModel: {uri: 'hf://mistralai/Mistral-Small-24B-Instruct-2501'}\n"
+        f"  trainingFiles: [{{uri: '{data.as_uri()}'}}]\n"
+        "  hyperparameters: {trainingSteps: 10, batchSize: 2, sequenceLength: 2048}\n"
+        "  resources: {workers: 1, gpusPerWorker: 1, gpuType: H100}\n"
+        "  output: {uri: 'file:///tmp/out'}\n"
+    )
+    assumption = (
+        "base model size unknown (could not read hf://mistralai/Mistral-Small-24B-Instruct-2501: "
+        "the CLI does not fetch hf:// models); assumed 7.2B parameters (Mistral 7B v0.3)"
+    )
+    assert main(["finetune", "estimate", str(manifest)]) == 0  # an assumption is still an estimate
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("model: 7.2B parameters (assumed)")
+    assert lines[-1] == f"assumed: {assumption}; set --model-params to use the real size"
+    assert main(["finetune", "estimate", str(manifest), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["modelParams"] == 7_248_023_552 and status["modelParamsSource"] == "Assumed"
+    assert status["assumptions"] == [assumption]
+    # Told the size, the CLI assumes nothing.
+    given = ["finetune", "estimate", str(manifest), "--model-params", "23.6e9"]
+    assert main(given) == 0
+    out = capsys.readouterr().out
+    assert "model: 24B parameters (--model-params)" in out and "assumed" not in out
+    assert main([*given, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["modelParams"] == 23_600_000_000 and status["modelParamsSource"] == "Given"
+    assert "assumptions" not in status
