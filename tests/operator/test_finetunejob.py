@@ -151,6 +151,11 @@ async def test_dry_run_fills_the_estimate_and_stops(
     assert estimate["steps"] == 4 and estimate["epochs"] == 2 and estimate["datasetTokens"] > 0
     assert [g["gpuType"] for g in estimate["perGpuType"]] == ["H100"]
     assert estimate["trainTokens"] > 0 and estimate["perGpuType"][0]["tokensPerSecondPerGpu"] > 0
+    # The operator never fetches hf:// models: the size is assumed, and the status says so.
+    assert estimate["modelParams"] == 7_248_023_552 and estimate["modelParamsSource"] == "Assumed"
+    (assumption,) = estimate["assumptions"]
+    assert "hf://mistralai/Mistral-7B-Instruct-v0.3" in assumption
+    assert "assumed 7.2B parameters" in condition(stored(clusters), "Validated")["message"]
     await asyncio.sleep(0.6)
     assert all_rayjobs(clusters) == []
 

@@ -10,11 +10,15 @@ from tests.conftest import EXAMPLES_DIR
 
 from tramontane_cli.main import main
 from tramontane_workers.contract.estimate import (
+    ASSUMED_MODEL_PARAMS,
     GPU_PROFILES,
+    ModelParams,
+    ModelSizeRead,
     TrainingShape,
     estimate,
     gpu_profile,
     params_from_hf_config,
+    params_in_words,
     plan_steps,
 )
 
@@ -78,6 +82,39 @@ def test_duration_gpu_hours_and_cost_follow_the_assumptions() -> None:
     assert fits["A100"] and not fits["T4"]  # 14.5 GB of bf16 weights do not fit 80% of 16 GiB
 
 
+def test_a_known_size_is_used_and_an_unknown_one_assumed_out_loud() -> None:
+    shape = TrainingShape(batch_size=4, sequence_length=2048, training_steps=10)
+    known = estimate(
+        conversations=40, dataset_tokens=40_000, shape=shape, gpu_types=["H100"],
+        model_params=ModelParams.of(ModelSizeRead("file:///m", params=24e9)),
+    )  # fmt: skip
+    assert (known.model_params, known.model_params_source, known.assumptions) == (
+        24_000_000_000, "Read", []
+    )  # fmt: skip
+    given = estimate(conversations=40, dataset_tokens=40_000, shape=shape, model_params=24e9)
+    assert (given.model_params_source, given.assumptions) == ("Given", [])
+    unread = ModelSizeRead("hf://mistralai/Mistral-Small-24B", error="private repository")
+    assumed = estimate(
+        conversations=40, dataset_tokens=40_000, shape=shape, gpu_types=["H100"],
+        model_params=ModelParams.of(unread),
+    )  # fmt: skip
+    assert assumed.model_params == ASSUMED_MODEL_PARAMS == 7_248_023_552
+    assert assumed.model_params_source == "Assumed"
+    assert assumed.assumptions == [
+        "base model size unknown (could not read hf://mistralai/Mistral-Small-24B: private "
+        "repository); assumed 7.2B parameters (Mistral 7B v0.3)"
+    ]
+    # The figures are those of the assumed size, not of the real (bigger) model.
+    tps = assumed.per_gpu_type[0].tokens_per_second_per_gpu
+    assert tps > known.per_gpu_type[0].tokens_per_second_per_gpu
+    assert ModelParams.of(None).assumption == (
+        "base model size unknown (no base model URI); assumed 7.2B parameters (Mistral 7B v0.3)"
+    )
+    assert ModelParams.of(ModelSizeRead("s3://m", params=0.0)).source == "Assumed"
+    words = [params_in_words(n) for n in (7_248_023_552, 24e9, 123e9, 4.3e6, 1.5e12, 512)]
+    assert words == ["7.2B", "24B", "123B", "4.3M", "1.5T", "512"]
+
+
 def test_parameter_count_of_mistral_7b() -> None:
     assert params_from_hf_config(MISTRAL_7B) == 7_248_023_552
     with pytest.raises(ValueError, match="hidden_size"):
@@ -105,10 +142,14 @@ def test_cli_estimate_from_a_manifest_prints_status_estimate(
     assert main(["finetune", "estimate", str(manifest), "--cluster", str(cluster), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["steps"] == 9 and status["epochs"] == 3.0  # ceil(5 / 2) * 3
+    assert status["modelParams"] == 7_248_023_552 and status["modelParamsSource"] == "Read"
+    assert "assumptions" not in status  # the size was read: nothing assumed
     (row,) = status["perGpuType"]
     assert row["gpuType"] == "A100-80GB" and row["currency"] == "EUR" and row["cost"] >= 0
     assert main(["finetune", "estimate", str(manifest)]) == 0
-    assert "A100-80GB" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "A100-80GB" in out and "model: 7.2B parameters (from " in out
+    assert "assumed" not in out
     bad = EXAMPLES_DIR / "datasets" / "bad.jsonl"
     manifest.write_text(manifest.read_text().replace(data.as_uri(), bad.as_uri()))
     assert main(["finetune", "estimate", str(manifest)]) == 1
@@ -121,7 +162,8 @@ def test_cli_estimate_from_flags(capsys: pytest.CaptureFixture[str]) -> None:
                  "--gpu-type", "H100", "--price-per-gpu-hour", "2.5", "--currency", "EUR"])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert out.startswith("10 steps") and "EUR" in out and "assumed Mistral 7B" in out
+    assert out.startswith("10 steps") and "EUR" in out and "model: 7.2B parameters (assumed)" in out
+    assert out.splitlines()[-1].startswith("assumed: base model size unknown (no manifest")
     assert main(["finetune", "estimate"]) == 2
     both = ["--dataset", data, "--training-steps", "10", "--epochs", "2"]
     assert main(["finetune", "estimate", *both]) == 2
@@ -142,3 +184,41 @@ def test_docs_table_matches_the_profiles() -> None:
         assert float(memory.split()[0]) == profile.memory_gib
         expected = round(profile.tokens_per_second(7_248_023_552, "lora"))
         assert int(tokens.split()[0].replace(",", "")) == expected, name
+
+
+def test_cli_estimate_says_what_it_assumed_of_an_hf_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never the network, whatever the CLI does
+    data = EXAMPLES_DIR / "datasets" / "good.jsonl"
+    manifest = tmp_path / "ftj.yaml"
+    manifest.write_text(
+        "apiVersion: tramontane.dev/v1alpha1\nkind: FineTuneJob\n"
+        "metadata: {name: t, namespace: team}\n"
+        "spec:\n  baseModel: {uri: 'hf://mistralai/Mistral-Small-24B-Instruct-2501'}\n"
+        f"  trainingFiles: [{{uri: '{data.as_uri()}'}}]\n"
+        "  hyperparameters: {trainingSteps: 10, batchSize: 2, sequenceLength: 2048}\n"
+        "  resources: {workers: 1, gpusPerWorker: 1, gpuType: H100}\n"
+        "  output: {uri: 'file:///tmp/out'}\n"
+    )
+    assumption = (
+        "base model size unknown (could not read hf://mistralai/Mistral-Small-24B-Instruct-2501: "
+        "the CLI does not fetch hf:// models); assumed 7.2B parameters (Mistral 7B v0.3)"
+    )
+    assert main(["finetune", "estimate", str(manifest)]) == 0  # an assumption is still an estimate
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("model: 7.2B parameters (assumed)")
+    assert lines[-1] == f"assumed: {assumption}; set --model-params to use the real size"
+    assert main(["finetune", "estimate", str(manifest), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["modelParams"] == 7_248_023_552 and status["modelParamsSource"] == "Assumed"
+    assert status["assumptions"] == [assumption]
+    # Told the size, the CLI assumes nothing.
+    given = ["finetune", "estimate", str(manifest), "--model-params", "23.6e9"]
+    assert main(given) == 0
+    out = capsys.readouterr().out
+    assert "model: 24B parameters (--model-params)" in out and "assumed" not in out
+    assert main([*given, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["modelParams"] == 23_600_000_000 and status["modelParamsSource"] == "Given"
+    assert "assumptions" not in status

@@ -39,6 +39,7 @@ from tramontane_operator.reconcile.finetunejob_inputs import (
     ValidationResult,
     place_job,
 )
+from tramontane_workers.contract.estimate import ModelSizeRead
 from tramontane_workers.contract.train_config import CheckpointRecord, TrainProgress
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -431,10 +432,15 @@ def test_estimate_uses_the_job_gpu_and_the_cheapest_cluster_price() -> None:
         )  # fmt: skip
 
     train = summary("s3://d/t.jsonl", lines=4000, conversations=4000, tokens=4_000_000)
-    result = validation_result(make_job(), [train], [], 7e9, [cluster("a", 4.0), cluster("b", 2.5)])
+    size = ModelSizeRead("s3://models/m", params=7e9)
+    result = validation_result(
+        make_job(), [train], [], size, [cluster("a", 4.0), cluster("b", 2.5)]
+    )
     assert result.ok and result.estimate is not None
     estimate = result.estimate
     assert estimate.steps == 100 and estimate.dataset_tokens == 4_000_000
+    assert (estimate.model_params, estimate.model_params_source) == (7_000_000_000, "Read")
+    assert estimate.assumptions is None and "assum" not in result.message()
     (h100,) = estimate.per_gpu_type or []
     assert h100.gpu_type == "H100" and h100.currency == "EUR"
     assert h100.cost == round(h100.gpu_hours * 2.5, 2) and h100.cost > 0
@@ -486,12 +492,43 @@ def test_valid_datasets_say_how_many_conversations_will_be_cut() -> None:
 
     job = make_job()
     report = DatasetsReport(ok=True, lines=10, conversations=10, tokens=5000, truncated=3)
-    result = report_result(job, report, 7e9)
+    result = report_result(job, report, ModelSizeRead("s3://models/m", params=7e9))
     assert result.ok and result.truncated == 3
     seq = job.spec.hyperparameters.sequence_length
     assert result.message() == (
         f"10 lines valid; 3 conversation(s) longer than sequenceLength {seq} tokens will be cut"
     )
-    assert report_result(job, report.model_copy(update={"truncated": 0}), 7e9).message() == (
+    no_cut = report.model_copy(update={"truncated": 0})
+    assert report_result(job, no_cut, ModelSizeRead("s3://m", params=7e9)).message() == (
         "10 lines valid"
     )
+
+
+@pytest.mark.parametrize(
+    ("size", "why"),
+    [
+        (
+            ModelSizeRead("hf://mistralai/Mistral-7B-v0.3", error="the operator does not fetch"),
+            "could not read hf://mistralai/Mistral-7B-v0.3: the operator does not fetch",
+        ),
+        (None, "no base model URI"),
+    ],
+)
+def test_an_unknown_model_size_is_assumed_out_loud(size: ModelSizeRead | None, why: str) -> None:
+    from tramontane_operator.reconcile.finetunejob_estimate import report_result
+    from tramontane_workers.contract.datasets_report import DatasetsReport
+
+    report = DatasetsReport(ok=True, lines=10, conversations=10, tokens=5000)
+    result = report_result(make_job(), report, size)
+    assert result.ok and result.estimate is not None
+    estimate = result.estimate
+    assert estimate.model_params == 7_248_023_552 and estimate.model_params_source == "Assumed"
+    assumption = f"base model size unknown ({why}); assumed 7.2B parameters (Mistral 7B v0.3)"
+    assert estimate.assumptions == [assumption]
+    assert result.message() == f"10 lines valid; estimate: {assumption}"
+    decision = decide(make_job({"dryRun": True}), Observed(validation=result), T0)
+    validated = next(c for c in decision.status.conditions or [] if c.type == VALIDATED)
+    assert validated.status == "True" and "assumed 7.2B parameters" in validated.message
+    assert decision.status.estimate == estimate
+    wire = estimate.model_dump(by_alias=True, exclude_none=True)
+    assert wire["modelParamsSource"] == "Assumed" and wire["assumptions"] == [assumption]

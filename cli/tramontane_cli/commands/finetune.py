@@ -4,6 +4,11 @@ Given a FineTuneJob manifest (or dataset files and hyperparameters as flags), va
 training files with the same code the job runs, then print steps, train tokens, duration,
 GPU-hours and cost per GPU type. `--json` prints exactly what the operator would write to
 `status.estimate` (camelCase, validated against the FineTuneJob API model).
+
+The base model's size comes from `--model-params`, else from a `file://` model's config.json;
+otherwise (an `hf://` or bucket model, or no manifest) it is assumed, and the output says so:
+a line beginning `assumed:` under the table, `modelParamsSource: Assumed` and `assumptions` in
+the JSON. An assumed size still gives an estimate (exit 0).
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from tramontane_workers.contract.datasets import DatasetSummary, DatasetUnreadab
 from tramontane_workers.contract.estimate import (
     GPU_PROFILES,
     Estimate,
+    ModelParams,
+    ModelSizeRead,
     TrainingShape,
     estimate,
     gpu_profile,
     params_from_hf_config,
+    params_in_words,
 )
 
-MISTRAL_7B_PARAMS = 7_248_023_552  # Mistral 7B v0.3 (32,768 vocabulary)
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_SEQUENCE_LENGTH = 4096
 KNOWN_GPU_TYPES = ", ".join(p.name for p in GPU_PROFILES)
@@ -100,11 +107,19 @@ def register(subparsers: Any) -> None:
     est.set_defaults(func=run_estimate)
 
 
-def _model_params(job: FineTuneJob | None, flag: float | None) -> tuple[float, str]:
+def _model_params(job: FineTuneJob | None, flag: float | None) -> tuple[ModelParams, str]:
+    """The base model size to use, and where it came from in words."""
     if flag is not None:
-        return flag, "--model-params"
-    uri = job.spec.base_model.uri if job is not None else None
-    if uri and uri.startswith("file://"):
+        return ModelParams(flag, "Given"), "--model-params"
+    if job is None:
+        return ModelParams.assumed("no manifest names a base model"), "assumed"
+    base = job.spec.base_model
+    uri = base.uri
+    if uri is None:
+        ref = base.model_deployment_ref.name if base.model_deployment_ref else "?"
+        why = f"spec.baseModel.modelDeploymentRef {ref}: the CLI does not look ModelDeployments up"
+        return ModelParams.assumed(why), "assumed"
+    if uri.startswith("file://"):
         config = Path(uri.removeprefix("file://")) / "config.json"
         try:
             params = float(params_from_hf_config(json.loads(config.read_text(encoding="utf-8"))))
@@ -114,8 +129,10 @@ def _model_params(job: FineTuneJob | None, flag: float | None) -> tuple[float, s
             ) from exc
         if params <= 0:
             raise UsageError(f"{config}: counts {params:g} parameters; set --model-params")
-        return params, str(config)
-    return float(MISTRAL_7B_PARAMS), "assumed Mistral 7B (set --model-params)"
+        return ModelParams(params, "Read"), f"from {config}"
+    scheme = uri.split("://", 1)[0]
+    read = ModelSizeRead(uri, error=f"the CLI does not fetch {scheme}:// models")
+    return ModelParams.of(read), "assumed"
 
 
 def _steps_or_epochs(
@@ -193,9 +210,10 @@ def _duration(seconds: float) -> str:
 
 
 def _print_table(result: Estimate, params_note: str) -> None:
+    model = f"{params_in_words(result.model_params)} parameters ({params_note})"
     print(
         f"{result.steps} steps, {result.epochs:g} epochs, {result.train_tokens:,} train tokens "
-        f"(dataset {result.dataset_tokens:,} tokens), {result.gpus} GPU(s); model: {params_note}"
+        f"(dataset {result.dataset_tokens:,} tokens), {result.gpus} GPU(s); model: {model}"
     )
     print(
         f"{'GPU type':<14}{'tokens/s/GPU':>14}{'duration':>12}{'GPU-hours':>11}{'cost':>14}  fits"
@@ -208,6 +226,8 @@ def _print_table(result: Estimate, params_note: str) -> None:
             f"{_duration(row.duration_seconds):>12}"
             f"{row.gpu_hours:>11.2f}{cost:>14}  {fits}"
         )
+    for assumption in result.assumptions:
+        print(f"assumed: {assumption}; set --model-params to use the real size")
 
 
 def _validate(uris: list[str], sequence_length: int) -> list[DatasetSummary] | int:
@@ -263,7 +283,8 @@ def run_estimate(args: argparse.Namespace) -> int:
             | {
                 "per_gpu_type": [
                     r.model_dump(exclude={"fits_in_memory"}) for r in result.per_gpu_type
-                ]
+                ],
+                "assumptions": result.assumptions or None,
             }
         )
         print(status.model_dump_json(by_alias=True, exclude_none=True))

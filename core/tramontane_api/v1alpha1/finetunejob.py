@@ -256,12 +256,30 @@ class GpuEstimate(ApiModel):
     currency: str | None = None
 
 
+ModelParamsSource = Literal["Read", "Given", "Assumed"]
+
+
 class Estimate(ApiModel):
+    """The dry run's figures, with the base model size and any assumption they rest on."""
+
     dataset_tokens: int
     train_tokens: int
     steps: int
     epochs: float
     per_gpu_type: list[GpuEstimate] | None = None
+    model_params: int | None = Field(
+        default=None, description="Parameters of the base model the figures were computed for."
+    )
+    model_params_source: ModelParamsSource | None = Field(
+        default=None,
+        description="Read: counted from the base model's config.json; Given: set by the user "
+        "(`tramontane finetune estimate --model-params`); Assumed: the size could not be read "
+        "and a default was used (see assumptions).",
+    )
+    assumptions: list[str] | None = Field(
+        default=None,
+        description="What the estimate assumed and why, in words; absent when nothing was.",
+    )
 
 
 class Checkpoint(ApiModel):

@@ -203,9 +203,9 @@ async def _validate(
         observed = Observed(validating=f"cannot read: {report.unreadable}", placement=placement)
         await _write(rt, job, decide(job, observed, _now()).status)
         raise Retry(f"dataset unreadable: {report.unreadable}", poll_s)
-    params = await asyncio.to_thread(io.model_params, base_uri) if base_uri else None
+    size = await asyncio.to_thread(io.model_params, base_uri) if base_uri else None
     clusters = rt.indexes.compute_clusters()
-    return job, report_result(job, report, params, clusters)
+    return job, report_result(job, report, size, clusters)
 
 
 async def _validate_in_cluster(

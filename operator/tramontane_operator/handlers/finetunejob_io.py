@@ -2,8 +2,9 @@
 
 The one seam between the operator and storage: the datasets (validated with the workers'
 contract, streaming), the trainer's `progress.json` under the output URI, and the base model's
-`config.json` (to count its parameters for the estimate). `file://` and plain paths are read
-directly; other schemes go through fsspec when its backend is installed.
+`config.json` (to count its parameters for the estimate, or to say why they cannot be counted:
+`hf://` models are never fetched here). `file://` and plain paths are read directly; other
+schemes go through fsspec when its backend is installed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_workers.contract.datasets_report import DatasetsReport, validate_files
-from tramontane_workers.contract.estimate import params_from_hf_config
+from tramontane_workers.contract.estimate import ModelSizeRead, params_from_hf_config
 from tramontane_workers.contract.train_config import PROGRESS_FILE, TrainProgress
 
 
@@ -52,15 +53,34 @@ def read_progress(output_uri: str) -> TrainProgress | None:
         return None
 
 
-def model_params(base_model_uri: str) -> float | None:
-    """Parameters of the base model from its config.json; None when it cannot be read."""
-    if base_model_uri.startswith("hf://"):
-        return None  # the hub is not reachable from every control plane; assume instead
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def model_params(base_model_uri: str) -> ModelSizeRead:
+    """Parameters of the base model from its config.json, or why they cannot be read (the
+    estimate then assumes a size and says so)."""
+    if base_model_uri.startswith("hf://"):  # the hub is not reachable from every control plane
+        return ModelSizeRead(base_model_uri, error="the operator does not fetch hf:// models")
+    if base_model_uri.startswith("pvc://"):
+        return ModelSizeRead(base_model_uri, error="pvc:// claims are not mounted in the operator")
+    config_uri = f"{base_model_uri.rstrip('/')}/config.json"
     try:
-        text = _read_text(f"{base_model_uri.rstrip('/')}/config.json")
-        return None if text is None else float(params_from_hf_config(json.loads(text)))
-    except (OSError, ImportError, ValueError):
-        return None
+        text = _read_text(config_uri)
+    except (OSError, ImportError, ValueError) as exc:
+        return ModelSizeRead(base_model_uri, error=f"{config_uri}: {_why(exc)}")
+    if text is None:
+        return ModelSizeRead(base_model_uri, error=f"{config_uri}: not found")
+    try:
+        config = json.loads(text)
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        params = float(params_from_hf_config(config))
+    except (ValueError, ZeroDivisionError) as exc:
+        return ModelSizeRead(base_model_uri, error=f"{config_uri}: {_why(exc)}")
+    if params <= 0:
+        return ModelSizeRead(base_model_uri, error=f"{config_uri}: counts {params:g} parameters")
+    return ModelSizeRead(base_model_uri, params=params)
 
 
 __all__ = [

@@ -5,7 +5,9 @@ in-process validation or parsed from a validation Job's termination message. Err
 rendered `URI:LINE: path: message` (the CLI's format); the estimate comes from the workers'
 contract (`contract.estimate`) over the training files only, for the job's GPU type (every
 known profile for a CPU job), priced with the cheapest `pricing.gpuHour` among the
-ComputeClusters that list it.
+ComputeClusters that list it. The base model's size comes as the I/O seam read it
+(`handlers.finetunejob_io.model_params`); where it could not be read, the estimate assumes one
+and says so (`modelParamsSource: Assumed`, `assumptions`, and the `Validated` message).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from tramontane_api.v1alpha1.finetunejob import Estimate
 from tramontane_workers.contract.datasets import DatasetSummary
 from tramontane_workers.contract.datasets_report import DatasetsReport
 from tramontane_workers.contract.estimate import Estimate as ContractEstimate
-from tramontane_workers.contract.estimate import TrainingShape, estimate
+from tramontane_workers.contract.estimate import (
+    ModelParams,
+    ModelSizeRead,
+    TrainingShape,
+    estimate,
+)
 
 from .finetunejob_inputs import ValidationResult
 
 MAX_ERRORS: Final = 10
-# Assumed when the base model's config.json cannot be read (Mistral 7B v0.3).
-DEFAULT_MODEL_PARAMS: Final = 7_248_023_552
 
 
 def status_estimate(result: ContractEstimate) -> Estimate:
@@ -34,6 +39,7 @@ def status_estimate(result: ContractEstimate) -> Estimate:
             **result.model_dump(exclude={"gpus", "per_gpu_type"}),
             "per_gpu_type": [r.model_dump(exclude={"fits_in_memory"}) for r in result.per_gpu_type]
             or None,
+            "assumptions": result.assumptions or None,
         }
     )
 
@@ -54,22 +60,24 @@ def validation_result(
     job: FineTuneJob,
     training: Sequence[DatasetSummary],
     validation: Sequence[DatasetSummary],
-    model_params: float | None,
+    model_size: ModelSizeRead | None,
     clusters: Sequence[ComputeCluster] = (),
 ) -> ValidationResult:
     """The result of validating the job's files here (summaries of each file)."""
     report = DatasetsReport.of(training, validation)
-    return report_result(job, report, model_params, clusters)
+    return report_result(job, report, model_size, clusters)
 
 
 def report_result(
     job: FineTuneJob,
     report: DatasetsReport,
-    model_params: float | None,
+    model_size: ModelSizeRead | None,
     clusters: Sequence[ComputeCluster] = (),
 ) -> ValidationResult:
     """Bad lines of every file first; the estimate only when all are valid. An unreadable
-    report is not a result (the caller reports it and tries again)."""
+    report is not a result (the caller reports it and tries again). `model_size` is what
+    reading the base model gave (None: no base model URI); a size that could not be read is
+    assumed, and the estimate says so."""
     if report.unreadable is not None:
         raise ValueError(f"report of an unreadable dataset: {report.unreadable}")
     errors = tuple(e.describe() for e in report.errors)[:MAX_ERRORS]
@@ -87,7 +95,7 @@ def report_result(
         conversations=report.conversations,
         dataset_tokens=report.tokens,
         shape=TrainingShape(hp.batch_size, hp.sequence_length, hp.training_steps, hp.epochs),
-        model_params=model_params or DEFAULT_MODEL_PARAMS,
+        model_params=ModelParams.of(model_size),
         method=spec.method.type,
         gpus=max(1, res.workers * res.gpus_per_worker),
         gpu_types=[res.gpu_type] if res.gpu_type else None,

@@ -56,7 +56,9 @@ class ValidationResult:
                 if self.truncated
                 else ""
             )
-            return f"{self.lines} lines valid{cut}"
+            assumptions = self.estimate.assumptions if self.estimate else None
+            assumed = "".join(f"; estimate: {a}" for a in assumptions or ())
+            return f"{self.lines} lines valid{cut}{assumed}"
         shown = "; ".join(self.errors[:limit])
         if not self.bad_lines:
             return shown

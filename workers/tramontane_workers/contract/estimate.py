@@ -15,6 +15,11 @@ conservatively. Data parallelism across GPUs is assumed at `DATA_PARALLEL_EFFICI
 The trainer puts one conversation per sequence (truncated to `sequence_length`, no packing), so
 a step trains `batch_size` conversations and an epoch is ceil(conversations / batch_size) steps.
 The table is documented in docs/finetuning.md; keep both in step.
+
+The base model's size is the one input that may be missing: where its config.json cannot be
+read (an `hf://` model the control plane does not fetch, a private bucket, a broken file),
+`ModelParams.of` falls back to `ASSUMED_MODEL_PARAMS` and says so in words; the estimate
+carries the number it used, where it came from, and that sentence, never a silent guess.
 """
 
 from __future__ import annotations
@@ -33,6 +38,58 @@ FLOPS_PER_PARAM_PER_TOKEN = {"lora": 4.0, "full": 6.0}
 # master + two moments) for a full fine-tune. Activations get the remaining headroom.
 BYTES_PER_PARAM = {"lora": 2.0, "full": 16.0}
 MEMORY_HEADROOM = 0.8  # fraction of GPU memory the weights (and optimizer) may take
+# The base model size assumed when it cannot be read: Mistral 7B v0.3 (32,768 vocabulary).
+ASSUMED_MODEL_PARAMS = 7_248_023_552
+ASSUMED_MODEL_NAME = "Mistral 7B v0.3"
+
+# Read: counted from the model's config.json; Given: stated by the user; Assumed: unknown.
+ModelParamsSource = Literal["Read", "Given", "Assumed"]
+
+
+def params_in_words(params: float) -> str:
+    """A parameter count as people write it: 7.2B, 24B, 4.3M."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if params >= scale:
+            value = params / scale
+            return f"{value:.1f}{suffix}" if value < 10 else f"{value:.0f}{suffix}"
+    return f"{params:.0f}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSizeRead:
+    """What reading a base model's config.json gave: its parameters, or why there are none."""
+
+    uri: str
+    params: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelParams:
+    """The base model size an estimate uses, where it came from, and any assumption in words."""
+
+    value: float
+    source: ModelParamsSource
+    assumption: str | None = None
+
+    @classmethod
+    def of(cls, read: ModelSizeRead | None) -> ModelParams:
+        """The size that was read, else `ASSUMED_MODEL_PARAMS` with the reason it was not."""
+        if read is not None and read.params is not None and read.params > 0:
+            return cls(read.params, "Read")
+        if read is None:
+            return cls.assumed("no base model URI")
+        return cls.assumed(f"could not read {read.uri}: {read.error or 'unknown error'}")
+
+    @classmethod
+    def assumed(cls, why: str) -> ModelParams:
+        """`ASSUMED_MODEL_PARAMS`, with `why` the size is unknown."""
+        return cls(
+            float(ASSUMED_MODEL_PARAMS),
+            "Assumed",
+            f"base model size unknown ({why}); assumed "
+            f"{params_in_words(ASSUMED_MODEL_PARAMS)} parameters ({ASSUMED_MODEL_NAME})",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +151,9 @@ class Estimate(BaseModel):
     epochs: float
     gpus: int
     per_gpu_type: list[GpuEstimate] = Field(default_factory=list)
+    model_params: int
+    model_params_source: ModelParamsSource
+    assumptions: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,16 +188,22 @@ def estimate(
     conversations: int,
     dataset_tokens: int,
     shape: TrainingShape,
-    model_params: float,
+    model_params: float | ModelParams,
     method: Literal["lora", "full"] = "lora",
     gpus: int = 1,
     gpu_types: list[str] | None = None,
     price_per_gpu_hour: dict[str, float] | None = None,
     currency: str | None = None,
 ) -> Estimate:
-    """Estimate for each GPU type (default: every known profile); cost where a price is known."""
+    """Estimate for each GPU type (default: every known profile); cost where a price is known.
+    A bare number of `model_params` is one the caller was given."""
     if gpus < 1:
         raise ValueError("gpus must be at least 1")
+    model = (
+        model_params
+        if isinstance(model_params, ModelParams)
+        else ModelParams(float(model_params), "Given")
+    )
     steps, epochs, train_tokens = plan_steps(conversations, dataset_tokens, shape)
     prices = price_per_gpu_hour or {}
     names = gpu_types if gpu_types is not None else [p.name for p in GPU_PROFILES]
@@ -146,7 +212,7 @@ def estimate(
         profile = gpu_profile(name)
         if profile is None:
             continue
-        per_gpu = profile.tokens_per_second(model_params, method)
+        per_gpu = profile.tokens_per_second(model.value, method)
         scaling = 1.0 if gpus == 1 else DATA_PARALLEL_EFFICIENCY
         duration = train_tokens / (per_gpu * gpus * scaling)
         gpu_hours = duration * gpus / 3600
@@ -159,7 +225,7 @@ def estimate(
                 gpu_hours=round(gpu_hours, 3),
                 cost=None if price is None else round(gpu_hours * price, 2),
                 currency=currency if price is not None else None,
-                fits_in_memory=profile.fits(model_params, method),
+                fits_in_memory=profile.fits(model.value, method),
             )
         )
     return Estimate(
@@ -169,6 +235,9 @@ def estimate(
         epochs=epochs,
         gpus=gpus,
         per_gpu_type=per_type,
+        model_params=round(model.value),
+        model_params_source=model.source,
+        assumptions=[model.assumption] if model.assumption else [],
     )
 
 
