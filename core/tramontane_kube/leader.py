@@ -175,11 +175,16 @@ class LeaderElector:
         """Acquire the Lease, run `lead()` while holding it; raise `LeadershipLost` when it is
         lost. Cancel `run` to step down (releasing the Lease, per the config)."""
         self._set_state("standby")
-        while True:
-            started = time.monotonic()
-            if await self._try_acquire_or_renew(deadline=None):
-                break
-            await asyncio.sleep(self.config.retry_period_s * (1 + random.random() * JITTER_FACTOR))
+        try:
+            while True:
+                started = time.monotonic()
+                if await self._try_acquire_or_renew(deadline=None):
+                    break
+                jitter = 1 + random.random() * JITTER_FACTOR
+                await asyncio.sleep(self.config.retry_period_s * jitter)
+        except asyncio.CancelledError:
+            self._set_state("idle")  # shut down while standing by: nothing held, nothing to do
+            raise
         self._set_state("leading")
         task = asyncio.ensure_future(lead())
         try:

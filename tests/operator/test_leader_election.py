@@ -166,6 +166,8 @@ async def test_one_leads_the_other_waits(election: Election) -> None:
     lease = await election.lease()
     assert lease["holderIdentity"] == "a" and lease["leaseTransitions"] == 0
     assert lease["leaseDurationSeconds"] == 1
+    assert await stop(election, "b") is None  # a standby shut down holds nothing
+    assert b.state == "idle" and (await election.lease())["holderIdentity"] == "a"
 
 
 async def test_a_crashed_leader_is_replaced_within_the_lease_duration(
