@@ -1,4 +1,5 @@
-"""The async Kubernetes client: one per cluster; list/watch informer; resource refs.
+"""The async Kubernetes client: one per cluster; list/watch informer; resource refs; leader
+election on a Lease.
 
 Shared by the operator and the router (neither Kopf nor anything operator-specific here).
 """
@@ -6,6 +7,7 @@ Shared by the operator and the router (neither Kopf nor anything operator-specif
 from .client import ApiError, Conflict, Invalid, KubeClient, NotFound, Unreachable
 from .config import ClusterConfig, KubeconfigError
 from .informer import Informer
+from .leader import LeaderElectionConfig, LeaderElector, LeadershipLost
 from .resources import (
     COMPUTECLUSTER,
     EVENT,
@@ -40,6 +42,9 @@ __all__ = [
     "Invalid",
     "KubeClient",
     "KubeconfigError",
+    "LeaderElectionConfig",
+    "LeaderElector",
+    "LeadershipLost",
     "NotFound",
     "ResourceRef",
     "Unreachable",

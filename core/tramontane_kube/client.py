@@ -3,8 +3,9 @@
 Plain aiohttp (Kopf's own transport, so already in the operator's process) rather than the
 `kubernetes` package, whose client is synchronous and would block the event loop for every call
 to a slow member cluster. The surface is what a controller needs: get, list, watch, create,
-merge-patch (optionally the status subresource), delete, `apply` (create-or-patch by
-deterministic name, writing only when something differs), and the bounded tail of a pod's log.
+merge-patch (optionally the status subresource), `replace` (PUT, optimistic on
+`metadata.resourceVersion`), delete, `apply` (create-or-patch by deterministic name, writing
+only when something differs), and the bounded tail of a pod's log.
 
 Errors are mapped so callers decide by type: `NotFound` (404), `Conflict` (409), `Invalid`
 (422, never retried), `ApiError` for the rest; 429/5xx are retried with exponential backoff;
@@ -197,6 +198,18 @@ class KubeClient:
             content_type=(
                 "application/json-patch+json" if json_patch else "application/merge-patch+json"
             ),
+        )
+        return result
+
+    async def replace(self, ref: ResourceRef, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT the whole object (by its `metadata.namespace` and `metadata.name`).
+
+        With `metadata.resourceVersion` set (as read), the server refuses the write with a 409
+        `Conflict` when the object changed since: optimistic concurrency, e.g. for a Lease that
+        two replicas may both try to take. Without it the write is unconditional."""
+        meta = obj.get("metadata") or {}
+        result: dict[str, Any] = await self.request(
+            "PUT", ref.path(meta.get("namespace"), meta["name"]), body=obj
         )
         return result
 

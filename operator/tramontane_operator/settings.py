@@ -4,6 +4,13 @@ Environment: `TRAMONTANE_CLUSTER_NAME` (the hub's ComputeCluster name, default `
 `TRAMONTANE_WORKER_IMAGE` (default worker image), `TRAMONTANE_GATEWAY_CLASS` (Gateway API class
 enabling incremental upgrades), `TRAMONTANE_PROBE_INTERVAL` and `TRAMONTANE_RESYNC_INTERVAL`
 (seconds), `TRAMONTANE_RECONCILE_WORKERS` (ModelDeployment reconciles in flight).
+
+Leader election (replicas > 1: one reconciles, the others stand by): `TRAMONTANE_LEADER_ELECTION`
+(`true`/`false`, default true), the Lease `TRAMONTANE_LEADER_ELECTION_ID` (default
+`tramontane-operator`) in `TRAMONTANE_LEADER_ELECTION_NAMESPACE` (default `$POD_NAMESPACE`, else
+the service account's namespace), held as `$POD_NAME` (else the host name plus a random
+suffix), with `TRAMONTANE_LEADER_ELECTION_LEASE_DURATION`, `..._RENEW_DEADLINE` and
+`..._RETRY_PERIOD` in seconds (15, 10, 2: client-go's defaults).
 """
 
 from __future__ import annotations
@@ -11,10 +18,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tramontane_kube.config import ClusterConfig
+from tramontane_kube.leader import LeaderElectionConfig, config_problems, default_identity
 from tramontane_operator.builders import BuildSettings
 from tramontane_operator.builders.rayservice import DEFAULT_WORKER_IMAGE
+
+# Where a pod finds its own namespace when the downward API does not pass it.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_LEADER_DURATIONS = (
+    ("leader_election_lease_duration_s", "TRAMONTANE_LEADER_ELECTION_LEASE_DURATION"),
+    ("leader_election_renew_deadline_s", "TRAMONTANE_LEADER_ELECTION_RENEW_DEADLINE"),
+    ("leader_election_retry_period_s", "TRAMONTANE_LEADER_ELECTION_RETRY_PERIOD"),
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,15 @@ class OperatorSettings:
     # Per-request timeout towards member clusters.
     request_timeout_s: float = 10.0
     client_options: Mapping[str, float] = field(default_factory=dict)
+    # One active replica among several: the Lease `leader_election_id` in
+    # `leader_election_namespace` (None: the service account's namespace).
+    leader_election: bool = True
+    leader_election_namespace: str | None = None
+    leader_election_id: str = "tramontane-operator"
+    leader_election_identity: str = field(default_factory=default_identity)
+    leader_election_lease_duration_s: float = 15.0
+    leader_election_renew_deadline_s: float = 10.0
+    leader_election_retry_period_s: float = 2.0
 
     @classmethod
     def from_env(
@@ -59,6 +86,7 @@ class OperatorSettings:
         for name, var in (
             ("probe_interval_s", "TRAMONTANE_PROBE_INTERVAL"),
             ("resync_interval_s", "TRAMONTANE_RESYNC_INTERVAL"),
+            *_LEADER_DURATIONS,
         ):
             if env.get(var):
                 try:
@@ -72,8 +100,54 @@ class OperatorSettings:
                     f"TRAMONTANE_RECONCILE_WORKERS: expected a whole number >= 1, got {workers!r}"
                 )
             values["reconcile_workers"] = int(workers)
+        election = env.get("TRAMONTANE_LEADER_ELECTION")
+        if election:
+            if election.strip().lower() not in _BOOLEANS:
+                raise ValueError(
+                    f"TRAMONTANE_LEADER_ELECTION: expected true or false, got {election!r}"
+                )
+            values["leader_election"] = _BOOLEANS[election.strip().lower()]
+        values["leader_election_namespace"] = (
+            env.get("TRAMONTANE_LEADER_ELECTION_NAMESPACE") or env.get("POD_NAMESPACE") or None
+        )
+        if env.get("TRAMONTANE_LEADER_ELECTION_ID"):
+            values["leader_election_id"] = env["TRAMONTANE_LEADER_ELECTION_ID"]
+        values["leader_election_identity"] = default_identity(env)
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        problems = config_problems(
+            settings.leader_election_identity,
+            settings.leader_election_lease_duration_s,
+            settings.leader_election_renew_deadline_s,
+            settings.leader_election_retry_period_s,
+        )
+        if settings.leader_election and problems:
+            names = ", ".join(var for _, var in _LEADER_DURATIONS)
+            raise ValueError(f"leader election ({names}): " + "; ".join(problems))
+        return settings
+
+    def leader_election_config(self) -> LeaderElectionConfig | None:
+        """The elector's configuration; None with leader election off. The Lease's namespace
+        defaults to the service account's (in a pod); ValueError when none is known."""
+        if not self.leader_election:
+            return None
+        namespace = self.leader_election_namespace
+        if not namespace and SERVICE_ACCOUNT_NAMESPACE.is_file():
+            namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+        if not namespace:
+            raise ValueError(
+                "leader election needs the namespace of its Lease: set POD_NAMESPACE (the "
+                "chart passes it) or TRAMONTANE_LEADER_ELECTION_NAMESPACE, or turn it off with "
+                "TRAMONTANE_LEADER_ELECTION=false"
+            )
+        return LeaderElectionConfig(
+            namespace=namespace,
+            name=self.leader_election_id,
+            identity=self.leader_election_identity,
+            lease_duration_s=self.leader_election_lease_duration_s,
+            renew_deadline_s=self.leader_election_renew_deadline_s,
+            retry_period_s=self.leader_election_retry_period_s,
+        )
 
     def build_settings(self) -> BuildSettings:
         return BuildSettings(

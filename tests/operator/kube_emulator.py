@@ -4,6 +4,7 @@
 the operator relies on: it fills `uid`, `creationTimestamp`, `resourceVersion` and
 `generation` (bumped on spec changes), honours `generateName`, ignores `status` on the main
 resource and everything but `status` on the `/status` subresource (merge and JSON patches),
+serves PUT (replace) with the `metadata.resourceVersion` precondition (409 when stale),
 and validates every created or patched object against its CRD schema — ours from
 `crds/*.yaml`, KubeRay's from the v1.7.0 reference — plus metadata names and labels. A write a
 real server would reject gets a 422 and is recorded in `violations`, which each test asserts
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import itertools
 import re
@@ -190,6 +192,8 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
                 await fault.stall.wait()
             reason = _FAULT_REASONS.get(fault.status, "Injected")
             raise kmock.KubernetesError(fault.status, reason, f"injected fault: {reason}")
+        if request.method.value == "PUT" and request.resource is not None and request.name:
+            return await self._serve_replace(request)
         if request.resource is not None and request.action in (
             kmock.action.CREATE,
             kmock.action.UPDATE,
@@ -332,6 +336,59 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
                 obj.delete()  # the last finalizer went: garbage-collect it now
                 await bus.put({"type": "DELETED", "object": last})
             return aiohttp.web.json_response(last)
+
+    async def _serve_replace(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """PUT of a whole object, as an API server serves an update: 404 when absent; 409 when
+        the body's `metadata.resourceVersion` is set and is not the stored one (optimistic
+        concurrency); uid and creationTimestamp kept, resourceVersion bumped (generation too on
+        a spec change), the stored status kept where the kind has a status subresource."""
+        resource, data = request.resource, request.data
+        assert resource is not None  # checked by the caller; for the type checker
+        if not isinstance(data, dict):
+            raise kmock.KubernetesError(400, "BadRequest", "body must be a JSON object")
+        crd = self._crd(resource)
+        async with self._lock:
+            key = (resource, request.namespace, request.name or "")
+            if key not in self.objects or self.objects[key].deleted:
+                raise KubernetesObjectNotFoundError()
+            obj = self.objects[key]
+            old = copy.deepcopy(obj.raw)
+            old_meta = old.get("metadata") or {}
+            new = copy.deepcopy(data)
+            meta = new.setdefault("metadata", {})
+            if meta.get("name") != request.name:
+                raise kmock.KubernetesError(400, "BadRequest", "metadata.name does not match")
+            given = meta.get("resourceVersion")
+            if given and given != old_meta.get("resourceVersion"):
+                raise kmock.KubernetesError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {resource.plural} "{request.name}": the '
+                    "object has been modified; please apply your changes to the latest version "
+                    "and try again",
+                )
+            if crd is not None and crd.has_status:
+                new.pop("status", None)
+                if "status" in old:
+                    new["status"] = old["status"]
+            generation = int(old_meta.get("generation") or 1)
+            meta.update(
+                namespace=old_meta.get("namespace"),
+                uid=old_meta.get("uid"),
+                creationTimestamp=old_meta.get("creationTimestamp"),
+                resourceVersion=str(next(self._counter)),
+                generation=generation + (new.get("spec") != old.get("spec")),
+            )
+            problems = metadata_problems(new)
+            if crd is not None and self.validate:
+                problems += [str(p) for p in crd.validator.validate(new, old)]
+            if problems:
+                what = f"{self.cluster_name}: PUT {request.url.path}"
+                self.violations.extend(f"{what}: {p}" for p in problems)
+                raise kmock.KubernetesError(422, "Invalid", "; ".join(problems))
+            obj.create(new)
+            await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
+            return aiohttp.web.json_response(obj.raw)
 
     def _admit(self, request: kmock.Request) -> None:
         data = request.data

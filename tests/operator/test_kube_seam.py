@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 
 from kube_emulator import Fault
+from manifests import NS, model_deployment
 from operator_harness import RAYSERVICES, Clusters
 from tramontane_kube import (
+    MODELDEPLOYMENT,
     RAYSERVICE,
     ClusterConfig,
+    Conflict,
     Invalid,
     KubeClient,
     KubeconfigError,
@@ -136,6 +139,38 @@ async def test_apply_creates_patches_and_skips_unchanged(
     again, outcome = await client.apply(RAYSERVICE, _rayservice(2), None)
     assert outcome == "patched" and again["metadata"]["uid"] == created["metadata"]["uid"]
     assert len(emulator.stored_all(RAYSERVICES)) == 1
+
+
+async def test_replace_is_optimistic_on_resource_version(
+    member: tuple[Clusters, KubeClient],
+) -> None:
+    """PUT with the resourceVersion that was read: the first writer wins, a stale one gets 409
+    and the object keeps the winner's spec; uid survives, status stays the server's."""
+    clusters, _ = member
+    client = KubeClient("hub", ClusterConfig(server=clusters.hub.url), attempts=1)
+    emulator = clusters.hub.emulator
+    try:
+        await client.create(MODELDEPLOYMENT, model_deployment("md"))
+        await client.patch(MODELDEPLOYMENT, NS, "md", {"status": {"phase": "Ready"}}, "status")
+        read = await client.get(MODELDEPLOYMENT, NS, "md") or {}
+        first = model_deployment("md", scaling={"replicas": 3, "maxReplicas": 4})
+        first["metadata"]["resourceVersion"] = read["metadata"]["resourceVersion"]
+        first["status"] = {"phase": "Failed"}  # not the main resource's to write
+        won = await client.replace(MODELDEPLOYMENT, first)
+        assert won["metadata"]["uid"] == read["metadata"]["uid"]
+        assert won["metadata"]["resourceVersion"] != read["metadata"]["resourceVersion"]
+        assert won["metadata"]["generation"] == read["metadata"]["generation"] + 1
+        stale = model_deployment("md", scaling={"replicas": 1, "maxReplicas": 4})
+        stale["metadata"]["resourceVersion"] = read["metadata"]["resourceVersion"]
+        with pytest.raises(Conflict, match="modified"):
+            await client.replace(MODELDEPLOYMENT, stale)
+        stored = emulator.stored("tramontane.dev/v1alpha1/modeldeployments", NS, "md") or {}
+        assert stored["spec"]["scaling"]["replicas"] == 3
+        assert stored["status"] == {"phase": "Ready"}
+        with pytest.raises(NotFound):
+            await client.replace(MODELDEPLOYMENT, model_deployment("absent"))
+    finally:
+        await client.close()
 
 
 async def test_errors_are_mapped_and_5xx_retried(member: tuple[Clusters, KubeClient]) -> None:

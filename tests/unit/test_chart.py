@@ -125,14 +125,34 @@ def test_helm_lint_strict(helm: str, values: tuple[Path, ...]) -> None:
 def test_defaults_render_the_operator_and_nothing_optional(helm: str) -> None:
     docs = render(helm)
     kinds = sorted(doc["kind"] for doc in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
     deployment = by_kind(docs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
+    # Two replicas (one leads, one stands by) that a drain cannot take down together, and an
+    # upgrade that starts the new pod before stopping the old one.
+    assert deployment["spec"]["replicas"] == 2
+    assert by_kind(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == f"ghcr.io/tramontane/tramontane:{APP_VERSION}"
     assert container["command"] == ["tramontane", "operator", "run", "--all-namespaces"]
     assert {"name": "TRAMONTANE_CLUSTER_NAME", "value": "hub"} in container["env"]
+    # Leader election: the Lease's namespace and the pod's identity, from the downward API.
+    downward = {
+        env["name"]: env["valueFrom"]["fieldRef"]["fieldPath"]
+        for env in container["env"]
+        if "valueFrom" in env
+    }
+    assert downward == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 9090, "healthz": 8080}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
@@ -167,7 +187,8 @@ def test_full_values_reach_the_manifests(helm: str) -> None:
     namespaces = [arg for ns in values["watchNamespaces"] for arg in ("--namespace", ns)]
     assert container["command"] == ["tramontane", "operator", "run", *namespaces, "--verbose"]
     assert container["env"][0]["value"] == values["clusterName"]
-    assert container["env"][1:] == values["extraEnv"]
+    assert [env["name"] for env in container["env"][1:3]] == ["POD_NAMESPACE", "POD_NAME"]
+    assert container["env"][3:] == values["extraEnv"]
     assert container["resources"] == values["resources"]
     assert container["securityContext"] == values["containerSecurityContext"]
     assert container["livenessProbe"]["failureThreshold"] == 6
@@ -262,7 +283,6 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
     assert granted[("", "pods/log")] == {"get"}
     assert {"create", "delete"} <= granted[("ray.io", "rayservices")]
     assert {"get"} <= granted[("ray.io", "rayservices/status")]
-    assert {"list", "watch", "patch"} <= granted[("kopf.dev", "clusterkopfpeerings")]
     for plural in ("modeldeployments", "finetunejobs", "tenants", "computeclusters"):
         assert {"list", "watch", "patch"} <= granted[("tramontane.dev", plural)]
         assert "patch" in granted[("tramontane.dev", f"{plural}/status")]
@@ -275,14 +295,40 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
         "batch",
         "events.k8s.io",
         "apiextensions.k8s.io",
-        "kopf.dev",
-    }
+    }  # no kopf.dev peerings (Kopf runs standalone), no leases cluster-wide
     binding = by_kind(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == by_kind(docs, "ClusterRole")["metadata"]["name"]
     account = by_kind(docs, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
     ]
+
+
+def test_leader_election_is_granted_in_the_release_namespace_only(helm: str) -> None:
+    docs = render(helm)
+    role = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
+    ]
+    binding = by_kind(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    account = by_kind(docs, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+    ]
+    cluster_wide = by_kind(docs, "ClusterRole")["rules"]
+    assert not any("coordination.k8s.io" in rule["apiGroups"] for rule in cluster_wide)
+    assert "Role" not in {doc["kind"] for doc in render(helm, sets=["rbac.create=false"])}
 
 
 @pytest.mark.parametrize(
@@ -295,7 +341,7 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
         (["affinity.nodeAffinity.required=x"], "additional properties 'required' not allowed"),
         (["extraEnv[0].name=A", "extraEnv[0].vaule=b"], "'vaule' not allowed"),
         (["replicaCount=two"], "/replicaCount"),
-        (["replicaCount=2"], "/replicaCount"),  # no leader election: two would both reconcile
+        (["replicaCount=-1"], "/replicaCount"),
         (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
         (["podDisruptionBudget.maxUnavailable=half"], "/podDisruptionBudget/maxUnavailable"),
         (["clusterName=Not_A_Name"], "/clusterName"),
@@ -326,8 +372,9 @@ def test_schema_rejects_misspelled_or_mistyped_values(
             ["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"],
             "metrics.serviceMonitor.enabled needs metrics.service.enabled",
         ),
+        (["replicaCount=1"], "minAvailable (1) must be below replicaCount (1)"),
     ],
-    ids=["pdb-both-bounds", "servicemonitor-without-service"],
+    ids=["pdb-both-bounds", "servicemonitor-without-service", "pdb-blocks-every-eviction"],
 )
 def test_contradictory_values_fail_with_a_message(
     helm: str, sets: list[str], expected: str

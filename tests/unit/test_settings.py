@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tramontane_operator import settings as settings_module
 from tramontane_operator.settings import OperatorSettings
 
 
@@ -31,3 +34,77 @@ def test_environment_overrides_the_defaults() -> None:
 def test_a_bad_value_names_the_variable(var: str, value: str, expected: str) -> None:
     with pytest.raises(ValueError, match=f"{var}: {expected}, got '{value}'"):
         OperatorSettings.from_env({var: value})
+
+
+def test_leader_election_from_the_pod_environment() -> None:
+    env = {
+        "POD_NAMESPACE": "tramontane-system",
+        "POD_NAME": "tramontane-7d9f-abcde",
+        "TRAMONTANE_LEADER_ELECTION_LEASE_DURATION": "30",
+        "TRAMONTANE_LEADER_ELECTION_RENEW_DEADLINE": "20",
+    }
+    config = OperatorSettings.from_env(env).leader_election_config()
+    assert config is not None
+    assert (config.namespace, config.name) == ("tramontane-system", "tramontane-operator")
+    assert config.identity == "tramontane-7d9f-abcde"
+    assert (config.lease_duration_s, config.renew_deadline_s, config.retry_period_s) == (
+        30.0,
+        20.0,
+        2.0,
+    )
+    explicit = OperatorSettings.from_env(
+        {**env, "TRAMONTANE_LEADER_ELECTION_NAMESPACE": "ops", "TRAMONTANE_LEADER_ELECTION_ID": "x"}
+    ).leader_election_config()
+    assert explicit is not None and (explicit.namespace, explicit.name) == ("ops", "x")
+    off = OperatorSettings.from_env({**env, "TRAMONTANE_LEADER_ELECTION": "False"})
+    assert not off.leader_election and off.leader_election_config() is None
+
+
+def test_leader_identity_outside_a_pod_is_unique_per_process() -> None:
+    one, two = OperatorSettings.from_env({}), OperatorSettings.from_env({})
+    assert one.leader_election_identity != two.leader_election_identity
+    assert one.leader_election  # on by default
+
+
+def test_leader_election_without_a_namespace_says_how_to_set_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(settings_module, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "absent")
+    with pytest.raises(ValueError, match="set POD_NAMESPACE"):
+        OperatorSettings.from_env({}).leader_election_config()
+    in_pod = tmp_path / "namespace"
+    in_pod.write_text("tramontane-system\n")
+    monkeypatch.setattr(settings_module, "SERVICE_ACCOUNT_NAMESPACE", in_pod)
+    config = OperatorSettings.from_env({}).leader_election_config()
+    assert config is not None and config.namespace == "tramontane-system"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"TRAMONTANE_LEADER_ELECTION": "maybe"},
+            "TRAMONTANE_LEADER_ELECTION: expected true or false, got 'maybe'",
+        ),
+        (
+            {"TRAMONTANE_LEADER_ELECTION_RETRY_PERIOD": "2s"},
+            "TRAMONTANE_LEADER_ELECTION_RETRY_PERIOD: expected seconds, got '2s'",
+        ),
+        (
+            {"TRAMONTANE_LEADER_ELECTION_RENEW_DEADLINE": "20"},
+            r"lease duration \(15.0 s\) must be greater than the renew deadline \(20.0 s\)",
+        ),
+        (
+            {"TRAMONTANE_LEADER_ELECTION_RETRY_PERIOD": "9"},
+            r"renew deadline \(10.0 s\) must be greater than 1.2 x the retry period",
+        ),
+    ],
+)
+def test_bad_leader_election_settings_are_refused(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        OperatorSettings.from_env(env)
+    # Timings only matter with leader election on.
+    if "TRAMONTANE_LEADER_ELECTION" not in env and "seconds" not in expected:
+        assert not OperatorSettings.from_env(
+            {**env, "TRAMONTANE_LEADER_ELECTION": "false"}
+        ).leader_election

@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime
 import json
 import logging
 import math
@@ -60,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tramontane_kube import LEASE, ApiError, KubeClient, NotFound, Unreachable
+from tramontane_kube.times import micro_time, parse_time
 
 from .shares import ReplicaView, next_caps
 from .types import WINDOW_S, CapSink, Demand, DemandSource, LimitKey, LimitName
@@ -123,7 +123,7 @@ def parse_lease(obj: Mapping[str, Any]) -> Peer | None:
     spec = obj.get("spec") or {}
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     try:
-        renewed = datetime.datetime.fromisoformat(str(spec["renewTime"])).timestamp()
+        renewed = parse_time(str(spec["renewTime"]))
         return Peer(
             replica=str(spec["holderIdentity"]),
             renewed=renewed,
@@ -132,11 +132,6 @@ def parse_lease(obj: Mapping[str, Any]) -> Peer | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _micro_time(epoch_s: float) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch_s, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _floor(value: float) -> float:
@@ -305,6 +300,6 @@ class BudgetExchange:
             "spec": {
                 "holderIdentity": self.replica,
                 "leaseDurationSeconds": self.lease_duration_s,
-                "renewTime": _micro_time(self.clock()),
+                "renewTime": micro_time(self.clock()),
             },
         }
