@@ -5,6 +5,11 @@ liveness endpoint, and starts and stops our control loop (`handlers.manager.Mana
 controllers of every kind on our informers and work queues). Kopf watches no resource of
 ours itself, so a standby replica costs nothing.
 
+With leader election on (the default), the control loop runs only while this replica holds
+the Lease (`tramontane_kube.leader`, as controller-runtime does); a replica that loses it
+stops and `run` raises `LeadershipLost` (the process exits non-zero and is restarted as a
+standby). On a graceful stop the Lease is released, so a standby takes over at once.
+
 Everything is built per run (no handlers on Kopf's global registry), so tests and benchmarks
 start, kill and restart operators in-process.
 """
@@ -17,13 +22,14 @@ from typing import Any
 
 import kopf
 
-from tramontane_kube import ClusterConfig
+from tramontane_kube import ClusterConfig, LeaderElector, LeadershipLost
 from tramontane_operator.handlers.manager import Manager
 from tramontane_operator.handlers.runtime import Runtime
 from tramontane_operator.observability import serve_metrics
 from tramontane_operator.settings import OperatorSettings
 
 ANNOTATION_PREFIX = "tramontane.dev"
+log = logging.getLogger(__name__)
 
 
 def connection_info(config: ClusterConfig) -> kopf.ConnectionInfo:
@@ -40,7 +46,8 @@ def connection_info(config: ClusterConfig) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
+def build_registry(rt: Runtime, lost: asyncio.Event | None = None) -> kopf.OperatorRegistry:
+    """Kopf's registry for one run; `lost` is set if this replica loses its leadership."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -51,7 +58,20 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def start_control_loop(**_: Any) -> None:
-        running.append(asyncio.create_task(Manager(rt).run(), name="control loop"))
+        config = rt.settings.leader_election_config()
+
+        async def lead() -> None:
+            await Manager(rt).run()
+
+        async def elected() -> None:
+            try:
+                await LeaderElector(rt.hub, config).run(lead) if config else await lead()
+            except LeadershipLost:
+                log.error("leadership lost: stopping (a standby takes over)")
+                if lost is not None:
+                    lost.set()
+
+        running.append(asyncio.create_task(elected(), name="control loop"))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_control_loop(**_: Any) -> None:
@@ -86,6 +106,9 @@ async def run(
 ) -> None:
     """Run one operator until `stop_flag` is set (or the task is cancelled)."""
     rt = Runtime(settings)
+    lost = asyncio.Event()
+    stopping = asyncio.Event()  # Kopf's stop flag: stop asked, or leadership lost
+    watch = asyncio.create_task(_either(stop_flag, lost, stopping))
     kopf_settings = kopf_settings or kopf.OperatorSettings()
     configure(kopf_settings)
     if settings.metrics_port:
@@ -95,14 +118,30 @@ async def run(
     )
     try:
         await kopf.operator(
-            registry=build_registry(rt),
+            registry=build_registry(rt, lost),
             settings=kopf_settings,
             standalone=True,
             clusterwide=settings.all_namespaces or not settings.namespaces,
             namespaces=() if settings.all_namespaces else settings.namespaces,
             liveness_endpoint=liveness,
-            stop_flag=stop_flag,
+            stop_flag=stopping,
             ready_flag=ready_flag,
         )
     finally:
+        watch.cancel()
         await rt.close()
+    if lost.is_set():
+        raise LeadershipLost("this replica lost the operator's Lease")
+
+
+async def _either(stop_flag: asyncio.Event | None, lost: asyncio.Event, out: asyncio.Event) -> None:
+    """Set `out` once `stop_flag` (if any) or `lost` is set."""
+    waits = [asyncio.create_task(lost.wait())]
+    if stop_flag is not None:
+        waits.append(asyncio.create_task(stop_flag.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        out.set()
+    finally:
+        for task in waits:
+            task.cancel()

@@ -28,7 +28,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,7 @@ class Fault:
     times: int = 1
     stall: asyncio.Event | None = None
     hits: int = 0
+    hit_times: list[float] = field(default_factory=list)  # time.monotonic() of each hit
 
     def matches(self, request: kmock.Request) -> bool:
         return (
@@ -188,6 +189,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         if fault is not None:
             fault.times -= 1
             fault.hits += 1
+            fault.hit_times.append(time.monotonic())
             if fault.stall is not None:
                 await fault.stall.wait()
             reason = _FAULT_REASONS.get(fault.status, "Injected")

@@ -62,6 +62,8 @@ def operator_settings(hub_url: str, **overrides: Any) -> OperatorSettings:
         "retry_delay_s": 0.3,
         "request_timeout_s": 2.0,
         "client_options": {"attempts": 3, "backoff_s": 0.05},
+        # Every test runs elected, as production does (a Lease in the hub).
+        "leader_election_namespace": SYSTEM_NS,
     }
     values.update(overrides)
     return OperatorSettings(**values)

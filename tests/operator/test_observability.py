@@ -126,7 +126,12 @@ async def test_cli_runs_the_operator(
     kubeconfig = tmp_path / "hub.yaml"
     kubeconfig.write_text(clusters[HUB].kubeconfig())
     metrics, liveness = _free_port(), _free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TRAMONTANE_CLUSTER_NAME": HUB}
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "TRAMONTANE_CLUSTER_NAME": HUB,
+        "POD_NAMESPACE": SYSTEM_NS,  # the Lease's namespace, as the chart passes it
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -386,10 +386,18 @@ def test_pinned_places_on_every_named_cluster_even_unhealthy() -> None:
     assert decision.message == "pinned to a, b; unhealthy: b"
 
 
-def test_pinned_ignores_capacity_and_cordon() -> None:
+def test_pinned_ignores_cordon_but_never_over_commits() -> None:
     md = make_md(spec_for("Pinned", 4, clusters=["a"]))
-    decision = place(md, [h100("a", 2, 2, cordoned=True)])
-    assert dict(decision.replicas) == {"a": 4}
+    decision = place(md, [h100("a", 8, 2, cordoned=True)])
+    assert dict(decision.replicas) == {"a": 4} and decision.reason == REASON_PLACED
+    short = place(md, [h100("a", 8, 5)])  # 3 free
+    assert dict(short.replicas) == {"a": 3} and short.reason == REASON_INSUFFICIENT_CAPACITY
+    assert "placed 3 of 4 replicas" in short.message
+    full = place(md, [h100("a", 2, 2)])
+    assert not full.placed and full.reason == REASON_INSUFFICIENT_CAPACITY
+    # What a pool runs counts as room for it: a full cluster never shrinks a running pool.
+    running = place(md, [h100("a", 2, 2)], current={"a": 2})
+    assert dict(running.replicas) == {"a": 2}
 
 
 def test_pinned_reports_missing_clusters() -> None:

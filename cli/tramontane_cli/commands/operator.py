@@ -55,7 +55,7 @@ def _port(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tramontane_kube import KubeconfigError
+    from tramontane_kube import KubeconfigError, LeadershipLost
     from tramontane_operator.main import run
     from tramontane_operator.settings import OperatorSettings
 
@@ -71,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
             liveness_port=args.liveness_port or None,
         )
         settings.hub_config()  # fail early, with the reason, when there is no cluster to talk to
+        settings.leader_election_config()
     except (ValueError, KubeconfigError, OSError) as exc:
         print(f"tramontane operator: {exc}", file=sys.stderr)
         return 2
@@ -82,5 +83,9 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run(settings, stop_flag=stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except LeadershipLost as exc:
+        print(f"tramontane operator: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -207,7 +207,11 @@ def _one_cluster(
     return _decision(md, {target.name: n}, reason, message + (f"; {note}" if note else ""))
 
 
-def _pinned(md: ModelDeployment, clusters: Sequence[ClusterView]) -> PlacementDecision:
+def _pinned(
+    md: ModelDeployment, clusters: Sequence[ClusterView], current: Mapping[str, int]
+) -> PlacementDecision:
+    """Exactly the named clusters, whatever their health; replicas still only where GPUs are
+    free (what a pool runs counts as room for it): a pin never over-commits a cluster."""
     names = md.spec.placement.clusters or []
     known = {c.name: c for c in clusters}
     present = [n for n in names if n in known]
@@ -216,15 +220,20 @@ def _pinned(md: ModelDeployment, clusters: Sequence[ClusterView]) -> PlacementDe
         return PlacementDecision(
             {}, REASON_PINNED_CLUSTER_MISSING, f"pinned clusters not found: {', '.join(missing)}"
         )
-    replicas = dict(zip(present, even_split(desired_replicas(md), len(present)), strict=True))
+    total = desired_replicas(md)
+    rooms = [_room(md, known[n], current.get(n, 0)) for n in present]
+    replicas = {n: r for n, r in zip(present, fill(total, rooms), strict=True) if r or not total}
     unhealthy = [n for n in present if not (known[n].reachable and known[n].kuberay_installed)]
     parts = [f"pinned to {', '.join(present)}"]
     if unhealthy:
         parts.append(f"unhealthy: {', '.join(unhealthy)}")
+    reason, note = _capacity_note(total, sum(replicas.values()))
+    if note:
+        parts.append(note)
     if missing:
         parts.append(f"not found: {', '.join(missing)}")
         return _decision(md, replicas, REASON_PINNED_CLUSTER_MISSING, "; ".join(parts))
-    return _decision(md, replicas, REASON_PLACED, "; ".join(parts))
+    return _decision(md, replicas, reason, "; ".join(parts))
 
 
 def place(
@@ -244,7 +253,7 @@ def place(
     current = dict(current or {})
     strategy = md.spec.placement.strategy
     if strategy == "Pinned":
-        return _pinned(md, clusters)
+        return _pinned(md, clusters, current)
     cands = candidates(md, clusters)
     if strategy == "Failover":
         return _failover(md, cands, current, failed)

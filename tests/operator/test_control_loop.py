@@ -1,0 +1,306 @@
+"""The one control loop: ModelDeployments admitted against the tenant's quota, one GPU ledger
+shared by serving and training, allowedClusters, no orphans, backoff, restarts.
+
+Black-box: objects go in through the hub's API; what is asserted is what lands in the
+emulated clusters and in the statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fake_rayjob import RAYJOBS, FakeRayJobs
+from kube_emulator import Fault
+from manifests import AKS, NS, ONPREM, model_deployment, operator_settings, tenant
+from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
+from test_finetunejob import job
+from tramontane_kube import (
+    FINETUNEJOB,
+    MODELDEPLOYMENT,
+    RAYSERVICE,
+    TENANT,
+    ClusterConfig,
+    KubeClient,
+)
+
+MDS = "tramontane.dev/v1alpha1/modeldeployments"
+FTJS = "tramontane.dev/v1alpha1/finetunejobs"
+
+pytestmark = pytest.mark.usefixtures("fast_poll")
+
+
+def md_status(clusters: Clusters, name: str) -> dict[str, Any]:
+    obj = clusters.hub.emulator.stored(MDS, NS, name) or {}
+    return dict(obj.get("status") or {})
+
+
+def ftj_status(clusters: Clusters, name: str) -> dict[str, Any]:
+    obj = clusters.hub.emulator.stored(FTJS, NS, name) or {}
+    return dict(obj.get("status") or {})
+
+
+def rayservices(clusters: Clusters) -> list[tuple[str, str]]:
+    return sorted(
+        (c.name, rs["metadata"]["name"])
+        for c in clusters.all
+        for rs in c.emulator.stored_all(RAYSERVICES)
+    )
+
+
+def all_rayjobs(clusters: Clusters) -> list[tuple[str, str]]:
+    return sorted(
+        (c.name, r["metadata"]["name"])
+        for c in clusters.all
+        for r in c.emulator.stored_all(RAYJOBS)
+    )
+
+
+FOUR_WORKERS = {
+    "resources": {"workers": 4, "gpusPerWorker": 1, "gpuType": "H100"},
+    "hyperparameters": {"trainingSteps": 100, "batchSize": 4},  # a sequence per worker
+}
+
+
+def gpus_in(clusters: Clusters, cluster: str) -> int:
+    """H100s the children in `cluster` ask for (worker replicas x GPUs per worker)."""
+    total = 0
+    for rs in clusters[cluster].emulator.stored_all(RAYSERVICES):
+        for group in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs") or []:
+            total += int(group.get("replicas") or 0) * _gpus(group)
+    for rj in clusters[cluster].emulator.stored_all(RAYJOBS):
+        if rj["spec"].get("suspend"):
+            continue
+        for group in rj["spec"]["rayClusterSpec"].get("workerGroupSpecs") or []:
+            total += int(group.get("replicas") or 0) * _gpus(group)
+    return total
+
+
+def _gpus(group: dict[str, Any]) -> int:
+    limits = group["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
+    return int(limits.get("nvidia.com/gpu") or 0)
+
+
+async def test_a_deployment_over_the_gpu_quota_is_queued_and_creates_nothing(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay, operator: OperatorRun
+) -> None:
+    await api.create(TENANT, tenant({"gpus": {"H100": 4}}))
+    # maxReplicas x 1 H100: 4 fills the quota; the next one waits.
+    await api.create(MODELDEPLOYMENT, model_deployment("first"))
+    await eventually(lambda: md_status(clusters, "first").get("phase") == "Ready", timeout_s=20)
+    await api.create(
+        MODELDEPLOYMENT, model_deployment("second", scaling={"replicas": 1, "maxReplicas": 2})
+    )
+    status = await eventually(
+        lambda: (
+            md_status(clusters, "second").get("phase") == "Queued" and md_status(clusters, "second")
+        )
+    )
+    assert status["queuePosition"] == 1
+    placed = next(c for c in status["conditions"] if c["type"] == "Placed")
+    assert placed["status"] == "False" and placed["reason"] == "QuotaExceeded"
+    assert "quota gpus.H100: needs 2, 4 of 4 in use" in placed["message"]
+    await asyncio.sleep(0.5)
+    assert rayservices(clusters) == [(AKS, "first")]  # nothing for the queued one
+    # Room frees: the queued one is admitted and placed.
+    await api.delete(MODELDEPLOYMENT, NS, "first")
+    await eventually(lambda: rayservices(clusters) == [(AKS, "second")], timeout_s=20)
+    await eventually(lambda: md_status(clusters, "second").get("phase") == "Ready", timeout_s=20)
+    assert "queuePosition" not in md_status(clusters, "second")
+    tenant_status = await eventually(
+        lambda: (
+            (clusters.hub.emulator.stored("tramontane.dev/v1alpha1/tenants", None, "team") or {})
+            .get("status", {})
+            .get("usage", {})
+            .get("gpus")
+            == {"H100": 2}
+        )
+    )
+    assert tenant_status
+
+
+async def test_max_model_deployments_and_priority_decide_who_waits(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay, operator: OperatorRun
+) -> None:
+    await api.create(TENANT, tenant({"maxModelDeployments": 1}))
+    await api.create(MODELDEPLOYMENT, model_deployment("holder"))
+    await eventually(lambda: rayservices(clusters) == [(AKS, "holder")], timeout_s=20)
+    await api.create(MODELDEPLOYMENT, model_deployment("low"))
+    await eventually(lambda: md_status(clusters, "low").get("phase") == "Queued")
+    await api.create(MODELDEPLOYMENT, model_deployment("urgent", priority=100))
+    await eventually(lambda: md_status(clusters, "urgent").get("queuePosition") == 1)
+    await eventually(lambda: md_status(clusters, "low").get("queuePosition") == 2)
+    message = next(c for c in md_status(clusters, "low")["conditions"] if c["type"] == "Placed")[
+        "message"
+    ]
+    assert "maxModelDeployments: 1 of 1 in use" in message
+    await api.delete(MODELDEPLOYMENT, NS, "holder")
+    # The higher priority goes first, though it came last; the other keeps waiting.
+    await eventually(lambda: rayservices(clusters) == [(AKS, "urgent")], timeout_s=20)
+    await eventually(lambda: md_status(clusters, "low").get("queuePosition") == 1)
+    assert md_status(clusters, "low")["phase"] == "Queued"
+
+
+async def test_allowed_clusters_bound_where_both_kinds_are_placed(
+    tmp_path: Path,
+    clusters: Clusters,
+    api: KubeClient,
+    kuberay: FakeKubeRay,
+    rayjobs: FakeRayJobs,
+    operator: OperatorRun,
+) -> None:
+    team = tenant({})
+    team["spec"]["allowedClusters"] = [ONPREM]
+    await api.create(TENANT, team)
+    spread = {"clusterSelector": {"matchLabels": {"tier": "gpu"}}, "strategy": "Spread"}
+    await api.create(MODELDEPLOYMENT, model_deployment("chat", placement=spread))
+    await eventually(lambda: rayservices(clusters) == [(ONPREM, "chat")], timeout_s=20)
+    await api.create(
+        FINETUNEJOB, job(tmp_path, placement={"clusterSelector": {"matchLabels": {"tier": "gpu"}}})
+    )
+    await eventually(lambda: all_rayjobs(clusters) == [(ONPREM, "tune")], timeout_s=20)
+    # A job that names only a cluster the tenant may not use waits, with the reason.
+    await api.create(FINETUNEJOB, job(tmp_path, "elsewhere", placement={"clusters": [AKS]}))
+    status = await eventually(
+        lambda: (
+            ftj_status(clusters, "elsewhere").get("phase") == "Queued"
+            and ftj_status(clusters, "elsewhere")
+        )
+    )
+    admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")
+    assert admitted["reason"] == "NoEligibleCluster"
+    assert (AKS, "elsewhere") not in all_rayjobs(clusters)
+
+
+async def test_serving_and_training_never_over_commit_a_cluster(
+    tmp_path: Path,
+    clusters: Clusters,
+    api: KubeClient,
+    kuberay: FakeKubeRay,
+    rayjobs: FakeRayJobs,
+    operator: OperatorRun,
+) -> None:
+    # AKS has 8 H100s. Serving takes 6; training wants 4 there.
+    pinned = {"clusters": [AKS], "strategy": "Pinned"}
+    await api.create(
+        MODELDEPLOYMENT,
+        model_deployment(
+            "chat", placement=pinned, scaling={"replicas": 6, "minReplicas": 1, "maxReplicas": 6}
+        ),
+    )
+    await eventually(lambda: gpus_in(clusters, AKS) == 6, timeout_s=20)
+    await api.create(FINETUNEJOB, job(tmp_path, **FOUR_WORKERS, placement={"clusters": [AKS]}))
+    await eventually(lambda: ftj_status(clusters, "tune").get("phase") == "Queued", timeout_s=20)
+    for _ in range(10):
+        assert gpus_in(clusters, AKS) <= 8
+        await asyncio.sleep(0.1)
+    assert all_rayjobs(clusters) == []
+    # Serving scales down to 3: the job fits and runs; serving cannot grow back into it.
+    await api.patch(MODELDEPLOYMENT, NS, "chat", {"spec": {"scaling": {"replicas": 3}}})
+    await eventually(lambda: all_rayjobs(clusters) == [(AKS, "tune")], timeout_s=20)
+    await api.patch(MODELDEPLOYMENT, NS, "chat", {"spec": {"scaling": {"replicas": 6}}})
+    await eventually(lambda: md_status(clusters, "chat").get("observedGeneration") == 3)
+    for _ in range(10):
+        assert gpus_in(clusters, AKS) <= 8
+        await asyncio.sleep(0.1)
+    status = md_status(clusters, "chat")
+    assert status["replicas"] == 4  # 4 + the job's 4 = 8: serving gets what is free
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "InsufficientCapacity"
+
+
+async def test_a_sweep_deletes_children_whose_owner_is_gone_and_keeps_the_others(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay
+) -> None:
+    run = OperatorRun(operator_settings(clusters.hub.url, sweep_interval_s=0.3))
+    await run.start()
+    try:
+        await api.create(MODELDEPLOYMENT, model_deployment())
+        await eventually(lambda: rayservices(clusters) == [(AKS, "chat")], timeout_s=20)
+        live = clusters[AKS].emulator.stored(RAYSERVICES, NS, "chat")
+        assert live is not None
+        # Children left behind: by an owner deleted while the operator was away, and by an
+        # owner of the same name but another life (deleted and created again).
+        member = KubeClient("onprem", ClusterConfig(server=clusters[ONPREM].url), attempts=1)
+        try:
+            orphan = _copy(live, name="gone", uid="0000")
+            stale = _copy(live, name="chat", uid="1111")
+            await member.create(RAYSERVICE, orphan)
+            await member.create(RAYSERVICE, stale)
+            await eventually(lambda: rayservices(clusters) == [(AKS, "chat")], timeout_s=10)
+        finally:
+            await member.close()
+    finally:
+        await run.stop()
+
+
+def _copy(rayservice: dict[str, Any], name: str, uid: str) -> dict[str, Any]:
+    meta = rayservice["metadata"]
+    labels = {**meta["labels"], "tramontane.dev/owner-name": name, "tramontane.dev/owner-uid": uid}
+    return {
+        "apiVersion": rayservice["apiVersion"],
+        "kind": "RayService",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels},
+        "spec": rayservice["spec"],
+    }
+
+
+async def test_a_persistent_403_is_retried_with_growing_delays(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay
+) -> None:
+    forbidden = Fault("POST", f"/namespaces/{NS}/rayservices", status=403, times=10_000)
+    clusters[AKS].emulator.faults.append(forbidden)
+    settings = operator_settings(clusters.hub.url, retry_delay_s=0.05, backoff_max_s=0.8)
+    run = OperatorRun(settings)
+    await run.start()
+    try:
+        await api.create(MODELDEPLOYMENT, model_deployment())
+        await asyncio.sleep(3.0)
+        times = list(forbidden.hit_times)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # A storm would be hundreds; doubling from 50 ms to a 0.8 s cap is about ten.
+        assert 4 <= len(times) <= 14, times
+        assert max(gaps[-3:]) >= 0.5 and min(gaps[:2]) < 0.2, gaps
+        forbidden.times = 0  # permission granted: it converges, and the backoff resets
+        await eventually(lambda: rayservices(clusters) == [(AKS, "chat")], timeout_s=10)
+    finally:
+        await run.stop()
+
+
+async def test_a_restart_rebuilds_the_ledger_from_the_children(
+    tmp_path: Path,
+    clusters: Clusters,
+    api: KubeClient,
+    kuberay: FakeKubeRay,
+    rayjobs: FakeRayJobs,
+    operator: OperatorRun,
+) -> None:
+    await api.create(TENANT, tenant({"gpus": {"H100": 6}}))
+    pinned = {"clusters": [AKS], "strategy": "Pinned"}
+    scaling = {"replicas": 2, "minReplicas": 1, "maxReplicas": 2}
+    await api.create(MODELDEPLOYMENT, model_deployment("chat", placement=pinned, scaling=scaling))
+    await api.create(FINETUNEJOB, job(tmp_path, **FOUR_WORKERS, placement={"clusters": [AKS]}))
+    await eventually(lambda: all_rayjobs(clusters) == [(AKS, "tune")], timeout_s=20)
+    await operator.kill()
+    # While it is down, another job arrives: 2 + 4 of 6 are held, so it must wait after the
+    # restart (nothing lost), and the held ones keep running (nothing counted twice).
+    await api.create(
+        FINETUNEJOB,
+        job(
+            tmp_path,
+            "next",
+            resources={**FOUR_WORKERS["resources"], "workers": 1},
+            placement={"clusters": [AKS]},
+        ),
+    )
+    await operator.start()
+    await eventually(lambda: ftj_status(clusters, "next").get("phase") == "Queued", timeout_s=20)
+    await asyncio.sleep(0.5)
+    assert all_rayjobs(clusters) == [(AKS, "tune")]
+    assert rayservices(clusters) == [(AKS, "chat")]
+    assert ftj_status(clusters, "tune")["phase"] in ("Running", "Succeeded")
+    assert ftj_status(clusters, "next")["queuePosition"] == 1
