@@ -47,7 +47,19 @@ from tramontane_api.schema import SchemaValidator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO_ROOT / "crds"
-KUBERAY_CRDS_DIR = REPO_ROOT.parent / "shared" / "reference" / "kuberay-v1.7.0"
+
+
+def _shared_dir() -> Path:
+    """`shared/` beside the checkout; for a git worktree, beside its main checkout."""
+    git = REPO_ROOT / ".git"
+    roots = [REPO_ROOT]
+    if git.is_file():  # a worktree: "gitdir: <main>/.git/worktrees/<name>"
+        gitdir = Path(git.read_text().partition("gitdir:")[2].strip())
+        roots.append(gitdir.parents[2])
+    return next((r.parent / "shared" for r in roots if (r.parent / "shared").is_dir()), roots[0])
+
+
+KUBERAY_CRDS_DIR = _shared_dir() / "reference" / "kuberay-v1.7.0"
 
 # libyaml where installed: the KubeRay CRDs are megabytes of YAML, parsed at import.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -93,6 +105,8 @@ def load_crds(paths: Iterable[Path]) -> list[CrdInfo]:
 
 OUR_CRDS = load_crds(CRDS_DIR.glob("*.yaml"))
 KUBERAY_CRDS = load_crds(KUBERAY_CRDS_DIR.glob("ray.io_*.yaml"))
+if not KUBERAY_CRDS:  # no KubeRay kinds: every member would look like it lacks KubeRay
+    raise RuntimeError(f"no KubeRay CRDs in {KUBERAY_CRDS_DIR}")
 CORE = {
     "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=_VERBS),
     "v1/secrets": kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=_VERBS),
