@@ -19,7 +19,19 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRDS_DIR = REPO_ROOT / "crds"
 EXAMPLES_DIR = REPO_ROOT / "examples"
-KUBERAY_CRDS_DIR = REPO_ROOT.parent / "shared" / "reference" / "kuberay-v1.7.0"
+
+
+def _shared_dir() -> Path:
+    """`shared/` beside the checkout; for a git worktree, beside its main checkout."""
+    git = REPO_ROOT / ".git"
+    roots = [REPO_ROOT]
+    if git.is_file():  # a worktree: "gitdir: <main>/.git/worktrees/<name>"
+        gitdir = Path(git.read_text().partition("gitdir:")[2].strip())
+        roots.append(gitdir.parents[2])
+    return next((r.parent / "shared" for r in roots if (r.parent / "shared").is_dir()), roots[0])
+
+
+KUBERAY_CRDS_DIR = _shared_dir() / "reference" / "kuberay-v1.7.0"
 
 
 @pytest.fixture(scope="session")

@@ -263,7 +263,7 @@ class KubeClient:
         params = {"watch": "true", "timeoutSeconds": str(timeout_s), "allowWatchBookmarks": "true"}
         if labels:
             params["labelSelector"] = _selector(labels)
-        if resource_version and resource_version.isdigit():
+        if resource_version:  # opaque: passed back as the server gave it
             params["resourceVersion"] = resource_version
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=timeout_s + 30)
         try:

@@ -7,14 +7,36 @@ without polling. The cache is written through by the reconciler after each creat
 so a read right after a write never sees the older state. While the cluster cannot be reached,
 the informer retries with capped exponential backoff and reports `synced = False`. A watch
 the server ends is resumed from the last resourceVersion seen; only an error lists again.
+
+resourceVersions are opaque (the API allows comparing two for equality, never ordering them),
+so write-through works without comparing versions; the watch's own order does it instead.
+`remember` of our write's response at version V for key K marks K pending on V: watch events for
+K with another version are then older than our write (the watch delivers a key's events in
+order, and ours is still to come) and are skipped — kept aside as the latest state the stream
+showed — until the event with version V arrives (it is our write: pending ends) or a DELETED
+event of the same object (pending ends, the deletion applies). A relist (after an error or
+410 Gone) ends every pending mark: the list is the truth. A write whose event the stream has
+already delivered (it raced ahead of the response) is not marked: the cache has it, or newer.
+
+Resuming a watch the server ended keeps the marks: a watch from the last version seen delivers
+every later event, ours included, so ending them there would let older events overwrite our
+write. The one case where V never arrives is a stream that starts past our write without
+having shown it: a relist whose snapshot already holds a later state than V, when the response
+is remembered only after that list (a snapshot coalesces history; opaque versions cannot tell
+which of V and the snapshot's state is newer). So each mark also lapses after
+`pending_ttl_s` (client-go's ControllerExpectations lapse after a TTL for the same reason):
+the key then falls back to the latest state the stream showed, and `on_event` is told.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .client import ApiError, KubeClient, Unreachable
@@ -24,6 +46,21 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 OnEvent = Callable[[str, Mapping[str, Any]], None]  # (cluster, object)
+_SEEN = 8  # versions of each key the stream showed, remembered to spot a write it delivered
+
+
+@dataclass
+class _Pending:
+    """Our write at `version`, whose watch event is still to come."""
+
+    version: str
+    uid: str | None
+    deadline: float  # time.monotonic() at which the mark lapses
+    stream: dict[str, Any] | None  # the latest state the stream showed meanwhile (None: none)
+    timer: asyncio.TimerHandle | None = None
+
+
+_NONE = _Pending("", None, 0.0, None)
 
 
 class Informer:
@@ -40,6 +77,7 @@ class Informer:
         namespace: str | None = None,
         max_backoff_s: float = 30.0,
         watch_timeout_s: int = 300,
+        pending_ttl_s: float = 10.0,
     ) -> None:
         self.client = client
         self.ref = ref
@@ -48,7 +86,10 @@ class Informer:
         self.on_event = on_event
         self.max_backoff_s = max_backoff_s
         self.watch_timeout_s = watch_timeout_s
+        self.pending_ttl_s = pending_ttl_s
         self.items: dict[Key, dict[str, Any]] = {}
+        self._pending: dict[Key, _Pending] = {}
+        self._seen: dict[Key, collections.deque[str]] = {}
         self.synced = asyncio.Event()
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -63,6 +104,8 @@ class Informer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        for key in list(self._pending):  # no lapse may tell on_event after the stop
+            self._end_pending(key)
 
     def retry_now(self) -> None:
         """Cut a retry backoff short (the cluster is known to answer again)."""
@@ -79,18 +122,48 @@ class Informer:
     def remember(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Write-through after our own create/patch; returns the newest known state.
 
-        A watch event newer than our write (KubeRay updating the status) may have arrived
-        before the write's response: a response older than the cache does not replace it.
+        Until the watch delivers our write, older events of the object are skipped (see the
+        module docstring). A response whose event the watch already delivered (it raced ahead,
+        maybe followed by KubeRay updating the status) does not replace the cache.
         """
-        key = _key(obj)
+        key, version = _key(obj), _version_of(obj)
         cached = self.items.get(key)
-        if cached is not None and _newer(cached, obj):
+        if version and cached is not None and version in self._seen.get(key, ()):
             return cached
+        if version and cached is not None and self._pending.get(key, _NONE).version == version:
+            return cached  # the same write again (nothing to patch): its mark keeps its deadline
+        before = self._end_pending(key)
+        if version:
+            stream = before.stream if before is not None else cached
+            pending = _Pending(version, _uid(obj), time.monotonic() + self.pending_ttl_s, stream)
+            with contextlib.suppress(RuntimeError):  # no running loop: lapses at the next event
+                loop = asyncio.get_running_loop()
+                pending.timer = loop.call_later(self.pending_ttl_s, self._lapse, key, pending)
+            self._pending[key] = pending
         self.items[key] = dict(obj)
         return self.items[key]
 
     def forget(self, namespace: str, name: str) -> None:
-        self.items.pop((namespace, name), None)
+        key = (namespace, name)
+        self.items.pop(key, None)
+        self._seen.pop(key, None)
+        self._end_pending(key)
+
+    def _end_pending(self, key: Key) -> _Pending | None:
+        pending = self._pending.pop(key, None)
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+        return pending
+
+    def _lapse(self, key: Key, pending: _Pending) -> None:
+        """Our write's event did not come in time: take the latest state the stream showed."""
+        if self._pending.get(key) is not pending:
+            return
+        self._end_pending(key)
+        log.debug("informer %s: %s/%s: our write's event did not come", self.client.name, *key)
+        if pending.stream is not None and self.items.get(key) != pending.stream:
+            self.items[key] = pending.stream
+            self.on_event(self.client.name, pending.stream)
 
     async def _run(self) -> None:
         delay = 0.2
@@ -100,6 +173,11 @@ class Informer:
                 fresh = {_key(i): i for i in items}
                 changed = [o for k, o in fresh.items() if self.items.get(k) != o]
                 gone = [o for k, o in self.items.items() if k not in fresh]
+                for key in list(self._pending):  # the list is the truth: no write is pending
+                    self._end_pending(key)
+                self._seen = {}
+                for key, obj in fresh.items():
+                    self._saw(key, obj)
                 self.items = fresh
                 self.synced.set()
                 for obj in changed + gone:
@@ -142,27 +220,47 @@ class Informer:
         if kind == "BOOKMARK" or not obj.get("metadata"):
             return
         key = _key(obj)
+        pending = self._pending.get(key)
         if kind == "DELETED":
+            if pending is not None and pending.uid and _uid(obj) not in (None, pending.uid):
+                pending.stream = None  # an earlier object of that name, gone before our create
+                return
+            self._end_pending(key)
+            self._seen.pop(key, None)
             if self.items.pop(key, None) is None:
                 return
-        else:
-            cached = self.items.get(key)
-            if cached == obj or (cached is not None and _newer(cached, obj)):
-                return  # our own write, already remembered (or a newer one)
-            self.items[key] = dict(obj)
+            self.on_event(self.client.name, obj)
+            return
+        self._saw(key, obj)
+        if pending is not None:
+            if _version_of(obj) != pending.version and time.monotonic() < pending.deadline:
+                pending.stream = dict(obj)  # it predates our write, whose event is to come
+                return
+            self._end_pending(key)
+        if self.items.get(key) == obj:
+            return  # our own write, already remembered
+        self.items[key] = dict(obj)
         self.on_event(self.client.name, obj)
+
+    def _saw(self, key: Key, obj: Mapping[str, Any]) -> None:
+        version = _version_of(obj)
+        if version:
+            self._seen.setdefault(key, collections.deque(maxlen=_SEEN)).append(version)
 
 
 def _version(event: Mapping[str, Any]) -> str | None:
-    version = ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+    return _version_of(event.get("object") or {})
+
+
+def _version_of(obj: Mapping[str, Any]) -> str | None:
+    """The object's resourceVersion: an opaque token, compared for equality only."""
+    version = (obj.get("metadata") or {}).get("resourceVersion")
     return str(version) if version else None
 
 
-def _newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether `a` is a later version than `b` (resourceVersions are etcd revisions)."""
-    va = str((a.get("metadata") or {}).get("resourceVersion") or "")
-    vb = str((b.get("metadata") or {}).get("resourceVersion") or "")
-    return va.isdigit() and vb.isdigit() and int(va) > int(vb)
+def _uid(obj: Mapping[str, Any]) -> str | None:
+    uid = (obj.get("metadata") or {}).get("uid")
+    return str(uid) if uid else None
 
 
 def _key(obj: Mapping[str, Any]) -> Key:

@@ -12,6 +12,9 @@ empty at the end. `faults` inject HTTP errors (and stalls) on chosen requests. A
 (`GET .../pods/NAME/log`, with `tailLines` and `limitBytes`) is the text a test stores in
 `pod_logs[(namespace, name)]`.
 
+resourceVersions are opaque tokens, not counters, and a watch from one replays the events after
+it (or answers 410 Gone): see `kube_history`.
+
 Plain create/get/list/patch/delete are served directly from the object store (O(1) lookups,
 equality label selectors); KMock's reaction DSL, which costs ~45 ms per request on
 RayService-sized bodies, only serves watches and discovery.
@@ -20,14 +23,14 @@ RayService-sized bodies, only serves watches and discovery.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import datetime
-import itertools
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +48,24 @@ from kmock._internal.k8s import (
     KubernetesResourceNotFoundError,
 )
 
+from kube_history import RecordingBus, Versions, gone
 from tramontane_api.schema import SchemaValidator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO_ROOT / "crds"
-KUBERAY_CRDS_DIR = REPO_ROOT.parent / "shared" / "reference" / "kuberay-v1.7.0"
+
+
+def _shared_dir() -> Path:
+    """`shared/` beside the checkout; for a git worktree, beside its main checkout."""
+    git = REPO_ROOT / ".git"
+    roots = [REPO_ROOT]
+    if git.is_file():  # a worktree: "gitdir: <main>/.git/worktrees/<name>"
+        gitdir = Path(git.read_text().partition("gitdir:")[2].strip())
+        roots.append(gitdir.parents[2])
+    return next((r.parent / "shared" for r in roots if (r.parent / "shared").is_dir()), roots[0])
+
+
+KUBERAY_CRDS_DIR = _shared_dir() / "reference" / "kuberay-v1.7.0"
 
 # libyaml where installed: the KubeRay CRDs are megabytes of YAML, parsed at import.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -95,6 +111,8 @@ def load_crds(paths: Iterable[Path]) -> list[CrdInfo]:
 
 OUR_CRDS = load_crds(CRDS_DIR.glob("*.yaml"))
 KUBERAY_CRDS = load_crds(KUBERAY_CRDS_DIR.glob("ray.io_*.yaml"))
+if not KUBERAY_CRDS:  # no KubeRay kinds: every member would look like it lacks KubeRay
+    raise RuntimeError(f"no KubeRay CRDs in {KUBERAY_CRDS_DIR}")
 CORE = {
     "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=_VERBS),
     "v1/secrets": kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=_VERBS),
@@ -172,10 +190,11 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
     created_at: dict[tuple[str, str | None, str], float] = attrs.field(factory=dict)
     namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)  # (namespace, pod) -> log
-    _counter: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    _versions: Versions = attrs.field(factory=Versions)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self._buses = collections.defaultdict(lambda: RecordingBus(versions=self._versions))
         for key, info in CORE.items():
             self.resources[key] = info
         for crd in self.crds:
@@ -263,7 +282,8 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
 
         if name is None and method == "GET":
             items = list(self.namespaces.values())
-            return aiohttp.web.json_response({"metadata": {}, "items": items})
+            meta = {"resourceVersion": self._versions.head}
+            return aiohttp.web.json_response({"metadata": meta, "items": items})
         if name is None and method == "POST":
             data = data if isinstance(data, dict) else {}
             problems = metadata_problems(data)
@@ -273,6 +293,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
             if new in self.namespaces:
                 return status(409, "AlreadyExists", f'namespaces "{new}" already exists')
             meta = {**data["metadata"], "uid": str(uuid.uuid4()), "creationTimestamp": _now()}
+            meta["resourceVersion"] = self._versions.new()
             self.namespaces[new] = {**data, "metadata": meta, "status": {"phase": "Active"}}
             return aiohttp.web.json_response(self.namespaces[new], status=201)
         if name is not None and method == "GET":
@@ -300,7 +321,8 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
                     and not obj.deleted
                     and _selected(obj.raw, selector)
                 ]
-                payload: Any = {"metadata": {"resourceVersion": "0"}, "items": items}
+                version = self._versions.head  # the watch from it misses nothing after the list
+                payload: Any = {"metadata": {"resourceVersion": version}, "items": items}
                 return aiohttp.web.json_response(payload)
             if action == kmock.action.CREATE:
                 meta = request.data.get("metadata") or {}
@@ -327,7 +349,8 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
             elif obj.get("metadata", {}).get("finalizers") and not obj.get("metadata", {}).get(
                 "deletionTimestamp"
             ):  # DELETE of an object with finalizers: mark it, keep it
-                obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                mark = {"deletionTimestamp": _now(), "resourceVersion": self._versions.new()}
+                obj.patch({"metadata": mark})
                 await bus.put({"type": "MODIFIED", "object": obj.raw})
             meta = obj.get("metadata", {})
             last = obj.raw
@@ -378,7 +401,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
                 namespace=old_meta.get("namespace"),
                 uid=old_meta.get("uid"),
                 creationTimestamp=old_meta.get("creationTimestamp"),
-                resourceVersion=str(next(self._counter)),
+                resourceVersion=self._versions.new(),
                 generation=generation + (new.get("spec") != old.get("spec")),
             )
             problems = metadata_problems(new)
@@ -391,6 +414,49 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
             obj.create(new)
             await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
             return aiohttp.web.json_response(obj.raw)
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        """A watch as a server serves it: from a `resourceVersion`, the events after it (410
+        Gone when the history no longer reaches it); from none (or "0"), every object as ADDED
+        first; then events as they come, until `timeoutSeconds` if given."""
+        yield b""  # KMock sends the headers with the first chunk: a watch may stay quiet
+        resource = request.resource
+        assert resource is not None  # a watch is of a resource; for the type checker
+        bus = self._buses[resource]
+        since = str(request.params.get("resourceVersion") or "")
+        async with self._lock:  # every write puts its event under this lock: none is missed
+            if since in ("", "0"):
+                backlog: list[dict[str, Any]] | None = [
+                    {"type": "ADDED", "object": obj.raw}
+                    for (r, _, _), obj in self.objects.items()
+                    if r == resource and not obj.deleted
+                ]
+            else:
+                backlog = bus.since(since)
+            marker = await bus.mark()
+        try:
+            if backlog is None:
+                yield gone(since)
+                return
+            for event in backlog:
+                if _watched(request, event):
+                    yield event
+            loop = asyncio.get_running_loop()
+            timeout = request.params.get("timeoutSeconds")
+            deadline = loop.time() + float(timeout) if timeout else None
+            stream = aiter(bus.stream(since=marker))
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return
+                try:
+                    event = await asyncio.wait_for(anext(stream), remaining)
+                except TimeoutError:
+                    return  # the server ends a watch at its timeout; the client resumes it
+                if _watched(request, event):
+                    yield event
+        finally:
+            await bus.unmark(marker)
 
     def _admit(self, request: kmock.Request) -> None:
         data = request.data
@@ -432,7 +498,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
             uid=str(uuid.uuid4()),
             creationTimestamp=_now(),
             generation=1,
-            resourceVersion=str(next(self._counter)),
+            resourceVersion=self._versions.new(),
         )
         meta.pop("deletionTimestamp", None)
         if request.resource is not None and request.resource.plural:
@@ -451,7 +517,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         new = dict(kmock_dicts.patch_dict(old, data))
         meta = data.setdefault("metadata", {})
         new["metadata"] = dict(new.get("metadata") or {})
-        meta["resourceVersion"] = new["metadata"]["resourceVersion"] = str(next(self._counter))
+        meta["resourceVersion"] = new["metadata"]["resourceVersion"] = self._versions.new()
         if new.get("spec") != old.get("spec"):
             generation = int((old.get("metadata") or {}).get("generation") or 1) + 1
             meta["generation"] = new["metadata"]["generation"] = generation
@@ -470,7 +536,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
             # e.g. Kopf's optimistic `test` of resourceVersion: a conflict, not a violation.
             raise kmock.KubernetesError(422, "Invalid", f"JSON patch failed: {exc}") from exc
-        version = str(next(self._counter))
+        version = self._versions.new()
         ops.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
         new["metadata"] = {**new.get("metadata", {}), "resourceVersion": version}
         if new.get("spec") != old.get("spec"):
@@ -514,6 +580,14 @@ def _parse_selector(text: str | None) -> dict[str, str]:
 def _selected(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _watched(request: kmock.Request, event: Mapping[str, Any]) -> bool:
+    """Whether `event` is in the watch's namespace (and of its object, for a named watch)."""
+    meta = (event.get("object") or {}).get("metadata") or {}
+    return (request.namespace is None or meta.get("namespace") == request.namespace) and (
+        request.name is None or meta.get("name") == request.name
+    )
 
 
 def _now() -> str:

@@ -348,3 +348,15 @@ async def test_a_key_namespace_the_router_cannot_read_costs_only_its_keys(
     assert await status_of(router, GLOBEX_KEY) == 401
     errors = [r.getMessage() for r in caplog.records]
     assert any("keys-b" in m and "403" in m and hub.url in m for m in errors), errors
+
+
+async def test_the_hub_hands_out_opaque_resource_versions(
+    api: KubeClient, workers: Callable[..., Awaitable[FakeWorker]]
+) -> None:
+    """The emulated hub's resourceVersions are tokens, not numbers (the API says they are
+    opaque): every HubSource test here runs on versions only equality can use."""
+    await acme_platform(api, await workers("west"))
+    tenant_obj = await api.get(TENANT, None, "acme")
+    models, listed = await api.list(MODELDEPLOYMENT)
+    versions = [str((o or {})["metadata"]["resourceVersion"]) for o in [tenant_obj, *models]]
+    assert listed is not None and not any(v.isdigit() for v in [*versions, listed]), versions
