@@ -16,7 +16,7 @@ import pytest
 
 from fake_rayjob import RAYJOBS, FakeRayJobs
 from kube_emulator import Fault
-from manifests import AKS, NS, ONPREM, model_deployment, operator_settings, tenant
+from manifests import AKS, HUB, NS, ONPREM, SYSTEM_NS, model_deployment, operator_settings, tenant
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
 from test_finetunejob import job
 from tramontane_kube import (
@@ -304,3 +304,81 @@ async def test_a_restart_rebuilds_the_ledger_from_the_children(
     assert rayservices(clusters) == [(AKS, "chat")]
     assert ftj_status(clusters, "tune")["phase"] in ("Running", "Succeeded")
     assert ftj_status(clusters, "next")["queuePosition"] == 1
+
+
+LEASES = "coordination.k8s.io/v1/leases"
+
+
+def lease(clusters: Clusters) -> dict[str, Any]:
+    return clusters.hub.emulator.stored(LEASES, SYSTEM_NS, "tramontane-operator") or {}
+
+
+async def test_the_standby_takes_over_when_the_leader_dies_mid_burst(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay
+) -> None:
+    timing = {
+        "leader_election_lease_duration_s": 1.0,
+        "leader_election_renew_deadline_s": 0.7,
+        "leader_election_retry_period_s": 0.2,
+    }
+    runs = {
+        name: OperatorRun(
+            operator_settings(clusters.hub.url, leader_election_identity=name, **timing)
+        )
+        for name in ("first", "second")
+    }
+    await runs["first"].start()
+    await eventually(lambda: lease(clusters).get("spec", {}).get("holderIdentity") == "first")
+    await runs["second"].start()
+    try:
+        spread = {"clusterSelector": {"matchLabels": {"tier": "gpu"}}, "strategy": "Spread"}
+        scaling = {"replicas": 1, "minReplicas": 1, "maxReplicas": 1}
+        names = [f"md-{i}" for i in range(16)]  # the 16 H100s of the two members
+        for name in names[:8]:
+            await api.create(
+                MODELDEPLOYMENT, model_deployment(name, placement=spread, scaling=scaling)
+            )
+        await eventually(lambda: len(rayservices(clusters)) >= 4, timeout_s=20)
+        # The leader dies: its Lease is not released (the release fails, as on a crash).
+        release = Fault("PUT", "/leases/tramontane-operator", 503, times=3)
+        clusters.hub.emulator.faults.append(release)
+        await runs["first"].kill()
+        assert release.hits >= 1  # it tried to release, and could not
+        assert lease(clusters)["spec"]["holderIdentity"] == "first"  # so the standby waits
+        for name in names[8:]:
+            await api.create(
+                MODELDEPLOYMENT, model_deployment(name, placement=spread, scaling=scaling)
+            )
+        held = await eventually(
+            lambda: (
+                lease(clusters).get("spec", {}).get("holderIdentity") == "second"
+                and lease(clusters)
+            ),
+            timeout_s=10,
+        )
+        assert held["spec"]["leaseTransitions"] >= 1
+        await eventually(
+            lambda: all(md_status(clusters, n).get("phase") == "Ready" for n in names), timeout_s=30
+        )
+        # Nothing lost, nothing duplicated: one pool per deployment, each in one cluster.
+        owners = [name for _, name in rayservices(clusters)]
+        assert sorted(owners) == sorted(names)
+        for cluster in (HUB, AKS, ONPREM):
+            assert gpus_in(clusters, cluster) <= 8
+    finally:
+        for run in runs.values():
+            await run.stop()
+
+
+async def test_a_refused_child_is_not_retried_until_the_spec_changes(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay, operator: OperatorRun
+) -> None:
+    refused = Fault("POST", f"/namespaces/{NS}/rayservices", status=422, times=10_000)
+    clusters[AKS].emulator.faults.append(refused)
+    await api.create(MODELDEPLOYMENT, model_deployment())
+    await eventually(lambda: refused.hits >= 1)
+    await asyncio.sleep(1.5)  # a retried error would have hit it several times by now
+    assert refused.hits == 1
+    refused.times = 0
+    await api.patch(MODELDEPLOYMENT, NS, "chat", {"spec": {"scaling": {"replicas": 1}}})
+    await eventually(lambda: rayservices(clusters) == [(AKS, "chat")], timeout_s=10)

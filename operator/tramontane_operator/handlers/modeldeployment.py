@@ -196,8 +196,14 @@ class ModelDeployments:
             scope.outcome = status.phase or "unknown"
             rt.phases[MODELDEPLOYMENTS].set(namespace, name, status.phase)
             if errors:
+                message = "; ".join(str(e) for e in errors)
+                if all(isinstance(e, ApiError) and e.status == 422 for e in errors):
+                    # What we render is refused: only a new spec (or operator) can fix it.
+                    scope.outcome = "invalid"
+                    rt.events.post(md, "Warning", "InvalidChild", message[:1024])
+                    raise Invalid(message)
                 scope.outcome = "retry"
-                raise Retry("; ".join(errors))
+                raise Retry(message)
 
     def _decide(
         self,
@@ -357,11 +363,11 @@ async def _apply(
     md: ModelDeployment,
     desired: Mapping[str, dict[str, Any]],
     observed: dict[str, ObservedPool],
-) -> list[str]:
+) -> list[str | ApiError]:
     """Create/patch desired children, delete the others; update `observed`; return errors."""
     namespace, name = md.metadata.namespace or "default", md.metadata.name
 
-    async def one(cluster: str) -> str | None:
+    async def one(cluster: str) -> str | ApiError | None:
         pool, member = observed.get(cluster), rt.clusters.get(cluster)
         if pool is None or member is None or not pool.reachable:
             return None
@@ -389,7 +395,7 @@ async def _apply(
             rt.clusters.report_unreachable(cluster, exc.cause)
             observed[cluster] = dataclasses.replace(pool, reachable=False, rayservice=None)
         except ApiError as exc:
-            return str(exc)
+            return exc
         return None
 
     results = await asyncio.gather(*(one(c) for c in list(observed)))
