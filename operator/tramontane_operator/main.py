@@ -58,6 +58,7 @@ def build_registry(rt: Runtime, lost: asyncio.Event | None = None) -> kopf.Opera
 
     @kopf.on.startup(registry=registry)
     async def start_control_loop(**_: Any) -> None:
+        rt.start()  # the hub caches, on every replica (warm standby, the webhook's facts)
         config = rt.settings.leader_election_config()
 
         async def lead() -> None:

@@ -33,9 +33,14 @@ class ComputeClusters:
         self.rt = rt
         cache = rt.indexes.clusters
         self.controller = Controller(
-            COMPUTECLUSTERS, cache.raw, self._process, workers=4, ready=rt.ready,
+            COMPUTECLUSTERS,
+            cache.raw,
+            cache.object_keys,
+            self._process,
+            workers=4,
+            ready=rt.ready,
             queue=rt.work_queue(),
-        )  # fmt: skip
+        )
         cache.listeners.append(self.controller.observed)
         rt.controllers[COMPUTECLUSTERS] = self.controller
         self._connected: dict[str, tuple[Any, ...]] = {}  # name -> trigger it was built at

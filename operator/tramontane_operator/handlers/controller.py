@@ -73,6 +73,7 @@ class Controller:
         self,
         kind: str,
         raw: Callable[[Key], Body | None],
+        keys: Callable[[], list[Key]],
         process: Process,
         *,
         workers: int,
@@ -82,6 +83,7 @@ class Controller:
         self.kind = kind
         self.queue: WorkQueue[Key] = queue if queue is not None else WorkQueue()
         self._raw = raw
+        self._keys = keys
         self._process = process
         self._ready = ready
         self._workers = workers
@@ -122,6 +124,11 @@ class Controller:
 
     def wake(self, key: Key, priority: int = LOW) -> None:
         self.queue.add(key, priority)
+
+    def enqueue_all(self) -> None:
+        """Queue every object the cache holds (as a new handler of an informer sees them)."""
+        for key in self._keys():
+            self.queue.add(key, HIGH)
 
     def wake_all(self, priority: int = LOW) -> None:
         for key in list(self._triggers):

@@ -90,6 +90,7 @@ class FineTuneJobs:
         self.controller = Controller(
             FINETUNEJOBS,
             cache.raw,
+            cache.object_keys,
             self._process,
             workers=rt.settings.reconcile_workers,
             ready=rt.ready,

@@ -1,9 +1,11 @@
 """The operator's control loop: the controllers of every kind, the ledger's rebuild, the sweep.
 
-`Manager.run()` is what the elected leader runs (controller-runtime's Manager): it starts the
-hub caches, connects every member cluster, rebuilds the one GPU ledger from what is durable
-(`rebuild_ledger`), then lets the controllers of the four kinds work, and sweeps orphans at
-start and every `sweep_interval_s`.
+`Manager.run()` is what the elected leader runs (controller-runtime's Manager): the hub caches
+already run on every replica (`Runtime.start`: a standby's are warm, and the admission
+webhook reads them); the leader connects every member cluster, rebuilds the one GPU ledger
+from what is durable (`durable_state` -> `quotas.ledger.rebuild`), queues every object it
+caches, then lets the controllers of the four kinds work, and sweeps orphans at start and
+every `sweep_interval_s`.
 
 The sweep deletes, in every reachable member, the children (RayServices, RayJobs, validation
 Jobs, all labelled with their owner) whose owner no longer exists in the hub, or exists with
@@ -60,11 +62,12 @@ class Manager:
     async def run(self) -> None:
         """Start everything, then sweep periodically until cancelled (then stop it all)."""
         rt = self.rt
-        rt.start()
         for controller in self.controllers:
             controller.start()
         try:
             await rt.indexes.synced()
+            for controller in self.controllers:  # what the caches listed before we led
+                controller.enqueue_all()
             await connect_members(rt)
             rt.ledger = rebuild(*await durable_state(rt))
             log.info("GPU ledger rebuilt: %d workloads hold GPUs or quota", len(rt.ledger))

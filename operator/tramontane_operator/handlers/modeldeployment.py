@@ -88,6 +88,7 @@ class ModelDeployments:
         self.controller = Controller(
             MODELDEPLOYMENTS,
             cache.raw,
+            cache.object_keys,
             self._process,
             workers=settings.reconcile_workers,
             ready=rt.ready,

@@ -36,7 +36,13 @@ class Tenants:
         self.rt = rt
         cache = rt.indexes.tenant_objects
         self.controller = Controller(
-            TENANTS, cache.raw, self._process, workers=2, ready=rt.ready, queue=rt.work_queue()
+            TENANTS,
+            cache.raw,
+            cache.object_keys,
+            self._process,
+            workers=2,
+            ready=rt.ready,
+            queue=rt.work_queue(),
         )
         cache.listeners.append(self.controller.observed)
         for kind in (MODELDEPLOYMENTS, FINETUNEJOBS):
