@@ -19,7 +19,6 @@ the finalizer goes, and releases its quota.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -28,8 +27,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from tramontane_api.v1alpha1 import FineTuneJob, FineTuneJobStatus, Tenant
-from tramontane_kube import FINETUNEJOB, ApiError, NotFound, Unreachable
-from tramontane_operator.builders.labels import FINALIZER, OWNER_KIND_LABEL, OWNER_NAME_LABEL
+from tramontane_kube import FINETUNEJOB, ApiError, Unreachable
+from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from tramontane_operator.builders.rayjob import claim_uses, rendered_hash, spec_hash
 from tramontane_operator.builders.volumes import pod_volumes
 from tramontane_operator.observability import reconcile_scope
@@ -60,7 +59,8 @@ from tramontane_operator.reconcile.finetunejob_validation import (
 from tramontane_workers.contract.datasets_report import DatasetsReport
 
 from . import finetunejob_io as io
-from .controller import Body, Controller, Key, Requeue, Retry
+from .controller import Body, Controller, Key, Requeue, Retry, key_of
+from .finalizers import add_finalizer, has_finalizer, remove_finalizer
 from .finetunejob_children import RAYJOB, apply_actions, base_model, read_progress, read_rayjob
 from .finetunejob_validation import delete_validation_job, validate_in_cluster
 from .parsing import parse_resource
@@ -102,36 +102,26 @@ class FineTuneJobs:
     async def _process(self, key: Key, raw: Body | None) -> Requeue | None:
         rt = self.rt
         if raw is None:  # gone without our finalizer: the sweep deletes what it left
-            self._release(key)
+            rt.release(FINETUNEJOBS, key)
             rt.forget(FINETUNEJOBS, key)
             return None
-        finalizers = (raw.get("metadata") or {}).get("finalizers") or []
         if raw["metadata"].get("deletionTimestamp"):
-            if FINALIZER in finalizers:
+            if has_finalizer(raw):
                 await cleanup(rt, raw)
-                await _remove_finalizer(rt, raw, finalizers)
-            self._release(key)
+                await remove_finalizer(rt, FINETUNEJOB, raw)
+            rt.release(FINETUNEJOBS, key)
             rt.forget(FINETUNEJOBS, key)
             return None
-        if FINALIZER not in finalizers:  # before any child: a delete can never orphan one
-            await _add_finalizer(rt, raw, finalizers)
+        if not has_finalizer(raw):  # before any child: a delete can never orphan one
+            await add_finalizer(rt, FINETUNEJOB, raw)
         decision = await reconcile(rt, raw, self.poll_s)
         if decision.phase in TERMINAL and not decision.actions:
             return Requeue(rt.settings.resync_interval_s)
         return Requeue(self.poll_s)
 
-    def _release(self, key: Key) -> None:
-        if self.rt.ledger.release(f"{FINETUNEJOBS}/{key[0]}/{key[1]}") is not None:
-            self.rt.wake_tenant(key[0])
-
 
 def _key_of(job: FineTuneJob) -> Key:
     return (job.metadata.namespace or "", job.metadata.name)
-
-
-def _key(body: Mapping[str, Any]) -> Key:
-    meta = body.get("metadata") or {}
-    return (meta.get("namespace") or "", meta["name"])
 
 
 def _parse(rt: Runtime, body: Mapping[str, Any]) -> FineTuneJob:
@@ -142,35 +132,8 @@ def _parse(rt: Runtime, body: Mapping[str, Any]) -> FineTuneJob:
     return job
 
 
-async def _add_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[str]) -> None:
-    namespace, name = _key(raw)
-    path = "/metadata/finalizers"
-    ops = (
-        [{"op": "add", "path": f"{path}/-", "value": FINALIZER}]
-        if finalizers
-        else [{"op": "add", "path": path, "value": [FINALIZER]}]
-    )
-    try:
-        await rt.hub.patch(FINETUNEJOB, namespace, name, ops)
-    except NotFound:
-        raise Retry("deleted meanwhile", 0.0) from None
-    except (ApiError, Unreachable) as exc:
-        raise Retry(f"finalizer not added yet: {exc}") from exc
-
-
-async def _remove_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[str]) -> None:
-    namespace, name = _key(raw)
-    path = f"/metadata/finalizers/{finalizers.index(FINALIZER)}"
-    ops = [{"op": "test", "path": path, "value": FINALIZER}, {"op": "remove", "path": path}]
-    try:
-        with contextlib.suppress(NotFound):
-            await rt.hub.patch(FINETUNEJOB, namespace, name, ops)
-    except (ApiError, Unreachable) as exc:
-        raise Retry(f"finalizer not removed yet: {exc}") from exc
-
-
 async def reconcile(rt: Runtime, body: Mapping[str, Any], poll_s: float) -> Decision:
-    key = _key(body)
+    key = key_of(body)
     with reconcile_scope("FineTuneJob", *key) as scope:
         job = _parse(rt, body)
         validation = None
@@ -348,7 +311,7 @@ async def _write(rt: Runtime, job: FineTuneJob, status: FineTuneJobStatus) -> Fi
 
 async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
     """Cancel: delete the RayJob wherever it may be; `Retry` until it is gone."""
-    namespace, name = _key(body)
+    namespace, name = key_of(body)
     job = _parse(rt, body)
     job = await _write(rt, job, decide(job, Observed(deleting=True), _now()).status)
     waiting_on = []

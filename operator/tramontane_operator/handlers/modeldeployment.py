@@ -21,7 +21,6 @@ every cluster before the finalizer goes, and releases the deployment's GPUs and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -32,9 +31,8 @@ from pydantic import ValidationError
 
 from tramontane_api.v1alpha1 import ModelDeployment, ModelDeploymentStatus, Tenant
 from tramontane_api.validate import validate_object
-from tramontane_kube import MODELDEPLOYMENT, RAYSERVICE, ApiError, NotFound, Unreachable
+from tramontane_kube import MODELDEPLOYMENT, RAYSERVICE, ApiError, Unreachable
 from tramontane_operator.builders.labels import (
-    FINALIZER,
     OWNER_NAME_LABEL,
     OWNER_NAMESPACE_LABEL,
 )
@@ -67,8 +65,9 @@ from tramontane_operator.reconcile.admission import admission_for, md_workload, 
 from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, PROGRESSING, READY, find
 from tramontane_operator.reconcile.finetunejob_inputs import AdmissionResult
 
-from .controller import Body, Controller, Invalid, Key, Requeue, Retry
+from .controller import Body, Controller, Invalid, Key, Requeue, Retry, key_of
 from .events import EventRecorder
+from .finalizers import add_finalizer, has_finalizer, remove_finalizer
 from .runtime import MODELDEPLOYMENTS, Runtime, allowed_views, with_allocations
 
 log = logging.getLogger(__name__)
@@ -111,20 +110,20 @@ class ModelDeployments:
             tombstone = self._tombstones.pop(key, None)
             if tombstone is not None:
                 await cleanup(rt, tombstone)
-            self._release(key)
-            return None
-        self._tombstones.pop(key, None)
-        finalizers = (raw.get("metadata") or {}).get("finalizers") or []
-        if raw["metadata"].get("deletionTimestamp"):
-            if FINALIZER not in finalizers:
-                return None
-            await cleanup(rt, raw)
-            await _remove_finalizer(rt, raw, finalizers)
-            self._release(key)
+            rt.release(MODELDEPLOYMENTS, key)
             rt.forget(MODELDEPLOYMENTS, key)
             return None
-        if FINALIZER not in finalizers:  # before any child: a delete can never orphan one
-            await _add_finalizer(rt, raw, finalizers)
+        self._tombstones.pop(key, None)
+        if raw["metadata"].get("deletionTimestamp"):
+            if not has_finalizer(raw):
+                return None
+            await cleanup(rt, raw)
+            await remove_finalizer(rt, MODELDEPLOYMENT, raw)
+            rt.release(MODELDEPLOYMENTS, key)
+            rt.forget(MODELDEPLOYMENTS, key)
+            return None
+        if not has_finalizer(raw):  # before any child: a delete can never orphan one
+            await add_finalizer(rt, MODELDEPLOYMENT, raw)
         # Under load (other new or changed objects wait), this pass only brings the children
         # to the spec: the status and its Events follow in a low-priority pass, so a burst of
         # creates gets every pool started before any status is written. That follow-up pass
@@ -139,17 +138,12 @@ class ModelDeployments:
             return Requeue(0.0, LOW)
         return Requeue(rt.settings.resync_interval_s, LOW)
 
-    def _release(self, key: Key) -> None:
-        """The deployment is gone: its GPUs and quota go back to the queue."""
-        if self.rt.ledger.release(f"{MODELDEPLOYMENTS}/{key[0]}/{key[1]}") is not None:
-            self.rt.wake_tenant(key[0])
-
     async def reconcile(self, body: Body, write_status: bool = True) -> None:
         """One pass for the object `body` (a hub cache entry): at most one per object at a
         time. Without `write_status`, only the children are brought to the spec (an invalid
         spec and a queued deployment are still reported)."""
         rt, idx = self.rt, self.rt.indexes
-        namespace, name = _key(body)
+        namespace, name = key_of(body)
         with reconcile_scope("ModelDeployment", namespace, name) as scope:
             raw = dict(body)
             previous = _previous(rt, raw)
@@ -260,40 +254,6 @@ def _previous(rt: Runtime, raw: Mapping[str, Any]) -> ModelDeploymentStatus | No
     if isinstance(last, ModelDeploymentStatus):
         return last
     return _status_of(raw)
-
-
-async def _add_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[str]) -> None:
-    """Append our finalizer (a JSON patch: others' finalizers added meanwhile stay)."""
-    namespace, name = _key(raw)
-    ops: list[dict[str, Any]]
-    if finalizers:
-        ops = [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
-    else:
-        ops = [{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}]
-    try:
-        await rt.hub.patch(MODELDEPLOYMENT, namespace, name, ops)
-    except NotFound:
-        raise Retry("deleted meanwhile", 0.0) from None  # its DELETED event ends it
-    except (ApiError, Unreachable) as exc:
-        raise Retry(f"finalizer not added yet: {exc}") from exc
-
-
-async def _remove_finalizer(rt: Runtime, raw: Mapping[str, Any], finalizers: list[str]) -> None:
-    """Remove our finalizer, only if it is still where we saw it (a JSON patch `test`)."""
-    namespace, name = _key(raw)
-    index = finalizers.index(FINALIZER)
-    path = f"/metadata/finalizers/{index}"
-    ops = [{"op": "test", "path": path, "value": FINALIZER}, {"op": "remove", "path": path}]
-    try:
-        with contextlib.suppress(NotFound):
-            await rt.hub.patch(MODELDEPLOYMENT, namespace, name, ops)
-    except (ApiError, Unreachable) as exc:
-        raise Retry(f"finalizer not removed yet: {exc}") from exc
-
-
-def _key(body: Mapping[str, Any]) -> Key:
-    meta = body.get("metadata") or {}
-    return (meta.get("namespace") or "", meta["name"])
 
 
 def _status_of(raw: Mapping[str, Any]) -> ModelDeploymentStatus | None:
@@ -411,7 +371,7 @@ async def _write_status(
 ) -> None:
     if not status_changed(previous, status):
         return
-    namespace, name = _key(raw)
+    namespace, name = key_of(raw)
     if not await rt.write_status(MODELDEPLOYMENT, namespace, name, previous, status):
         return  # deleted meanwhile
     rt.remember_status(MODELDEPLOYMENTS, raw, status)
@@ -447,7 +407,7 @@ def _transition_events(
 
 async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
     """Delete the children in every member cluster; `Retry` until all are gone."""
-    namespace, name = _key(body)
+    namespace, name = key_of(body)
     with reconcile_scope("ModelDeployment", namespace, name) as scope:
         scope.outcome = "cleanup"
         waiting: list[str] = []

@@ -190,6 +190,11 @@ class Runtime:
         if tenant is not None:
             self.wake(TENANTS, ("", tenant.metadata.name))
 
+    def release(self, kind: str, key: Key) -> None:
+        """`key` no longer holds GPUs or quota: its tenant's waiting workloads may fit now."""
+        if self.ledger.release(f"{kind}/{key[0]}/{key[1]}") is not None:
+            self.wake_tenant(key[0])
+
     # The status we last wrote, per object: newer than the body of a watch event in flight.
     def last_status(self, kind: str, body: Mapping[str, Any]) -> BaseModel | None:
         key, uid = _identity(body)
