@@ -385,3 +385,25 @@ async def test_a_refused_child_is_not_retried_until_the_spec_changes(
     refused.times = 0
     await api.patch(MODELDEPLOYMENT, NS, "chat", {"spec": {"scaling": {"replicas": 1}}})
     await eventually(lambda: rayservices(clusters) == [(AKS, "chat")], timeout_s=10)
+
+
+async def test_a_grown_max_replicas_gets_only_what_the_quota_has_left(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay, operator: OperatorRun
+) -> None:
+    await api.create(TENANT, tenant({"gpus": {"H100": 4}}))
+    two = {"replicas": 2, "minReplicas": 1, "maxReplicas": 2}
+    await api.create(MODELDEPLOYMENT, model_deployment("first", scaling=two))
+    await api.create(MODELDEPLOYMENT, model_deployment("second", scaling=two))
+    await eventually(lambda: md_status(clusters, "second").get("phase") == "Ready", timeout_s=20)
+    # Admitted at 2 x 1 H100 each: growing "first" to 4 would take the quota past 4.
+    grown = {"replicas": 4, "minReplicas": 1, "maxReplicas": 4}
+    await api.patch(MODELDEPLOYMENT, NS, "first", {"spec": {"scaling": grown}})
+    await eventually(lambda: md_status(clusters, "first").get("observedGeneration") == 2)
+    status = md_status(clusters, "first")
+    assert status["replicas"] == 2
+    placed = next(c for c in status["conditions"] if c["type"] == "Placed")
+    assert "at most 2 replicas: the tenant's GPU quota has no room for more" in placed["message"]
+    assert gpus_in(clusters, AKS) == 4
+    # Room frees: the cap lifts.
+    await api.delete(MODELDEPLOYMENT, NS, "second")
+    await eventually(lambda: md_status(clusters, "first").get("replicas") == 4, timeout_s=20)

@@ -61,7 +61,13 @@ from tramontane_operator.reconcile import (
     queued_status,
     status_changed,
 )
-from tramontane_operator.reconcile.admission import admission_for, md_workload, waiting
+from tramontane_operator.reconcile.admission import (
+    admission_for,
+    capped,
+    md_workload,
+    replicas_within_quota,
+    waiting,
+)
 from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, PROGRESSING, READY, find
 from tramontane_operator.reconcile.finetunejob_inputs import AdmissionResult
 
@@ -211,6 +217,7 @@ class ModelDeployments:
         decision reads the ledger between this one reading and writing it."""
         rt = self.rt
         workload = md_workload(md)
+        note = ""
         if workload.key not in rt.ledger and tenant is not None:
             namespaces = tenant.spec.namespaces
             others = waiting(
@@ -219,6 +226,12 @@ class ModelDeployments:
             admission = admission_for(workload, tenant, rt.ledger.held_in(namespaces), others)
             if not admission.admitted:
                 return admission
+        elif tenant is not None:  # admitted: a grown maxReplicas gets what the quota has left
+            cap = replicas_within_quota(md, tenant, rt.ledger.held_in(tenant.spec.namespaces))
+            if cap is not None:
+                md = capped(md, cap)
+                workload = md_workload(md)
+                note = f"; at most {cap} replicas: the tenant's GPU quota has no room for more"
         held = rt.ledger.allocations(exclude=workload.key)
         views = with_allocations(allowed_views(views, tenant), held)
         failed = failed_clusters(list(observed.values()), md)
@@ -228,7 +241,7 @@ class ModelDeployments:
         running = pool_gpus(md, _existing(observed))
         placed = merge_clusters(pool_gpus(md, decision.replicas), running)
         rt.ledger.hold(dataclasses.replace(workload, clusters=placed))
-        return decision
+        return dataclasses.replace(decision, message=decision.message + note) if note else decision
 
 
 def _keys(ledger: Ledger) -> list[str]:

@@ -125,5 +125,36 @@ def admission_for(
     )
 
 
+def replicas_within_quota(
+    md: ModelDeployment, tenant: Tenant | None, held: Sequence[Workload]
+) -> int | None:
+    """An admitted deployment whose `maxReplicas` grew past what its tenant's quota has room
+    for keeps serving, capped: the most replicas its GPUs may reach next to what the tenant's
+    other workloads hold (`held`: the ledger's entries in its namespaces, its own included);
+    None when nothing caps it. Quota is checked at admission, and again on growth."""
+    gpu = md.spec.resources.gpu
+    limit = (tenant.spec.quotas.gpus or {}).get(gpu.type) if tenant and gpu and gpu.count else None
+    if limit is None or gpu is None:
+        return None
+    own = md_workload(md).key
+    others = sum(w.gpus.get(gpu.type, 0) for w in held if w.key != own)
+    room = max(limit - others, 0) // gpu.count
+    return room if md.spec.scaling.max_replicas > room else None
+
+
+def capped(md: ModelDeployment, max_replicas: int) -> ModelDeployment:
+    """`md` with at most `max_replicas` replicas (its spec as the quota lets it run)."""
+    scaling = md.spec.scaling
+    replicas = None if scaling.replicas is None else min(scaling.replicas, max_replicas)
+    bounded = scaling.model_copy(
+        update={
+            "max_replicas": max_replicas,
+            "min_replicas": min(scaling.min_replicas, max_replicas),
+            "replicas": replicas,
+        }
+    )
+    return md.model_copy(update={"spec": md.spec.model_copy(update={"scaling": bounded})})
+
+
 def _waiting(w: Workload) -> Workload:
     return dataclasses.replace(w, admitted=False) if w.admitted else w
