@@ -319,9 +319,9 @@ async def test_the_standby_takes_over_when_the_leader_dies_mid_burst(
     # Short, but with room for a loaded 2-core machine: a new leader's first passes must not
     # starve its renewals past the deadline.
     timing = {
-        "leader_election_lease_duration_s": 3.0,
-        "leader_election_renew_deadline_s": 2.0,
-        "leader_election_retry_period_s": 0.3,
+        "leader_election_lease_duration_s": 5.0,
+        "leader_election_renew_deadline_s": 4.0,
+        "leader_election_retry_period_s": 0.5,
     }
     runs = {
         name: OperatorRun(
@@ -356,7 +356,7 @@ async def test_the_standby_takes_over_when_the_leader_dies_mid_burst(
                 lease(clusters).get("spec", {}).get("holderIdentity") == "second"
                 and lease(clusters)
             ),
-            timeout_s=10,
+            timeout_s=20,
         )
         assert held["spec"]["leaseTransitions"] >= 1
         await eventually(
