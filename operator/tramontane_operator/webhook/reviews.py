@@ -34,6 +34,8 @@ def parse_review(body: bytes) -> tuple[str, str, Mapping[str, Any], Mapping[str,
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadReview(f"body: not JSON ({exc})") from None
+    except RecursionError:
+        raise BadReview("body: nested too deeply") from None
     if not isinstance(data, Mapping):
         raise BadReview(f"body: expected an AdmissionReview object, got {type(data).__name__}")
     if data.get("apiVersion") != API_VERSION or data.get("kind") != KIND:
