@@ -10,6 +10,10 @@ the Lease (`tramontane_kube.leader`, as controller-runtime does); a replica that
 stops and `run` raises `LeadershipLost` (the process exits non-zero and is restarted as a
 standby). On a graceful stop the Lease is released, so a standby takes over at once.
 
+With `webhook_port` set (the default, 9443) every replica also serves the validating
+admission webhook (`webhook/`) next to the hub caches it reads; the leader keeps the
+ValidatingWebhookConfiguration's caBundle.
+
 Everything is built per run (no handlers on Kopf's global registry), so tests and benchmarks
 start, kill and restart operators in-process.
 """
@@ -27,6 +31,7 @@ from tramontane_operator.handlers.manager import Manager
 from tramontane_operator.handlers.runtime import Runtime
 from tramontane_operator.observability import serve_metrics
 from tramontane_operator.settings import OperatorSettings
+from tramontane_operator.webhook.service import Webhook
 
 ANNOTATION_PREFIX = "tramontane.dev"
 log = logging.getLogger(__name__)
@@ -55,14 +60,27 @@ def build_registry(rt: Runtime, lost: asyncio.Event | None = None) -> kopf.Opera
         return connection_info(rt.hub.config)
 
     running: list[asyncio.Task[None]] = []
+    webhooks: list[Webhook] = []
 
     @kopf.on.startup(registry=registry)
     async def start_control_loop(**_: Any) -> None:
         rt.start()  # the hub caches, on every replica (warm standby, the webhook's facts)
         config = rt.settings.leader_election_config()
+        webhook = Webhook(rt) if rt.settings.webhook_port else None
+        if webhook is not None:
+            await webhook.start()
+            webhooks.append(webhook)
 
         async def lead() -> None:
-            await Manager(rt).run()
+            if webhook is None:
+                await Manager(rt).run()
+                return
+            ca_bundle = asyncio.create_task(webhook.lead(), name="webhook caBundle")
+            try:
+                await Manager(rt).run()
+            finally:
+                ca_bundle.cancel()
+                await asyncio.gather(ca_bundle, return_exceptions=True)
 
         async def elected() -> None:
             try:
@@ -80,6 +98,8 @@ def build_registry(rt: Runtime, lost: asyncio.Event | None = None) -> kopf.Opera
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        for webhook in webhooks:
+            await webhook.stop()
         await rt.close()
 
     return registry
@@ -106,6 +126,8 @@ async def run(
     kopf_settings: kopf.OperatorSettings | None = None,
 ) -> None:
     """Run one operator until `stop_flag` is set (or the task is cancelled)."""
+    if settings.webhook_port:
+        settings.webhook_service_namespace()  # fail now, with its message, not in Kopf's startup
     rt = Runtime(settings)
     lost = asyncio.Event()
     stopping = asyncio.Event()  # Kopf's stop flag: stop asked, or leadership lost

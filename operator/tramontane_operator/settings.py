@@ -11,6 +11,16 @@ Leader election (replicas > 1: one reconciles, the others stand by): `TRAMONTANE
 the service account's namespace), held as `$POD_NAME` (else the host name plus a random
 suffix), with `TRAMONTANE_LEADER_ELECTION_LEASE_DURATION`, `..._RENEW_DEADLINE` and
 `..._RETRY_PERIOD` in seconds (15, 10, 2: client-go's defaults).
+
+Admission webhook (HTTPS on every replica, see `webhook/`): `TRAMONTANE_WEBHOOK_PORT` (default
+9443, 0 disables), the Service it is reached through `TRAMONTANE_WEBHOOK_SERVICE` (default
+`tramontane-webhook`) in `TRAMONTANE_WEBHOOK_NAMESPACE` (default `$POD_NAMESPACE`, else the
+service account's), its certificate's Secret `TRAMONTANE_WEBHOOK_SECRET` (default
+`tramontane-webhook-tls`), the ValidatingWebhookConfiguration whose caBundle the leader keeps
+`TRAMONTANE_WEBHOOK_CONFIGURATION` (default `tramontane`), `TRAMONTANE_WEBHOOK_CERT_MANAGER`
+(`true`: cert-manager writes the Secret and the caBundle; the operator only reads), and
+`TRAMONTANE_WEBHOOK_TENANT_REQUIRED` (`auto`: a ModelDeployment or FineTuneJob needs a Tenant
+owning its namespace once any Tenant exists; `always`; `never`).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from tramontane_kube.config import ClusterConfig
 from tramontane_kube.leader import LeaderElectionConfig, config_problems, default_identity
 from tramontane_operator.builders import BuildSettings
 from tramontane_operator.builders.rayservice import DEFAULT_WORKER_IMAGE
+from tramontane_operator.webhook.checks import TENANT_REQUIRED_CHOICES, TenantRequired
 
 # Where a pod finds its own namespace when the downward API does not pass it.
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -72,6 +83,18 @@ class OperatorSettings:
     leader_election_lease_duration_s: float = 15.0
     leader_election_renew_deadline_s: float = 10.0
     leader_election_retry_period_s: float = 2.0
+    # The admission webhook (None or 0: off), its Service, certificate Secret and the
+    # ValidatingWebhookConfiguration the leader writes the caBundle into.
+    webhook_port: int | None = 9443
+    webhook_host: str = "0.0.0.0"
+    webhook_service: str = "tramontane-webhook"
+    webhook_namespace: str | None = None
+    webhook_secret: str = "tramontane-webhook-tls"
+    webhook_configuration: str = "tramontane"
+    webhook_cert_manager: bool = False
+    webhook_tenant_required: TenantRequired = "auto"
+    # How often every replica re-reads the certificate's Secret (and renews it when due).
+    webhook_refresh_s: float = 60.0
 
     @classmethod
     def from_env(
@@ -113,6 +136,7 @@ class OperatorSettings:
         if env.get("TRAMONTANE_LEADER_ELECTION_ID"):
             values["leader_election_id"] = env["TRAMONTANE_LEADER_ELECTION_ID"]
         values["leader_election_identity"] = default_identity(env)
+        values.update(_webhook_values(env))
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]
         problems = config_problems(
@@ -149,6 +173,19 @@ class OperatorSettings:
             retry_period_s=self.leader_election_retry_period_s,
         )
 
+    def webhook_service_namespace(self) -> str:
+        """The namespace of the webhook's Service and Secret; ValueError when none is known."""
+        namespace = self.webhook_namespace
+        if not namespace and SERVICE_ACCOUNT_NAMESPACE.is_file():
+            namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+        if not namespace:
+            raise ValueError(
+                "the admission webhook needs the namespace of its Service and Secret: set "
+                "POD_NAMESPACE (the chart passes it) or TRAMONTANE_WEBHOOK_NAMESPACE, or turn "
+                "it off with TRAMONTANE_WEBHOOK_PORT=0"
+            )
+        return namespace
+
     def build_settings(self) -> BuildSettings:
         return BuildSettings(
             worker_image=self.worker_image,
@@ -164,3 +201,41 @@ class OperatorSettings:
             return ClusterConfig.in_cluster()
         path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         return ClusterConfig.from_kubeconfig_file(path.split(os.pathsep)[0])
+
+
+def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:
+    """The webhook's settings from the environment (see the module docstring)."""
+    values: dict[str, object] = {}
+    port = env.get("TRAMONTANE_WEBHOOK_PORT")
+    if port:
+        if not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"TRAMONTANE_WEBHOOK_PORT: expected a port number (0 disables), got {port!r}"
+            )
+        values["webhook_port"] = int(port) or None
+    for name, var in (
+        ("webhook_service", "TRAMONTANE_WEBHOOK_SERVICE"),
+        ("webhook_secret", "TRAMONTANE_WEBHOOK_SECRET"),
+        ("webhook_configuration", "TRAMONTANE_WEBHOOK_CONFIGURATION"),
+    ):
+        if env.get(var):
+            values[name] = env[var]
+    values["webhook_namespace"] = (
+        env.get("TRAMONTANE_WEBHOOK_NAMESPACE") or env.get("POD_NAMESPACE") or None
+    )
+    cert_manager = env.get("TRAMONTANE_WEBHOOK_CERT_MANAGER")
+    if cert_manager:
+        if cert_manager.strip().lower() not in _BOOLEANS:
+            raise ValueError(
+                f"TRAMONTANE_WEBHOOK_CERT_MANAGER: expected true or false, got {cert_manager!r}"
+            )
+        values["webhook_cert_manager"] = _BOOLEANS[cert_manager.strip().lower()]
+    required = env.get("TRAMONTANE_WEBHOOK_TENANT_REQUIRED")
+    if required:
+        if required not in TENANT_REQUIRED_CHOICES:
+            raise ValueError(
+                "TRAMONTANE_WEBHOOK_TENANT_REQUIRED: expected one of "
+                f"{', '.join(TENANT_REQUIRED_CHOICES)}, got {required!r}"
+            )
+        values["webhook_tenant_required"] = required
+    return values

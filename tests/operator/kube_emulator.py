@@ -122,6 +122,10 @@ CORE = {
     "coordination.k8s.io/v1/leases": kmock.ResourceInfo(
         kind="Lease", namespaced=True, verbs=_VERBS
     ),
+    # The chart's ValidatingWebhookConfiguration, whose caBundle the operator's leader keeps.
+    "admissionregistration.k8s.io/v1/validatingwebhookconfigurations": kmock.ResourceInfo(
+        kind="ValidatingWebhookConfiguration", namespaced=False, verbs=_VERBS
+    ),
     "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
         kind="CustomResourceDefinition", namespaced=False, verbs=_VERBS
     ),

@@ -35,7 +35,12 @@ APP_VERSION: str = CHART["appVersion"]
 DEFAULTS: dict[str, Any] = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 SCHEMA: dict[str, Any] = json.loads((CHART_DIR / "values.schema.json").read_text())
 # Kinds with no schema in kubernetes-validate; each has its own test below instead.
-NON_CORE_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+NON_CORE_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
+WEBHOOK_KINDS = ["modeldeployments", "finetunejobs", "tenants", "computeclusters"]
 
 
 def _min_kube_version() -> str:
@@ -78,6 +83,16 @@ def render(
     result = helm_template(helm, values, sets, include_crds)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_name(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, got {len(matches)}"
+    return matches[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {env["name"]: env["value"] for env in container["env"] if "value" in env}
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -133,7 +148,9 @@ def test_defaults_render_the_operator_and_nothing_optional(helm: str) -> None:
         "Role",
         "RoleBinding",
         "Service",
+        "Service",
         "ServiceAccount",
+        "ValidatingWebhookConfiguration",
     ]
     deployment = by_kind(docs, "Deployment")
     # Two replicas (one leads, one stands by) that a drain cannot take down together, and an
@@ -154,7 +171,13 @@ def test_defaults_render_the_operator_and_nothing_optional(helm: str) -> None:
     }
     assert downward == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"metrics": 9090, "healthz": 8080}
+    assert ports == {"metrics": 9090, "healthz": 8080, "webhook": 9443}
+    assert env_of(container)["TRAMONTANE_WEBHOOK_PORT"] == "9443"
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/readyz",
+        "port": "webhook",
+        "scheme": "HTTPS",
+    }
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert container["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
     # Restricted pod security: non-root, read-only root FS, no capabilities, seccomp.
@@ -176,6 +199,8 @@ def test_full_values_reach_the_manifests(helm: str) -> None:
     assert {doc["metadata"]["name"] for doc in docs if doc["kind"] != "ServiceAccount"} == {
         fullname,
         f"{fullname}-metrics",
+        f"{fullname}-webhook",  # its Service and cert-manager Certificate
+        f"{fullname}-selfsigned",  # cert-manager Issuer
     }
     deployment = by_kind(docs, "Deployment")
     template = deployment["spec"]["template"]
@@ -188,7 +213,12 @@ def test_full_values_reach_the_manifests(helm: str) -> None:
     assert container["command"] == ["tramontane", "operator", "run", *namespaces, "--verbose"]
     assert container["env"][0]["value"] == values["clusterName"]
     assert [env["name"] for env in container["env"][1:3]] == ["POD_NAMESPACE", "POD_NAME"]
-    assert container["env"][3:] == values["extraEnv"]
+    assert container["env"][-len(values["extraEnv"]) :] == values["extraEnv"]
+    assert env_of(container)["TRAMONTANE_WEBHOOK_TENANT_REQUIRED"] == "always"
+    assert env_of(container)["TRAMONTANE_WEBHOOK_CERT_MANAGER"] == "true"
+    (hook,) = by_kind(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == values["webhook"]["failurePolicy"]
+    assert hook["timeoutSeconds"] == values["webhook"]["timeoutSeconds"]
     assert container["resources"] == values["resources"]
     assert container["securityContext"] == values["containerSecurityContext"]
     assert container["livenessProbe"]["failureThreshold"] == 6
@@ -202,7 +232,8 @@ def test_full_values_reach_the_manifests(helm: str) -> None:
     account = by_kind(docs, "ServiceAccount")
     assert account["metadata"]["name"] == pod["serviceAccountName"] == "tramontane"
     assert account["metadata"]["annotations"] == values["serviceAccount"]["annotations"]
-    assert by_kind(docs, "Service")["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
+    metrics = by_name(docs, "Service", f"{fullname}-metrics")
+    assert metrics["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
     monitor = by_kind(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
@@ -246,10 +277,13 @@ def test_services_select_the_operator_pod(helm: str, values: tuple[Path, ...]) -
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    service = by_kind(docs, "Service")
-    assert service["spec"]["selector"].items() <= pod_labels.items()
     container_ports = {port["name"] for port in container["ports"]}
-    assert {port["targetPort"] for port in service["spec"]["ports"]} <= container_ports
+    services = [doc for doc in docs if doc["kind"] == "Service"]
+    assert len(services) == 2  # metrics and webhook
+    for service in services:
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert {port["targetPort"] for port in service["spec"]["ports"]} <= container_ports
+    service = next(s for s in services if s["metadata"]["name"].endswith("-metrics"))
     for monitor in (doc for doc in docs if doc["kind"] == "ServiceMonitor"):
         # No schema for ServiceMonitor offline: check that it really scrapes our Service.
         assert monitor["spec"]["selector"]["matchLabels"].items() <= (
@@ -295,7 +329,14 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
         "batch",
         "events.k8s.io",
         "apiextensions.k8s.io",
+        "admissionregistration.k8s.io",
     }  # no kopf.dev peerings (Kopf runs standalone), no leases cluster-wide
+    # The webhook's caBundle: one configuration, by name, get and patch only.
+    (webhook_rule,) = [r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"]]
+    assert webhook_rule["resourceNames"] == [
+        by_kind(docs, "ValidatingWebhookConfiguration")["metadata"]["name"]
+    ]
+    assert webhook_rule["verbs"] == ["get", "patch"]
     binding = by_kind(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == by_kind(docs, "ClusterRole")["metadata"]["name"]
     account = by_kind(docs, "ServiceAccount")["metadata"]
@@ -308,12 +349,20 @@ def test_leader_election_is_granted_in_the_release_namespace_only(helm: str) -> 
     docs = render(helm)
     role = by_kind(docs, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
-    assert role["rules"] == [
+    assert role["rules"][0] == {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update"],
+    }
+    # The webhook's certificate Secret: read and renewed by name; created (RBAC cannot name it).
+    assert role["rules"][1:] == [
         {
-            "apiGroups": ["coordination.k8s.io"],
-            "resources": ["leases"],
-            "verbs": ["get", "create", "update"],
-        }
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["tramontane-webhook-tls"],
+            "verbs": ["get", "update"],
+        },
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     ]
     binding = by_kind(docs, "RoleBinding")
     assert binding["metadata"]["namespace"] == NAMESPACE
@@ -345,6 +394,10 @@ def test_leader_election_is_granted_in_the_release_namespace_only(helm: str) -> 
         (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
         (["podDisruptionBudget.maxUnavailable=half"], "/podDisruptionBudget/maxUnavailable"),
         (["clusterName=Not_A_Name"], "/clusterName"),
+        (["webhook.failurePolicy=Sometimes"], "/webhook/failurePolicy"),
+        (["webhook.timeoutSeconds=31"], "/webhook/timeoutSeconds"),
+        (["webhook.tenantRequired=maybe"], "/webhook/tenantRequired"),
+        (["webhook.certmanager.enabled=true"], "additional properties 'certmanager' not allowed"),
     ],
     ids=lambda value: value if isinstance(value, str) and "=" not in value else None,
 )
@@ -443,3 +496,89 @@ def test_notes_name_examples_that_exist(helm: str) -> None:
     mentioned = set(re.findall(r"examples/[\w./-]+\.yaml", notes))
     assert mentioned, "NOTES.txt should point at the examples"
     assert sorted(path for path in mentioned if not (REPO_ROOT / path).is_file()) == []
+
+
+def test_webhook_self_managed_by_default(helm: str) -> None:
+    """Our four kinds, CREATE and UPDATE, spec changes only; the operator writes the caBundle
+    for the Service's name it is told (the same four DNS names the operator's check wants)."""
+    docs = render(helm)
+    vwc = by_kind(docs, "ValidatingWebhookConfiguration")
+    assert "annotations" not in vwc["metadata"]  # no cert-manager injection
+    (hook,) = vwc["webhooks"]
+    assert hook["name"] == "validate.tramontane.dev"
+    assert "caBundle" not in hook["clientConfig"]
+    assert hook["clientConfig"]["service"] == {
+        "name": "tramontane-webhook",
+        "namespace": NAMESPACE,
+        "path": "/validate",
+        "port": 443,
+    }
+    assert hook["rules"] == [
+        {
+            "apiGroups": ["tramontane.dev"],
+            "apiVersions": ["v1alpha1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": WEBHOOK_KINDS,
+            "scope": "*",
+        }
+    ]
+    assert {k: hook[k] for k in ("failurePolicy", "matchPolicy", "sideEffects")} == {
+        "failurePolicy": "Fail",
+        "matchPolicy": "Equivalent",
+        "sideEffects": "None",
+    }
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["timeoutSeconds"] == 5
+    assert "object.spec != oldObject.spec" in hook["matchConditions"][0]["expression"]
+    service = by_name(docs, "Service", "tramontane-webhook")
+    assert service["spec"]["ports"] == [
+        {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+    (container,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    assert env["TRAMONTANE_WEBHOOK_SERVICE"] == service["metadata"]["name"]
+    assert env["TRAMONTANE_WEBHOOK_CONFIGURATION"] == vwc["metadata"]["name"]
+    assert env["TRAMONTANE_WEBHOOK_SECRET"] == "tramontane-webhook-tls"
+    assert env["TRAMONTANE_WEBHOOK_CERT_MANAGER"] == "false"
+
+
+def test_webhook_with_cert_manager_only_reads_the_secret(helm: str) -> None:
+    from tramontane_operator.webhook.certs import service_hostnames
+
+    docs = render(helm, sets=["webhook.certManager.enabled=true"])
+    certificate = by_kind(docs, "Certificate")
+    vwc = by_kind(docs, "ValidatingWebhookConfiguration")
+    assert vwc["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{NAMESPACE}/{certificate['metadata']['name']}"
+    }
+    assert certificate["spec"]["dnsNames"] == service_hostnames("tramontane-webhook", NAMESPACE)
+    assert certificate["spec"]["secretName"] == "tramontane-webhook-tls"
+    issuer = by_kind(docs, "Issuer")
+    assert certificate["spec"]["issuerRef"] == {
+        "kind": "Issuer",
+        "name": issuer["metadata"]["name"],
+    }
+    assert issuer["spec"] == {"selfSigned": {}}
+    role = by_kind(docs, "Role")
+    assert role["rules"][1:] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["tramontane-webhook-tls"],
+            "verbs": ["get"],
+        }
+    ]
+    cluster_rules = by_kind(docs, "ClusterRole")["rules"]
+    assert not any("admissionregistration.k8s.io" in rule["apiGroups"] for rule in cluster_rules)
+
+
+def test_webhook_disabled_renders_none_of_it(helm: str) -> None:
+    docs = render(helm, sets=["webhook.enabled=false"])
+    kinds = [doc["kind"] for doc in docs]
+    assert "ValidatingWebhookConfiguration" not in kinds
+    assert kinds.count("Service") == 1
+    (container,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert env_of(container)["TRAMONTANE_WEBHOOK_PORT"] == "0"
+    assert "readinessProbe" not in container
+    assert "webhook" not in {port["name"] for port in container["ports"]}
+    assert len(by_kind(docs, "Role")["rules"]) == 1

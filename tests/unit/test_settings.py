@@ -29,11 +29,42 @@ def test_environment_overrides_the_defaults() -> None:
         ("TRAMONTANE_PROBE_INTERVAL", "soon", "expected seconds"),
         ("TRAMONTANE_RECONCILE_WORKERS", "0", "expected a whole number >= 1"),
         ("TRAMONTANE_RECONCILE_WORKERS", "4.5", "expected a whole number >= 1"),
+        ("TRAMONTANE_WEBHOOK_PORT", "https", r"expected a port number \(0 disables\)"),
+        ("TRAMONTANE_WEBHOOK_PORT", "70000", r"expected a port number \(0 disables\)"),
+        ("TRAMONTANE_WEBHOOK_CERT_MANAGER", "maybe", "expected true or false"),
+        ("TRAMONTANE_WEBHOOK_TENANT_REQUIRED", "sometimes", "expected one of auto, always, never"),
     ],
 )
 def test_a_bad_value_names_the_variable(var: str, value: str, expected: str) -> None:
     with pytest.raises(ValueError, match=f"{var}: {expected}, got '{value}'"):
         OperatorSettings.from_env({var: value})
+
+
+def test_webhook_from_the_pod_environment() -> None:
+    env = {
+        "POD_NAMESPACE": "tramontane-system",
+        "TRAMONTANE_WEBHOOK_SERVICE": "t-webhook",
+        "TRAMONTANE_WEBHOOK_SECRET": "t-webhook-tls",
+        "TRAMONTANE_WEBHOOK_CONFIGURATION": "t",
+        "TRAMONTANE_WEBHOOK_CERT_MANAGER": "true",
+        "TRAMONTANE_WEBHOOK_TENANT_REQUIRED": "always",
+    }
+    settings = OperatorSettings.from_env(env)
+    assert settings.webhook_port == 9443
+    assert settings.webhook_service_namespace() == "tramontane-system"
+    assert (settings.webhook_service, settings.webhook_secret) == ("t-webhook", "t-webhook-tls")
+    assert settings.webhook_configuration == "t"
+    assert settings.webhook_cert_manager is True
+    assert settings.webhook_tenant_required == "always"
+    assert OperatorSettings.from_env({"TRAMONTANE_WEBHOOK_PORT": "0"}).webhook_port is None
+
+
+def test_webhook_without_a_namespace_says_how_to_set_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(settings_module, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "absent")
+    with pytest.raises(ValueError, match="TRAMONTANE_WEBHOOK_PORT=0"):
+        OperatorSettings.from_env({}).webhook_service_namespace()
 
 
 def test_leader_election_from_the_pod_environment() -> None:

@@ -88,3 +88,27 @@ refuses --all-namespaces together with --namespace).
 {{- define "tramontane.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "tramontane.fullname" . | trunc 55 | trimSuffix "-") }}
 {{- end }}
+
+{{/* The admission webhook's Service (the serving certificate names it). */}}
+{{- define "tramontane.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "tramontane.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret holding the webhook's certificate (self-managed or cert-manager's). */}}
+{{- define "tramontane.webhookSecretName" -}}
+{{- printf "%s-webhook-tls" (include "tramontane.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The ValidatingWebhookConfiguration (cluster-scoped: named after the release). */}}
+{{- define "tramontane.webhookConfigurationName" -}}
+{{- include "tramontane.fullname" . }}
+{{- end }}
+
+{{/* The DNS names the serving certificate carries (the operator checks the same four). */}}
+{{- define "tramontane.webhookDnsNames" -}}
+{{- $svc := include "tramontane.webhookServiceName" . -}}
+- {{ $svc }}.{{ .Release.Namespace }}.svc
+- {{ $svc }}.{{ .Release.Namespace }}.svc.cluster.local
+- {{ $svc }}.{{ .Release.Namespace }}
+- {{ $svc }}
+{{- end }}

@@ -141,6 +141,10 @@ class Indexes:
             for informer in cache.informers:
                 await informer.synced.wait()
 
+    def is_synced(self) -> bool:
+        """Whether every cache has listed once (without waiting, unlike `synced`)."""
+        return all(i.synced.is_set() for cache in self._caches() for i in cache.informers)
+
     # Lookups.
     def compute_clusters(self) -> list[ComputeCluster]:
         return sorted(self.clusters.parsed(), key=lambda cc: cc.metadata.name)

@@ -1,0 +1,1 @@
+"""The validating admission webhook: pure checks, the HTTPS server, and its certificates."""
