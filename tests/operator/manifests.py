@@ -64,6 +64,9 @@ def operator_settings(hub_url: str, **overrides: Any) -> OperatorSettings:
         "client_options": {"attempts": 3, "backoff_s": 0.05},
         # Every test runs elected, as production does (a Lease in the hub).
         "leader_election_namespace": SYSTEM_NS,
+        # The operator runs beside the tests' tmp dirs: file:// datasets are read in-process, as
+        # in local mode (docs/trust-model.md). Tests of the trust model turn it off.
+        "local_mode": True,
     }
     values.update(overrides)
     return OperatorSettings(**values)
