@@ -263,6 +263,10 @@ async def _step(rt: Runtime, job: FineTuneJob, validation: ValidationResult | No
     base_uri, base_error_or_name = await base_model(rt, job)
     base_error = base_error_or_name if base_uri is None else None
     terminal = finished(job)
+    if validation is None and not terminal and not (job.status and job.status.ray_job):
+        # A base model's ModelDeployment that appeared after validation: a local source is
+        # refused before any RayJob exists, as a local `baseModel.uri` was in `_validate`.
+        validation = local_path_refusal(job, base_uri, rt.settings.local_mode)
     tenant = rt.indexes.tenant_object(namespace)
     # Where the job holds GPUs: its status, else the ledger (rebuilt from the RayJobs that
     # exist: a crash may have kept one out of the status).
