@@ -5,6 +5,12 @@ Environment: `TRAMONTANE_CLUSTER_NAME` (the hub's ComputeCluster name, default `
 enabling incremental upgrades), `TRAMONTANE_PROBE_INTERVAL` and `TRAMONTANE_RESYNC_INTERVAL`
 (seconds), `TRAMONTANE_RECONCILE_WORKERS` (ModelDeployment reconciles in flight).
 
+`TRAMONTANE_LOCAL_MODE` (`true`/`false`, default false): the operator runs beside its
+tenants' files on one machine (development, the operator test tier), so it may read `file://`
+datasets, the base model's `config.json` and `progress.json` itself. Off, a FineTuneJob naming
+a `file://` URI (or a bare path) fails validation and the operator reads no tenant data under
+its own identity (docs/trust-model.md).
+
 Leader election (replicas > 1: one reconciles, the others stand by): `TRAMONTANE_LEADER_ELECTION`
 (`true`/`false`, default true), the Lease `TRAMONTANE_LEADER_ELECTION_ID` (default
 `tramontane-operator`) in `TRAMONTANE_LEADER_ELECTION_NAMESPACE` (default `$POD_NAMESPACE`, else
@@ -95,6 +101,9 @@ class OperatorSettings:
     webhook_tenant_required: TenantRequired = "auto"
     # How often every replica re-reads the certificate's Secret (and renews it when due).
     webhook_refresh_s: float = 60.0
+    # Tenants' files on this machine may be read by the operator (file:// URIs): never in a
+    # shared cluster (docs/trust-model.md).
+    local_mode: bool = False
 
     @classmethod
     def from_env(
@@ -123,13 +132,15 @@ class OperatorSettings:
                     f"TRAMONTANE_RECONCILE_WORKERS: expected a whole number >= 1, got {workers!r}"
                 )
             values["reconcile_workers"] = int(workers)
-        election = env.get("TRAMONTANE_LEADER_ELECTION")
-        if election:
-            if election.strip().lower() not in _BOOLEANS:
-                raise ValueError(
-                    f"TRAMONTANE_LEADER_ELECTION: expected true or false, got {election!r}"
-                )
-            values["leader_election"] = _BOOLEANS[election.strip().lower()]
+        for name, var in (
+            ("leader_election", "TRAMONTANE_LEADER_ELECTION"),
+            ("local_mode", "TRAMONTANE_LOCAL_MODE"),
+        ):
+            flag = env.get(var)
+            if flag:
+                if flag.strip().lower() not in _BOOLEANS:
+                    raise ValueError(f"{var}: expected true or false, got {flag!r}")
+                values[name] = _BOOLEANS[flag.strip().lower()]
         values["leader_election_namespace"] = (
             env.get("TRAMONTANE_LEADER_ELECTION_NAMESPACE") or env.get("POD_NAMESPACE") or None
         )

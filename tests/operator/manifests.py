@@ -67,6 +67,9 @@ def operator_settings(hub_url: str, **overrides: Any) -> OperatorSettings:
         # Off unless a test turns it on (tests/operator/test_webhook.py): a fixed port would
         # collide between operators of one test.
         "webhook_port": None,
+        # The operator runs beside the tests' tmp dirs: file:// datasets are read in-process, as
+        # in local mode (docs/trust-model.md). Tests of the trust model turn it off.
+        "local_mode": True,
     }
     values.update(overrides)
     return OperatorSettings(**values)

@@ -81,7 +81,7 @@ async def test_a_good_pvc_dataset_is_validated_in_its_cluster_and_trained_there(
     assert condition(stored(clusters), "Validated")["reason"] == "DatasetValid"
     assert validated_message(clusters) == (  # the hf:// model's size is assumed, out loud
         "8 lines valid; estimate: base model size unknown (could not read "
-        "hf://mistralai/Mistral-7B-Instruct-v0.3: the operator does not fetch hf:// models); "
+        "hf://mistralai/Mistral-7B-Instruct-v0.3: not read by the operator (trust model)); "
         "assumed 7.2B parameters (Mistral 7B v0.3)"
     )
     await eventually(lambda: validation_jobs(clusters) == [])  # deleted once read

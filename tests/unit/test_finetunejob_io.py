@@ -1,4 +1,5 @@
-"""The base model's size as the operator's storage seam reads it, or why it cannot."""
+"""The operator's local-file seam (local mode): the base model's size as it reads it, or why it
+cannot; and it never reads a URI that is not a local file, whoever calls it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.unit.test_builders_rayjob import make_job
 
-from tramontane_operator.handlers.finetunejob_io import model_params
+from tramontane_operator.handlers.finetunejob_io import (
+    model_params,
+    read_progress,
+    validate_datasets,
+)
+from tramontane_operator.reconcile.finetunejob_trust import NOT_READ_BY_OPERATOR
 
 MISTRAL_7B = {
     "hidden_size": 4096,
@@ -47,15 +54,27 @@ def test_a_broken_config_json_says_what_is_wrong(tmp_path: Path, config: str, er
     assert read.params is None and read.error is not None and error in read.error
 
 
-def test_hub_and_claim_models_are_not_read_here(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_that_are_not_local_files_are_not_read_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
-    hub = model_params("hf://mistralai/Mistral-7B-Instruct-v0.3")
-    assert hub.params is None and hub.error == "the operator does not fetch hf:// models"
-    claim = model_params("pvc://models/mistral-7b")
-    assert claim.params is None and claim.error == "pvc:// claims are not mounted in the operator"
+    for uri in (
+        "hf://mistralai/Mistral-7B-Instruct-v0.3",
+        "pvc://models/mistral-7b",
+        "s3://bucket/model",
+        "nosuchscheme://bucket/model",
+    ):
+        read = model_params(uri)
+        assert (read.uri, read.params, read.error) == (uri, None, NOT_READ_BY_OPERATOR), uri
 
 
-def test_an_unknown_scheme_or_missing_backend_is_a_reason_not_a_crash() -> None:
-    read = model_params("nosuchscheme://bucket/model")
-    assert read.params is None and read.error is not None
-    assert read.error.startswith("nosuchscheme://bucket/model/config.json: ")
+def test_progress_and_datasets_are_read_only_from_local_files(tmp_path: Path) -> None:
+    (tmp_path / "progress.json").write_text(
+        '{"step": 3, "total_steps": 9, "updated": "2026-01-01T00:00:00Z"}'
+    )
+    read = read_progress(tmp_path.as_uri())
+    assert read is not None and read.step == 3
+    assert read_progress(str(tmp_path)) is not None
+    assert read_progress("s3://bucket/out") is None and read_progress("pvc://out/x") is None
+    with pytest.raises(ValueError, match=r"not read by the operator: s3://data/train\.jsonl"):
+        validate_datasets(make_job())  # s3:// datasets: the member cluster validates them

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tramontane_operator.reconcile.finetunejob_progress import (
-    output_readable,
-    reads_submitter_log,
-)
+from tramontane_operator.reconcile.finetunejob_progress import reads_submitter_log
+from tramontane_operator.reconcile.finetunejob_trust import reads_output
 from tramontane_workers.contract.train_config import TrainProgress
 
 
 def test_the_operator_reads_the_log_only_for_a_submitted_rayjob_without_output_progress() -> None:
-    assert not output_readable("pvc://out/tune") and output_readable("s3://bucket/tune")
+    # progress.json is read by the operator only from a local directory in local mode
+    assert not reads_output("pvc://out/tune", True) and not reads_output("s3://bucket/tune", True)
+    assert reads_output("file:///tmp/tune", True) and not reads_output("file:///tmp/tune", False)
     running = {"status": {"jobDeploymentStatus": "Running"}}
     assert reads_submitter_log(running, None)
     assert reads_submitter_log({"status": {"jobDeploymentStatus": "Complete"}}, None)

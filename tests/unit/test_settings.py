@@ -139,3 +139,12 @@ def test_bad_leader_election_settings_are_refused(env: dict[str, str], expected:
         assert not OperatorSettings.from_env(
             {**env, "TRAMONTANE_LEADER_ELECTION": "false"}
         ).leader_election
+
+
+def test_local_mode_is_off_unless_turned_on_and_parsed_strictly() -> None:
+    assert not OperatorSettings.from_env({}).local_mode
+    assert not OperatorSettings().local_mode
+    for value, expected in (("true", True), (" TRUE ", True), ("1", True), ("no", False)):
+        assert OperatorSettings.from_env({"TRAMONTANE_LOCAL_MODE": value}).local_mode is expected
+    with pytest.raises(ValueError, match="TRAMONTANE_LOCAL_MODE: expected true or false, got 'y'"):
+        OperatorSettings.from_env({"TRAMONTANE_LOCAL_MODE": "y"})

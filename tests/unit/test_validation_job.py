@@ -1,8 +1,10 @@
-"""The validation Job of a FineTuneJob with pvc:// datasets, and how its outcome reads.
+"""The validation Job of a FineTuneJob with pvc:// or object-store datasets, and how its
+outcome reads.
 
 The Job's pod template validates against the Kubernetes PodTemplateSpec schema embedded in
 KubeRay v1.7.0's RayJob CRD; it runs the workers' report entry point on every dataset with the
-claims mounted read-only and a File termination message. Reading: a report from a termination
+claims mounted read-only (nothing mounted for object stores), a per-file byte bound, a
+deadline, no API token, the restricted security context, and a File termination message. Reading: a report from a termination
 message wins; a pending pod names the missing claim; a failed Job says why; garbage in a
 termination message is never a crash.
 """
@@ -18,6 +20,7 @@ from tests.unit.test_builders_rayjob import MEMBER, SETTINGS, make_job, rayjob_v
 
 from tramontane_api.schema import SchemaValidator
 from tramontane_operator.builders.validation_job import (
+    MAX_FILE_BYTES,
     build_validation_job,
     validation_job_name,
 )
@@ -64,8 +67,10 @@ def test_the_job_runs_the_report_on_every_dataset_with_read_only_claims() -> Non
         "python", "-m", "tramontane_workers.contract.datasets_report",
         "--training", "pvc://datasets/train.jsonl", "s3://data/more.jsonl",
         "--validation", "pvc://held-out/valid.jsonl",
-        "--max-seq-len", "4096", "--output", "/dev/termination-log",
+        "--max-seq-len", "4096", "--max-file-bytes", str(MAX_FILE_BYTES),
+        "--output", "/dev/termination-log",
     ]  # fmt: skip
+    assert MAX_FILE_BYTES > 0 and pod["automountServiceAccountToken"] is False
     assert container["terminationMessagePolicy"] == "File"
     assert container["image"] == SETTINGS.worker_image
     # Only the datasets' claims, read-only; not the output's.
@@ -83,9 +88,32 @@ def test_the_job_name_fits_a_label_value() -> None:
     assert len(name) <= 63 and name.endswith("-validate")
 
 
-def test_only_jobs_with_pvc_datasets_are_validated_in_cluster() -> None:
+def test_jobs_with_any_dataset_not_a_local_file_are_validated_in_cluster() -> None:
     assert needs_cluster_validation(make_job(PVC_SPEC))
-    assert not needs_cluster_validation(make_job({"output": {"uri": "pvc://out/x"}}))
+    assert needs_cluster_validation(make_job({"output": {"uri": "pvc://out/x"}}))  # s3 datasets
+    for uri in ("gs://b/t.jsonl", "az://c/t.jsonl", "pvc://c/t.jsonl"):
+        assert needs_cluster_validation(make_job({"trainingFiles": [{"uri": uri}]})), uri
+    local = {"trainingFiles": [{"uri": "file:///data/t.jsonl"}], "validationFiles": None}
+    assert not needs_cluster_validation(make_job(local))
+    mixed = {**local, "validationFiles": [{"uri": "s3://data/v.jsonl"}]}
+    assert needs_cluster_validation(make_job(mixed))
+
+
+def test_object_store_datasets_get_a_job_with_no_volume_in_the_jobs_namespace() -> None:
+    obj = build_validation_job(make_job(), MEMBER, SETTINGS, "team")
+    assert obj["metadata"]["namespace"] == "team-a"
+    spec = obj["spec"]
+    assert spec["activeDeadlineSeconds"] > 0 and spec["backoffLimit"] == 0
+    pod = spec["template"]["spec"]
+    assert pod_template_validator().validate(spec["template"]) == []
+    assert "volumes" not in pod and "volumeMounts" not in pod["containers"][0]
+    command = pod["containers"][0]["command"]
+    training = command.index("--training")
+    assert command[training + 1 : training + 4] == [
+        "s3://data/train.jsonl", "--validation", "s3://data/valid.jsonl"
+    ]  # fmt: skip
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
 def test_any_claim_pins_a_job_to_its_cluster() -> None:

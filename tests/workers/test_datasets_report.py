@@ -116,3 +116,25 @@ def test_the_module_runs_as_an_entry_point(claims: Path) -> None:
     assert done.returncode == 0, done.stderr
     report = DatasetsReport.model_validate_json(done.stdout)
     assert report.ok and report.conversations == 2
+
+
+def test_a_file_larger_than_the_bound_fails_naming_the_limit(claims: Path) -> None:
+    write(claims / "data" / "big.jsonl", [GOOD] * 50)
+    one_line = len(json.dumps(GOOD)) + 1
+    report = validate_files(["pvc://data/big.jsonl"], [], max_file_bytes=3 * one_line)
+    assert not report.ok and report.unreadable is None and report.bad_lines == 1
+    assert (report.lines, report.conversations) == (3, 3)  # read up to the limit, no further
+    (error,) = report.errors
+    assert error.line == 4 and f"larger than {3 * one_line} bytes" in error.message
+    assert validate_files(["pvc://data/big.jsonl"], [], max_file_bytes=50 * one_line).ok
+
+
+def test_the_entry_point_takes_the_bound(claims: Path, tmp_path: Path) -> None:
+    write(claims / "data" / "big.jsonl", [GOOD] * 20)
+    out = tmp_path / "report.json"
+    argv = ["--training", "pvc://data/big.jsonl", "--max-file-bytes", "100", "--output", str(out)]
+    assert main(argv) == 0
+    report = DatasetsReport.model_validate_json(out.read_text())
+    assert report.bad_lines == 1 and "larger than 100 bytes" in report.errors[0].message
+    with pytest.raises(SystemExit):
+        main(["--training", "pvc://data/big.jsonl", "--max-file-bytes", "0"])

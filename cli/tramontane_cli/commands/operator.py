@@ -4,7 +4,9 @@ Flags: `--all-namespaces` or `--namespace NS` (repeatable) for ModelDeployments 
 FineTuneJobs (ComputeClusters and Tenants are cluster-scoped), `--metrics-port` (Prometheus
 `/metrics`, default 9090, 0 disables), `--liveness-port` (Kopf's `/healthz`, default 8080,
 0 disables). Environment: `TRAMONTANE_CLUSTER_NAME`, `TRAMONTANE_WORKER_IMAGE` and the others
-`OperatorSettings.from_env` documents. The hub is the cluster the pod runs in (else $KUBECONFIG).
+`OperatorSettings.from_env` documents, `TRAMONTANE_LOCAL_MODE=true` included (the operator then
+reads `file://` datasets itself: one machine only, never a shared cluster; docs/trust-model.md).
+The hub is the cluster the pod runs in (else $KUBECONFIG).
 """
 
 from __future__ import annotations

@@ -1,14 +1,18 @@
-"""Build the `batch/v1` Job that validates a FineTuneJob's datasets where their claims live.
+"""Build the `batch/v1` Job that validates a FineTuneJob's datasets in its member cluster.
 
-The operator mounts no tenant claims, so a job whose datasets include `pvc://` URIs has them
-validated by a small CPU Job in the member cluster it is placed in, in the job's namespace:
-one pod of the worker image, the dataset claims mounted read-only, running the workers' own
-validation (`python -m tramontane_workers.contract.datasets_report`), which writes its compact
-JSON report to `/dev/termination-log` (`terminationMessagePolicy: File`). The operator reads it
-from the pod's `status.containerStatuses[].state.terminated.message`. No retries
-(`backoffLimit: 0`; the operator decides), a deadline, and a TTL so a Job the operator never
-deleted does not linger. Labels as every child, plus the role label; the pod runs under the
-restricted pod security profile (`security`).
+The operator reads no tenant data under its own identity (docs/trust-model.md), so a job whose
+datasets are not local files (local mode) has them validated by a small CPU Job in the member
+cluster it is placed in, in the job's namespace, under that namespace's (the tenant's) service
+account and cloud identity, as its training pods are: one pod of the worker image, `pvc://`
+claims mounted read-only (object-store URIs need no mount: the image has fsspec's backends),
+running the workers' own validation (`python -m tramontane_workers.contract.datasets_report`),
+which writes its compact JSON report to `/dev/termination-log` (`terminationMessagePolicy:
+File`). The operator reads it from the pod's
+`status.containerStatuses[].state.terminated.message`. Bounded: no retries (`backoffLimit: 0`;
+the operator decides), a deadline (`activeDeadlineSeconds`), at most `MAX_FILE_BYTES` read per
+file, and a TTL so a Job the operator never deleted does not linger. The pod needs no
+Kubernetes API token (none is mounted). Labels as every child, plus the role label; the pod
+runs under the restricted pod security profile (`security`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Final
 
 from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_operator.placement import ClusterView
+from tramontane_workers.contract.datasets_report import DEFAULT_MAX_FILE_BYTES
 
 from .labels import child_labels
 from .rayjob import dataset_uses
@@ -32,6 +37,7 @@ ROLE: Final = "dataset-validation"
 # Labels the Job controller puts on its pods (the second since Kubernetes 1.27).
 JOB_NAME_LABELS: Final = ("batch.kubernetes.io/job-name", "job-name")
 DEADLINE_S: Final = 1800
+MAX_FILE_BYTES: Final = DEFAULT_MAX_FILE_BYTES
 TTL_AFTER_FINISHED_S: Final = 600
 CPU: Final = "1"
 MEMORY: Final = "2Gi"
@@ -55,7 +61,8 @@ def validation_command(job: FineTuneJob) -> list[str]:
     if spec.validation_files:
         command += ["--validation", *(f.uri for f in spec.validation_files)]
     seq_len = str(spec.hyperparameters.sequence_length)
-    return [*command, "--max-seq-len", seq_len, "--output", TERMINATION_LOG]
+    bound = ["--max-file-bytes", str(MAX_FILE_BYTES)]
+    return [*command, "--max-seq-len", seq_len, *bound, "--output", TERMINATION_LOG]
 
 
 def build_validation_job(
@@ -67,6 +74,7 @@ def build_validation_job(
     resources = {"cpu": CPU, "memory": MEMORY}
     pod_spec = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # it reads datasets, never the Kubernetes API
         "containers": [
             {
                 "name": "validate",

@@ -3,10 +3,12 @@
 Reconciled by the kind's `Controller` (`controller.py`), like every kind: a new or changed
 job is queued at once; while a job is active it is looked at again every
 `TRAMONTANE_FINETUNE_POLL_INTERVAL` seconds (a delayed re-queue, not a daemon), and when a
-peer releases quota or GPUs, or a member changes health. The datasets are validated in a
-worker thread before anything else; a bad line ends the job in FailedValidation and no RayJob
-is ever written. Decisions are the pure `reconcile.finetunejob*` functions; this module only
-observes, applies their actions and writes the status when it changed.
+peer releases quota or GPUs, or a member changes health. The datasets are validated before
+anything else — by a validation Job in the member cluster the job is placed in, in its
+namespace, or (local mode, local files) in a worker thread here; a `file://` URI outside local
+mode or a bad line ends the job in FailedValidation and no RayJob is ever written. Decisions
+are the pure `reconcile.finetunejob*` functions; this module only observes, applies their
+actions and writes the status when it changed.
 
 Admission against the tenant's quota, placement against the one GPU ledger and the ledger's
 update are one synchronous step (no `await`), after every read from member clusters and
@@ -51,11 +53,13 @@ from tramontane_operator.reconcile.finetunejob_inputs import (
     ValidationResult,
     place_job,
 )
-from tramontane_operator.reconcile.finetunejob_validation import (
-    ClusterValidation,
+from tramontane_operator.reconcile.finetunejob_trust import (
+    local_path_refusal,
     needs_cluster_validation,
-    uses_claims,
+    reads_base_model,
+    unread_model_size,
 )
+from tramontane_operator.reconcile.finetunejob_validation import ClusterValidation, uses_claims
 from tramontane_workers.contract.datasets_report import DatasetsReport
 
 from . import finetunejob_io as io
@@ -152,13 +156,17 @@ async def _validate(
     """The datasets' validation result (and the job as last written); while there is none,
     Validating with how it goes in the `Validated` condition, and a TemporaryError."""
     base_uri, _ = await base_model(rt, job)
+    local_mode = rt.settings.local_mode
+    refused = local_path_refusal(job, base_uri, local_mode)
+    if refused is not None:  # before anything is read: the operator's files are not tenants'
+        return job, refused
     try:  # claims are immutable like the files: a bad one can never be read
         pod_volumes(claim_uses(job, base_uri or ""))
     except ValueError as exc:
         return job, ValidationResult(False, (str(exc),))
     if needs_cluster_validation(job):
         job, report = await _validate_in_cluster(rt, job, poll_s)
-    else:
+    else:  # local mode, local files only
         if job.status is None or job.status.phase != "Validating":
             job = await _write(rt, job, decide(job, Observed(), _now()).status)
         report = await asyncio.to_thread(io.validate_datasets, job)
@@ -167,7 +175,11 @@ async def _validate(
         observed = Observed(validating=f"cannot read: {report.unreadable}", placement=placement)
         await _write(rt, job, decide(job, observed, _now()).status)
         raise Retry(f"dataset unreadable: {report.unreadable}", poll_s)
-    size = await asyncio.to_thread(io.model_params, base_uri) if base_uri else None
+    size = None
+    if base_uri and reads_base_model(base_uri, local_mode):
+        size = await asyncio.to_thread(io.model_params, base_uri)
+    elif base_uri:
+        size = unread_model_size(base_uri)
     clusters = rt.indexes.compute_clusters()
     return job, report_result(job, report, size, clusters)
 
@@ -175,8 +187,9 @@ async def _validate(
 async def _validate_in_cluster(
     rt: Runtime, job: FineTuneJob, poll_s: float
 ) -> tuple[FineTuneJob, DatasetsReport]:
-    """pvc:// datasets: place the job (for good: claims are cluster-local), then run the
-    validation Job there until it reports."""
+    """Datasets the operator does not read: place the job (for good: claims are cluster-local,
+    and the job runs where it was validated), then run the validation Job there, in the job's
+    namespace, until it reports."""
     namespace = job.metadata.namespace or "default"
     tenant = rt.indexes.tenant_object(namespace)
     views = await _views(rt, job, tenant)
@@ -189,7 +202,7 @@ async def _validate_in_cluster(
     if view is None and current is not None:
         outcome = ClusterValidation(message=f"waiting for ComputeCluster {current}, the job's")
     elif view is None:
-        message = f"waiting for a cluster to validate the pvc:// datasets in: {placement.message}"
+        message = f"waiting for a cluster to validate the datasets in: {placement.message}"
         outcome = ClusterValidation(message=message)
     else:
         tenant_name = tenant.metadata.name if tenant else None
@@ -214,6 +227,10 @@ async def _step(rt: Runtime, job: FineTuneJob, validation: ValidationResult | No
     base_uri, base_error_or_name = await base_model(rt, job)
     base_error = base_error_or_name if base_uri is None else None
     terminal = finished(job)
+    if validation is None and not terminal and not (job.status and job.status.ray_job):
+        # A base model's ModelDeployment that appeared after validation: a local source is
+        # refused before any RayJob exists, as a local `baseModel.uri` was in `_validate`.
+        validation = local_path_refusal(job, base_uri, rt.settings.local_mode)
     tenant = rt.indexes.tenant_object(namespace)
     # Where the job holds GPUs: its status, else the ledger (rebuilt from the RayJobs that
     # exist: a crash may have kept one out of the status).

@@ -1,8 +1,9 @@
 """The FineTuneJob handlers' I/O on their children and inputs.
 
 Reading the job's RayJob in its member cluster (an unreachable cluster where the job runs is
-a reason to wait) and the trainer's progress (`progress.json`, or the tail of the RayJob's
-submitter pod's log where the output is a claim: `reconcile.finetunejob_progress`), carrying
+a reason to wait) and the trainer's progress (`progress.json` of a local output in local
+mode, else the tail of the RayJob's submitter pod's log: `reconcile.finetunejob_progress`,
+`reconcile.finetunejob_trust`), carrying
 out the phase machine's actions on it (create, suspend, resume, patch the job controls,
 replace, delete), the base model's ModelDeployment, auto-deploying the adapter into the
 target ModelDeployment.
@@ -27,10 +28,10 @@ from tramontane_operator.reconcile.finetunejob_deploy import adapters_with as de
 from tramontane_operator.reconcile.finetunejob_progress import (
     LOG_LIMIT_BYTES,
     LOG_TAIL_LINES,
-    output_readable,
     reads_submitter_log,
     submitter_job_name,
 )
+from tramontane_operator.reconcile.finetunejob_trust import reads_output
 from tramontane_workers.contract.train_config import TrainProgress, last_progress
 
 from . import finetunejob_io as io
@@ -95,10 +96,11 @@ async def read_progress(
     terminal: bool,
 ) -> TrainProgress | None:
     """The trainer's last progress: from `progress.json` under the output URI where the
-    operator can read it, else from the submitter pod's log in `cluster`; None if neither."""
+    operator reads it (local mode), else from the submitter pod's log in `cluster`; None if
+    neither."""
     uri = job.spec.output.uri
     progress = None
-    if (rayjob is not None or terminal) and output_readable(uri):
+    if (rayjob is not None or terminal) and reads_output(uri, rt.settings.local_mode):
         progress = await asyncio.to_thread(io.read_progress, uri)
     if cluster and reads_submitter_log(rayjob, progress):
         namespace = job.metadata.namespace or "default"

@@ -3,9 +3,11 @@
 Pure. Phases: Pending -> Validating -> Queued -> Running -> Succeeded | Failed |
 FailedValidation | Cancelled, and Suspended (from Queued or Running, back when resumed).
 
-- No validation result yet: Validating; action `validate` (with the cluster validating pvc://
-  datasets, which the job then runs in). Invalid data: FailedValidation with the first bad
-  lines in the `Validated` condition, and never a RayJob.
+- No validation result yet: Validating; action `validate` (with the cluster validating the
+  datasets that are not local files, which the job then runs in). Invalid data:
+  FailedValidation with the first bad lines in the `Validated` condition, and never a
+  RayJob; `file://` URIs outside local mode likewise, with reason `LocalPathRefused`
+  (`finetunejob_trust`).
 - `dryRun`: Succeeded with `status.estimate` once the data is valid; nothing is started.
 - The base model's ModelDeployment missing: Pending until it appears.
 - Suspended by the user, quota not available, or no eligible cluster: Suspended / Queued
@@ -51,6 +53,7 @@ from .finetunejob_inputs import (
     RayJobState,
     ValidationResult,
 )
+from .finetunejob_trust import LOCAL_PATH_REFUSED
 
 # Condition types.
 VALIDATED: Final = "Validated"
@@ -81,6 +84,7 @@ class FtjReason:
     VALIDATING: Final = "Validating"
     DATASET_VALID: Final = "DatasetValid"
     INVALID_DATASET: Final = "InvalidDataset"
+    LOCAL_PATH_REFUSED: Final = LOCAL_PATH_REFUSED  # file:// outside local mode (trust model)
     NOT_EVALUATED: Final = "NotEvaluated"
     BASE_MODEL_NOT_FOUND: Final = "BaseModelNotFound"
     ADMITTED: Final = "QuotaAvailable"
@@ -409,8 +413,9 @@ def decide(job: FineTuneJob, observed: Observed, now: datetime) -> Decision:
             draft.fields["estimate"] = validation.estimate
         if not validation.ok:
             draft.phase = "FailedValidation"
-            draft.set(VALIDATED, "False", FtjReason.INVALID_DATASET, validation.message())
-            draft.set(FAILED, "True", FtjReason.INVALID_DATASET, validation.message())
+            reason = validation.reason or FtjReason.INVALID_DATASET
+            draft.set(VALIDATED, "False", reason, validation.message())
+            draft.set(FAILED, "True", reason, validation.message())
             draft.fields.setdefault("completion_time", now)
             return _done(job, draft, previous, now)
         draft.set(VALIDATED, "True", FtjReason.DATASET_VALID, validation.message())

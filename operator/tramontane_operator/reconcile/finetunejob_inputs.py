@@ -38,7 +38,8 @@ REASON_DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """The datasets' validation: `errors` are the first bad lines as "uri:LINE: message"."""
+    """The datasets' validation: `errors` are the first bad lines as "uri:LINE: message".
+    `reason` is the conditions' reason when not ok (None: `InvalidDataset`)."""
 
     ok: bool
     errors: tuple[str, ...] = ()
@@ -47,6 +48,7 @@ class ValidationResult:
     estimate: Estimate | None = None
     truncated: int = 0  # training conversations longer than the job's sequence length
     sequence_length: int | None = None
+    reason: str | None = None
 
     def message(self, limit: int = 5) -> str:
         if self.ok:

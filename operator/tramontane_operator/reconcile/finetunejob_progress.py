@@ -9,9 +9,11 @@ lines included, is that pod's log. The Job controller labels the pod with the Jo
 (`batch.kubernetes.io/job-name`, and `job-name`); a retried submitter leaves older pods, so
 the newest one is read.
 
-The operator reads `progress.json` where it can — never on a `pvc://` claim, which it does not
-mount — and otherwise the bounded tail of the submitter pod's log, only while it follows a
-RayJob whose job was submitted (terminal jobs are not followed any more).
+The operator reads `progress.json` itself only in local mode, from a local output directory
+(`finetunejob_trust.reads_output`: it reads no tenant data under its own identity, neither on a
+`pvc://` claim it does not mount nor in an object store); otherwise it reads the bounded tail
+of the submitter pod's log, only while it follows a RayJob whose job was submitted (terminal
+jobs are not followed any more).
 """
 
 from __future__ import annotations
@@ -34,16 +36,11 @@ LOG_LIMIT_BYTES: Final = 64 * 1024
 _SUBMITTED: Final = frozenset({DEPLOYMENT_RUNNING, DEPLOYMENT_COMPLETE, DEPLOYMENT_FAILED})
 
 
-def output_readable(output_uri: str) -> bool:
-    """Whether the operator can read the trainer's files under `output_uri` (not a claim)."""
-    return not output_uri.startswith("pvc://")
-
-
 def reads_submitter_log(
     rayjob: Mapping[str, Any] | None, from_output: TrainProgress | None
 ) -> bool:
     """Whether to read the submitter pod's log: a RayJob whose job was submitted is observed
-    and the output URI gave no progress (a claim, no credentials, nothing written yet)."""
+    and the output URI gave no progress (not read by the operator, or nothing written yet)."""
     if rayjob is None or from_output is not None:
         return False
     return RayJobState.of(rayjob).deployment_status in _SUBMITTED

@@ -1,8 +1,10 @@
 """Where a FineTuneJob's datasets are validated, and how a validation Job's outcome reads.
 
-Pure. The operator reads `file://` and object-store datasets itself; `pvc://` claims are
-mounted only in member clusters, so a job naming one is validated by a `batch/v1` Job in the
-cluster it is placed in (`needs_cluster_validation`). `read_validation_job` turns the observed
+Pure. The operator reads no tenant data under its own identity (`finetunejob_trust`): a job
+whose datasets are not all local files (local mode only) — `pvc://` claims, which only member
+clusters mount, and object stores (`s3://`, `gs://`, `az://`, `hf://`...), which the tenant's
+identity reaches — is validated by a `batch/v1` Job in the cluster it is placed in, in its
+namespace (`needs_cluster_validation`). `read_validation_job` turns the observed
 Job and its pods into a `ClusterValidation`: the workers' `DatasetsReport` from a container's
 termination message once there is one (a report of an unreadable file counts as a failure:
 the file may appear later); else, while the Job runs, what its pod waits for (an
@@ -23,28 +25,31 @@ from pydantic import ValidationError
 from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_workers.contract.datasets_report import DatasetsReport
 
+from .finetunejob_trust import needs_cluster_validation
+
 PVC_PREFIX: Final = "pvc://"
 # A failed validation Job is kept this long (it shows what went wrong) before another is tried.
 RETRY_AFTER_S: Final = 60.0
 _DETAIL_CHARS: Final = 400
 
-
-def needs_cluster_validation(job: FineTuneJob) -> bool:
-    """Whether some dataset of `job` is on a claim the operator cannot read."""
-    spec = job.spec
-    uris = [f.uri for f in spec.training_files] + [f.uri for f in spec.validation_files or []]
-    return any(u.startswith(PVC_PREFIX) for u in uris)
+__all__ = [
+    "PVC_PREFIX",
+    "RETRY_AFTER_S",
+    "ClusterValidation",
+    "needs_cluster_validation",
+    "pod_detail",
+    "read_validation_job",
+    "uses_claims",
+]
 
 
 def uses_claims(job: FineTuneJob) -> bool:
     """Whether `job` reads or writes a claim (datasets, output, base model URI): its cluster
     is then kept when its RayJob is replaced (claims, and checkpoints on them, stay there)."""
     spec = job.spec
-    return (
-        needs_cluster_validation(job)
-        or spec.output.uri.startswith(PVC_PREFIX)
-        or (spec.base_model.uri or "").startswith(PVC_PREFIX)
-    )
+    uris = [f.uri for f in spec.training_files] + [f.uri for f in spec.validation_files or []]
+    uris += [spec.output.uri, spec.base_model.uri or ""]
+    return any(u.startswith(PVC_PREFIX) for u in uris)
 
 
 @dataclass(frozen=True)

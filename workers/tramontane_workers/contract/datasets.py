@@ -58,6 +58,22 @@ class DatasetUnreadable(OSError):
     """The dataset cannot be opened or read (missing file, unknown scheme, I/O error)."""
 
 
+class DatasetTooLarge(Exception):
+    """More than `limit` bytes of one file were read (`validate_stream`'s `max_bytes`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} bytes")
+        self.limit = limit
+
+
+def too_large_message(limit: int) -> str:
+    """The error reported on the line after the last one read when a file exceeds `limit`."""
+    return (
+        f"the file is larger than {limit} bytes, the most validated per file: "
+        "split it into several files"
+    )
+
+
 class LineError(BaseModel):
     """One bad line: its 1-based number, the field path (may be empty) and the broken rule."""
 
@@ -151,17 +167,29 @@ def open_uri(uri: str) -> Iterator[IO[bytes]]:
         yield handle
 
 
-def raw_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
-    """(number, bytes) per line; bytes is None for a line longer than MAX_LINE_BYTES."""
+def raw_lines(
+    stream: IO[bytes], max_bytes: int | None = None
+) -> Iterator[tuple[int, bytes | None]]:
+    """(number, bytes) per line; bytes is None for a line longer than MAX_LINE_BYTES.
+    DatasetTooLarge once more than `max_bytes` were read (None: no bound)."""
     number = 0
+    read = 0
+
+    def counted(chunk: bytes) -> bytes:
+        nonlocal read
+        read += len(chunk)
+        if max_bytes is not None and read > max_bytes:
+            raise DatasetTooLarge(max_bytes)
+        return chunk
+
     while True:
-        chunk = stream.readline(MAX_LINE_BYTES + 1)
+        chunk = counted(stream.readline(MAX_LINE_BYTES + 1))
         if not chunk:
             return
         number += 1
         if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
             while chunk and not chunk.endswith(b"\n"):  # skip the rest of the giant line
-                chunk = stream.readline(MAX_LINE_BYTES)
+                chunk = counted(stream.readline(MAX_LINE_BYTES))
             yield number, None
         else:
             yield number, chunk
@@ -197,9 +225,9 @@ def _check_batch(batch: list[tuple[int, bytes | None]]) -> list[LineOutcome]:
     return [_outcome(number, check_raw(raw)) for number, raw in batch]
 
 
-def _batches(stream: IO[bytes]) -> Iterator[list[tuple[int, bytes | None]]]:
+def _batches(stream: IO[bytes], max_bytes: int | None) -> Iterator[list[tuple[int, bytes | None]]]:
     batch: list[tuple[int, bytes | None]] = []
-    for item in raw_lines(stream):
+    for item in raw_lines(stream, max_bytes):
         batch.append(item)
         if len(batch) == BATCH_LINES:
             yield batch
@@ -208,17 +236,20 @@ def _batches(stream: IO[bytes]) -> Iterator[list[tuple[int, bytes | None]]]:
         yield batch
 
 
-def iter_outcomes(stream: IO[bytes], processes: int = 1) -> Iterator[LineOutcome]:
+def iter_outcomes(
+    stream: IO[bytes], processes: int = 1, max_bytes: int | None = None
+) -> Iterator[LineOutcome]:
     """Line outcomes in order; with processes > 1 batches are checked in a process pool, with
-    at most two batches per process in flight so memory stays bounded."""
+    at most two batches per process in flight so memory stays bounded. DatasetTooLarge once
+    more than `max_bytes` were read."""
     if processes <= 1:
-        for number, result in iter_checked(stream):
-            yield _outcome(number, result)
+        for number, raw in raw_lines(stream, max_bytes):
+            yield _outcome(number, check_raw(raw))
         return
     context = multiprocessing.get_context("spawn")  # safe beside threads (operator, Ray)
     with ProcessPoolExecutor(processes, mp_context=context) as pool:
         pending: deque[Future[list[LineOutcome]]] = deque()
-        for batch in _batches(stream):
+        for batch in _batches(stream, max_bytes):
             pending.append(pool.submit(_check_batch, batch))
             if len(pending) >= 2 * processes:
                 yield from pending.popleft().result()
@@ -270,13 +301,15 @@ def validate_stream(
     on_error: Callable[[LineError], None] | None = None,
     processes: int = 1,
     max_seq_len: int | None = None,
+    max_bytes: int | None = None,
 ) -> DatasetSummary:
     """Validate an open binary stream; `on_error` sees every bad line, the summary the first few.
 
     A compressed file is one error on line 1. Once the file looks like pretty-printed JSON
     (line 1 is a lone `{` or `[`, or `PRETTY_PRINTED_RUN` lines in a row are not JSON objects)
     one hint is reported and further such lines are only counted. With `max_seq_len`,
-    conversations longer than that many tokens are counted in `truncated`.
+    conversations longer than that many tokens are counted in `truncated`. With `max_bytes`,
+    reading stops after that many bytes: one more bad line says the file is too large.
     """
     summary = DatasetSummary(source=source, max_seq_len=max_seq_len)
 
@@ -297,9 +330,26 @@ def validate_stream(
             )
         )
         return summary
+    try:
+        _check_lines(stream, summary, report, processes, max_bytes)
+    except DatasetTooLarge as exc:
+        summary.bad_lines += 1
+        report(LineError(line=summary.lines + 1, message=too_large_message(exc.limit)))
+    return summary
+
+
+def _check_lines(
+    stream: IO[bytes],
+    summary: DatasetSummary,
+    report: Callable[[LineError], None],
+    processes: int,
+    max_bytes: int | None,
+) -> None:
+    """Count every line of `stream` into `summary`, reporting bad ones (`validate_stream`)."""
+    max_seq_len = summary.max_seq_len
     hinted = False
     run: list[LineError] = []  # the current run of line-shape errors, not yet reported
-    for outcome in iter_outcomes(stream, processes):
+    for outcome in iter_outcomes(stream, processes, max_bytes):
         summary.lines = outcome.line
         error = outcome.error
         if error is None:
@@ -333,7 +383,6 @@ def validate_stream(
             run = []
     for pending in run:
         report(pending)
-    return summary
 
 
 def validate_uri(
@@ -343,8 +392,10 @@ def validate_uri(
     on_error: Callable[[LineError], None] | None = None,
     processes: int = 1,
     max_seq_len: int | None = None,
+    max_bytes: int | None = None,
 ) -> DatasetSummary:
-    """Validate the dataset at `uri`; raises DatasetUnreadable if it cannot be read."""
+    """Validate the dataset at `uri`; raises DatasetUnreadable if it cannot be read. With
+    `max_bytes`, at most that many bytes are read (a larger file is one more bad line)."""
     with open_uri(uri) as stream:
         try:
             return validate_stream(
@@ -354,6 +405,7 @@ def validate_uri(
                 on_error=on_error,
                 processes=processes,
                 max_seq_len=max_seq_len,
+                max_bytes=max_bytes,
             )
         except OSError as exc:
             raise DatasetUnreadable(f"{uri}: {exc}") from exc

@@ -8,9 +8,12 @@ training files without any conversation (by index), the first bad lines with the
 
     python -m tramontane_workers.contract.datasets_report \\
         --training URI [URI ...] [--validation URI ...] [--max-seq-len N]
-        [--output /dev/termination-log]
+        [--max-file-bytes N] [--output /dev/termination-log]
 
-runs the same streaming validation as `tramontane dataset validate` and writes the report as
+runs the same streaming validation as `tramontane dataset validate`, reading at most
+`--max-file-bytes` of each file (`DEFAULT_MAX_FILE_BYTES`; a larger file is reported as one
+more bad line naming the limit, so a validation is bounded in size as its Job is in time), and
+writes the report as
 one JSON object that always fits in `--max-bytes` (4096 by default: the kubelet's limit on a
 termination message): messages are shortened, then the last errors dropped (counted in
 `more_errors`), never leaving invalid JSON. It exits 0 whenever a report was written, valid
@@ -29,6 +32,8 @@ from pydantic import BaseModel, Field
 from tramontane_workers.contract.datasets import DatasetSummary, DatasetUnreadable, validate_uri
 
 TERMINATION_MESSAGE_BYTES: Final = 4096
+# The most bytes read of one dataset file: larger files fail validation, naming this limit.
+DEFAULT_MAX_FILE_BYTES: Final = 8 * 1024**3
 DEFAULT_MAX_ERRORS: Final = 10
 MESSAGE_CHARS: Final = 240  # one error's message, once the report must shrink
 
@@ -134,13 +139,19 @@ def validate_files(
     validation: Sequence[str],
     max_errors: int = DEFAULT_MAX_ERRORS,
     max_seq_len: int | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> DatasetsReport:
     """Validate every file; a file that cannot be read makes an `unreadable` report.
-    With `max_seq_len`, training conversations longer than it are counted in `truncated`."""
+    With `max_seq_len`, training conversations longer than it are counted in `truncated`.
+    At most `max_file_bytes` of each file are read: a larger one is a bad line naming it."""
+    errors, limit = max_errors, max_file_bytes
     try:
         return DatasetsReport.of(
-            [validate_uri(uri, max_errors=max_errors, max_seq_len=max_seq_len) for uri in training],
-            [validate_uri(uri, max_errors=max_errors) for uri in validation],
+            [
+                validate_uri(uri, max_errors=errors, max_seq_len=max_seq_len, max_bytes=limit)
+                for uri in training
+            ],
+            [validate_uri(uri, max_errors=errors, max_bytes=limit) for uri in validation],
         )
     except DatasetUnreadable as exc:
         return DatasetsReport.failed_to_read(str(exc))
@@ -159,12 +170,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-seq-len", type=int, default=None, help="count conversations longer than this"
     )
+    parser.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=DEFAULT_MAX_FILE_BYTES,
+        help="the most bytes read of one file; a larger file fails validation",
+    )
     args = parser.parse_args(argv)
     if args.max_errors < 0 or args.max_bytes < 512:
         parser.error("--max-errors must be >= 0 and --max-bytes >= 512")
+    if args.max_file_bytes < 1:
+        parser.error("--max-file-bytes must be a positive integer")
     if args.max_seq_len is not None and args.max_seq_len < 1:
         parser.error("--max-seq-len must be a positive integer")
-    report = validate_files(args.training, args.validation, args.max_errors, args.max_seq_len)
+    report = validate_files(
+        args.training, args.validation, args.max_errors, args.max_seq_len, args.max_file_bytes
+    )
     text = report.to_json(args.max_bytes)
     if args.output == "-":
         sys.stdout.write(text + "\n")
