@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from datetime import date
 from typing import Final
 
 EXIT_OK: Final = 0
@@ -73,3 +74,21 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port in 1..65535, got {text!r}")
     return value
+
+
+def iso_date(text: str) -> date:
+    """A calendar day, YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, got {text!r}") from None
+
+
+def http_url(text: str) -> str:
+    """An http:// or https:// URL with a host."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+        raise argparse.ArgumentTypeError(
+            f"must be an http:// or https:// URL such as http://127.0.0.1:8080, got {text!r}"
+        )
+    return text.rstrip("/")

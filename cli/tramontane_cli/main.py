@@ -1,4 +1,5 @@
-"""Entry point of the `tramontane` console script.
+"""Entry point of the `tramontane` console script, also installed as `kubectl-tramontane` so
+that `kubectl tramontane ARGS` runs it (kubectl's plugin mechanism: same main, same flags).
 
 Each subcommand lives in its own module under `tramontane_cli.commands` and exposes
 `register(subparsers)`, which adds its parser and sets `func` to a callable returning the
@@ -24,6 +25,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tramontane_cli.commands.operator",
     "tramontane_cli.commands.router",
     "tramontane_cli.commands.local",
+    "tramontane_cli.commands.get",
+    "tramontane_cli.commands.chat",
+    "tramontane_cli.commands.usage",
 )
 
 

@@ -4,8 +4,12 @@
 certificate). Member clusters come from a kubeconfig stored in a Secret, so only embedded data is
 accepted (`certificate-authority-data`, `client-certificate-data`, `token`): file paths and exec
 plugins would need files and cloud CLIs inside the operator pod, and are rejected with an error
-naming the field. The operator converts the same config to Kopf's `ConnectionInfo`
-(`tramontane_operator.main`), so Kopf and our client talk to the hub with the same credentials.
+naming the field. A user's own kubeconfig file (the tenant CLI) may also name files
+(`certificate-authority`, `client-certificate`, `client-key`, `tokenFile`), resolved against the
+kubeconfig's directory as kubectl does: `from_kubeconfig(..., files_from=DIR)`. Exec plugins and
+auth providers are not run in either case (an error names the field). The operator converts
+the same config to Kopf's `ConnectionInfo` (`tramontane_operator.main`), so Kopf and our client
+talk to the hub with the same credentials.
 """
 
 from __future__ import annotations
@@ -71,48 +75,93 @@ class ClusterConfig:
         )
 
     @classmethod
-    def from_kubeconfig_text(cls, text: str, context: str | None = None) -> ClusterConfig:
+    def from_kubeconfig_text(
+        cls, text: str, context: str | None = None, *, files_from: Path | None = None
+    ) -> ClusterConfig:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise KubeconfigError(f"kubeconfig: invalid YAML: {exc}") from exc
         if not isinstance(data, Mapping):
             raise KubeconfigError("kubeconfig: expected a mapping at the top level")
-        return cls.from_kubeconfig(data, context)
+        return cls.from_kubeconfig(data, context, files_from=files_from)
 
     @classmethod
-    def from_kubeconfig(cls, data: Mapping[str, Any], context: str | None = None) -> ClusterConfig:
-        """The current (or named) context of a kubeconfig with embedded credentials."""
+    def from_kubeconfig(
+        cls, data: Mapping[str, Any], context: str | None = None, *, files_from: Path | None = None
+    ) -> ClusterConfig:
+        """The current (or named) context of a kubeconfig with embedded credentials; with
+        `files_from` (the kubeconfig's directory), credentials in files are read too."""
         name = context or data.get("current-context")
         if not name:
             raise KubeconfigError("kubeconfig: current-context is not set")
         ctx = _named(data, "contexts", name, "context")
         cluster = _named(data, "clusters", _field(ctx, "cluster", f"contexts[{name}]"), "cluster")
         user = _named(data, "users", _field(ctx, "user", f"contexts[{name}]"), "user")
-        for unsupported in ("exec", "auth-provider", "client-certificate", "client-key"):
-            if unsupported in user:
+        for plugin in ("exec", "auth-provider"):
+            if plugin in user:
                 raise KubeconfigError(
-                    f"kubeconfig: users[].user.{unsupported} is not supported in a kubeconfig "
-                    "Secret; embed a token or client-certificate-data/client-key-data"
+                    f"kubeconfig: users[].user.{plugin} (a credential plugin) is not supported; "
+                    "use a context with a token or client-certificate-data/client-key-data"
                 )
-        if "certificate-authority" in cluster:
-            raise KubeconfigError(
-                "kubeconfig: clusters[].cluster.certificate-authority (a file path) is not "
-                "supported; use certificate-authority-data"
-            )
+        files = ("client-certificate", "client-key", "tokenFile")
+        if files_from is None:
+            for unsupported in files:
+                if unsupported in user:
+                    raise KubeconfigError(
+                        f"kubeconfig: users[].user.{unsupported} is not supported in a "
+                        "kubeconfig Secret; embed a token or client-certificate-data/"
+                        "client-key-data"
+                    )
+            if "certificate-authority" in cluster:
+                raise KubeconfigError(
+                    "kubeconfig: clusters[].cluster.certificate-authority (a file path) is not "
+                    "supported; use certificate-authority-data"
+                )
+        ca_path = _path(files_from, cluster.get("certificate-authority"))
+        token_path = _path(files_from, user.get("tokenFile"))
         return cls(
             server=str(_field(cluster, "server", "clusters[].cluster")).rstrip("/"),
             ca_data=_b64_pem(cluster.get("certificate-authority-data")),
+            ca_path=ca_path,
             insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-            token=user.get("token"),
-            client_cert_data=_b64_pem(user.get("client-certificate-data")),
-            client_key_data=_b64_pem(user.get("client-key-data")),
+            token=user.get("token") or (_text(token_path, "tokenFile") if token_path else None),
+            token_path=token_path,
+            client_cert_data=_b64_pem(user.get("client-certificate-data"))
+            or _file_text(files_from, user.get("client-certificate"), "client-certificate"),
+            client_key_data=_b64_pem(user.get("client-key-data"))
+            or _file_text(files_from, user.get("client-key"), "client-key"),
             default_namespace=ctx.get("namespace"),
         )
 
     @classmethod
-    def from_kubeconfig_file(cls, path: str | os.PathLike[str]) -> ClusterConfig:
-        return cls.from_kubeconfig_text(Path(path).read_text())
+    def from_kubeconfig_file(
+        cls, path: str | os.PathLike[str], context: str | None = None, *, files: bool = False
+    ) -> ClusterConfig:
+        """The kubeconfig at `path`; with `files`, credentials it names as files are read
+        (relative to its directory)."""
+        base = Path(path).parent if files else None
+        return cls.from_kubeconfig_text(Path(path).read_text(), context, files_from=base)
+
+
+def _path(base: Path | None, value: Any) -> str | None:
+    if base is None or not value:
+        return None
+    return str(base / Path(str(value)).expanduser())
+
+
+def _text(path: str, field: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise KubeconfigError(
+            f"kubeconfig: users[].user.{field}: cannot read {path}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _file_text(base: Path | None, value: Any, field: str) -> str | None:
+    path = _path(base, value)
+    return _text(path, field) + "\n" if path else None
 
 
 def _named(data: Mapping[str, Any], section: str, name: str, inner: str) -> Mapping[str, Any]:

@@ -2,8 +2,10 @@
 plane, so the official `mistralai` and `openai` SDKs work given a base URL and a key.
 
 Routes: `POST /v1/chat/completions` (JSON, or server-sent events ending `data: [DONE]` with
-usage on the last chunk), `GET /v1/models`, `GET /v1/models/{id}`, `GET /healthz` (alive)
-and `GET /readyz` (503 while draining).
+usage on the last chunk), `GET /v1/models`, `GET /v1/models/{id}`, `GET /v1/usage` (the
+calling tenant's tokens per model from the usage record, `?since=YYYY-MM-DD`; the same key as
+chat, and a tenant sees only its own), `GET /healthz` (alive) and `GET /readyz` (503 while
+draining).
 
 Errors answer the status the SDKs map to their error classes (400 unreadable body, 401, 403,
 404, 413, 422 invalid field, 429 with `Retry-After`, 503, 504) with one JSON body both parse:
@@ -21,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import date
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -40,6 +43,7 @@ from .errors import (
     ModelNotFound,
     PayloadTooLarge,
     RouterError,
+    Unavailable,
 )
 from .http_schema import ChatCompletionBody, chunk_json, model_json, response_json, to_request
 from .keys import bearer_key
@@ -219,8 +223,23 @@ async def _disconnected(request: Request) -> None:
             return
 
 
+def _since(text: str | None) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(
+            f"since: expected a date YYYY-MM-DD, got {text!r}", param="since"
+        ) from None
+
+
 def build_app(
-    plane: DataPlane, *, max_body_bytes: int, ready: Callable[[], bool] = lambda: True
+    plane: DataPlane,
+    *,
+    max_body_bytes: int,
+    ready: Callable[[], bool] = lambda: True,
+    token_budget: Callable[[TenantView], Mapping[str, Any] | None] = lambda _t: None,
 ) -> Starlette:
     def tenant(request: Request) -> TenantView:
         return plane.authenticate(bearer_key(request.headers.get("authorization")))
@@ -268,6 +287,27 @@ def build_app(
             return error_response(exc)
         return JSONResponse(model_json(card))
 
+    async def usage(request: Request) -> Response:
+        try:
+            who = tenant(request)
+            since = _since(request.query_params.get("since"))
+            if plane.usage.directory is None:
+                raise Unavailable("usage is not recorded by this router (it runs without "
+                                  "--usage-dir)")  # fmt: skip
+            rows = await asyncio.to_thread(plane.usage.tenant_usage, who.name, since)
+        except RouterError as exc:
+            return error_response(exc)
+        body: dict[str, Any] = {
+            "object": "usage",
+            "tenant": who.name,
+            "since": since.isoformat() if since else None,
+            "data": rows,
+        }
+        budget = token_budget(who)
+        if budget is not None:
+            body["tokenBudget"] = dict(budget)
+        return JSONResponse(body)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -294,6 +334,7 @@ def build_app(
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+            Route("/v1/usage", usage, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],

@@ -14,6 +14,7 @@ import logging
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import uvicorn
@@ -30,6 +31,7 @@ from .limits.report import BudgetReporter
 from .limits.tokens import warm_up
 from .observability import setup_tracing
 from .sources import RoutingSource
+from .table import TenantView
 from .usage import UsageLog, replica_name
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,12 @@ class Router:
 
         host, port = _split(cfg.http_listen)
         config = uvicorn.Config(
-            build_app(self.plane, max_body_bytes=cfg.max_body_bytes, ready=self._ready),
+            build_app(
+                self.plane,
+                max_body_bytes=cfg.max_body_bytes,
+                ready=self._ready,
+                token_budget=self._token_budget,
+            ),
             host=host,
             port=port,
             lifespan="off",
@@ -196,6 +203,13 @@ class Router:
             window_s=cfg.limits_window_s,
         )
         self.exchange.start()
+
+    def _token_budget(self, tenant: TenantView) -> dict[str, Any] | None:
+        """The tenant's `status.tokenBudget` as this replica counts it (None: no budget)."""
+        if not self.budgets.limited(tenant):
+            return None
+        status = self.budgets.status(tenant)
+        return status.model_dump(by_alias=True, exclude_none=True)
 
     def _ready(self) -> bool:
         return not self.plane.draining

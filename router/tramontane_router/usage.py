@@ -11,7 +11,8 @@ as this replica saw it: `{"minute": "2026-11-27T14:03:00Z", "replica": ..., "ten
 Lines are appended (and fsynced) every `flush_interval_s` and at shutdown; a minute may appear
 on several lines (one per flush), so readers sum lines by key. Nothing is rewritten, so a
 crash loses at most the last interval, and a restart never double-counts. On Kubernetes the
-directory is a persistent volume; `read_usage` sums any set of files.
+directory is a persistent volume; `read_usage` sums any set of files, and `UsageLog.tenant_usage`
+answers one tenant's tokens per model (`GET /v1/usage`) from every replica's files there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,26 @@ class UsageLog:
     async def close(self) -> None:
         await self._loop.stop()
         self.flush()
+
+    def tenant_usage(self, tenant: str, since: date | None = None) -> list[dict[str, Any]]:
+        """`tenant`'s requests and tokens per (model, adapter) in every replica's files of the
+        directory, from UTC day `since` on (all days without it); this replica's unwritten
+        rows are flushed first, so what it just served counts. Blocking (file I/O): call in a
+        thread. Empty without a directory."""
+        if self.directory is None:
+            return []
+        self.flush()
+        first = since.isoformat() if since else ""
+        paths = [p for p in sorted(self.directory.glob("usage-*.jsonl")) if p.stem[-10:] >= first]
+        rows = []
+        for (who, model, adapter), total in sorted(
+            read_usage(paths).items(), key=lambda kv: (kv[0][1], kv[0][2] or "")
+        ):
+            if who != tenant:
+                continue
+            tokens = total["promptTokens"] + total["completionTokens"]
+            rows.append({"model": model, "adapter": adapter, **total, "totalTokens": tokens})
+        return rows
 
     def flush(self) -> None:
         """Append what was recorded since the last flush; kept in memory if the write fails."""

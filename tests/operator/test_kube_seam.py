@@ -64,6 +64,33 @@ def test_kubeconfig_without_embedded_credentials_is_rejected(
         ClusterConfig.from_kubeconfig(broken)
 
 
+def test_a_users_kubeconfig_may_name_credential_files(tmp_path: Any) -> None:
+    """The CLI reads a user's kubeconfig: files resolve against its directory; a Secret's may
+    not name files, and neither may run a credential plugin."""
+    (tmp_path / "ca.crt").write_text("CA")
+    (tmp_path / "c.crt").write_text("CERT")
+    (tmp_path / "c.key").write_text("KEY")
+    (tmp_path / "token").write_text("file-token\n")
+    user = {"client-certificate": "c.crt", "client-key": str(tmp_path / "c.key"),
+            "tokenFile": "token"}  # fmt: skip
+    cluster = {"server": "https://k.example.com", "certificate-authority": "ca.crt"}
+    data = {**KUBECONFIG, "users": [{"name": "sa", "user": user}],
+            "clusters": [{"name": "aks", "cluster": cluster}]}  # fmt: skip
+    config = ClusterConfig.from_kubeconfig(data, files_from=tmp_path)
+    assert config.ca_path == str(tmp_path / "ca.crt")
+    assert config.client_cert_data == "CERT\n" and config.client_key_data == "KEY\n"
+    assert config.bearer_token() == "file-token"
+    with pytest.raises(KubeconfigError, match="certificate-authority"):
+        ClusterConfig.from_kubeconfig({**data, "users": KUBECONFIG["users"]})
+    with pytest.raises(KubeconfigError, match=r"users\[\]\.user\.exec \(a credential plugin\)"):
+        ClusterConfig.from_kubeconfig(
+            {**data, "users": [{"name": "sa", "user": {"exec": {}}}]}, files_from=tmp_path
+        )
+    (tmp_path / "c.crt").unlink()
+    with pytest.raises(KubeconfigError, match="client-certificate: cannot read"):
+        ClusterConfig.from_kubeconfig(data, files_from=tmp_path)
+
+
 def test_kubeconfig_names_a_missing_context() -> None:
     with pytest.raises(KubeconfigError, match="contexts has no entry named 'other'"):
         ClusterConfig.from_kubeconfig(KUBECONFIG, context="other")

@@ -1,4 +1,5 @@
-"""`tramontane finetune estimate`: the dry run of a FineTuneJob, on this machine.
+"""`tramontane finetune estimate`: the dry run of a FineTuneJob, on this machine (the job
+actions, `submit`, `list`, `get`, `logs` and `cancel`, are in `finetune_jobs`).
 
 Given a FineTuneJob manifest (or dataset files and hyperparameters as flags), validate the
 training files with the same code the job runs, then print steps, train tokens, duration,
@@ -105,6 +106,9 @@ def register(subparsers: Any) -> None:
     est.add_argument("--currency", default=None)
     est.add_argument("--json", action="store_true", help="print status.estimate as JSON")
     est.set_defaults(func=run_estimate)
+    from tramontane_cli.commands import finetune_jobs
+
+    finetune_jobs.register_actions(actions)
 
 
 def _model_params(job: FineTuneJob | None, flag: float | None) -> tuple[ModelParams, str]:
