@@ -44,10 +44,17 @@ def _cli(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPr
 
 
 def _start(home: Path, *args: str) -> subprocess.Popen[str]:
+    # Output to a file: an unread pipe would fill and block the process.
+    home.mkdir(parents=True, exist_ok=True)
+    out = (home / "up.out").open("w")
     return subprocess.Popen(
         [sys.executable, "-m", "tramontane_cli.main", "local", "up", *args],
-        env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_env(home), stdout=out, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+
+
+def _output(home: Path) -> str:
+    return (home / "up.out").read_text()
 
 
 def _wait_for_state(
@@ -148,11 +155,12 @@ def test_the_quickstart_runs_the_whole_loop(tmp_path: Path) -> None:
         ].items()
         kinds = {o["kind"] for o in shown["objects"]}
         assert kinds == {"Tenant", "ComputeCluster", "ModelDeployment", "FineTuneJob"}
-        out, _ = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
     elapsed = time.monotonic() - started
+    out = _output(tmp_path)
     assert proc.returncode == 0, out[-5000:]
     assert "every step succeeded" in out
     for question, answer in quickstart_pairs():
@@ -179,7 +187,7 @@ def test_down_stops_local_mode_and_leaves_nothing(tmp_path: Path) -> None:
         assert shown["apiKeys"] == {"team": "team-key-0123456789abcdef"}
         assert shown["models"] == []
         down = _cli(tmp_path, "down", timeout=180)
-        assert down.returncode == 0, down.stderr
+        assert down.returncode == 0, down.stderr + _output(tmp_path)[-3000:]
         assert "nothing left behind" in down.stdout
         proc.wait(timeout=30)
     finally:
