@@ -2,7 +2,10 @@
 
 Each RayJob goes "" -> Initializing -> Running (jobStatus RUNNING), then Complete/SUCCEEDED or
 Failed/FAILED when the test says so (`finish`) — or, with `run_entrypoints=True`, when its
-entrypoint, really run as a subprocess, exits (what KubeRay's submitter pod would do). Setting
+entrypoint, really run as a subprocess, exits (what KubeRay's submitter pod would do). The
+state machine and the entrypoint processes are local mode's KubeRay's
+(`tramontane_local.kuberay`); this fake only reads the emulators' stores directly and lets
+tests decide outcomes. Setting
 `spec.suspend` moves it to Suspended (and kills a running entrypoint, as KubeRay deletes the
 Ray cluster); clearing it starts it again from Initializing. Statuses are KubeRay v1.7's
 fields and are checked against its CRD by the emulators.
@@ -16,26 +19,18 @@ fake kubelet's, which runs the container's stand-in command: it exits at once); 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import datetime
-import os
-import shlex
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from operator_harness import Cluster, FakeKubeRay
+from tramontane_local.kuberay.entrypoints import EntrypointRunner
+from tramontane_local.kuberay.status import next_rayjob_status
 
 RAYJOBS = "ray.io/v1/rayjobs"
 JOBS = "batch/v1/jobs"
 PODS = "v1/pods"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeRayJobs(FakeKubeRay):
@@ -53,24 +48,21 @@ class FakeRayJobs(FakeKubeRay):
         super().__init__(clusters, interval_s)
         self.submitters = submitters
         self.run_entrypoints = run_entrypoints
-        self.env = dict(env or {})
-        self.log_dir = log_dir
-        self.outcomes: dict[str, str] = {}  # RayJob name -> SUCCEEDED / FAILED
         self.seen: set[tuple[str, str]] = set()  # (cluster, name) of every RayJob observed
-        self.runs: dict[str, int] = {}  # RayJob name -> entrypoint starts
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self.runner = EntrypointRunner(env, log_dir)
+        self.outcomes = self.runner.outcomes  # RayJob name -> SUCCEEDED / FAILED
+        self.runs = self.runner.runs  # RayJob name -> entrypoint starts
 
     def finish(self, name: str, job_status: str = "SUCCEEDED") -> None:
         self.outcomes[name] = job_status
 
     def running(self, name: str) -> bool:
         """Whether the RayJob's entrypoint process is running now."""
-        return name in self._procs
+        return self.runner.running(name)
 
     async def stop(self) -> None:
         await super().stop()
-        for name in list(self._procs):
-            await self._kill(name)
+        await self.runner.close()
 
     def append_log(self, cluster: Cluster, namespace: str, name: str, text: str) -> str:
         """Append `text` to the log of RayJob `name`'s newest submitter pod; the pod's name."""
@@ -116,41 +108,21 @@ class FakeRayJobs(FakeKubeRay):
             async with self._session.delete(url) as resp:
                 await resp.read()
 
-    def _next(self, name: str, spec: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
-        state = old.get("jobDeploymentStatus") or ""
-        if spec.get("suspend"):
-            return {**old, "jobDeploymentStatus": "Suspended", "jobStatus": ""}
-        if state in ("Complete", "Failed"):
-            return dict(old)
-        outcome = self.outcomes.get(name)
-        if outcome is not None and state == "Running":
-            done = "Complete" if outcome == "SUCCEEDED" else "Failed"
-            extra = {} if outcome == "SUCCEEDED" else {"reason": "AppFailed", "failed": 1}
-            return {**old, "jobDeploymentStatus": done, "jobStatus": outcome, "endTime": _now(),
-                    **extra}  # fmt: skip
-        if state in ("", "Suspended"):
-            return {**old, "jobDeploymentStatus": "Initializing", "jobStatus": "",
-                    "rayClusterName": f"{name}-raycluster"}  # fmt: skip
-        if state == "Initializing":
-            return {**old, "jobDeploymentStatus": "Running", "jobStatus": "RUNNING",
-                    "jobId": f"{name}-1", "startTime": _now()}  # fmt: skip
-        return dict(old)
-
     async def _sync_one(self, cluster: Cluster, rayjob: Mapping[str, Any]) -> None:
         meta, spec = rayjob["metadata"], rayjob.get("spec") or {}
         name = meta["name"]
         self.seen.add((cluster.name, name))
         old = rayjob.get("status") or {}
-        want = self._next(name, spec, old)
+        want = next_rayjob_status(name, spec, old, self.outcomes.get(name))
         if spec.get("suspend"):
-            await self._kill(name)
+            await self.runner.kill(name)
         elif (
             self.run_entrypoints
             and want.get("jobDeploymentStatus") == "Running"
-            and name not in self._procs
+            and not self.runner.running(name)
             and name not in self.outcomes
         ):
-            await self._spawn(name, spec["entrypoint"])
+            await self.runner.spawn(name, spec["entrypoint"])
         if want == old:
             return
         url = f"{cluster.url}/apis/ray.io/v1/namespaces/{meta['namespace']}/rayjobs/{name}/status"
@@ -158,34 +130,6 @@ class FakeRayJobs(FakeKubeRay):
             url, json={"status": want}, headers={"Content-Type": "application/merge-patch+json"}
         ) as resp:
             await resp.read()
-
-    async def _spawn(self, name: str, entrypoint: str) -> None:
-        argv = shlex.split(entrypoint)
-        if argv[0] == "python":
-            argv[0] = sys.executable
-        out: Any = asyncio.subprocess.DEVNULL
-        if self.log_dir is not None:
-            out = (self.log_dir / f"{name}-{self.runs.get(name, 0)}.log").open("wb")
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, env={**os.environ, **self.env}
-        )
-        self._procs[name] = proc
-        self.runs[name] = self.runs.get(name, 0) + 1
-
-        async def wait() -> None:
-            code = await proc.wait()
-            if self._procs.get(name) is proc:
-                del self._procs[name]
-                self.outcomes[name] = "SUCCEEDED" if code == 0 else "FAILED"
-
-        asyncio.get_running_loop().create_task(wait())
-
-    async def _kill(self, name: str) -> None:
-        proc = self._procs.pop(name, None)
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
 
 
 def _submitter_job(rayjob: Mapping[str, Any]) -> dict[str, Any]:

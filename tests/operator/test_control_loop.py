@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from fake_rayjob import RAYJOBS, FakeRayJobs
-from kube_emulator import Fault
 from manifests import AKS, HUB, NS, ONPREM, SYSTEM_NS, model_deployment, operator_settings, tenant
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
 from test_finetunejob import job
@@ -27,6 +26,7 @@ from tramontane_kube import (
     ClusterConfig,
     KubeClient,
 )
+from tramontane_local.kube_emulator import Fault
 
 MDS = "tramontane.dev/v1alpha1/modeldeployments"
 FTJS = "tramontane.dev/v1alpha1/finetunejobs"

@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp.web
 import pytest
 
-from kube_history import gone
 from operator_harness import eventually
 from tramontane_kube import RAYSERVICE, ClusterConfig, KubeClient
 from tramontane_kube.informer import Informer
+from tramontane_local.kube_history import gone
 
 PATH = "/apis/ray.io/v1/rayservices"
 LISTED = "Qx7a"  # the list's version

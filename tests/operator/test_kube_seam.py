@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from kube_emulator import Fault
 from manifests import NS, model_deployment
 from operator_harness import RAYSERVICES, Clusters
 from tramontane_kube import (
@@ -23,6 +22,7 @@ from tramontane_kube import (
     Unreachable,
 )
 from tramontane_kube.patches import diff, merge_patch_diff
+from tramontane_local.kube_emulator import Fault
 
 KUBECONFIG = {
     "apiVersion": "v1",

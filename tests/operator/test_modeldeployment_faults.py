@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kube_emulator import Fault
 from manifests import AKS, NS, ONPREM, model_deployment
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
 from test_modeldeployment_lifecycle import condition, is_ready, rayservice, stored_md
 from tramontane_kube import MODELDEPLOYMENT, KubeClient
+from tramontane_local.kube_emulator import Fault
 
 CCS = "tramontane.dev/v1alpha1/computeclusters"
 

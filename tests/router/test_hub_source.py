@@ -31,7 +31,6 @@ sys.path.append(str(Path(__file__).parents[1] / "operator"))
 from fake_worker import FakeWorker
 
 from conftest import ACME_KEY, GLOBEX_KEY, KEYS_NS, cluster, secret, tenant
-from kube_emulator import Fault
 from operator_harness import Cluster, eventually
 from tramontane_api.v1alpha1 import Tenant
 from tramontane_kube import (
@@ -42,6 +41,7 @@ from tramontane_kube import (
     ClusterConfig,
     KubeClient,
 )
+from tramontane_local.kube_emulator import Fault
 from tramontane_router.hub import HubSource, HubSyncError, ParseCache
 from tramontane_router.server import Router
 from tramontane_workers.contract import inference_pb2 as pb

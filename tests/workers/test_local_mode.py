@@ -1,58 +1,197 @@
-"""`tramontane local`: the embedded quickstart runs end to end (validate, render, serve, chat)."""
+"""`tramontane local up | status | down`: the whole loop on this machine, as a user runs it.
+
+The quickstart runs end to end in a subprocess (its own Ray, API server, KubeRay, operator and
+router: `local down` and the teardown are about processes, so they need one): the tiny Mistral
+is served, a chat goes through the router, a FineTuneJob trains an adapter that is deployed,
+and through the router the adapter answers the trained answers while the base model does not.
+`local status -o json` is read while it runs; afterwards no Ray process, router or API server
+is left. Bad input is refused before anything starts, naming file, line and field.
+"""
 
 from __future__ import annotations
 
-import re
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tramontane_cli.commands.local import QUICKSTART, load_deployment
 from tramontane_cli.main import main
+from tramontane_local.manifests import quickstart_pairs
+from tramontane_local.stack import ray_processes
 
 ROOT = Path(__file__).resolve().parents[2]
-EMBEDDED = ROOT / "cli" / "tramontane_cli" / QUICKSTART
+SOURCE_ROOTS = ["core", "operator", "router", "workers", "cli", "local"]
 
 
-def test_embedded_quickstart_is_the_example() -> None:
-    assert EMBEDDED.read_text() == (ROOT / "examples" / "quickstart-local.yaml").read_text()
-
-
-def test_bad_manifest_is_reported_with_its_field(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    bad = tmp_path / "md.yaml"
-    text = EMBEDDED.read_text().replace("maxReplicas: 1", "maxReplicas: 0")
-    bad.write_text(text)
-    assert main(["local", str(bad)]) == 1
-    # FILE:LINE, the line of the field itself.
-    line = next(i for i, row in enumerate(text.splitlines(), 1) if "maxReplicas: 0" in row)
-    assert f"{bad}:{line}: spec.scaling.maxReplicas:" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="no ModelDeployment"):
-        load_deployment("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n", "ns.yaml")
-
-
-def test_missing_model_is_not_invented(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    md = tmp_path / "md.yaml"
-    md.write_text(
-        EMBEDDED.read_text().replace("/tmp/tramontane/tiny-mistral", str(tmp_path / "none"))
+def _env(home: Path) -> dict[str, str]:
+    path = os.pathsep.join(
+        [*(str(ROOT / r) for r in SOURCE_ROOTS), os.environ.get("PYTHONPATH", "")]
     )
-    assert main(["local", str(md)]) == 1
-    assert "does not exist (--write-tiny" in capsys.readouterr().err
+    return {**os.environ, "TRAMONTANE_HOME": str(home), "PYTHONPATH": path, "COLUMNS": "200"}
+
+
+def _cli(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tramontane_cli.main", "local", *args],
+        env=_env(home), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _start(home: Path, *args: str) -> subprocess.Popen[str]:
+    # Output to a file: an unread pipe would fill and block the process.
+    home.mkdir(parents=True, exist_ok=True)
+    out = (home / "up.out").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tramontane_cli.main", "local", "up", *args],
+        env=_env(home), stdout=out, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _output(home: Path) -> str:
+    return (home / "up.out").read_text()
+
+
+def _wait_for_state(
+    home: Path, proc: subprocess.Popen[str], timeout_s: float = 180
+) -> dict[str, Any]:
+    state = home / "local" / "state.json"
+    deadline = time.monotonic() + timeout_s
+    while not state.exists():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"local up exited {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("no state.json")
+        time.sleep(0.5)
+    return dict(json.loads(state.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.split("://")[-1].rpartition(":")
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def _nothing_left(state: dict[str, Any]) -> None:
+    assert state["raySession"].startswith("session_"), state
+    deadline = time.monotonic() + 30
+    while ray_processes(state["raySession"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_processes(state["raySession"]) == []
+    assert not _alive(state["pid"])
+    for address in (state["http"], state["grpc"], state["apiServer"]):
+        assert not _listening(address), address
+
+
+# ------------------------------------------------------------------------- bad input
+def test_a_missing_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setenv("TRAMONTANE_HOME", str(tmp_path))
+    missing = tmp_path / "nope.yaml"
+    assert main(["local", "up", "-f", str(missing)]) == 1
+    assert f"{missing}: cannot read: No such file or directory" in capsys.readouterr().err
+    assert not (tmp_path / "local" / "state.json").exists()
+
+
+def test_an_invalid_manifest_names_file_line_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TRAMONTANE_HOME", str(tmp_path))
+    text = (
+        (ROOT / "examples" / "quickstart-local.yaml")
+        .read_text()
+        .replace("maxReplicas: 1", "maxReplicas: 0")
+    )
+    bad = tmp_path / "md.yaml"
+    bad.write_text(text)
+    other = tmp_path / "deploy.yaml"
+    other.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n")
+    assert main(["local", "up", "-f", str(bad), "-f", str(other)]) == 1
+    err = capsys.readouterr().err
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "maxReplicas: 0" in row)
+    assert f"{bad}:{line}: spec.scaling.maxReplicas:" in err
+    assert f"{other}:1: kind: local mode serves" in err and "apps/v1 Deployment" in err
+    assert "Traceback" not in err
+
+
+def test_status_and_down_say_when_nothing_runs(tmp_path: Path) -> None:
+    for command in ("status", "down"):
+        result = _cli(tmp_path, command)
+        assert result.returncode == 1
+        assert "local mode is not running" in result.stderr and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_the_quickstart_runs_the_whole_loop(tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = _start(tmp_path, "--exit-when-done")
+    try:
+        state = _wait_for_state(tmp_path, proc)
+        status = _cli(tmp_path, "status", "-o", "json")
+        assert status.returncode == 0, status.stderr
+        shown = json.loads(status.stdout)
+        assert shown["http"] == state["http"] and shown["grpc"] == state["grpc"]
+        assert set(shown["apiKeys"]) == {"quickstart"} and len(shown["apiKeys"]["quickstart"]) >= 16
+        assert {"name": "tiny-mistral", "tenant": "quickstart"}.items() <= shown["models"][
+            0
+        ].items()
+        kinds = {o["kind"] for o in shown["objects"]}
+        assert kinds == {"Tenant", "ComputeCluster", "ModelDeployment", "FineTuneJob"}
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    elapsed = time.monotonic() - started
+    out = _output(tmp_path)
+    assert proc.returncode == 0, out[-5000:]
+    assert "every step succeeded" in out
+    for question, answer in quickstart_pairs():
+        assert f"tiny-mistral:qa: {question}: {answer!r}" in out, out[-5000:]
+    assert "(no adapter) does not know the trained answers" in out
+    _nothing_left(state)
+    assert not (tmp_path / "local" / "state.json").exists()
+    print(f"quickstart end to end: {elapsed:.0f} s")
 
 
 @pytest.mark.slow
-def test_local_mode_serves_and_answers(
-    ray_session: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    md = tmp_path / "md.yaml"
-    model_dir = tmp_path / "tiny"
-    md.write_text(EMBEDDED.read_text().replace("/tmp/tramontane/tiny-mistral", str(model_dir)))
-    assert main(["local", str(md), "--write-tiny", "--max-tokens", "5", "--prompt", "Bonjour"]) == 0
-    out = capsys.readouterr().out
-    assert (model_dir / "config.json").exists()
-    assert "user> Bonjour" in out
-    usage = re.search(r"\[length\] prompt (\d+) \+ completion (\d+) tokens", out)
-    assert usage is not None, out
-    assert int(usage.group(2)) == 5 and int(usage.group(1)) > 3
+def test_down_stops_local_mode_and_leaves_nothing(tmp_path: Path) -> None:
+    tenant = tmp_path / "tenant.yaml"
+    tenant.write_text(
+        "apiVersion: tramontane.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team}\n"
+        "spec:\n  namespaces: [team]\n  apiKeySecretRefs: [{namespace: team, name: keys}]\n"
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: team}\n"
+        "stringData: {api-key: team-key-0123456789abcdef}\n"
+    )
+    proc = _start(tmp_path, "-f", str(tenant))
+    try:
+        state = _wait_for_state(tmp_path, proc)
+        shown = json.loads(_cli(tmp_path, "status", "-o", "json").stdout)
+        assert shown["apiKeys"] == {"team": "team-key-0123456789abcdef"}
+        assert shown["models"] == []
+        down = _cli(tmp_path, "down", timeout=180)
+        assert down.returncode == 0, down.stderr + _output(tmp_path)[-3000:]
+        assert "nothing left behind" in down.stdout
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    _nothing_left(state)

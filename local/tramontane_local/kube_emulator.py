@@ -5,12 +5,13 @@ the operator relies on: it fills `uid`, `creationTimestamp`, `resourceVersion` a
 `generation` (bumped on spec changes), honours `generateName`, ignores `status` on the main
 resource and everything but `status` on the `/status` subresource (merge and JSON patches),
 serves PUT (replace) with the `metadata.resourceVersion` precondition (409 when stale),
-and validates every created or patched object against its CRD schema — ours from
-`crds/*.yaml`, KubeRay's from the v1.7.0 reference — plus metadata names and labels. A write a
-real server would reject gets a 422 and is recorded in `violations`, which each test asserts
-empty at the end. `faults` inject HTTP errors (and stalls) on chosen requests. A pod's log
-(`GET .../pods/NAME/log`, with `tailLines` and `limitBytes`) is the text a test stores in
-`pod_logs[(namespace, name)]`.
+and validates every created or patched object against its CRD schema — ours generated from the
+API models (what `crds/*.yaml` holds), KubeRay's v1.7.0 RayJob and RayService CRDs shipped in
+`kuberay_crds/` — plus metadata names and labels. A write a real server would reject gets a
+422 and is recorded in `violations` (tests assert it empty at the end). `faults` inject HTTP
+errors (and stalls) on chosen requests. A pod's log (`GET .../pods/NAME/log`, with `tailLines`
+and `limitBytes`) is the text stored in `pod_logs[(namespace, name)]`. It is local mode's API
+server (`apiserver.ApiServer`) and the operator test tier's.
 
 resourceVersions are opaque tokens, not counters, and a watch from one replays the events after
 it (or answers 410 Gone): see `kube_history`.
@@ -27,11 +28,13 @@ import collections
 import contextlib
 import copy
 import datetime
+import functools
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,26 +51,18 @@ from kmock._internal.k8s import (
     KubernetesResourceNotFoundError,
 )
 
-from kube_history import RecordingBus, Versions, gone
+from tramontane_api.crdgen import crd_for
 from tramontane_api.schema import SchemaValidator
+from tramontane_api.v1alpha1 import KINDS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRDS_DIR = REPO_ROOT / "crds"
+from .kube_history import RecordingBus, Versions, gone
 
+# KubeRay v1.7.0's RayJob and RayService CRDs, copied unchanged from the kuberay-operator Helm
+# chart (helm-chart/kuberay-operator/crds/ at tag v1.7.0; Apache License 2.0): see
+# kuberay_crds/README.md.
+KUBERAY_CRD_FILES = ("ray.io_rayjobs.yaml", "ray.io_rayservices.yaml")
 
-def _shared_dir() -> Path:
-    """`shared/` beside the checkout; for a git worktree, beside its main checkout."""
-    git = REPO_ROOT / ".git"
-    roots = [REPO_ROOT]
-    if git.is_file():  # a worktree: "gitdir: <main>/.git/worktrees/<name>"
-        gitdir = Path(git.read_text().partition("gitdir:")[2].strip())
-        roots.append(gitdir.parents[2])
-    return next((r.parent / "shared" for r in roots if (r.parent / "shared").is_dir()), roots[0])
-
-
-KUBERAY_CRDS_DIR = _shared_dir() / "reference" / "kuberay-v1.7.0"
-
-# libyaml where installed: the KubeRay CRDs are megabytes of YAML, parsed at import.
+# libyaml where installed: the KubeRay CRDs are megabytes of YAML.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -77,42 +72,56 @@ _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 @dataclass(frozen=True)
 class CrdInfo:
+    """What the emulator serves of one CRD: its resource, discovery info and schema."""
+
     resource: kmock.resource
     info: kmock.ResourceInfo
     validator: SchemaValidator
     has_status: bool
 
 
+def crd_info(crd: Mapping[str, Any]) -> CrdInfo:
+    """The emulator's view of one CustomResourceDefinition (its storage version)."""
+    names = crd["spec"]["names"]
+    version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
+    subresources = set((version.get("subresources") or {}).keys())
+    return CrdInfo(
+        kmock.resource(crd["spec"]["group"], version["name"], names["plural"]),
+        kmock.ResourceInfo(
+            kind=names["kind"],
+            singular=names.get("singular"),
+            namespaced=crd["spec"]["scope"] == "Namespaced",
+            shortnames=names.get("shortNames", []),
+            categories=names.get("categories", []),
+            subresources=subresources,
+            verbs=_VERBS,
+        ),
+        SchemaValidator(version["schema"]["openAPIV3Schema"]),
+        "status" in subresources,
+    )
+
+
 def load_crds(paths: Iterable[Path]) -> list[CrdInfo]:
-    out = []
-    for path in sorted(paths):
-        crd = yaml.load(path.read_text(), Loader=YAML_LOADER)
-        names = crd["spec"]["names"]
-        version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
-        subresources = set((version.get("subresources") or {}).keys())
-        out.append(
-            CrdInfo(
-                kmock.resource(crd["spec"]["group"], version["name"], names["plural"]),
-                kmock.ResourceInfo(
-                    kind=names["kind"],
-                    singular=names.get("singular"),
-                    namespaced=crd["spec"]["scope"] == "Namespaced",
-                    shortnames=names.get("shortNames", []),
-                    categories=names.get("categories", []),
-                    subresources=subresources,
-                    verbs=_VERBS,
-                ),
-                SchemaValidator(version["schema"]["openAPIV3Schema"]),
-                "status" in subresources,
-            )
-        )
-    return out
+    """The CRDs in these YAML files, in file name order."""
+    return [crd_info(yaml.load(p.read_text(), Loader=YAML_LOADER)) for p in sorted(paths)]
 
 
-OUR_CRDS = load_crds(CRDS_DIR.glob("*.yaml"))
-KUBERAY_CRDS = load_crds(KUBERAY_CRDS_DIR.glob("ray.io_*.yaml"))
-if not KUBERAY_CRDS:  # no KubeRay kinds: every member would look like it lacks KubeRay
-    raise RuntimeError(f"no KubeRay CRDs in {KUBERAY_CRDS_DIR}")
+@functools.cache
+def our_crds() -> tuple[CrdInfo, ...]:
+    """Tramontane's CRDs, generated from the API models (what `crds/*.yaml` holds)."""
+    return tuple(crd_info(crd_for(kind)) for kind in KINDS)
+
+
+@functools.cache
+def kuberay_crds() -> tuple[CrdInfo, ...]:
+    """KubeRay v1.7.0's RayJob and RayService CRDs, from this package's data."""
+    files = resources.files("tramontane_local").joinpath("kuberay_crds")
+    return tuple(
+        crd_info(yaml.load(files.joinpath(name).read_text(), Loader=YAML_LOADER))
+        for name in KUBERAY_CRD_FILES
+    )
+
+
 CORE = {
     "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=_VERBS),
     "v1/secrets": kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=_VERBS),
@@ -248,7 +257,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         data = await raw.json() if raw.can_read_body else None
         return self._serve_namespace(raw.method, namespace_path.group(1), data)
 
-    async def _watch_namespaces(self, raw: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+    async def _watch_namespaces(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         """A watch of Namespaces (Kopf's namespace observer, when it watches some namespaces):
         held open until its timeout with no events; no test changes namespaces meanwhile."""
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -427,6 +436,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         resource = request.resource
         assert resource is not None  # a watch is of a resource; for the type checker
         bus = self._buses[resource]
+        assert isinstance(bus, RecordingBus)  # every bus is made one; for the type checker
         since = str(request.params.get("resourceVersion") or "")
         async with self._lock:  # every write puts its event under this lock: none is missed
             if since in ("", "0"):

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import kmock
+from kmock._internal.aiobus import Bus
 
 HISTORY = 5000  # events kept per resource; a watch from before them gets 410 Gone
 
@@ -67,7 +67,7 @@ class Versions:
 
 
 @attrs.define(eq=False)
-class RecordingBus(kmock.Bus[Any]):
+class RecordingBus(Bus[Any]):
     """KMock's event bus of one resource, keeping its last `HISTORY` events in order."""
 
     versions: Versions = attrs.field(kw_only=True)
