@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -97,11 +96,12 @@ def _operator_settings(server: str) -> Any:
         "backoff_max_s": 5.0,
         "resync_interval_s": 30.0,
         "retry_delay_s": 0.3,
+        # file:// URIs are read by the operator in local mode only (docs/trust-model.md).
+        "local_mode": True,
+        # The local API server calls no admission webhook: `local up` checks the files as
+        # `tramontane validate` does before applying them.
+        "webhook_port": None,
     }
-    if "local_mode" in {f.name for f in dataclasses.fields(OperatorSettings)}:
-        values["local_mode"] = True
-    else:
-        os.environ[LOCAL_MODE_ENV] = "true"  # file:// URIs are read in local mode only
     return OperatorSettings(**values)
 
 

@@ -237,9 +237,17 @@ class ModelDeployments:
         failed = failed_clusters(list(observed.values()), md)
         decision = place(md, list(views.values()), _current(md, observed), failed)
         # Held from now on, not from when the status comes back; pools still running where
-        # they are no longer placed hold their GPUs until they are gone.
+        # they are no longer placed hold their GPUs until they are gone, and so do pools in
+        # clusters that cannot be read now (they may well run: the last status, or what the
+        # ledger held there, says how big).
         running = pool_gpus(md, _existing(observed))
-        placed = merge_clusters(pool_gpus(md, decision.replicas), running)
+        unseen = {c for c, pool in observed.items() if not pool.reachable}
+        last = {c: n for c, n in current_replicas(md).items() if c in unseen}
+        before = rt.ledger.get(workload.key)
+        kept = {c: g for c, g in (before.clusters if before else {}).items() if c in unseen}
+        placed = merge_clusters(
+            pool_gpus(md, decision.replicas), running, pool_gpus(md, last), kept
+        )
         rt.ledger.hold(dataclasses.replace(workload, clusters=placed))
         return dataclasses.replace(decision, message=decision.message + note) if note else decision
 

@@ -24,10 +24,12 @@ from tramontane_operator.quotas import (
     workload_of_model_deployment,
 )
 
-from .finetunejob import finished, holds_quota, was_validated
+from .conditions import find
+from .finetunejob import ADMITTED, FtjReason, finished, holds_quota, was_validated
 from .finetunejob_inputs import AdmissionResult
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NO_CLUSTER = FtjReason.NO_ELIGIBLE_CLUSTER
 
 
 def created_at(obj: FineTuneJob | ModelDeployment) -> datetime:
@@ -79,6 +81,13 @@ def job_queues(job: FineTuneJob) -> bool:
     )
 
 
+def unplaceable(job: FineTuneJob) -> bool:
+    """Whether the job's last decision found its quota but no cluster: it holds no place in
+    its tenant's queue (BestEffortFIFO: what cannot run does not hold back what can)."""
+    cond = find(job.status.conditions if job.status else None, ADMITTED)
+    return cond is not None and cond.status == "False" and cond.reason == NO_CLUSTER
+
+
 def waiting(
     namespaces: Iterable[str],
     jobs: Iterable[FineTuneJob],
@@ -94,7 +103,9 @@ def waiting(
         if (md.metadata.namespace or "") in owned and not _deleting(md)
     ]
     out += [
-        job_workload(j) for j in jobs if (j.metadata.namespace or "") in owned and job_queues(j)
+        job_workload(j)
+        for j in jobs
+        if (j.metadata.namespace or "") in owned and job_queues(j) and not unplaceable(j)
     ]
     return [w for w in out if w.key not in holding]
 
