@@ -24,6 +24,8 @@ the members by free GPUs) are created at once through the hub's API. Figures:
 
     .venv/bin/python bench/operator_reconcile.py --quick     # 100 ModelDeployments
     .venv/bin/python bench/operator_reconcile.py             # 1,000
+    TRAMONTANE_BENCH_PROFILE=/tmp/op.prof .venv/bin/python bench/operator_reconcile.py
+                                                # the operator under cProfile (pstats file)
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from tramontane_kube import (  # noqa: E402
 
 MDS = "tramontane.dev/v1alpha1/modeldeployments"
 LEASES = "coordination.k8s.io/v1/leases"
+PROFILE_ENV = "TRAMONTANE_BENCH_PROFILE"
 CONCURRENCY = 32
 
 
@@ -112,6 +115,15 @@ async def wait_operator_ready(
         if held and len(reachable) == len(clusters.all) and all(reachable):
             return time.perf_counter() - start
         await asyncio.sleep(0.2)
+
+
+def operator_argv(metrics_port: int) -> list[str]:
+    """The operator's command line; under cProfile when `TRAMONTANE_BENCH_PROFILE` names the
+    file to write the profile to (at the operator's graceful stop)."""
+    profile = os.environ.get(PROFILE_ENV)
+    python = [sys.executable, "-m", "cProfile", "-o", profile] if profile else [sys.executable]
+    return [*python, "-m", "tramontane_cli.main", "operator", "run", "-A",
+            f"--metrics-port={metrics_port}", "--liveness-port=0"]  # fmt: skip
 
 
 def operator_env(kubeconfig: str, **extra: str) -> dict[str, str]:
@@ -239,10 +251,8 @@ async def _run(n: int, idle_s: float, timeout_s: float, log_path: str | None) ->
             handle.write(clusters[HUB].kubeconfig())
         env = operator_env(handle.name)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tramontane_cli.main", "operator", "run", "-A",
-            f"--metrics-port={metrics}", "--liveness-port=0",
-            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
-        )  # fmt: skip
+            *operator_argv(metrics), env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log_file
+        )
         session = aiohttp.ClientSession()
         waited = await wait_operator_ready(proc, clusters, session, metrics)
         _log(f"operator elected and connected after {waited:.1f}s")
