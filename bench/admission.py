@@ -163,6 +163,7 @@ class Seen:
     admitted_at: float | None = None  # first seen admitted (monotonic)
     queued: bool = False  # seen Queued (or validated and waiting) at least once
     released_at: float | None = None
+    gone_at: float | None = None  # its DELETED event (the operator removed its finalizer)
 
 
 @dataclass
@@ -177,6 +178,12 @@ class Tracker:
 
     def settled(self) -> int:
         return sum(1 for w in self.workloads.values() if w.admitted_at is not None or w.queued)
+
+    def gone(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        w = self.workloads.get((kind, meta.get("namespace") or "", meta.get("name") or ""))
+        if w is not None and w.gone_at is None:
+            w.gone_at = time.monotonic()
 
     def see(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -205,6 +212,8 @@ async def _watch(client: KubeClient, ref: ResourceRef, kind: str, tracker: Track
             async for event in client.watch(ref, None):
                 if event.get("type") in ("ADDED", "MODIFIED"):
                     tracker.see(kind, event.get("object") or {})
+                elif event.get("type") == "DELETED":
+                    tracker.gone(kind, event.get("object") or {})
         await asyncio.sleep(0.1)
 
 
@@ -372,6 +381,12 @@ async def run_e2e(
             latencies += [a - r for a, r in zip(adm, rel, strict=False)]
             latest += [a - max((r for r in rel if r <= a), default=a) for a in adm]
         last = max((w.admitted_at or 0.0 for w in measured), default=release_start)
+        # How much of it is the deletion itself (cleanup in every cluster, the finalizer).
+        to_gone = sorted(
+            w.gone_at - w.released_at
+            for w in workloads.values()
+            if w.gone_at is not None and w.released_at is not None
+        )
         span = last - release_start
         return {
             "e2e_workloads": n,
@@ -385,6 +400,8 @@ async def run_e2e(
             "e2e_admit_p50_s": round(statistics.median(latencies), 3) if latencies else None,
             "e2e_admit_p95_s": round(_pctl(latencies, 0.95), 3) if latencies else None,
             "e2e_admit_max_s": round(max(latencies), 3) if latencies else None,
+            "e2e_release_to_gone_p50_s": round(statistics.median(to_gone), 3) if to_gone else None,
+            "e2e_release_to_gone_p95_s": round(_pctl(to_gone, 0.95), 3) if to_gone else None,
             "e2e_admit_p95_latest_release_s": round(_pctl(latest, 0.95), 3) if latest else None,
             "e2e_operator_cpu_pct": round(operator_cpu, 1),
             "e2e_operator_cpu_ms_per_admission": round(
