@@ -24,6 +24,8 @@ the members by free GPUs) are created at once through the hub's API. Figures:
 
     .venv/bin/python bench/operator_reconcile.py --quick     # 100 ModelDeployments
     .venv/bin/python bench/operator_reconcile.py             # 1,000
+    TRAMONTANE_BENCH_PROFILE=/tmp/op.prof .venv/bin/python bench/operator_reconcile.py
+                                                # the operator under cProfile (pstats file)
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ from tramontane_kube import (  # noqa: E402
 )
 
 MDS = "tramontane.dev/v1alpha1/modeldeployments"
+LEASES = "coordination.k8s.io/v1/leases"
+PROFILE_ENV = "TRAMONTANE_BENCH_PROFILE"
 CONCURRENCY = 32
 
 
@@ -81,13 +85,56 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def _reconciles(session: aiohttp.ClientSession, port: int) -> float:
+async def _metric(session: aiohttp.ClientSession, port: int, prefix: str) -> list[float]:
+    """The values of every sample of the operator's metrics whose line starts with `prefix`."""
     async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
         text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith('tramontane_reconcile_duration_seconds_count{kind="ModelDeployment"}'):
-            return float(line.split()[-1])
-    return 0.0
+    return [float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)]
+
+
+async def _reconciles(session: aiohttp.ClientSession, port: int) -> float:
+    prefix = 'tramontane_reconcile_duration_seconds_count{kind="ModelDeployment"}'
+    return sum(await _metric(session, port, prefix))
+
+
+async def wait_operator_ready(
+    proc: asyncio.subprocess.Process, clusters: Clusters, session: aiohttp.ClientSession, port: int
+) -> float:
+    """Wait until the operator holds its Lease and found every cluster reachable (its control
+    loop runs); seconds waited. Raises if the operator exited."""
+    start = time.perf_counter()
+    while True:
+        if proc.returncode is not None:
+            raise RuntimeError(f"the operator exited ({proc.returncode}): see --operator-log")
+        leases = clusters.hub.emulator.stored_all(LEASES)
+        held = any((lease.get("spec") or {}).get("holderIdentity") for lease in leases)
+        try:
+            reachable = await _metric(session, port, "tramontane_cluster_reachable{")
+        except aiohttp.ClientError:
+            reachable = []
+        if held and len(reachable) == len(clusters.all) and all(reachable):
+            return time.perf_counter() - start
+        await asyncio.sleep(0.2)
+
+
+def operator_argv(metrics_port: int) -> list[str]:
+    """The operator's command line; under cProfile when `TRAMONTANE_BENCH_PROFILE` names the
+    file to write the profile to (at the operator's graceful stop)."""
+    profile = os.environ.get(PROFILE_ENV)
+    python = [sys.executable, "-m", "cProfile", "-o", profile] if profile else [sys.executable]
+    return [*python, "-m", "tramontane_cli.main", "operator", "run", "-A",
+            f"--metrics-port={metrics_port}", "--liveness-port=0"]  # fmt: skip
+
+
+def operator_env(kubeconfig: str, **extra: str) -> dict[str, str]:
+    """The operator's environment: the hub, its cluster name, and the Lease's namespace."""
+    return {
+        **os.environ,
+        "KUBECONFIG": kubeconfig,
+        "TRAMONTANE_CLUSTER_NAME": HUB,
+        "POD_NAMESPACE": SYSTEM_NS,  # leader election: the Lease lives there
+        **extra,
+    }
 
 
 async def _bounded(items: list[Any], fn: Any) -> None:
@@ -202,20 +249,14 @@ async def _run(n: int, idle_s: float, timeout_s: float, log_path: str | None) ->
         await _platform(api, clusters, gpus=10 * n)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
             handle.write(clusters[HUB].kubeconfig())
-        env = {**os.environ, "KUBECONFIG": handle.name, "TRAMONTANE_CLUSTER_NAME": HUB}
+        env = operator_env(handle.name)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tramontane_cli.main", "operator", "run", "-A",
-            f"--metrics-port={metrics}", "--liveness-port=0",
-            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
-        )  # fmt: skip
+            *operator_argv(metrics), env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log_file
+        )
         session = aiohttp.ClientSession()
-        while True:  # wait until the operator serves metrics and saw its clusters
-            try:
-                await _reconciles(session, metrics)
-                break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.2)
-        await asyncio.sleep(2.0)
+        waited = await wait_operator_ready(proc, clusters, session, metrics)
+        _log(f"operator elected and connected after {waited:.1f}s")
+        await asyncio.sleep(1.0)
         await kuberay.start()
         before = await _reconciles(session, metrics)
         cpu_start = _cpu_seconds(proc.pid)
