@@ -16,7 +16,7 @@ import pytest
 
 from fake_rayjob import RAYJOBS, FakeRayJobs
 from kube_emulator import Fault
-from manifests import AKS, NS, ONPREM, model_deployment, operator_settings, tenant
+from manifests import AKS, HUB, NS, ONPREM, model_deployment, operator_settings, tenant
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
 from test_finetunejob import job
 from tramontane_kube import (
@@ -304,3 +304,56 @@ async def test_a_restart_rebuilds_the_ledger_from_the_children(
     assert rayservices(clusters) == [(AKS, "chat")]
     assert ftj_status(clusters, "tune")["phase"] in ("Running", "Succeeded")
     assert ftj_status(clusters, "next")["queuePosition"] == 1
+
+
+# Regressions found by the property tests (tests/unit/test_ledger_properties.py), each
+# expected to fail until its bug is fixed.
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an admitted deployment grows past its quota")
+async def test_growing_an_admitted_deployment_stays_within_the_quota(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay, operator: OperatorRun
+) -> None:
+    await api.create(TENANT, tenant({"gpus": {"H100": 2}}))
+    scaling = {"replicas": 2, "minReplicas": 1, "maxReplicas": 2}
+    await api.create(MODELDEPLOYMENT, model_deployment("chat", scaling=scaling))
+    await eventually(lambda: md_status(clusters, "chat").get("phase") == "Ready", timeout_s=20)
+    # 4 x 1 H100 wanted of a quota of 2: the growth must not be admitted as it is.
+    await api.patch(MODELDEPLOYMENT, NS, "chat", {"spec": {"scaling": {"maxReplicas": 4}}})
+    status = await eventually(
+        lambda: (
+            md_status(clusters, "chat").get("observedGeneration") == 2
+            and md_status(clusters, "chat")
+        )
+    )
+    stored = clusters.hub.emulator.stored(MDS, NS, "chat") or {}
+    admitted = status["phase"] != "Queued"
+    wanted = stored["spec"]["scaling"]["maxReplicas"] if admitted else 0
+    assert wanted <= 2, f"{wanted} H100s admitted of a quota of 2 ({status['phase']})"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an unplaceable job blocks its tenant's queue")
+async def test_a_job_no_cluster_can_take_does_not_hold_back_its_tenant(
+    tmp_path: Path,
+    clusters: Clusters,
+    api: KubeClient,
+    kuberay: FakeKubeRay,
+    rayjobs: FakeRayJobs,
+    operator: OperatorRun,
+) -> None:
+    await api.create(TENANT, tenant({"gpus": {"H100": 1}}))
+    # The hub has no H100s: the job fits the quota, but no cluster.
+    await api.create(FINETUNEJOB, job(tmp_path, placement={"clusters": [HUB]}))
+    status = await eventually(
+        lambda: (
+            ftj_status(clusters, "tune").get("phase") == "Queued" and ftj_status(clusters, "tune")
+        ),
+        timeout_s=20,
+    )
+    admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")
+    assert admitted["reason"] == "NoEligibleCluster"
+    # A younger deployment that fits the quota (1 of 1) and AKS: nothing holds it back.
+    scaling = {"replicas": 1, "minReplicas": 1, "maxReplicas": 1}
+    await api.create(MODELDEPLOYMENT, model_deployment("chat", scaling=scaling))
+    phase = await eventually(lambda: md_status(clusters, "chat").get("phase"), timeout_s=20)
+    assert phase != "Queued", md_status(clusters, "chat")
