@@ -433,8 +433,10 @@ class World:
             assert held <= self.capacity[c], f"{c}: {held} GPUs held of {self.capacity[c]}"
 
     def ghosts(self) -> set[str]:
-        """Clusters running a pool of a live deployment that the ledger does not count there
-        (it was unreachable when the deployment was placed elsewhere or nowhere)."""
+        """Clusters running a pool of a live deployment that the ledger or the deployment's
+        status does not count there: it was unreachable when the deployment was placed
+        elsewhere or nowhere (what a restart rebuilds there then depends on whether the
+        cluster answers at that moment)."""
         out = set()
         for c in CLUSTERS:
             for key, child in self.children[c].items():
@@ -445,7 +447,9 @@ class World:
                 runs = (md.spec.resources.gpu.count if md.spec.resources.gpu else 0) * replicas
                 entry = self.rt.ledger.get(key)
                 held = entry.clusters.get(c, {}).get(GPU, 0) if entry is not None else 0
-                if runs > held:
+                pools = (md.status.clusters if md.status else None) or []
+                listed = {p.name: p.desired_replicas for p in pools}
+                if runs > held or replicas > listed.get(c, 0):
                     out.add(c)
         return out
 
