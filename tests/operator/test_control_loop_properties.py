@@ -9,7 +9,8 @@ restart the operator, finish a RayJob. Between steps and while settling, the emu
 polled and every observed state is checked:
 
 - per tenant, the GPUs of admitted workloads (ModelDeployments past Queued: maxReplicas x
-  gpu.count; FineTuneJobs with Admitted=True) are within its quota;
+  gpu.count; FineTuneJobs with Admitted=True that are not finished: a finished job keeps
+  the condition but holds nothing) are within its quota;
 - per cluster, the GPUs the children ask for (RayService worker replicas x nvidia.com/gpu;
   RayJobs neither suspended nor finished — KubeRay deletes their Ray cluster) are within the
   ComputeCluster's capacity;
@@ -22,7 +23,7 @@ RayService per placed cluster, at most one RayJob).
 Shape: hypothesis and pytest-asyncio's per-test event loop do not mix (a `@given` async test
 would share one set of function-scoped fixtures between examples), so this is one sync test
 under `@given` whose every example builds its own clusters, fakes and operator inside
-`asyncio.run` and tears them down: examples share nothing. Few examples (each runs ~10-20 s
+`asyncio.run` and tears them down: examples share nothing. Few examples (each runs ~5-10 s
 of real operator time); the whole module stays within ~2-3 minutes on 2 cores.
 """
 
@@ -387,9 +388,16 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def admitted(kind: str, obj: dict[str, Any]) -> bool:
+    """Whether the status says the workload holds its tenant's quota. A FineTuneJob: Admitted
+    and neither finished nor suspended (a finished job keeps Admitted=True in its status, but
+    holds nothing: `reconcile.finetunejob.holds_quota`)."""
+    phase = (obj.get("status") or {}).get("phase")
     if kind == "ModelDeployment":
-        return (obj.get("status") or {}).get("phase") not in (None, "Queued")
-    return condition(obj, "Admitted").get("status") == "True"
+        return phase not in (None, "Queued")
+    return condition(obj, "Admitted").get("status") == "True" and phase not in RELEASED
+
+
+RELEASED = frozenset({"Succeeded", "Failed", "FailedValidation", "Cancelled", "Suspended"})
 
 
 def wanted(kind: str, obj: dict[str, Any]) -> int:
