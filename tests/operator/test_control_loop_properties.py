@@ -464,7 +464,7 @@ async def run_program(tmp: Path, quotas: list[int], steps: list[tuple[Any, ...]]
 
 @pytest.mark.slow
 @settings(
-    max_examples=15,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

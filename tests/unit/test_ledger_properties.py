@@ -601,8 +601,8 @@ def run(world: World, program: list[tuple[Any, ...]]) -> None:
 _PICKS = {"delete", "priority", "scale", "grow", "finish", "reconcile"}
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(world_st, st.lists(step_st, min_size=1, max_size=40))
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(world_st, st.lists(step_st, min_size=5, max_size=40))
 def test_random_interleavings_keep_quotas_capacity_and_the_ledger(
     shape: tuple[list[int], list[int], list[Any]], program: list[tuple[Any, ...]]
 ) -> None:
