@@ -179,7 +179,8 @@ async def test_submit_and_wait_until_it_fails(
     _, err = capsys.readouterr()
     assert code == 1
     assert err.splitlines()[-1] == (
-        "finetunejob tune Failed: TrainingFailed: CUDA out of memory at step 7")
+        "finetunejob tune Failed: TrainingFailed: CUDA out of memory at step 7"
+    )
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -187,8 +188,13 @@ async def test_submit_refuses_bad_input_before_creating_anything(
     tmp_path: Path, clusters: Clusters, api: KubeClient, home: Path, capsys: Any,
     user_kubeconfig: Path,
 ) -> None:  # fmt: skip
-    code, _, err = await cli(capsys, "finetune", "submit", "-f", str(tmp_path / "nope.yaml"), "--local")
-    assert code == 2 and err.strip() == f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
+    code, _, err = await cli(
+        capsys, "finetune", "submit", "-f", str(tmp_path / "nope.yaml"), "--local"
+    )
+    assert (
+        code == 2
+        and err.strip() == f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
+    )
 
     bad = manifest(tmp_path, "bad", hyperparameters={"trainingSteps": 100, "batchSize": 0})
     line = bad.read_text().splitlines().index("    batchSize: 0") + 1
@@ -202,7 +208,9 @@ async def test_submit_refuses_bad_input_before_creating_anything(
 
     # Against a cluster, file:// is nobody's file: refused, with what to do.
     good = manifest(tmp_path, "good")
-    code, _, err = await cli(capsys, "finetune", "submit", "-f", str(good), "--kubeconfig", str(user_kubeconfig))
+    code, _, err = await cli(
+        capsys, "finetune", "submit", "-f", str(good), "--kubeconfig", str(user_kubeconfig)
+    )
     assert code == 1 and err.strip() == (
         f"{good}: spec.trainingFiles[0].uri: {(tmp_path / 'good.jsonl').as_uri()}: file:// is only "
         "readable in local mode (--local); put it where the cluster can read it (az://, s3://, "
@@ -212,10 +220,15 @@ async def test_submit_refuses_bad_input_before_creating_anything(
     body = yaml.safe_load(good.read_text())
     body["metadata"]["namespace"] = NS
     placed.write_text(yaml.safe_dump(body))
-    code, _, err = await cli(capsys, "finetune", "submit", "-f", str(placed), "--local", "-n", "other")
+    code, _, err = await cli(
+        capsys, "finetune", "submit", "-f", str(placed), "--local", "-n", "other"
+    )
     assert code == 2 and err.strip() == (
-        f"--namespace: other does not match the manifest's metadata.namespace {NS}")
-    code, _, err = await cli(capsys, "finetune", "submit", "-f", str(good), "--interval", "0", "--local")
+        f"--namespace: other does not match the manifest's metadata.namespace {NS}"
+    )
+    code, _, err = await cli(
+        capsys, "finetune", "submit", "-f", str(good), "--interval", "0", "--local"
+    )
     assert code == 2 and "--interval: must be a positive number, got '0'" in err
     code, _, err = await cli(capsys, "get", "pods", "--local")
     assert code == 1 and err.strip().startswith("KIND: unknown kind 'pods'; known: md, ftj")
@@ -230,7 +243,8 @@ async def test_commands_without_a_usable_cluster(
     monkeypatch.setenv("TRAMONTANE_HOME", str(tmp_path / "none"))
     code, _, err = await cli(capsys, "finetune", "list", "--local")
     assert code == 2 and err.startswith(
-        "local mode is not running: start it with tramontane local up")
+        "local mode is not running: start it with tramontane local up"
+    )
     config = tmp_path / "kc"
     config.write_text(yaml.safe_dump(kubeconfig(clusters)))
     code, _, err = await cli(capsys, "get", "md", "--kubeconfig", str(config), "--context", "gone")
@@ -265,7 +279,9 @@ async def test_cancel_logs_and_get_all_kinds(
     finally:
         await member.close()
     clusters[AKS].emulator.pod_logs[(NS, "tune-x1")] = "step 1 loss 2.0\n"
-    code, out, err = await cli(capsys, "finetune", "logs", "tune", "--kubeconfig", str(user_kubeconfig))
+    code, out, err = await cli(
+        capsys, "finetune", "logs", "tune", "--kubeconfig", str(user_kubeconfig)
+    )
     assert code == 0 and out == "step 1 loss 2.0\n", err
     only_hub = tmp_path / "hub-only"
     only_hub.write_text(yaml.safe_dump(kubeconfig(clusters)))
@@ -279,12 +295,16 @@ async def test_cancel_logs_and_get_all_kinds(
     code, out, _ = await cli(capsys, "get", "cc", AKS, "--local")
     assert code == 0 and out.startswith(f"ComputeCluster {AKS}\n") and "Conditions:" in out
     code, out, _ = await cli(capsys, "get", "computeclusters", "--local", "-o", "json")
-    assert code == 0 and {i["metadata"]["name"] for i in json.loads(out)["items"]} >= {AKS, "onprem"}
+    assert code == 0 and {i["metadata"]["name"] for i in json.loads(out)["items"]} >= {
+        AKS,
+        "onprem",
+    }
 
     # cancel: the job goes, and the operator stops its RayJob
     code, out, _ = await cli(capsys, "finetune", "cancel", "tune", "--local")
     assert code == 0 and out.strip() == (
-        f"finetunejob {NS}/tune cancelled: the operator stops RayJob tune in cluster {AKS}")
+        f"finetunejob {NS}/tune cancelled: the operator stops RayJob tune in cluster {AKS}"
+    )
     await eventually(lambda: rayjob(clusters) is None)
     await eventually(lambda: clusters.hub.emulator.stored(FTJS, NS, "tune") is None)
     code, _, err = await cli(capsys, "finetune", "cancel", "tune", "--local")
@@ -308,8 +328,17 @@ async def test_kubectl_finds_the_plugin(
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": os.pathsep.join(paths)}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        "kubectl", "tramontane", "get", "cc", "--kubeconfig", str(user_kubeconfig), "-o", "json",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "kubectl",
+        "tramontane",
+        "get",
+        "cc",
+        "--kubeconfig",
+        str(user_kubeconfig),
+        "-o",
+        "json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()

@@ -408,3 +408,70 @@ async def test_a_grown_max_replicas_gets_only_what_the_quota_has_left(
     # Room frees: the cap lifts.
     await api.delete(MODELDEPLOYMENT, NS, "second")
     await eventually(lambda: md_status(clusters, "first").get("replicas") == 4, timeout_s=20)
+
+
+# Regressions found by the property tests (tests/unit/test_ledger_properties.py); the growth
+# of an admitted deployment is test_a_grown_max_replicas_gets_only_what_the_quota_has_left.
+
+
+async def test_a_job_no_cluster_can_take_does_not_hold_back_its_tenant(
+    tmp_path: Path,
+    clusters: Clusters,
+    api: KubeClient,
+    kuberay: FakeKubeRay,
+    rayjobs: FakeRayJobs,
+    operator: OperatorRun,
+) -> None:
+    await api.create(TENANT, tenant({"gpus": {"H100": 1}}))
+    # The hub has no H100s: the job fits the quota, but no cluster.
+    await api.create(FINETUNEJOB, job(tmp_path, placement={"clusters": [HUB]}))
+    status = await eventually(
+        lambda: (
+            ftj_status(clusters, "tune").get("phase") == "Queued" and ftj_status(clusters, "tune")
+        ),
+        timeout_s=20,
+    )
+    admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")
+    assert admitted["reason"] == "NoEligibleCluster"
+    # A younger deployment that fits the quota (1 of 1) and AKS: nothing holds it back.
+    scaling = {"replicas": 1, "minReplicas": 1, "maxReplicas": 1}
+    await api.create(MODELDEPLOYMENT, model_deployment("chat", scaling=scaling))
+    phase = await eventually(lambda: md_status(clusters, "chat").get("phase"), timeout_s=20)
+    assert phase != "Queued", md_status(clusters, "chat")
+
+
+async def test_a_pool_left_behind_an_outage_keeps_its_gpus_counted(
+    clusters: Clusters, api: KubeClient, kuberay: FakeKubeRay, operator: OperatorRun
+) -> None:
+    spread = {"clusterSelector": {"matchLabels": {"tier": "gpu"}}, "strategy": "Spread"}
+    eight = {"replicas": 8, "minReplicas": 1, "maxReplicas": 8}
+    await api.create(MODELDEPLOYMENT, model_deployment("a", placement=spread, scaling=eight))
+    await eventually(lambda: rayservices(clusters) == [(AKS, "a")], timeout_s=20)
+    # AKS goes away with a's pool in it (and, here, that pool cannot be deleted after either:
+    # it stays, as a pool does while its cluster is unreachable).
+    undeletable = Fault("DELETE", f"/namespaces/{NS}/rayservices/a", status=500, times=10_000)
+    clusters[AKS].emulator.faults.append(undeletable)
+    await clusters[AKS].stop()
+    # a fails over to onprem; its pool in AKS stays listed, left behind (it may run).
+    pools = await eventually(
+        lambda: (
+            [(p["name"], p.get("state")) for p in md_status(clusters, "a").get("clusters") or []]
+            if md_status(clusters, "a").get("clusterNames") == ONPREM
+            else None
+        ),
+        timeout_s=20,
+    )
+    assert pools == [(ONPREM, pools[0][1]), (AKS, "Unreachable")], pools
+    # Meanwhile b is pinned to AKS, whose 8 H100s a's pool still takes.
+    pinned = {"clusters": [AKS], "strategy": "Pinned"}
+    await api.create(MODELDEPLOYMENT, model_deployment("b", placement=pinned, scaling=eight))
+    await eventually(lambda: md_status(clusters, "b").get("phase"), timeout_s=20)
+    await clusters[AKS].start()
+
+    def b_decided_with_aks_back() -> bool:
+        conditions = md_status(clusters, "b").get("conditions") or []
+        healthy = all("unhealthy" not in (c.get("message") or "") for c in conditions)
+        return (AKS, "b") in rayservices(clusters) or (bool(conditions) and healthy)
+
+    await eventually(b_decided_with_aks_back, timeout_s=20)
+    assert gpus_in(clusters, AKS) <= 8, rayservices(clusters)

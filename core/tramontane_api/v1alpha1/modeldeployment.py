@@ -263,6 +263,11 @@ class ModelDeploymentStatus(ApiModel):
     queue_position: int | None = Field(
         default=None, description="1-based place in the tenant's queue while Queued."
     )
+    quota_gpus: int | None = Field(
+        default=None,
+        description="GPUs counted against the tenant's quota once admitted (maxReplicas x "
+        "gpu.count, less while a grown maxReplicas is capped by the quota).",
+    )
 
 
 class ModelDeployment(Resource):

@@ -35,7 +35,7 @@ from tramontane_operator.builders.labels import (
 from tramontane_operator.kube import MemberCluster
 from tramontane_operator.placement import pool_gpus
 from tramontane_operator.quotas.ledger import GpusPerCluster, merge_clusters, rebuild
-from tramontane_operator.reconcile.admission import job_workload, md_workload
+from tramontane_operator.reconcile.admission import admitted_md_workload, job_workload
 from tramontane_operator.reconcile.finetunejob import finished
 
 from .computecluster import ComputeClusters
@@ -127,7 +127,8 @@ async def durable_state(
                 if gpus is not None:
                     key, held = gpus
                     found[key] = merge_clusters(found.get(key, {}), held)
-    workloads = [md_workload(m) for m in mds.values()] + [job_workload(j) for j in jobs.values()]
+    workloads = [admitted_md_workload(m) for m in mds.values()]
+    workloads += [job_workload(j) for j in jobs.values()]
     return workloads, found
 
 

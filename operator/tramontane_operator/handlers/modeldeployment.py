@@ -184,11 +184,10 @@ class ModelDeployments:
                 raise Retry(str(exc)) from exc
             try:
                 errors = await _apply(rt, md, desired, observed)
-                pools = [observed[c] for c in decision.replicas if c in observed]
                 if not write_status:
                     scope.outcome = "children"
                     return
-                status = compute_status(md, decision, pools, previous, now, adapter_uris)
+                status = pass_status(md, decision, observed, previous, now, adapter_uris, rt.ledger)
                 await _write_status(rt, raw, previous, status)
             except (ApiError, Unreachable) as exc:  # the hub itself failed us: retry
                 scope.outcome = "retry"
@@ -238,18 +237,53 @@ class ModelDeployments:
         decision = place(md, list(views.values()), _current(md, observed), failed)
         # Held from now on, not from when the status comes back; pools still running where
         # they are no longer placed hold their GPUs until they are gone, and so do pools in
-        # clusters that cannot be read now (they may well run: the last status, or what the
-        # ledger held there, says how big).
+        # clusters that cannot be read now: they may well run (the status lists them, see
+        # `_left_behind`, so a restart counts them too).
         running = pool_gpus(md, _existing(observed))
-        unseen = {c for c, pool in observed.items() if not pool.reachable}
-        last = {c: n for c, n in current_replicas(md).items() if c in unseen}
-        before = rt.ledger.get(workload.key)
-        kept = {c: g for c, g in (before.clusters if before else {}).items() if c in unseen}
-        placed = merge_clusters(
-            pool_gpus(md, decision.replicas), running, pool_gpus(md, last), kept
-        )
+        unseen = _left_behind(md, observed, decision.replicas)
+        placed = merge_clusters(pool_gpus(md, decision.replicas), running, pool_gpus(md, unseen))
         rt.ledger.hold(dataclasses.replace(workload, clusters=placed))
         return dataclasses.replace(decision, message=decision.message + note) if note else decision
+
+
+def pass_status(
+    md: ModelDeployment,
+    decision: PlacementDecision,
+    observed: Mapping[str, ObservedPool],
+    previous: ModelDeploymentStatus | None,
+    now: datetime,
+    adapter_uris: Mapping[str, str] | None,
+    ledger: Ledger,
+) -> ModelDeploymentStatus:
+    """The status a pass writes: its pools, those left behind in unreachable clusters, and
+    the GPUs the ledger counts it for against its tenant's quota."""
+    pools = [observed[c] for c in decision.replicas if c in observed]
+    behind = _left_behind(md, observed, decision.replicas)
+    status = compute_status(md, decision, pools, previous, now, adapter_uris, behind)
+    return with_quota(status, ledger, md)
+
+
+def _left_behind(
+    md: ModelDeployment, observed: Mapping[str, ObservedPool], placed: Mapping[str, int]
+) -> dict[str, int]:
+    """Pools the last status lists in clusters that cannot be read now, not placed there
+    any more: replicas per cluster (they may run until their cluster answers)."""
+    return {
+        c: n
+        for c, n in current_replicas(md).items()
+        if c in observed and not observed[c].reachable and c not in placed
+    }
+
+
+def with_quota(
+    status: ModelDeploymentStatus, ledger: Ledger, md: ModelDeployment
+) -> ModelDeploymentStatus:
+    """`status` with the GPUs the ledger counts the deployment for against its quota
+    (`quotaGpus`): what a restart rebuilds the ledger from."""
+    held = ledger.get(md_workload(md).key)
+    if held is None or not held.gpus:
+        return status
+    return status.model_copy(update={"quota_gpus": sum(held.gpus.values())})
 
 
 def _keys(ledger: Ledger) -> list[str]:

@@ -60,6 +60,17 @@ def md_admitted(md: ModelDeployment) -> bool:
     return status is not None and status.phase is not None and status.phase != "Queued"
 
 
+def admitted_md_workload(md: ModelDeployment) -> Workload:
+    """The deployment as its status says it was admitted (`quotaGpus` when a cap held it
+    below its spec): what a restart rebuilds the ledger from."""
+    workload = md_workload(md)
+    quota = md.status.quota_gpus if md.status is not None else None
+    if quota is None or not workload.gpus:
+        return workload
+    gpus = {t: min(n, quota) for t, n in workload.gpus.items()}
+    return dataclasses.replace(workload, gpus=gpus)
+
+
 def md_workload(md: ModelDeployment, replicas: dict[str, int] | None = None) -> Workload:
     """The deployment as quotas count it; `replicas`: its pools per cluster (default: as its
     status says)."""
@@ -149,8 +160,10 @@ def replicas_within_quota(
         return None
     own = md_workload(md).key
     others = sum(w.gpus.get(gpu.type, 0) for w in held if w.key != own)
-    room = max(limit - others, 0) // gpu.count
-    return room if md.spec.scaling.max_replicas > room else None
+    before = sum(w.gpus.get(gpu.type, 0) for w in held if w.key == own) // gpu.count
+    # What it was admitted with stays (a quota lowered later is reported, not enforced).
+    allowed = max(max(limit - others, 0) // gpu.count, before)
+    return allowed if md.spec.scaling.max_replicas > allowed else None
 
 
 def capped(md: ModelDeployment, max_replicas: int) -> ModelDeployment:

@@ -98,8 +98,14 @@ def compute_status(
     previous: ModelDeploymentStatus | None,
     now: datetime,
     adapter_uris: Mapping[str, str] | None = None,
+    left_behind: Mapping[str, int] | None = None,
 ) -> ModelDeploymentStatus:
-    """The ModelDeployment status for this placement and these observed pools."""
+    """The ModelDeployment status for this placement and these observed pools.
+
+    `left_behind`: replicas of pools in clusters that cannot be read now and are no longer
+    placed: they may well still run, so they stay listed (state Unreachable, counted in no
+    total) until their cluster answers and they are deleted — the ledger counts their GPUs
+    from this list, after a restart too."""
     app = serve_app_name(md)
     seen = {o.cluster: o for o in observed}
     rows: list[ClusterStatus] = []
@@ -123,6 +129,17 @@ def compute_status(
                 message=reading.message or None,
             )
         )
+    for name, replicas in sorted((left_behind or {}).items()):
+        if name not in decision.replicas:
+            rows.append(
+                ClusterStatus(
+                    name=name,
+                    ray_service=md.metadata.name,
+                    desired_replicas=replicas,
+                    state=pools.UNREACHABLE,
+                    message="left behind in an unreachable cluster: deleted when it answers",
+                )
+            )
     adapters = resolve_adapters(md, adapter_uris)
     conds = {c.type: c for c in _conditions(decision, readings, adapters.unresolved)}
     gpu = md.spec.resources.gpu
