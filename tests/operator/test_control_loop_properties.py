@@ -311,6 +311,8 @@ class World:
         assert self.orphans() == [], self.summary()
         for kind, obj in self.hub_objects():
             name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
+            if obj["metadata"].get("deletionTimestamp"):
+                continue  # its children go first; its status is no longer kept
             status = obj.get("status") or {}
             where = self.children_of(kind, namespace, name)
             if kind == "ModelDeployment":

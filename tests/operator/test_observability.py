@@ -131,6 +131,9 @@ async def test_cli_runs_the_operator(
         "KUBECONFIG": str(kubeconfig),
         "TRAMONTANE_CLUSTER_NAME": HUB,
         "POD_NAMESPACE": SYSTEM_NS,  # the Lease's namespace, as the chart passes it
+        # No webhook: a fixed port collides with other operators on this machine (its own
+        # tests, test_webhook.py, start it on a free port).
+        "TRAMONTANE_WEBHOOK_PORT": "0",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -195,8 +195,17 @@ class World:
         self.clock = 0
         self.made = 0  # workloads created so far (their names)
         self.lowered: set[str] = set()  # tenants whose quota was lowered below what they hold
+
+        def parsed_in(objects: dict[str, Any]) -> Any:
+            return lambda namespaces: [
+                o for o in objects.values() if (o.metadata.namespace or "") in set(namespaces)
+            ]
+
         indexes = SimpleNamespace(
-            jobs=lambda: list(self.jobs.values()), deployments=lambda: list(self.mds.values())
+            jobs=lambda: list(self.jobs.values()),
+            deployments=lambda: list(self.mds.values()),
+            finetunejobs=SimpleNamespace(parsed_in=parsed_in(self.jobs)),
+            modeldeployments=SimpleNamespace(parsed_in=parsed_in(self.mds)),
         )
         self.rt: Any = SimpleNamespace(ledger=Ledger(), indexes=indexes)
         self.md_controller: Any = SimpleNamespace(rt=self.rt)

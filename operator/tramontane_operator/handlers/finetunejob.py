@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from tramontane_api.v1alpha1 import FineTuneJob, FineTuneJobStatus, Tenant
+from tramontane_api.v1alpha1 import ComputeCluster, FineTuneJob, FineTuneJobStatus, Tenant
 from tramontane_kube import FINETUNEJOB, ApiError, Unreachable
 from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from tramontane_operator.builders.rayjob import claim_uses, rendered_hash, spec_hash
@@ -289,7 +289,11 @@ def _admission(rt: Runtime, job: FineTuneJob, tenant: Tenant | None) -> Admissio
     namespaces = tenant.spec.namespaces
     held = rt.ledger.held_in(namespaces)
     idx = rt.indexes
-    others = waiting(namespaces, idx.jobs(), idx.deployments(), [w.key for w in held])
+    jobs, deployments = (
+        idx.finetunejobs.parsed_in(namespaces),
+        idx.modeldeployments.parsed_in(namespaces),
+    )
+    others = waiting(namespaces, jobs, deployments, [w.key for w in held])
     return admission_for(workload, tenant, held, others)
 
 
@@ -331,21 +335,26 @@ async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
     namespace, name = key_of(body)
     job = _parse(rt, body)
     job = await _write(rt, job, decide(job, Observed(deleting=True), _now()).status)
-    waiting_on = []
-    for cc in rt.indexes.compute_clusters():
+
+    async def one(cc: ComputeCluster) -> str | None:
+        """Why the RayJob there is not gone yet (None: gone, or never there)."""
         member = await rt.ensure_member(cc)
         if member is None or not member.probe.reachable:
-            if job.status is not None and job.status.cluster == cc.metadata.name:
-                waiting_on.append(f"{cc.metadata.name} (unreachable)")
-            continue
+            placed_there = job.status is not None and job.status.cluster == cc.metadata.name
+            return f"{cc.metadata.name} (unreachable)" if placed_there else None
         try:
             rayjob = await member.client.get(RAYJOB, namespace, name)
             if rayjob is not None and _ours(rayjob, job):
                 await member.client.delete(RAYJOB, namespace, name)
                 if await member.client.get(RAYJOB, namespace, name) is not None:
-                    waiting_on.append(f"{cc.metadata.name} (deleting)")
+                    return f"{cc.metadata.name} (deleting)"
         except (ApiError, Unreachable) as exc:
-            waiting_on.append(f"{cc.metadata.name} ({exc})")
+            return f"{cc.metadata.name} ({exc})"
+        return None
+
+    # Every member at once: one slow member holds up no other's cleanup.
+    outcomes = await asyncio.gather(*(one(cc) for cc in rt.indexes.compute_clusters()))
+    waiting_on = [why for why in outcomes if why]
     cluster = job.status.cluster if job.status else None
     if cluster and needs_cluster_validation(job):
         await delete_validation_job(rt, job, cluster)

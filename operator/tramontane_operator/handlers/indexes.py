@@ -10,7 +10,7 @@ the controllers (`handlers/controller.py`): its `listeners` hear each change onc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -51,6 +51,7 @@ class Cache(Generic[M]):
         self.on_change = on_change
         self._reparse = reparse
         self._parsed: dict[Key, tuple[dict[str, Any], M | None]] = {}
+        self._by_namespace: dict[str, dict[Key, M]] = {}  # parsed ones, per namespace
         self.informers = [Informer(hub, ref, {}, self._event, namespace=ns) for ns in namespaces]
         # Called after every change with (key, object, gone): the last state of a deleted one.
         self.listeners: list[Callable[[Key, Mapping[str, Any], bool], None]] = []
@@ -67,6 +68,10 @@ class Cache(Generic[M]):
 
     def parsed(self) -> list[M]:
         return [m for _, m in self._parsed.values() if m is not None]
+
+    def parsed_in(self, namespaces: Iterable[str]) -> list[M]:
+        """The parsed objects in `namespaces` (a tenant's), without scanning the others."""
+        return [m for ns in namespaces for m in self._by_namespace.get(ns, {}).values()]
 
     def _event(self, _cluster: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -85,6 +90,11 @@ class Cache(Generic[M]):
             except ValidationError:
                 model = None
             self._parsed[key] = (raw, model)
+        in_namespace = self._by_namespace.setdefault(key[0], {})
+        if model is None:
+            in_namespace.pop(key, None)
+        else:
+            in_namespace[key] = model
         if self.on_change is not None and (raw is None or before is None or model is not before[1]):
             self.on_change(key, model)
         for listener in self.listeners:

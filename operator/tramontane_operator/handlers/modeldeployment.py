@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tramontane_api.v1alpha1 import ModelDeployment, ModelDeploymentStatus, Tenant
+from tramontane_api.v1alpha1 import ComputeCluster, ModelDeployment, ModelDeploymentStatus, Tenant
 from tramontane_api.validate import validate_object
 from tramontane_kube import MODELDEPLOYMENT, RAYSERVICE, ApiError, Unreachable
 from tramontane_operator.builders.labels import (
@@ -219,8 +219,12 @@ class ModelDeployments:
         note = ""
         if workload.key not in rt.ledger and tenant is not None:
             namespaces = tenant.spec.namespaces
+            idx = rt.indexes
             others = waiting(
-                namespaces, rt.indexes.jobs(), rt.indexes.deployments(), _keys(rt.ledger)
+                namespaces,
+                idx.finetunejobs.parsed_in(namespaces),
+                idx.modeldeployments.parsed_in(namespaces),
+                _keys(rt.ledger),
             )
             admission = admission_for(workload, tenant, rt.ledger.held_in(namespaces), others)
             if not admission.admitted:
@@ -235,6 +239,7 @@ class ModelDeployments:
         views = with_allocations(allowed_views(views, tenant), held)
         failed = failed_clusters(list(observed.values()), md)
         decision = place(md, list(views.values()), _current(md, observed), failed)
+        decision = _unseen_kept(md, decision, observed)
         # Held from now on, not from when the status comes back; pools still running where
         # they are no longer placed hold their GPUs until they are gone, and so do pools in
         # clusters that cannot be read now: they may well run (the status lists them, see
@@ -261,6 +266,23 @@ def pass_status(
     behind = _left_behind(md, observed, decision.replicas)
     status = compute_status(md, decision, pools, previous, now, adapter_uris, behind)
     return with_quota(status, ledger, md)
+
+
+def _unseen_kept(
+    md: ModelDeployment, decision: PlacementDecision, observed: Mapping[str, ObservedPool]
+) -> PlacementDecision:
+    """A pool placed in a cluster that cannot be read now keeps the replicas the last status
+    gave it where that is more: the change cannot reach it, and it may well run at that size
+    (the status and the ledger say so until the cluster answers and the pool is patched)."""
+    last = current_replicas(md)
+    kept = {
+        c: last[c]
+        for c, n in decision.replicas.items()
+        if c in observed and not observed[c].reachable and last.get(c, 0) > n
+    }
+    if not kept:
+        return decision
+    return dataclasses.replace(decision, replicas={**decision.replicas, **kept})
 
 
 def _left_behind(
@@ -465,20 +487,27 @@ async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
     namespace, name = key_of(body)
     with reconcile_scope("ModelDeployment", namespace, name) as scope:
         scope.outcome = "cleanup"
-        waiting: list[str] = []
-        for cc in rt.indexes.compute_clusters():
+
+        async def one(cc: ComputeCluster) -> str | None:
+            """Why the child there is not gone yet (None: gone, or never there)."""
             cluster = cc.metadata.name
             member = await rt.ensure_member(cc)
             if member is None or not member.probe.reachable:
-                waiting.append(f"{cluster} (unreachable)")
-                continue
+                return f"{cluster} (unreachable)"
             if not member.probe.kuberay_installed:
-                continue
+                return None
             try:
-                if await _delete_child(member, namespace, name):
-                    waiting.append(f"{cluster} (deleting)")
+                return (
+                    f"{cluster} (deleting)"
+                    if await _delete_child(member, namespace, name)
+                    else None
+                )
             except (Unreachable, ApiError) as exc:
-                waiting.append(f"{cluster} ({exc})")
+                return f"{cluster} ({exc})"
+
+        # Every member at once: one slow member holds up no other's cleanup.
+        outcomes = await asyncio.gather(*(one(cc) for cc in rt.indexes.compute_clusters()))
+        waiting = [why for why in outcomes if why]
         if waiting:
             scope.outcome = "retry"
             raise Retry(f"children not yet deleted in: {', '.join(waiting)}")

@@ -38,6 +38,7 @@ from tramontane_operator.kube.workqueue import HIGH, LOW, WorkQueue
 from tramontane_operator.observability import PhaseTracker, set_cluster_reachable
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.quotas.ledger import Ledger
+from tramontane_operator.reconcile.admission import admissible_now, waiting
 from tramontane_operator.settings import OperatorSettings
 
 from .controller import Controller, Key
@@ -45,6 +46,10 @@ from .events import EventRecorder
 from .indexes import Indexes
 
 log = logging.getLogger(__name__)
+
+REFRESH_S = 1.0  # how late a refresh after a release comes (coalescing a burst of them)
+# ModelDeployment phases that more GPUs or quota may change: queued, or short of capacity.
+_MAY_GROW = frozenset({None, "Queued", "Pending", "Degraded", "Progressing"})
 
 MODELDEPLOYMENTS = "ModelDeployment"
 FINETUNEJOBS = "FineTuneJob"
@@ -178,17 +183,40 @@ class Runtime:
                 controller.wake(key)
 
     def wake_tenant(self, namespace: str) -> None:
-        """Capacity or quota was released in `namespace`: every workload of the tenant owning
-        it may be admitted now (its queue is decided again), and waiting ModelDeployments of
-        any tenant may now fit the freed GPUs."""
-        tenant = self.indexes.tenant_object(namespace)
-        namespaces = set(tenant.spec.namespaces) if tenant is not None else {namespace}
-        for kind in (MODELDEPLOYMENTS, FINETUNEJOBS):
-            for key in self.indexes.cache(kind).object_keys():
-                if key[0] in namespaces or kind == MODELDEPLOYMENTS:
-                    self.wake(kind, key)
+        """Capacity or quota was released in `namespace`. The tenant's queue is decided once
+        here: the waiting workloads that round admits are woken at once (Kueue's scheduler
+        admits the heads of a queue the same way, instead of every workload re-deciding the
+        whole queue); the others, whose queue positions moved, and the ModelDeployments of
+        every tenant short of GPUs (the freed ones may fit them) are refreshed a moment
+        later, once per burst of releases. Those that run as asked are left alone."""
+        idx = self.indexes
+        tenant = idx.tenant_object(namespace)
+        namespaces = sorted(set(tenant.spec.namespaces) if tenant is not None else {namespace})
+        jobs = idx.finetunejobs.parsed_in(namespaces)
+        deployments = idx.modeldeployments.parsed_in(namespaces)
+        held = self.ledger.held_in(namespaces)
+        queued = waiting(namespaces, jobs, deployments, [w.key for w in held])
+        now = set(admissible_now(tenant, held, queued)) if tenant is not None else None
+        for w in queued:
+            key = (w.namespace, w.name)
+            if now is None or w.key in now:
+                self.wake(w.kind, key, HIGH)
+            else:
+                self.wake_later(w.kind, key)
+        owned = set(namespaces)
+        for md in idx.deployments():
+            status = md.status  # the tenant's own ones too: a quota cap may lift
+            ours = (md.metadata.namespace or "") in owned
+            if ours or status is None or status.phase in _MAY_GROW:
+                self.wake_later(MODELDEPLOYMENTS, (md.metadata.namespace or "", md.metadata.name))
         if tenant is not None:
-            self.wake(TENANTS, ("", tenant.metadata.name))
+            self.wake_later(TENANTS, ("", tenant.metadata.name))
+
+    def wake_later(self, kind: str, key: Key) -> None:
+        """A refresh after `REFRESH_S`: many wake-ups in that time make one pass."""
+        controller = self.controllers.get(kind)
+        if controller is not None:
+            controller.queue.add_after(key, REFRESH_S, LOW)
 
     def release(self, kind: str, key: Key) -> None:
         """`key` no longer holds GPUs or quota: its tenant's waiting workloads may fit now."""

@@ -12,6 +12,7 @@ queue position and the limit that holds it back.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -38,11 +39,16 @@ def created_at(obj: FineTuneJob | ModelDeployment) -> datetime:
     if isinstance(meta_created, datetime):
         return meta_created
     if isinstance(meta_created, str):
-        try:
-            return datetime.fromisoformat(meta_created.replace("Z", "+00:00"))
-        except ValueError:
-            return _EPOCH
+        return _parse_time(meta_created)
     return _EPOCH
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return _EPOCH
 
 
 def job_workload(job: FineTuneJob, cluster: str | None = None) -> Workload:
@@ -137,7 +143,8 @@ def admission_for(
     if tenant is None or candidate.key in holding:
         return AdmissionResult(admitted=True)
     workloads = [dataclasses.replace(w, admitted=True) for w in held]
-    workloads += [_waiting(w) for w in others if w.key not in holding | {candidate.key}]
+    skip = holding | {candidate.key}
+    workloads += [_waiting(w) for w in others if w.key not in skip]
     workloads.append(_waiting(candidate))
     result = admit(tenant.spec.quotas, workloads)
     if candidate.key in result.admitted:
@@ -145,6 +152,17 @@ def admission_for(
     return AdmissionResult(
         False, result.queued.get(candidate.key), result.reasons.get(candidate.key, "queued")
     )
+
+
+def admissible_now(
+    tenant: Tenant, held: Sequence[Workload], others: Sequence[Workload]
+) -> tuple[str, ...]:
+    """The keys of the waiting workloads (`others`) one admission round of the tenant admits
+    next to what it holds (`held`): the ones a release should wake first."""
+    holding = {w.key for w in held}
+    workloads = [dataclasses.replace(w, admitted=True) for w in held]
+    workloads += [_waiting(w) for w in others if w.key not in holding]
+    return admit(tenant.spec.quotas, workloads).admitted
 
 
 def replicas_within_quota(
