@@ -8,8 +8,8 @@ Local mode keeps its files under `$TRAMONTANE_HOME/local/` (default `~/.tramonta
   "apiKeys": {"TENANT": "KEY", ...}}`, where `chat` and `usage` find the router and, with
   `--tenant`, the tenant's key (`http` may omit the scheme; `apiKeys` may also be a list of
   `{"tenant": ..., "key": ...}`);
-- `logs/<namespace>.<name>.log`: the log of FineTuneJob `name` in `namespace`, which
-  `finetune logs --local` prints.
+- `logs/rayjobs/<name>-<run>.log`: each run of FineTuneJob `name` (its RayJob), the latest of
+  which `finetune logs --local` prints.
 
 Anything missing reads as "local mode is not running", with the command that starts it.
 """
@@ -51,8 +51,16 @@ def kubeconfig_path() -> Path:
 
 
 def job_log_path(namespace: str, name: str) -> Path:
-    """Where local mode writes FineTuneJob `namespace/name`'s log."""
-    return local_dir() / "logs" / f"{namespace}.{name}.log"
+    """The log of FineTuneJob `name`'s latest run in local mode: local mode's KubeRay writes
+    each run of a RayJob (named like its FineTuneJob) to `logs/rayjobs/<name>-<run>.log`
+    (`tramontane_local.kuberay.entrypoints`); RayJobs are told apart by name there, so
+    `namespace` does not take part. The path of run 0 when there is none yet."""
+    runs = sorted(
+        (int(p.stem.rsplit("-", 1)[1]), p)
+        for p in (local_dir() / "logs" / "rayjobs").glob(f"{name}-*.log")
+        if p.stem.rsplit("-", 1)[1].isdigit() and p.stem.rsplit("-", 1)[0] == name
+    )
+    return runs[-1][1] if runs else local_dir() / "logs" / "rayjobs" / f"{name}-0.log"
 
 
 @dataclass(frozen=True)

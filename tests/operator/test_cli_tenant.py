@@ -264,9 +264,10 @@ async def test_cancel_logs_and_get_all_kinds(
     await eventually(lambda: phase(clusters) == "Running" and rayjob(clusters))
 
     # logs: local mode's file; a member the kubeconfig reaches; a member it does not
-    logs = home / "logs"
-    logs.mkdir()
-    (logs / f"{NS}.tune.log").write_text("".join(f"line {i}\n" for i in range(5)))
+    logs = home / "logs" / "rayjobs"  # as local mode's KubeRay writes each run
+    logs.mkdir(parents=True)
+    (logs / "tune-0.log").write_text("the first run\n")
+    (logs / "tune-1.log").write_text("".join(f"line {i}\n" for i in range(5)))
     code, out, _ = await cli(capsys, "finetune", "logs", "tune", "--local", "--tail", "2")
     assert code == 0 and out == "line 3\nline 4\n"
     pod = {"apiVersion": "v1", "kind": "Pod",
