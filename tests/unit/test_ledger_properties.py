@@ -41,8 +41,7 @@ from tramontane_operator.builders.labels import (
     OWNER_NAME_LABEL,
     OWNER_NAMESPACE_LABEL,
 )
-from tramontane_operator.builders.rayjob import rendered_hash, spec_hash
-from tramontane_operator.handlers.finetunejob import _account, _admission, _within
+from tramontane_operator.handlers.finetunejob import decide_step, held_cluster
 from tramontane_operator.handlers.finetunejob_children import RAYJOB
 from tramontane_operator.handlers.manager import durable_state
 from tramontane_operator.handlers.modeldeployment import ModelDeployments, pass_status
@@ -52,11 +51,10 @@ from tramontane_operator.quotas import over_quota, usage
 from tramontane_operator.quotas.ledger import Ledger, rebuild
 from tramontane_operator.reconcile import ObservedPool, queued_status
 from tramontane_operator.reconcile.admission import job_workload, md_workload
-from tramontane_operator.reconcile.finetunejob import Observed, decide, finished
+from tramontane_operator.reconcile.finetunejob import finished
 from tramontane_operator.reconcile.finetunejob_inputs import (
     AdmissionResult,
     ValidationResult,
-    place_job,
 )
 
 TENANTS = ("t0", "t1", "t2")
@@ -301,10 +299,7 @@ class World:
         validation = VALID if job.status is None else None  # `_validate` ran before
         terminal = finished(job)
         tenant = self.tenant_of(namespace)
-        held = self.rt.ledger.get(job_workload(job).key)
-        current = (job.status.cluster if job.status else None) or (
-            next(iter(held.clusters), None) if held is not None else None
-        )
+        current = held_cluster(self.rt, job)
         views = with_allocations(
             allowed_views(self.views(), tenant),
             self.rt.ledger.allocations(exclude=job_workload(job).key),
@@ -314,21 +309,11 @@ class World:
             if not self.up[current]:
                 return  # `read_rayjob` raises Retry: nothing decided
             rayjob_now = self.children[current].get(key)
-        admission = _admission(self.rt, job, tenant)
-        placement = place_job(job, list(views.values()), current)
-        if rayjob_now is None and current is not None and not terminal:
-            placement = _within(job, views, current)
-        cluster = current or placement.cluster
-        observed = Observed(
-            validation=validation,
-            admission=admission,
-            placement=placement,
-            rayjob=rayjob_now,
-            spec_hash=spec_hash(job),
-            rendered_hash=rendered_hash(rayjob_now) if rayjob_now is not None else None,
+        observed, decision, _ = decide_step(
+            self.rt, job, tenant, views, current, rayjob_now, None, validation, None, self.now()
         )
-        decision = decide(job, observed, self.now())
-        _account(self.rt, job, decision.status)
+        placed = observed.placement.cluster if observed.placement else None
+        cluster = current or placed
         if "create_rayjob" in decision.actions and cluster is not None:
             assert self.up[cluster], f"{key}: RayJob created in unreachable {cluster}"
             self.children[cluster][key] = rayjob(job)

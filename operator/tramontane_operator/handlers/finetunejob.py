@@ -61,6 +61,7 @@ from tramontane_operator.reconcile.finetunejob_trust import (
 )
 from tramontane_operator.reconcile.finetunejob_validation import ClusterValidation, uses_claims
 from tramontane_workers.contract.datasets_report import DatasetsReport
+from tramontane_workers.contract.train_config import TrainProgress
 
 from . import finetunejob_io as io
 from .controller import Body, Controller, Key, Requeue, Retry, key_of
@@ -232,12 +233,7 @@ async def _step(rt: Runtime, job: FineTuneJob, validation: ValidationResult | No
         # refused before any RayJob exists, as a local `baseModel.uri` was in `_validate`.
         validation = local_path_refusal(job, base_uri, rt.settings.local_mode)
     tenant = rt.indexes.tenant_object(namespace)
-    # Where the job holds GPUs: its status, else the ledger (rebuilt from the RayJobs that
-    # exist: a crash may have kept one out of the status).
-    held = rt.ledger.get(job_workload(job).key)
-    current = (job.status.cluster if job.status else None) or (
-        next(iter(held.clusters), None) if held is not None else None
-    )
+    current = held_cluster(rt, job)
     # Every read from members first: the decision below takes no `await`.
     views = await _views(rt, job, tenant)
     rayjob: dict[str, Any] | None = None
@@ -246,25 +242,10 @@ async def _step(rt: Runtime, job: FineTuneJob, validation: ValidationResult | No
         if not terminal:
             rayjob = await read_rayjob(rt, current, namespace, name, True)
         progress = await read_progress(rt, job, current, rayjob, terminal)
-    # One synchronous step: admission, placement, the phase machine, the ledger.
-    admission = _admission(rt, job, tenant)
-    placement = place_job(job, list(views.values()), current)
-    if rayjob is None and current is not None and not terminal:
-        placement = _within(job, views, current)  # kept there, if it fits (again)
-    cluster = current or placement.cluster
-    observed = Observed(
-        validation=validation,
-        base_model_error=base_error,
-        admission=admission,
-        placement=placement,
-        rayjob=rayjob,
-        progress=progress,
-        spec_hash=spec_hash(job),
-        rendered_hash=rendered_hash(rayjob) if rayjob is not None else None,
-        pinned=uses_claims(job),
+    observed, decision, released = decide_step(
+        rt, job, tenant, views, current, rayjob, progress, validation, base_error, _now()
     )
-    decision = decide(job, observed, _now())
-    released = _account(rt, job, decision.status)
+    cluster = current or (observed.placement.cluster if observed.placement else None)
     # Then the writes.
     deploy = await apply_actions(
         rt, job, decision, cluster, views, tenant, base_uri, base_error_or_name
@@ -280,6 +261,49 @@ async def _step(rt: Runtime, job: FineTuneJob, validation: ValidationResult | No
     if adapter_new:
         rt.wake_all(MODELDEPLOYMENTS)  # those naming this job in `fineTuneJobRef` serve it now
     return decision
+
+
+def held_cluster(rt: Runtime, job: FineTuneJob) -> str | None:
+    """Where the job holds GPUs: its status, else the ledger (rebuilt from the RayJobs that
+    exist: a crash may have kept one out of the status)."""
+    held = rt.ledger.get(job_workload(job).key)
+    return (job.status.cluster if job.status else None) or (
+        next(iter(held.clusters), None) if held is not None else None
+    )
+
+
+def decide_step(
+    rt: Runtime,
+    job: FineTuneJob,
+    tenant: Tenant | None,
+    views: Mapping[str, ClusterView],
+    current: str | None,
+    rayjob: Mapping[str, Any] | None,
+    progress: TrainProgress | None,
+    validation: ValidationResult | None,
+    base_error: str | None,
+    now: datetime,
+) -> tuple[Observed, Decision, bool]:
+    """One synchronous step after the reads: admission, placement, the phase machine and the
+    ledger's entry (no `await`: no other decision reads the ledger in between). What was
+    observed, the decision, and whether the job released GPUs or quota."""
+    admission = _admission(rt, job, tenant)
+    placement = place_job(job, list(views.values()), current)
+    if rayjob is None and current is not None and not finished(job):
+        placement = _within(job, views, current)  # kept there, if it fits (again)
+    observed = Observed(
+        validation=validation,
+        base_model_error=base_error,
+        admission=admission,
+        placement=placement,
+        rayjob=rayjob,
+        progress=progress,
+        spec_hash=spec_hash(job),
+        rendered_hash=rendered_hash(rayjob) if rayjob is not None else None,
+        pinned=uses_claims(job),
+    )
+    decision = decide(job, observed, now)
+    return observed, decision, _account(rt, job, decision.status)
 
 
 def _admission(rt: Runtime, job: FineTuneJob, tenant: Tenant | None) -> AdmissionResult:
