@@ -38,7 +38,7 @@ from tramontane_operator.kube.workqueue import HIGH, LOW, WorkQueue
 from tramontane_operator.observability import PhaseTracker, set_cluster_reachable
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.quotas.ledger import Ledger
-from tramontane_operator.reconcile.admission import admissible_now, waiting
+from tramontane_operator.reconcile.admission import admissible_now, unplaceable, waiting
 from tramontane_operator.settings import OperatorSettings
 
 from .controller import Controller, Key
@@ -186,9 +186,10 @@ class Runtime:
         """Capacity or quota was released in `namespace`. The tenant's queue is decided once
         here: the waiting workloads that round admits are woken at once (Kueue's scheduler
         admits the heads of a queue the same way, instead of every workload re-deciding the
-        whole queue); the others, whose queue positions moved, and the ModelDeployments of
-        every tenant short of GPUs (the freed ones may fit them) are refreshed a moment
-        later, once per burst of releases. Those that run as asked are left alone."""
+        whole queue); the others, whose queue positions moved, and the workloads of every
+        tenant short of GPUs (ModelDeployments not fully placed, jobs waiting for a cluster:
+        the freed ones may fit them) are refreshed a moment later, once per burst of
+        releases. Those that run as asked are left alone."""
         idx = self.indexes
         tenant = idx.tenant_object(namespace)
         namespaces = sorted(set(tenant.spec.namespaces) if tenant is not None else {namespace})
@@ -209,6 +210,9 @@ class Runtime:
             ours = (md.metadata.namespace or "") in owned
             if ours or status is None or status.phase in _MAY_GROW:
                 self.wake_later(MODELDEPLOYMENTS, (md.metadata.namespace or "", md.metadata.name))
+        for job in idx.jobs():  # any tenant's job that waits for a cluster: GPUs were freed
+            if unplaceable(job):
+                self.wake_later(FINETUNEJOBS, (job.metadata.namespace or "", job.metadata.name))
         if tenant is not None:
             self.wake_later(TENANTS, ("", tenant.metadata.name))
 
