@@ -51,6 +51,14 @@ def _log_to_file(paths: LocalPaths) -> None:
     root.setLevel(logging.INFO)
     for chatty in ("aiohttp.access", "httpx", "httpx2"):  # a line per request
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # Ray Serve gives its driver-side logger a console handler when it is imported: its
+    # lines go to the log file too, not between the steps on the console.
+    import ray.serve  # noqa: F401  (imported for that side effect, then undone)
+
+    serve_logger = logging.getLogger("ray.serve")
+    for old in list(serve_logger.handlers):
+        serve_logger.removeHandler(old)
+    serve_logger.addHandler(handler)
 
 
 async def snapshot(client: KubeClient) -> dict[str, Any]:
