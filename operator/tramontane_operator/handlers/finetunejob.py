@@ -155,7 +155,7 @@ async def _validate(
     rt: Runtime, job: FineTuneJob, poll_s: float
 ) -> tuple[FineTuneJob, ValidationResult]:
     """The datasets' validation result (and the job as last written); while there is none,
-    Validating with how it goes in the `Validated` condition, and a TemporaryError."""
+    Validating with how it goes in the `Validated` condition, and a `Retry`."""
     base_uri, _ = await base_model(rt, job)
     local_mode = rt.settings.local_mode
     refused = local_path_refusal(job, base_uri, local_mode)
