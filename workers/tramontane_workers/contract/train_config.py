@@ -22,7 +22,7 @@ import base64
 import json
 import shlex
 from datetime import datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,6 +34,9 @@ COMPLETE_MARKER = "COMPLETE"
 ENTRYPOINT_MODULE = "tramontane_workers.train"
 PROGRESS_LINE_PREFIX = "TRAMONTANE_PROGRESS "
 PROGRESS_LINE_CHECKPOINTS = 5  # the newest checkpoints a progress line carries (status keeps 5)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def checkpoint_name(step: int) -> str:
@@ -149,7 +152,13 @@ def progress_line(progress: TrainProgress) -> str:
 
 
 def last_progress(log_text: str) -> TrainProgress | None:
-    """The progress of the last line of `log_text` that carries a whole, valid one; None if none.
+    """The progress of the last line of `log_text` that carries a whole, valid one; None if none."""
+    return last_line(log_text, PROGRESS_LINE_PREFIX, TrainProgress)
+
+
+def last_line(log_text: str, prefix: str, model: type[M]) -> M | None:
+    """The `model` carried by the last line of `log_text` with `prefix` and a whole, valid
+    payload; None if none.
 
     The prefix may follow other text on its line (Ray prefixes the lines it forwards from a
     worker with `(RayTrainWorker pid=...)`) and the JSON may be followed by more (Ray's
@@ -157,13 +166,13 @@ def last_progress(log_text: str) -> TrainProgress | None:
     other output are skipped."""
     decoder = json.JSONDecoder()
     for line in reversed(log_text.splitlines()):
-        start = line.rfind(PROGRESS_LINE_PREFIX)
+        start = line.rfind(prefix)
         if start < 0:
             continue
         try:
-            payload, _ = decoder.raw_decode(line, start + len(PROGRESS_LINE_PREFIX))
-            return TrainProgress.model_validate(payload)
-        except ValueError:  # JSON or pydantic's ValidationError: not a whole progress
+            payload, _ = decoder.raw_decode(line, start + len(prefix))
+            return model.model_validate(payload)
+        except ValueError:  # JSON or pydantic's ValidationError: not a whole payload
             continue
     return None
 
