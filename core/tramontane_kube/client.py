@@ -16,6 +16,7 @@ any other cluster's client.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import logging
 import os
@@ -302,6 +303,34 @@ class KubeClient:
         except NotFound:
             return None
         return text
+
+    async def follow_pod_log(
+        self, namespace: str, name: str, tail_lines: int
+    ) -> AsyncIterator[str]:
+        """The pod's log from its last `tail_lines` lines, then as it is written, in chunks of
+        text, until the container ends (the kubelet closes the stream). `NotFound` when the
+        pod does not exist."""
+        params = {"follow": "true", "tailLines": str(tail_lines)}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=None)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            async with self._session.get(
+                self.config.server + POD.path(namespace, name, "log"),
+                params=params,
+                headers=self._headers(),
+                timeout=timeout,
+            ) as resp:
+                if resp.status >= 400:
+                    raise _api_error(self.name, resp.status, await resp.text())
+                async for chunk in resp.content.iter_any():
+                    text = decoder.decode(chunk)
+                    if text:
+                        yield text
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    yield tail
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise Unreachable(self.name, str(exc) or type(exc).__name__) from exc
 
     async def version(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", "/version")

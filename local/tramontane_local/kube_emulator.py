@@ -9,9 +9,9 @@ and validates every created or patched object against its CRD schema — ours ge
 API models (what `crds/*.yaml` holds), KubeRay's v1.7.0 RayJob and RayService CRDs shipped in
 `kuberay_crds/` — plus metadata names and labels. A write a real server would reject gets a
 422 and is recorded in `violations` (tests assert it empty at the end). `faults` inject HTTP
-errors (and stalls) on chosen requests. A pod's log (`GET .../pods/NAME/log`, with `tailLines`
-and `limitBytes`) is the text stored in `pod_logs[(namespace, name)]`. It is local mode's API
-server (`apiserver.ApiServer`) and the operator test tier's.
+errors (and stalls) on chosen requests. A pod's log (`GET .../pods/NAME/log`, with `tailLines`,
+`limitBytes` and `follow`) is the text stored in `pod_logs[(namespace, name)]`. It is local
+mode's API server (`apiserver.ApiServer`) and the operator test tier's.
 
 resourceVersions are opaque tokens, not counters, and a watch from one replays the events after
 it (or answers 410 Gone): see `kube_history`.
@@ -187,6 +187,15 @@ class Fault:
 # objects are served here (create, get, list) before KMock sees the request.
 _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
 _POD_LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
+
+
+def _pod_not_found(name: str) -> aiohttp.web.StreamResponse:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+            "reason": "NotFound", "message": f'pods "{name}" not found'}  # fmt: skip
+    return aiohttp.web.json_response(body, status=404)
+
+
+_POD_ENDED = frozenset({"Succeeded", "Failed"})
 _FAULT_REASONS = {409: "AlreadyExists", 500: "InternalError", 503: "ServiceUnavailable"}
 
 
@@ -248,6 +257,8 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         log_path = _POD_LOG_PATH.match(raw.path)
         if log_path is not None and raw.method == "GET":
+            if raw.query.get("follow") in ("true", "1"):
+                return await self._follow_pod_log(raw, log_path.group(1), log_path.group(2))
             return self._serve_pod_log(log_path.group(1), log_path.group(2), raw.query)
         namespace_path = _NAMESPACE_PATH.match(raw.path)
         if namespace_path is None:
@@ -269,12 +280,16 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
     def _serve_pod_log(
         self, namespace: str, name: str, query: Mapping[str, str]
     ) -> aiohttp.web.StreamResponse:
-        """The pod's log as text, as the kubelet serves it: the last `tailLines` lines, then
-        cut to the first `limitBytes` bytes; 404 for a pod that does not exist."""
+        data = self._pod_log_bytes(namespace, name, query)
+        if data is None:
+            return _pod_not_found(name)
+        return aiohttp.web.Response(body=data, content_type="text/plain")
+
+    def _pod_log_bytes(self, namespace: str, name: str, query: Mapping[str, str]) -> bytes | None:
+        """The pod's log as the kubelet serves it: the last `tailLines` lines, then cut to the
+        first `limitBytes` bytes; None for a pod that does not exist."""
         if self.stored("v1/pods", namespace, name) is None:
-            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
-                    "reason": "NotFound", "message": f'pods "{name}" not found'}  # fmt: skip
-            return aiohttp.web.json_response(body, status=404)
+            return None
         text = self.pod_logs.get((namespace, name), "")
         if "tailLines" in query:
             lines = text.splitlines(keepends=True)
@@ -282,7 +297,32 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         data = text.encode()
         if "limitBytes" in query:
             data = data[: int(query["limitBytes"])]
-        return aiohttp.web.Response(body=data, content_type="text/plain")
+        return data
+
+    async def _follow_pod_log(
+        self, raw: aiohttp.web.BaseRequest, namespace: str, name: str
+    ) -> aiohttp.web.StreamResponse:
+        """`follow=true`, as the kubelet streams it: the tail, then what is appended, until the
+        pod's phase is Succeeded or Failed (or the pod is gone)."""
+        head = self._pod_log_bytes(namespace, name, raw.query)
+        if head is None:
+            return _pod_not_found(name)
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(raw)
+        with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+            await response.write(head)
+            sent = len(self.pod_logs.get((namespace, name), ""))
+            while True:
+                pod = self.stored("v1/pods", namespace, name)
+                text = self.pod_logs.get((namespace, name), "")
+                if len(text) > sent:
+                    await response.write(text[sent:].encode())
+                    sent = len(text)
+                if pod is None or (pod.get("status") or {}).get("phase") in _POD_ENDED:
+                    break
+                await asyncio.sleep(0.1)
+            await response.write_eof()
+        return response
 
     def _serve_namespace(
         self, method: str, name: str | None, data: Any

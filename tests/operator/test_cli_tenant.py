@@ -23,6 +23,7 @@ from fake_rayjob import RAYJOBS, FakeRayJobs
 from manifests import AKS, NS
 from operator_harness import Clusters, OperatorRun, eventually
 from tramontane_cli.main import main
+from tramontane_kube import FINETUNEJOB as FTJ_REF
 from tramontane_kube import POD, ClusterConfig, KubeClient
 from tramontane_workers.contract.train_config import TrainProgress
 
@@ -310,6 +311,64 @@ async def test_cancel_logs_and_get_all_kinds(
     await eventually(lambda: clusters.hub.emulator.stored(FTJS, NS, "tune") is None)
     code, _, err = await cli(capsys, "finetune", "cancel", "tune", "--local")
     assert code == 1 and "not found" in err
+
+
+# ----------------------------------------------------------------------------- logs -f
+async def test_logs_follow_until_the_run_ends(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, home: Path, capsys: Any,
+    user_kubeconfig: Path,
+) -> None:  # fmt: skip
+    """`finetune logs -f` prints what is written while it follows and returns when the run
+    ends: local mode's files (a resumed run continues in its own file), and a member's
+    submitter pod log stream. No operator runs: the test plays it (status, pod)."""
+    body = yaml.safe_load(manifest(tmp_path).read_text())
+    body["metadata"]["namespace"] = NS
+    await api.create(FTJ_REF, body)
+    logs = home / "logs" / "rayjobs"
+    logs.mkdir(parents=True)
+    (logs / "tune-0.log").write_text("".join(f"line {i}\n" for i in range(5)))
+
+    following = asyncio.ensure_future(
+        cli(capsys, "finetune", "logs", "tune", "--local", "--tail", "1", "-f")
+    )
+    await asyncio.sleep(1.2)
+    with (logs / "tune-0.log").open("a") as log:
+        log.write("line 5\n")
+    await asyncio.sleep(1.2)
+    (logs / "tune-1.log").write_text("resumed\n")
+    await asyncio.sleep(1.2)
+    assert not following.done()
+    await api.patch(FTJ_REF, NS, "tune", {"status": {"phase": "Succeeded"}}, "status")
+    code, out, err = await asyncio.wait_for(following, 10)
+    assert code == 0, err
+    assert out == "line 4\nline 5\n--- tune-1.log\nresumed\n"
+
+    await api.patch(
+        FTJ_REF, NS, "tune", {"status": {"phase": "Running", "cluster": AKS, "rayJob": "tune"}},
+        "status",
+    )  # fmt: skip
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "tune-x1", "namespace": NS,
+                        "labels": {"batch.kubernetes.io/job-name": "tune"}},
+           "spec": {"containers": [{"name": "c", "image": "i"}]}}  # fmt: skip
+    member = KubeClient(AKS, ClusterConfig(server=clusters[AKS].url), attempts=1)
+    try:
+        await member.create(POD, pod)
+        pod_logs = clusters[AKS].emulator.pod_logs
+        pod_logs[(NS, "tune-x1")] = "step 1 loss 2.0\n"
+        following = asyncio.ensure_future(
+            cli(capsys, "finetune", "logs", "tune", "-f", "--kubeconfig", str(user_kubeconfig))
+        )
+        await asyncio.sleep(1.0)
+        pod_logs[(NS, "tune-x1")] += "step 2 loss 1.5\n"
+        await asyncio.sleep(1.0)
+        assert not following.done()
+        await member.patch(POD, NS, "tune-x1", {"status": {"phase": "Succeeded"}}, "status")
+        code, out, err = await asyncio.wait_for(following, 10)
+    finally:
+        await member.close()
+    assert code == 0, err
+    assert out == "step 1 loss 2.0\nstep 2 loss 1.5\n"
 
 
 # ----------------------------------------------------------------------------- kubectl plugin

@@ -8,14 +8,19 @@ the manifest's namespace (else `-n`, else the context's); `--wait` follows it to
 cluster it is refused (no uploader yet). `logs` prints the submitter pod's log from the member
 cluster the job runs in, when the kubeconfig has a context named like that cluster (or the
 cluster is the hub itself), else says where to look; in local mode it reads local mode's log
-file (`local_state.job_log_path`). `cancel` deletes the job; the operator stops its RayJob.
+file (`local_state.job_log_path`). `logs -f` keeps printing until the run ends (the submitter
+pod's log stream; in local mode, until the job's phase is final). `cancel` deletes the job;
+the operator stops its RayJob.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from tramontane_api.v1alpha1 import FineTuneJob
@@ -24,7 +29,15 @@ from tramontane_cli.args import EXIT_INVALID, EXIT_OK, EXIT_USAGE, positive_floa
 from tramontane_cli.commands import get as get_cmd
 from tramontane_cli.errors import CliError
 from tramontane_cli.manifest import ManifestError, load_model
-from tramontane_kube import COMPUTECLUSTER, FINETUNEJOB, POD, Conflict, KubeClient, Unreachable
+from tramontane_kube import (
+    COMPUTECLUSTER,
+    FINETUNEJOB,
+    POD,
+    Conflict,
+    KubeClient,
+    NotFound,
+    Unreachable,
+)
 
 EPILOG = (
     "exit status: 0 ok (with --wait: the job Succeeded); 1 invalid manifest or dataset "
@@ -74,6 +87,12 @@ def register_actions(actions: Any) -> None:
     logs = actions.add_parser("logs", help="the training log of a FineTuneJob", epilog=EPILOG)
     logs.add_argument("name", metavar="NAME")
     logs.add_argument("--tail", type=positive_int, default=1000, help="last lines (default 1000)")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing the log as it is written, until the run ends",
+    )
     kubeaccess.add_kube_flags(logs)
     logs.set_defaults(func=_run(run_logs))
 
@@ -250,14 +269,9 @@ async def run_logs(args: argparse.Namespace) -> int:
     (obj,) = await get_cmd.fetch(target, "FineTuneJob", args.name)
     status = obj.get("status") or {}
     if target.local:
-        path = local_state.job_log_path(target.namespace, args.name)
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            raise CliError(EXIT_USAGE, f"no log yet for finetunejob {args.name} ({path})") from None
-        except OSError as exc:
-            raise CliError(EXIT_USAGE, f"{path}: cannot read: {exc.strerror or exc}") from exc
-        sys.stdout.write(_tail(text, args.tail))
+        if args.follow:
+            return await _follow_local(target, args.name, args.tail)
+        sys.stdout.write(_tail(_read_local_log(target.namespace, args.name)[1], args.tail))
         return EXIT_OK
     cluster, rayjob = status.get("cluster"), status.get("rayJob")
     if not cluster or not rayjob:
@@ -271,21 +285,59 @@ async def run_logs(args: argparse.Namespace) -> int:
         f" (the RayJob's submitter in cluster {cluster})"
     )
     async with kubeaccess.client(target) as hub:
-        found = await _member_log(target, hub, cluster, rayjob, args.tail)
-    if found is None:
+        found = await _member_log(target, hub, cluster, rayjob, args.tail, args.follow)
+    if not found:
         raise CliError(
             EXIT_USAGE,
             f"cannot read the log of cluster {cluster} from here (no "
             f"kubeconfig context named {cluster}, or it cannot be reached); {hint}",
         )
-    sys.stdout.write(found)
     return EXIT_OK
 
 
+def _read_local_log(namespace: str, name: str) -> tuple[Path, str]:
+    path = local_state.job_log_path(namespace, name)
+    try:
+        return path, path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise CliError(EXIT_USAGE, f"no log yet for finetunejob {name} ({path})") from None
+    except OSError as exc:
+        raise CliError(EXIT_USAGE, f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+async def _follow_local(target: kubeaccess.Target, name: str, tail: int) -> int:
+    """Local mode's log file, then what is appended to it, until the job ends (or is deleted);
+    a new run (a resumed job) continues in its own file."""
+    path = local_state.job_log_path(target.namespace, name)
+    sent, first = 0, True
+    async with kubeaccess.client(target) as api:
+        while True:
+            latest = local_state.job_log_path(target.namespace, name)
+            if latest != path:
+                path, sent = latest, 0
+                sys.stdout.write(f"--- {path.name}\n")
+            with contextlib.suppress(FileNotFoundError):
+                data = path.read_bytes()
+                chunk = data[sent:].decode("utf-8", errors="replace")
+                sys.stdout.write(_tail(chunk, tail) if first else chunk)
+                sys.stdout.flush()
+                sent, first = len(data), False
+            job = await api.get(FINETUNEJOB, target.namespace, name)
+            if job is None or ((job.get("status") or {}).get("phase")) in follow.TERMINAL:
+                return EXIT_OK
+            await asyncio.sleep(0.5)
+
+
 async def _member_log(
-    target: kubeaccess.Target, hub: KubeClient, cluster: str, rayjob: str, tail: int
-) -> str | None:
-    """The submitter pod's log through the member's API; None when it cannot be reached."""
+    target: kubeaccess.Target,
+    hub: KubeClient,
+    cluster: str,
+    rayjob: str,
+    tail: int,
+    stream: bool = False,
+) -> bool:
+    """Print the submitter pod's log (with `stream`, until it ends) through the member's API;
+    False when the member cannot be reached."""
     config = target.member_config(cluster)
     if config is None:
         try:
@@ -294,7 +346,7 @@ async def _member_log(
             found = None
         connection = ((found or {}).get("spec") or {}).get("connection") or {}
         if not connection.get("inCluster"):
-            return None
+            return False
         config = target.config  # the job runs in the hub itself
     member = KubeClient(cluster, config, attempts=2, backoff_s=0.2, user_agent="tramontane-cli")
     try:
@@ -306,9 +358,16 @@ async def _member_log(
                 f"{cluster} yet; try again when it runs",
             )
         newest = max(pods, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""))
-        text = await member.pod_log(target.namespace, newest["metadata"]["name"], tail, 4 << 20)
+        pod = newest["metadata"]["name"]
+        if stream:
+            with contextlib.suppress(NotFound):  # a pod gone meanwhile has no log left
+                async for text in member.follow_pod_log(target.namespace, pod, tail):
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+        else:
+            sys.stdout.write(await member.pod_log(target.namespace, pod, tail, 4 << 20) or "")
     except Unreachable:
-        return None
+        return False
     finally:
         await member.close()
-    return text or ""  # a pod gone meanwhile has no log left
+    return True
