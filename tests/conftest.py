@@ -1,8 +1,9 @@
 """Fixtures shared by every test tier.
 
 One Ray session serves the whole test run (starting Ray costs ~7 s); tests that need it ask
-for `ray_session`; tests that render the Helm chart ask for `helm`. Paths to the repository, CRDs and KubeRay's reference CRDs live here so
-that no test guesses them.
+for `ray_session`; tests that render the Helm chart ask for `helm`; tests of az:// storage ask
+for `azurite` (a real Blob endpoint). Paths to the repository, CRDs and KubeRay's reference
+CRDs live here so that no test guesses them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,51 @@ def helm() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+# Azurite's well-known development account (public, documented by Microsoft).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Azure Blob endpoint (Microsoft's Azurite, installed from npm by
+    `.ci/install-tools.sh`) for az:// through adlfs; yields its connection string. Skipped
+    locally when absent, a failure in CI."""
+    local = REPO_ROOT / ".tools" / "node_modules" / ".bin" / "azurite-blob"
+    found = str(local) if local.is_file() else shutil.which("azurite-blob")
+    if found is None:
+        message = "azurite-blob not found: run `bash .ci/install-tools.sh`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = tmp_path_factory.mktemp("azurite")
+    server = subprocess.Popen(
+        [found, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(data),
+         "--silent", "--skipApiVersionCheck", "--loose"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"azurite-blob did not start on port {port}")
+            time.sleep(0.1)
+        yield (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+        )
+    finally:
+        server.kill()  # its data is this run's temporary folder: nothing to shut down cleanly
+        server.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ the test's); local mode is a `TRAMONTANE_HOME` whose kubeconfig points at the em
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -207,15 +208,23 @@ async def test_submit_refuses_bad_input_before_creating_anything(
     assert code == 1 and f"{(tmp_path / 'data.jsonl').as_uri()}:2: " in err
     assert "the job's data is invalid (see above); not submitted" in err
 
-    # Against a cluster, file:// is nobody's file: refused, with what to do.
+    # Against a cluster, a file:// output is nobody's: refused, with what to do.
     good = manifest(tmp_path, "good")
     code, _, err = await cli(
         capsys, "finetune", "submit", "-f", str(good), "--kubeconfig", str(user_kubeconfig)
     )
     assert code == 1 and err.strip() == (
-        f"{good}: spec.trainingFiles[0].uri: {(tmp_path / 'good.jsonl').as_uri()}: file:// is only "
+        f"{good}: spec.output.uri: {(tmp_path / 'out-good').as_uri()}: file:// is only "
         "readable in local mode (--local); put it where the cluster can read it (az://, s3://, "
         "gs:// or pvc://)")  # fmt: skip
+    # A local dataset cannot be uploaded into a claim from here: refused, with what to do.
+    claimed = manifest(tmp_path, "claimed", output={"uri": "pvc://train-data/out"})
+    code, _, err = await cli(
+        capsys, "finetune", "submit", "-f", str(claimed), "--kubeconfig", str(user_kubeconfig)
+    )
+    assert code == 1 and err.strip().startswith(
+        f"{claimed}: spec.trainingFiles[0].uri: {(tmp_path / 'claimed.jsonl').as_uri()}: a local "
+        "file cannot be uploaded to the job's pvc:// output (pvc://train-data/out) from here")
 
     placed = tmp_path / "placed.yaml"
     body = yaml.safe_load(good.read_text())
@@ -311,6 +320,59 @@ async def test_cancel_logs_and_get_all_kinds(
     await eventually(lambda: clusters.hub.emulator.stored(FTJS, NS, "tune") is None)
     code, _, err = await cli(capsys, "finetune", "cancel", "tune", "--local")
     assert code == 1 and "not found" in err
+
+
+# ----------------------------------------------------------------------------- upload
+async def test_submit_uploads_local_datasets_to_the_jobs_store(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, capsys: Any, user_kubeconfig: Path,
+    azurite: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Against a cluster, a file:// dataset goes to `<output>/inputs/<digest>/<name>` in the
+    job's object store (a real Blob endpoint through adlfs) and the created job names the copy;
+    a resubmission sends nothing again; a store that refuses is a clear error and no job."""
+    import adlfs
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    store = adlfs.AzureBlobFileSystem(connection_string=azurite)
+    store.mkdir("jobs")
+    out = "az://jobs/search/tune"
+    path = manifest(tmp_path, "tune", output={"uri": out})
+    code, text, err = await cli(
+        capsys, "finetune", "submit", "-f", str(path), "--kubeconfig", str(user_kubeconfig)
+    )
+    assert code == 0, err
+    created = await api.get(FTJ_REF, NS, "tune")
+    assert created is not None
+    uri = created["spec"]["trainingFiles"][0]["uri"]
+    digest = hashlib.sha256((tmp_path / "tune.jsonl").read_bytes()).hexdigest()[:16]
+    assert uri == f"{out}/inputs/{digest}/tune.jsonl"
+    assert store.cat(uri.removeprefix("az://")) == (tmp_path / "tune.jsonl").read_bytes()
+    assert f"spec.trainingFiles[0].uri: {tmp_path / 'tune.jsonl'} -> {uri} (uploaded)" in text
+
+    again = manifest(tmp_path, "again", output={"uri": out})
+    (tmp_path / "again.jsonl").write_bytes((tmp_path / "tune.jsonl").read_bytes())
+    body = yaml.safe_load(again.read_text())
+    body["spec"]["trainingFiles"][0]["uri"] = (tmp_path / "again.jsonl").as_uri()
+    again.write_text(yaml.safe_dump(body))
+    code, text, err = await cli(
+        capsys, "finetune", "submit", "-f", str(again), "--kubeconfig", str(user_kubeconfig)
+    )
+    assert code == 0, err
+    assert f"-> {out}/inputs/{digest}/again.jsonl (uploaded)" in text
+
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING", azurite.replace("devstoreaccount1;", "nobody;", 1)
+    )
+    refused = manifest(tmp_path, "refused", output={"uri": out})
+    code, _, err = await cli(
+        capsys, "finetune", "submit", "-f", str(refused), "--kubeconfig", str(user_kubeconfig)
+    )
+    assert code == 2 and err.startswith(
+        f"{refused}: spec.trainingFiles[0].uri: cannot upload {tmp_path / 'refused.jsonl'} to "
+        f"{out}/inputs/"
+    ), err
+    assert "AZURE_STORAGE_CONNECTION_STRING" in err and "Traceback" not in err
+    assert await api.get(FTJ_REF, NS, "refused") is None
 
 
 # ----------------------------------------------------------------------------- logs -f

@@ -4,13 +4,14 @@ local mode with `--local`).
 `submit -f job.yaml` checks the manifest as `tramontane validate` does and its local datasets as
 `tramontane dataset validate` does (each problem as `FILE:LINE: ...`), then creates the job in
 the manifest's namespace (else `-n`, else the context's); `--wait` follows it to its end (see
-`follow`). A `file://` dataset, output or base model is readable only by local mode: against a
-cluster it is refused (no uploader yet). `logs` prints the submitter pod's log from the member
-cluster the job runs in, when the kubeconfig has a context named like that cluster (or the
-cluster is the hub itself), else says where to look; in local mode it reads local mode's log
-file (`local_state.job_log_path`). `logs -f` keeps printing until the run ends (the submitter
-pod's log stream; in local mode, until the job's phase is final). `cancel` deletes the job;
-the operator stops its RayJob.
+`follow`). A `file://` training or validation file is uploaded to the job's own object store
+(`upload`: under `<output.uri>/inputs/`) and the job names the copy; a `file://` output or base
+model is readable only by local mode, and refused against a cluster. `logs` prints the submitter
+pod's log from the member cluster the job runs in, when the kubeconfig has a context named like
+that cluster (or the cluster is the hub itself), else says where to look; in local mode it reads
+local mode's log file (`local_state.job_log_path`). `logs -f` keeps printing until the run ends
+(the submitter pod's log stream; in local mode, until the job's phase is final). `cancel`
+deletes the job; the operator stops its RayJob.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tramontane_api.v1alpha1 import FineTuneJob
-from tramontane_cli import errors, follow, kubeaccess, local_state, output
+from tramontane_cli import errors, follow, kubeaccess, local_state, output, upload
 from tramontane_cli.args import EXIT_INVALID, EXIT_OK, EXIT_USAGE, positive_float, positive_int
 from tramontane_cli.commands import get as get_cmd
 from tramontane_cli.errors import CliError
@@ -165,16 +166,23 @@ async def run_submit(args: argparse.Namespace) -> int:
     job = _check_manifest(args.filename)
     target = kubeaccess.connect(args)
     local_files = _file_uris(job)
-    if local_files and not target.local:
-        field, uri = local_files[0]
-        raise CliError(
-            EXIT_INVALID,
-            f"{args.filename}: {field}: {uri}: file:// is only readable in local mode "
-            "(--local); put it where the cluster can read it (az://, s3://, gs:// or pvc://)",
-        )
+    datasets = [(f, u) for f, u in local_files if f.startswith(_DATASET_FIELDS)]
+    if not target.local:
+        for field, uri in local_files:
+            if not field.startswith(_DATASET_FIELDS):
+                raise CliError(
+                    EXIT_INVALID,
+                    f"{args.filename}: {field}: {uri}: file:// is only readable in local mode "
+                    "(--local); put it where the cluster can read it (az://, s3://, gs:// or "
+                    "pvc://)",
+                )
+        upload.check_uploadable(args.filename, job.spec.output.uri, datasets)
     _check_datasets(args.filename, job)
     with open(args.filename, encoding="utf-8") as handle:
         body = next(d for d in yaml.safe_load_all(handle) if d is not None)
+    if datasets and not target.local:
+        sent = upload.upload_datasets(args.filename, job.spec.output.uri, datasets, _uploaded)
+        body = upload.with_uploads(body, sent)
     namespace = _namespace(args, job.metadata.namespace, target.namespace)
     body.setdefault("metadata", {})["namespace"] = namespace
     name = job.metadata.name
@@ -192,6 +200,14 @@ async def run_submit(args: argparse.Namespace) -> int:
         if not args.wait:
             return EXIT_OK
         return await follow.follow(api, namespace, name, args.interval)
+
+
+_DATASET_FIELDS = ("spec.trainingFiles[", "spec.validationFiles[")
+
+
+def _uploaded(done: upload.Upload) -> None:
+    verb = "uploaded" if done.sent else "already there"
+    print(f"{done.field}: {done.source} -> {done.uri} ({verb})")
 
 
 # ----------------------------------------------------------------------------- list / get
