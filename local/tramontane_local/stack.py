@@ -241,6 +241,8 @@ class LocalStack:
             await self._operator.stop()
         if self._kuberay is not None:
             await self._kuberay.stop()
+            if self._own_ray:
+                _quiet_ray_prints()
             await asyncio.to_thread(self._kuberay.serve_apps.shutdown)
         if self.client is not None:
             await self.client.close()
@@ -250,6 +252,18 @@ class LocalStack:
 
             await asyncio.to_thread(ray.shutdown)
             self._own_ray = False
+
+
+def _quiet_ray_prints() -> None:
+    """Serve's shutdown makes Ray print, straight to stdout, that the controller's
+    `graceful_shutdown` task failed and will be retried (by design: that task ends when its
+    actor is killed), between local mode's last lines. Ray's own switch for those prints (the
+    one its debugger turns off while it holds the terminal) is turned off; the message stays in
+    Ray's session logs."""
+    from ray._private import worker
+
+    if hasattr(worker, "_worker_logs_enabled"):
+        worker._worker_logs_enabled = False
 
 
 def _ray_session() -> str:

@@ -59,6 +59,16 @@ def _log_to_file(paths: LocalPaths) -> None:
     for old in list(serve_logger.handlers):
         serve_logger.removeHandler(old)
     serve_logger.addHandler(handler)
+    # `ray.init(configure_logging=False)` clears the "ray" logger's handlers and leaves it not
+    # propagating, so its warnings (the token-auth notice; no SIGTERM handler off the main
+    # thread) would reach stderr through Python's last-resort handler: send them to the root
+    # logger, i.e. the file.
+    logging.getLogger("ray").propagate = True
+    # The tiny model's "Writing model shards" progress bar, here and in the processes started.
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 async def snapshot(client: KubeClient) -> dict[str, Any]:

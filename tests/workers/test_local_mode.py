@@ -166,6 +166,9 @@ def test_the_quickstart_runs_the_whole_loop(tmp_path: Path) -> None:
     for question, answer in quickstart_pairs():
         assert f"tiny-mistral:qa: {question}: {answer!r}" in out, out[-5000:]
     assert "(no adapter) does not know the trained answers" in out
+    # The console carries local mode's steps, not other programs' notices (they go to the logs).
+    noise = ("Token authentication", "SIGTERM handler", "(raylet)", "model shards", "Traceback")
+    assert not [n for n in noise if n in out], out[-5000:]
     _nothing_left(state)
     assert not (tmp_path / "local" / "state.json").exists()
     print(f"quickstart end to end: {elapsed:.0f} s")
