@@ -11,7 +11,9 @@ API models (what `crds/*.yaml` holds), KubeRay's v1.7.0 RayJob and RayService CR
 422 and is recorded in `violations` (tests assert it empty at the end). `faults` inject HTTP
 errors (and stalls) on chosen requests. A pod's log (`GET .../pods/NAME/log`, with `tailLines`,
 `limitBytes` and `follow`) is the text stored in `pod_logs[(namespace, name)]`. It is local
-mode's API server (`apiserver.ApiServer`) and the operator test tier's.
+mode's API server (`apiserver.ApiServer`) and the operator test tier's, and it answers plain
+`kubectl` (lists carry their kind, discovery is a real server's shape, `/openapi/v3` declares
+server-side field validation: see `openapi`); protobuf bodies get a 415 saying so.
 
 resourceVersions are opaque tokens, not counters, and a watch from one replays the events after
 it (or answers 410 Gone): see `kube_history`.
@@ -55,6 +57,7 @@ from tramontane_api.crdgen import crd_for
 from tramontane_api.schema import SchemaValidator
 from tramontane_api.v1alpha1 import KINDS
 
+from . import openapi
 from .kube_history import RecordingBus, Versions, gone
 
 # KubeRay v1.7.0's RayJob and RayService CRDs, copied unchanged from the kuberay-operator Helm
@@ -189,10 +192,14 @@ _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
 _POD_LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 
 
+def _status(code: int, reason: str, message: str) -> aiohttp.web.StreamResponse:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+            "reason": reason, "message": message}  # fmt: skip
+    return aiohttp.web.json_response(body, status=code)
+
+
 def _pod_not_found(name: str) -> aiohttp.web.StreamResponse:
-    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
-            "reason": "NotFound", "message": f'pods "{name}" not found'}  # fmt: skip
-    return aiohttp.web.json_response(body, status=404)
+    return _status(404, "NotFound", f'pods "{name}" not found')
 
 
 _POD_ENDED = frozenset({"Succeeded", "Failed"})
@@ -255,6 +262,16 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw.content_type == "application/vnd.kubernetes.protobuf" and raw.can_read_body:
+            return _status(
+                415,
+                "UnsupportedMediaType",
+                "this emulated API server reads JSON bodies only, not protobuf (which kubectl "
+                "sends for `kubectl create <built-in kind>`): write the object as YAML and "
+                "`kubectl apply -f` it",
+            )
+        if raw.path == "/openapi/v3" or raw.path.startswith("/openapi/v3/"):
+            return self._serve_openapi(raw.path)
         log_path = _POD_LOG_PATH.match(raw.path)
         if log_path is not None and raw.method == "GET":
             if raw.query.get("follow") in ("true", "1"):
@@ -355,6 +372,53 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response(self.namespaces[name])
         return status(405, "MethodNotAllowed", f"{method} on namespaces")
 
+    def _served(self) -> list[openapi.Served]:
+        """The kinds this server serves: the core ones and the CRDs'."""
+        infos = [(kmock.resource(k), i) for k, i in CORE.items()]
+        infos += [(c.resource, c.info) for c in self.crds]
+        return [
+            openapi.Served(r.group or "", r.version or "", r.plural, i.kind, bool(i.namespaced))
+            for r, i in infos
+            if r.plural and r.version and i.kind
+        ]
+
+    def _serve_openapi(self, path: str) -> aiohttp.web.StreamResponse:
+        """`/openapi/v3` and its group/version documents (see `openapi`), so `kubectl apply`
+        validates on this server instead of refusing to run."""
+        docs = openapi.documents(self._served())
+        if path == "/openapi/v3":
+            return aiohttp.web.json_response(openapi.root(docs))
+        doc = docs.get(path.removeprefix("/openapi/v3/"))
+        if doc is None:
+            return _status(404, "NotFound", f"no OpenAPI document at {path}")
+        return aiohttp.web.json_response(doc)
+
+    def _list_type(self, resource: kmock.resource) -> dict[str, str]:
+        """`apiVersion` and `kind` (`<Kind>List`) of a list, as a real server sends them
+        (kubectl refuses a list without them)."""
+        for s in self._served():
+            if (s.group, s.version, s.plural) == (
+                resource.group or "",
+                resource.version,
+                resource.plural,
+            ):
+                group = f"{s.group}/" if s.group else ""
+                return {"apiVersion": f"{group}{s.version}", "kind": f"{s.kind}List"}
+        return {}
+
+    async def _serve_version(self, request: Any) -> Any:
+        """Discovery of one group/version as a real server answers it: the core group's
+        `groupVersion` is `v1` (not `/v1`), and subresources (`modeldeployments/status`) carry
+        no short names or categories and only their own verbs, so `kubectl get md`, `kubectl
+        get tramontane` and `kubectl get secrets` find the resources themselves."""
+        payload: Any = await super()._serve_version(request)
+        payload["groupVersion"] = str(payload.get("groupVersion") or "").lstrip("/")  # core: v1
+        for entry in payload.get("resources") or []:
+            if "/" in entry["name"]:
+                entry.update(shortNames=[], categories=[], singularName="")
+                entry["verbs"] = ["get", "patch", "update"]
+        return payload
+
     async def _serve_fast(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """KMock's object semantics without its reaction matching (same events, same errors)."""
         resource, action = request.resource, request.action
@@ -375,7 +439,11 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
                     and _selected(obj.raw, selector)
                 ]
                 version = self._versions.head  # the watch from it misses nothing after the list
-                payload: Any = {"metadata": {"resourceVersion": version}, "items": items}
+                payload: Any = {
+                    **self._list_type(resource),
+                    "metadata": {"resourceVersion": version},
+                    "items": items,
+                }
                 return aiohttp.web.json_response(payload)
             if action == kmock.action.CREATE:
                 meta = request.data.get("metadata") or {}
