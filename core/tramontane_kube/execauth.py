@@ -140,10 +140,13 @@ class ExecConfig:
             )
         except ConfigException as exc:
             raise KubeconfigError(f"{self.where}: {exc}") from exc
+        plugin.install_hint = json.loads(self.block).get("installHint")
         return plugin
 
 
 class Plugin(Protocol):
+    install_hint: str | None
+
     def run_checked(self, where: str, timeout_s: float) -> tuple[str, datetime | None]: ...
 
 
@@ -165,6 +168,7 @@ class _PluginRun:
     api_version: str
     cwd: str | None
     cluster: Any
+    install_hint: str | None = None  # the block's installHint, shown when the command is missing
 
     def request(self) -> dict[str, Any]:
         """The ExecCredential request, as the library builds it (never interactive)."""
@@ -197,8 +201,10 @@ class _PluginRun:
                 check=False,
             )
         except FileNotFoundError:
+            hint = " ".join((self.install_hint or "").split())
             raise KubeconfigError(
                 f"{where}.command: {command!r} not found (is it installed and on PATH?)"
+                + (f"; installHint: {hint}" if hint else "")
             ) from None
         except subprocess.TimeoutExpired:
             raise KubeconfigError(

@@ -27,7 +27,13 @@ from typing import Any
 
 import kopf
 
-from tramontane_kube import ClusterConfig, CredentialError, LeaderElector, LeadershipLost
+from tramontane_kube import (
+    ClusterConfig,
+    CredentialError,
+    KubeClient,
+    LeaderElector,
+    LeadershipLost,
+)
 from tramontane_operator.handlers.manager import Manager
 from tramontane_operator.handlers.runtime import Runtime
 from tramontane_operator.observability import serve_metrics
@@ -58,20 +64,35 @@ def connection_info(
     )
 
 
+class HubLogin:
+    """Kopf's login with the hub client's credentials. With an exec plugin, Kopf gets the
+    plugin's token and its expiry; Kopf logs in again when it expires or the server answers
+    401, so a token already given to Kopf is asked to be replaced (the client's cache may
+    hold a newer one already: then that one, without running the plugin)."""
+
+    def __init__(self) -> None:
+        self.given: str | None = None
+
+    async def __call__(self, hub: KubeClient) -> kopf.ConnectionInfo:
+        if hub.credentials is None:
+            return connection_info(hub.config)
+        try:
+            token = await hub.bearer_token(stale=self.given)
+        except CredentialError as exc:
+            raise kopf.LoginError(str(exc)) from None
+        self.given = token
+        return connection_info(hub.config, token, hub.credentials.expiry)
+
+
 def build_registry(rt: Runtime, lost: asyncio.Event | None = None) -> kopf.OperatorRegistry:
     """Kopf's registry for one run; `lost` is set if this replica loses its leadership."""
     registry = kopf.OperatorRegistry()
 
+    hub_login = HubLogin()
+
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
-        hub = rt.hub
-        if hub.credentials is None:
-            return connection_info(hub.config)
-        try:
-            token = await hub.bearer_token()
-        except CredentialError as exc:
-            raise kopf.LoginError(str(exc)) from None
-        return connection_info(hub.config, token, hub.credentials.expiry)
+        return await hub_login(rt.hub)
 
     running: list[asyncio.Task[None]] = []
     webhooks: list[Webhook] = []

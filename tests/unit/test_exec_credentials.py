@@ -5,6 +5,7 @@ checks the bearer token, with the real `KubeClient` between them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import stat
@@ -19,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from tramontane_kube import ApiError, ClusterConfig, CredentialError, KubeClient, KubeconfigError
-from tramontane_kube.execauth import ExecConfig, ExecCredentials
+from tramontane_kube.execauth import ExecCredentials
 
 V1 = "client.authentication.k8s.io/v1"
 
@@ -331,15 +332,22 @@ async def test_a_plugin_that_fails_names_the_secret_and_the_field(
 async def test_a_missing_or_hanging_command(
     server: Server, plugin: Plugin, connect: Callable[[dict[str, Any]], KubeClient]
 ) -> None:
-    missing = kubeconfig(server.url, plugin, exec_extra={"command": "kubelogin-not-installed"})
+    hint = "kubelogin is not installed.\n  See https://azure.github.io/kubelogin/ to install it."
+    missing = kubeconfig(
+        server.url,
+        plugin,
+        exec_extra={"command": "kubelogin-not-installed", "installHint": hint},
+    )
     with pytest.raises(
-        CredentialError, match=r"exec\.command: 'kubelogin-not-installed' not found"
+        CredentialError,
+        match=r"exec\.command: 'kubelogin-not-installed' not found \(is it installed and on "
+        r"PATH\?\); installHint: kubelogin is not installed\. See https://azure",
     ):
         await connect(missing).version()
 
     config = ClusterConfig.from_kubeconfig(kubeconfig(server.url, plugin, MODE="hang"))
     assert config.exec is not None
-    credentials = ExecCredentials(ExecConfig(**{**config.exec.__dict__, "timeout_s": 0.5}))
+    credentials = ExecCredentials(dataclasses.replace(config.exec, timeout_s=0.5))
     with pytest.raises(KubeconfigError, match=r"did not answer within 0\.5 s \(killed\)"):
         await credentials.token()
 
@@ -391,13 +399,26 @@ def test_same_kubeconfig_same_config(plugin: Plugin) -> None:
 async def test_kopf_logs_in_to_a_hub_with_the_plugins_token_and_expiry(
     server: Server, plugin: Plugin, connect: Callable[[dict[str, Any]], KubeClient]
 ) -> None:
-    from tramontane_operator.main import connection_info
+    import kopf
+
+    from tramontane_operator.main import HubLogin
 
     client = connect(kubeconfig(server.url, plugin, EXPIRY_S="1800"))
-    token = await client.bearer_token()
-    assert client.credentials is not None and client.credentials.expiry is not None
-    info = connection_info(client.config, token, client.credentials.expiry)
+    login = HubLogin()
+    info = await login(client)
     assert (info.token, info.scheme) == ("token-1", "Bearer")
-    assert info.expiration == client.credentials.expiry
-    left = (info.expiration - datetime.now(UTC)).total_seconds()
-    assert 1700 < left <= 1800
+    assert client.credentials is not None and info.expiration == client.credentials.expiry
+    assert info.expiration is not None
+    assert 1700 < (info.expiration - datetime.now(UTC)).total_seconds() <= 1800
+    # Kopf logs in again (its token was rejected or expired): a new token, one more run.
+    assert (await login(client)).token == "token-2"
+    assert plugin.runs == 2
+    # Our own client refreshed meanwhile (a 401 of its own): Kopf gets that token, no run.
+    server.accepted = {"token-3"}
+    await client.version()
+    assert plugin.runs == 3 and (await login(client)).token == "token-3"
+    assert plugin.runs == 3
+
+    broken = connect(kubeconfig(server.url, plugin, MODE="fail"))
+    with pytest.raises(kopf.LoginError, match=r"users\[aks-user\]\.user\.exec: .* status 3"):
+        await HubLogin()(broken)
