@@ -35,8 +35,8 @@ count = os.environ["COUNT"]
 runs = (int(open(count).read()) if os.path.exists(count) else 0) + 1
 open(count, "w").write(str(runs))
 with open(count + ".env", "a") as seen:
-    seen.write(json.dumps({k: os.environ.get(k) for k in
-        ("KUBERNETES_EXEC_INFO", "FROM_KUBECONFIG", "FROM_PROCESS")}) + "\\n")
+    seen.write(json.dumps({"argv": sys.argv[1:], **{k: os.environ.get(k) for k in
+        ("KUBERNETES_EXEC_INFO", "FROM_KUBECONFIG", "FROM_PROCESS")}}) + "\\n")
 time.sleep(float(os.environ.get("SLEEP_S", "0")))
 mode = os.environ.get("MODE", "ok")
 if mode == "fail":
@@ -201,6 +201,7 @@ async def test_the_plugin_gets_the_kubeconfig_env_the_process_env_and_the_reques
     await connect(data).version()
     (seen,) = plugin.seen_env()
     assert seen["FROM_PROCESS"] == "process" and seen["FROM_KUBECONFIG"] == "kubeconfig"
+    assert seen["argv"] == ["get-token", "--login", "workloadidentity"]
     info = json.loads(seen["KUBERNETES_EXEC_INFO"])
     assert info["kind"] == "ExecCredential" and info["apiVersion"] == V1
     assert info["spec"]["interactive"] is False
