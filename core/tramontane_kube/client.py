@@ -302,6 +302,22 @@ class KubeClient:
             return dict(current), "unchanged"
         return await self.patch(ref, namespace, name, patch), "patched"
 
+    async def _stream(
+        self, path: str, params: Mapping[str, str], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """A GET whose body the caller streams (a watch, a followed log); a 401 to a plugin's
+        token is answered by one new token and one more try, as in `request`."""
+        stale: str | None = None
+        while True:
+            headers, token = await self._headers(stale=stale)
+            resp = await self._session.get(
+                self.config.server + path, params=params, headers=headers, timeout=timeout
+            )
+            if not self._retry_401(resp.status, token, refreshed=stale is not None):
+                return resp
+            resp.release()
+            stale = token
+
     async def watch(
         self,
         ref: ResourceRef,
@@ -317,21 +333,8 @@ class KubeClient:
         if resource_version:  # opaque: passed back as the server gave it
             params["resourceVersion"] = resource_version
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=timeout_s + 30)
-        stale: str | None = None
         try:
-            while True:
-                headers, token = await self._headers(stale=stale)
-                resp = await self._session.get(
-                    self.config.server + ref.path(namespace),
-                    params=params,
-                    headers=headers,
-                    timeout=timeout,
-                )
-                if self._retry_401(resp.status, token, refreshed=stale is not None):
-                    resp.release()
-                    stale = token
-                    continue
-                break
+            resp = await self._stream(ref.path(namespace), params, timeout)
             async with resp:
                 if resp.status >= 400:
                     raise _api_error(self.name, resp.status, await resp.text())
@@ -373,12 +376,8 @@ class KubeClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=None)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
-            async with self._session.get(
-                self.config.server + POD.path(namespace, name, "log"),
-                params=params,
-                headers=self._headers(),
-                timeout=timeout,
-            ) as resp:
+            resp = await self._stream(POD.path(namespace, name, "log"), params, timeout)
+            async with resp:
                 if resp.status >= 400:
                     raise _api_error(self.name, resp.status, await resp.text())
                 async for chunk in resp.content.iter_any():

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tramontane_kube import ApiError, ClusterConfig, CredentialError, KubeClient, KubeconfigError
+from tramontane_kube import (
+    NAMESPACE,
+    ApiError,
+    ClusterConfig,
+    CredentialError,
+    KubeClient,
+    KubeconfigError,
+)
 from tramontane_kube.execauth import ExecCredentials
 
 V1 = "client.authentication.k8s.io/v1"
@@ -131,18 +138,26 @@ class Server:
     accepted: set[str] | None = None
     seen: list[str] = field(default_factory=list)
 
-    async def version(self, request: web.Request) -> web.Response:
+    def refused(self, request: web.Request) -> web.Response | None:
         header = request.headers.get("Authorization", "")
         self.seen.append(header)
         token = header.removeprefix("Bearer ")
-        if not header.startswith("Bearer ") or (
-            self.accepted is not None and token not in self.accepted
-        ):
-            return web.json_response(
-                {"kind": "Status", "reason": "Unauthorized", "message": "Unauthorized"},
-                status=401,
-            )
-        return web.json_response({"gitVersion": "v1.31.2"})
+        if header.startswith("Bearer ") and (self.accepted is None or token in self.accepted):
+            return None
+        return web.json_response(
+            {"kind": "Status", "reason": "Unauthorized", "message": "Unauthorized"}, status=401
+        )
+
+    async def version(self, request: web.Request) -> web.Response:
+        return self.refused(request) or web.json_response({"gitVersion": "v1.31.2"})
+
+    async def namespaces(self, request: web.Request) -> web.Response:
+        """A watch that sends one event, then ends."""
+        event = {"type": "ADDED", "object": {"metadata": {"name": "team-a"}}}
+        return self.refused(request) or web.Response(text=json.dumps(event) + "\n")
+
+    async def pod_log(self, request: web.Request) -> web.Response:
+        return self.refused(request) or web.Response(text="step 1\nstep 2\n")
 
 
 @pytest.fixture
@@ -150,6 +165,8 @@ async def server() -> AsyncIterator[Server]:
     state = Server()
     app = web.Application()
     app.router.add_get("/version", state.version)
+    app.router.add_get("/api/v1/namespaces", state.namespaces)
+    app.router.add_get("/api/v1/namespaces/{ns}/pods/{pod}/log", state.pod_log)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -249,6 +266,26 @@ async def test_a_401_runs_the_plugin_once_and_retries(
     assert caught.value.status == 401
     assert server.seen == ["Bearer token-2", "Bearer token-3"]
     assert plugin.runs == 3
+
+
+async def test_a_401_to_a_watch_or_a_followed_log_runs_the_plugin_once(
+    server: Server, plugin: Plugin, connect: Callable[[dict[str, Any]], KubeClient]
+) -> None:
+    client = connect(kubeconfig(server.url, plugin, EXPIRY_S="none"))
+    server.accepted = {"token-2"}
+    events = [e async for e in client.watch(NAMESPACE)]
+    assert [e["object"]["metadata"]["name"] for e in events] == ["team-a"]
+    assert server.seen == ["Bearer token-1", "Bearer token-2"]
+    server.accepted, server.seen = {"token-3"}, []
+    log = "".join([c async for c in client.follow_pod_log("team-a", "submitter", 10)])
+    assert log == "step 1\nstep 2\n"
+    assert server.seen == ["Bearer token-2", "Bearer token-3"]
+    # Rejected again after the one refresh: the 401 is the answer.
+    server.accepted, server.seen = set(), []
+    with pytest.raises(ApiError) as caught:
+        [e async for e in client.watch(NAMESPACE)]
+    assert caught.value.status == 401 and len(server.seen) == 2
+    assert plugin.runs == 4
 
 
 async def test_concurrent_requests_share_one_plugin_run(
