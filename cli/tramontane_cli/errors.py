@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from tramontane_cli.args import EXIT_INVALID, EXIT_USAGE
 from tramontane_cli.manifest import ManifestError
-from tramontane_kube import ApiError, KubeconfigError, Unreachable
+from tramontane_kube import ApiError, CredentialError, KubeconfigError, Unreachable
 
 __all__ = ["ApiError", "CliError", "describe_api_error", "run"]
 
@@ -52,6 +52,9 @@ def run(work: Callable[[], Awaitable[int]]) -> int:
         return exc.code
     except KubeconfigError as exc:
         print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except CredentialError as exc:  # the kubeconfig's exec plugin gave no token
+        print(f"no credentials for the Kubernetes API server: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Unreachable as exc:
         print(f"cannot reach the Kubernetes API server: {exc}", file=sys.stderr)

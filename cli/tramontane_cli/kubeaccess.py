@@ -7,7 +7,10 @@ file of `$KUBECONFIG`, else `~/.kube/config`; with `--local`, local mode's, see 
 the context (`--context` or its current-context), and the namespace (`-n`, else the context's,
 else `default`). The connection is `tramontane_kube`'s async `KubeClient` over a
 `ClusterConfig`, as the operator and the router use it: tokens and client certificates, inline
-or in files; exec credential plugins are refused with a clear message.
+or in files, and exec credential plugins (`kubelogin get-token` on AKS with Entra ID, `aws eks
+get-token`, `gke-gcloud-auth-plugin`), run as `tramontane_kube.execauth` describes: without a
+terminal (use a login mode that needs none, e.g. kubelogin's `azurecli` after `az login`, or
+`workloadidentity`; `interactiveMode: Always` is refused), the token cached while valid.
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ class Target:
         names = {c.get("name") for c in self.data.get("contexts") or [] if isinstance(c, Mapping)}
         if cluster not in names:
             return None
-        return ClusterConfig.from_kubeconfig(self.data, cluster, files_from=self.kubeconfig.parent)
+        return ClusterConfig.from_kubeconfig(
+            self.data, cluster, files_from=self.kubeconfig.parent, source=str(self.kubeconfig)
+        )
 
 
 def _kubeconfig_path(args: argparse.Namespace, local: bool) -> Path:
@@ -91,10 +96,14 @@ def connect(args: argparse.Namespace) -> Target:
         raise CliError(EXIT_USAGE, f"{flag}: {path}: not a kubeconfig (expected a mapping)")
     context = getattr(args, "context", None) or data.get("current-context") or ""
     try:
-        config = ClusterConfig.from_kubeconfig(data, context or None, files_from=path.parent)
+        config = ClusterConfig.from_kubeconfig(
+            data, context or None, files_from=path.parent, source=str(path)
+        )
     except KubeconfigError as exc:
         where = f"--context {context}" if getattr(args, "context", None) else str(path)
-        raise CliError(EXIT_USAGE, f"{where}: {exc}") from exc
+        message = str(exc)  # an exec block's errors start with the path already
+        prefix = "" if message.startswith(f"{path}:") and where == str(path) else f"{where}: "
+        raise CliError(EXIT_USAGE, f"{prefix}{message}") from exc
     namespace = getattr(args, "namespace", None) or config.default_namespace or "default"
     return Target(path, data, str(context), config, namespace, local)
 

@@ -4,7 +4,7 @@ election on a Lease.
 Shared by the operator and the router (neither Kopf nor anything operator-specific here).
 """
 
-from .client import ApiError, Conflict, Invalid, KubeClient, NotFound, Unreachable
+from .client import ApiError, Conflict, CredentialError, Invalid, KubeClient, NotFound, Unreachable
 from .config import ClusterConfig, KubeconfigError
 from .informer import Informer
 from .leader import LeaderElectionConfig, LeaderElector, LeadershipLost
@@ -38,6 +38,7 @@ __all__ = [
     "ApiError",
     "ClusterConfig",
     "Conflict",
+    "CredentialError",
     "Informer",
     "Invalid",
     "KubeClient",

@@ -11,6 +11,14 @@ Errors are mapped so callers decide by type: `NotFound` (404), `Conflict` (409),
 (422, never retried), `ApiError` for the rest; 429/5xx are retried with exponential backoff;
 a cluster that cannot be reached raises `Unreachable` after a short retry, without blocking
 any other cluster's client.
+
+Bearer tokens: a static token, a token file (re-read on every request: projected
+service-account tokens rotate), or an exec credential plugin (`execauth.ExecCredentials`: the
+plugin runs in a thread, its token is cached until shortly before it expires). A 401 answer to
+a request sent with a plugin's token fetches a new token and retries that request once; a
+plugin that fails raises `CredentialError` (an `Unreachable`: every caller that backs off from
+an unreachable cluster backs off from this too) with the plugin's error, which names the
+kubeconfig's source and field.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from .config import ClusterConfig
+from .config import ClusterConfig, KubeconfigError
+from .execauth import ExecCredentials
 from .patches import matches_labels, merge_patch_diff
 from .resources import POD, ResourceRef
 
@@ -68,6 +77,15 @@ class Unreachable(Exception):
         self.cause = cause
 
 
+class CredentialError(Unreachable):
+    """No token could be had: the exec credential plugin failed (`cause` says how, naming the
+    kubeconfig's source and field)."""
+
+    def __init__(self, cluster: str, cause: str) -> None:
+        super().__init__(cluster, cause)
+        self.args = (f"{cluster}: {cause}",)
+
+
 _ERRORS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 422: Invalid}
 _RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -100,18 +118,39 @@ class KubeClient:
             connector=aiohttp.TCPConnector(limit=max_connections, ssl=self._ssl),
             headers={"Accept": "application/json", "User-Agent": user_agent},
         )
+        static = config.token or config.token_path  # kubectl's order: a token wins over exec
+        self.credentials = (
+            ExecCredentials(config.exec) if config.exec is not None and not static else None
+        )
 
     async def close(self) -> None:
         await self._session.close()
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+    async def bearer_token(self, stale: str | None = None) -> str | None:
+        """The token to send now (the plugin's, run if needed; else the static one). With
+        `stale` (a plugin's token the server rejected), a new one."""
+        if self.credentials is None:
+            return self.config.bearer_token()
+        try:
+            return await self.credentials.token(stale=stale)
+        except KubeconfigError as exc:
+            raise CredentialError(self.name, str(exc)) from None
+
+    async def _headers(
+        self, content_type: str | None = None, stale: str | None = None
+    ) -> tuple[dict[str, str], str | None]:
+        """The request's headers, and the token they carry."""
         headers = {}
-        token = self.config.bearer_token()
+        token = await self.bearer_token(stale)
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if content_type:
             headers["Content-Type"] = content_type
-        return headers
+        return headers, token
+
+    def _retry_401(self, status: int, token: str | None, refreshed: bool) -> bool:
+        """Whether a 401 should be answered by one new plugin token and one more try."""
+        return status == 401 and self.credentials is not None and not refreshed and bool(token)
 
     async def request(
         self,
@@ -128,16 +167,22 @@ class KubeClient:
         url = self.config.server + path
         data = None if body is None else json.dumps(body)
         last: Exception | None = None
-        for attempt in range(self.attempts):
-            if attempt:
+        stale: str | None = None  # a plugin token a 401 rejected: fetch a new one (once)
+        refreshed = False
+        attempt = 0
+        while attempt < self.attempts:
+            if attempt and stale is None:
                 await asyncio.sleep(self.backoff_s * (2 ** (attempt - 1)))
+            headers, token = await self._headers(content_type if data is not None else None, stale)
+            stale = None
+            attempt += 1
             try:
                 async with self._session.request(
                     method,
                     url,
                     data=data,
                     params=params,
-                    headers=self._headers(content_type if data is not None else None),
+                    headers=headers,
                     timeout=self._timeout,
                 ) as resp:
                     text = await resp.text()
@@ -146,6 +191,11 @@ class KubeClient:
                     if resp.status < 400:
                         return json.loads(text) if text else None
                     error = _api_error(self.name, resp.status, text)
+                    if self._retry_401(resp.status, token, refreshed):
+                        log.info("%s: token rejected (401): running the plugin again", self.name)
+                        stale, refreshed = token, True
+                        attempt -= 1  # the retry with a new token is not a failed attempt
+                        continue
                     if resp.status not in _RETRIED_STATUSES:
                         raise error
                     last = error
@@ -252,6 +302,22 @@ class KubeClient:
             return dict(current), "unchanged"
         return await self.patch(ref, namespace, name, patch), "patched"
 
+    async def _stream(
+        self, path: str, params: Mapping[str, str], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """A GET whose body the caller streams (a watch, a followed log); a 401 to a plugin's
+        token is answered by one new token and one more try, as in `request`."""
+        stale: str | None = None
+        while True:
+            headers, token = await self._headers(stale=stale)
+            resp = await self._session.get(
+                self.config.server + path, params=params, headers=headers, timeout=timeout
+            )
+            if not self._retry_401(resp.status, token, refreshed=stale is not None):
+                return resp
+            resp.release()
+            stale = token
+
     async def watch(
         self,
         ref: ResourceRef,
@@ -268,12 +334,8 @@ class KubeClient:
             params["resourceVersion"] = resource_version
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=timeout_s + 30)
         try:
-            async with self._session.get(
-                self.config.server + ref.path(namespace),
-                params=params,
-                headers=self._headers(),
-                timeout=timeout,
-            ) as resp:
+            resp = await self._stream(ref.path(namespace), params, timeout)
+            async with resp:
                 if resp.status >= 400:
                     raise _api_error(self.name, resp.status, await resp.text())
                 async for line in resp.content:
@@ -314,12 +376,8 @@ class KubeClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=None)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
-            async with self._session.get(
-                self.config.server + POD.path(namespace, name, "log"),
-                params=params,
-                headers=self._headers(),
-                timeout=timeout,
-            ) as resp:
+            resp = await self._stream(POD.path(namespace, name, "log"), params, timeout)
+            async with resp:
                 if resp.status >= 400:
                     raise _api_error(self.name, resp.status, await resp.text())
                 async for chunk in resp.content.iter_any():

@@ -1,15 +1,21 @@
 """How to reach one cluster's API server: in-cluster service account or a kubeconfig.
 
-`ClusterConfig` is the connection data the async client needs (server URL, CA, token or client
-certificate). Member clusters come from a kubeconfig stored in a Secret, so only embedded data is
-accepted (`certificate-authority-data`, `client-certificate-data`, `token`): file paths and exec
-plugins would need files and cloud CLIs inside the operator pod, and are rejected with an error
-naming the field. A user's own kubeconfig file (the tenant CLI) may also name files
-(`certificate-authority`, `client-certificate`, `client-key`, `tokenFile`), resolved against the
-kubeconfig's directory as kubectl does: `from_kubeconfig(..., files_from=DIR)`. Exec plugins and
-auth providers are not run in either case (an error names the field). The operator converts
-the same config to Kopf's `ConnectionInfo` (`tramontane_operator.main`), so Kopf and our client
-talk to the hub with the same credentials.
+`ClusterConfig` is the connection data the async client needs (server URL, CA, token, client
+certificate, or an exec credential plugin). Member clusters come from a kubeconfig stored in a
+Secret, so only embedded data is accepted (`certificate-authority-data`,
+`client-certificate-data`, `token`) besides an `exec` plugin: file paths would need files inside
+the operator pod, and are rejected with an error naming the field. A user's own kubeconfig file
+(the tenant CLI) may also name files (`certificate-authority`, `client-certificate`,
+`client-key`, `tokenFile`), resolved against the kubeconfig's directory as kubectl does:
+`from_kubeconfig(..., files_from=DIR)`.
+
+An `exec` block (kubelogin on AKS, `aws eks get-token`, `gke-gcloud-auth-plugin`) is checked
+here and run by the client when it needs a token (`execauth`: what runs, with which
+environment, how tokens are refreshed; `interactiveMode: Always` is refused). `source` names
+where the kubeconfig came from (e.g. `Secret ops/aks`) in the plugin's errors. `auth-provider`
+blocks (removed from kubectl) are refused. The operator converts the same config to Kopf's
+`ConnectionInfo` (`tramontane_operator.main`), so Kopf and our client talk to the hub with the
+same credentials.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from typing import Any
 
 import yaml
 
+from .errors import KubeconfigError
+from .execauth import ExecConfig
+
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
-
-class KubeconfigError(ValueError):
-    """A kubeconfig that cannot be used; the message names the offending field."""
+__all__ = ["SERVICE_ACCOUNT_DIR", "ClusterConfig", "ExecConfig", "KubeconfigError"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class ClusterConfig:
     client_cert_data: str | None = None  # PEM text
     client_key_data: str | None = None  # PEM text
     default_namespace: str | None = None
+    exec: ExecConfig | None = None  # a credential plugin: the client runs it for tokens
 
     def bearer_token(self) -> str | None:
         if self.token_path:
@@ -76,7 +84,12 @@ class ClusterConfig:
 
     @classmethod
     def from_kubeconfig_text(
-        cls, text: str, context: str | None = None, *, files_from: Path | None = None
+        cls,
+        text: str,
+        context: str | None = None,
+        *,
+        files_from: Path | None = None,
+        source: str = "kubeconfig",
     ) -> ClusterConfig:
         try:
             data = yaml.safe_load(text)
@@ -84,26 +97,41 @@ class ClusterConfig:
             raise KubeconfigError(f"kubeconfig: invalid YAML: {exc}") from exc
         if not isinstance(data, Mapping):
             raise KubeconfigError("kubeconfig: expected a mapping at the top level")
-        return cls.from_kubeconfig(data, context, files_from=files_from)
+        return cls.from_kubeconfig(data, context, files_from=files_from, source=source)
 
     @classmethod
     def from_kubeconfig(
-        cls, data: Mapping[str, Any], context: str | None = None, *, files_from: Path | None = None
+        cls,
+        data: Mapping[str, Any],
+        context: str | None = None,
+        *,
+        files_from: Path | None = None,
+        source: str = "kubeconfig",
     ) -> ClusterConfig:
-        """The current (or named) context of a kubeconfig with embedded credentials; with
-        `files_from` (the kubeconfig's directory), credentials in files are read too."""
+        """The current (or named) context of a kubeconfig with embedded credentials or an exec
+        plugin; with `files_from` (the kubeconfig's directory), credentials in files are read
+        too. `source` names the kubeconfig in the exec plugin's errors."""
         name = context or data.get("current-context")
         if not name:
             raise KubeconfigError("kubeconfig: current-context is not set")
         ctx = _named(data, "contexts", name, "context")
         cluster = _named(data, "clusters", _field(ctx, "cluster", f"contexts[{name}]"), "cluster")
-        user = _named(data, "users", _field(ctx, "user", f"contexts[{name}]"), "user")
-        for plugin in ("exec", "auth-provider"):
-            if plugin in user:
-                raise KubeconfigError(
-                    f"kubeconfig: users[].user.{plugin} (a credential plugin) is not supported; "
-                    "use a context with a token or client-certificate-data/client-key-data"
-                )
+        user_name = _field(ctx, "user", f"contexts[{name}]")
+        user = _named(data, "users", user_name, "user")
+        if "auth-provider" in user:
+            raise KubeconfigError(
+                "kubeconfig: users[].user.auth-provider (a credential plugin) is not supported; "
+                "use an exec plugin, a token or client-certificate-data/client-key-data"
+            )
+        plugin = None
+        if "exec" in user:
+            plugin = ExecConfig.parse(
+                user["exec"],
+                cluster,
+                source=source,
+                user=str(user_name),
+                cwd=str(files_from) if files_from is not None else None,
+            )
         files = ("client-certificate", "client-key", "tokenFile")
         if files_from is None:
             for unsupported in files:
@@ -132,6 +160,7 @@ class ClusterConfig:
             client_key_data=_b64_pem(user.get("client-key-data"))
             or _file_text(files_from, user.get("client-key"), "client-key"),
             default_namespace=ctx.get("namespace"),
+            exec=plugin,
         )
 
     @classmethod

@@ -22,11 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Any
 
 import kopf
 
-from tramontane_kube import ClusterConfig, LeaderElector, LeadershipLost
+from tramontane_kube import (
+    ClusterConfig,
+    CredentialError,
+    KubeClient,
+    LeaderElector,
+    LeadershipLost,
+)
 from tramontane_operator.handlers.manager import Manager
 from tramontane_operator.handlers.runtime import Runtime
 from tramontane_operator.observability import serve_metrics
@@ -37,27 +44,55 @@ ANNOTATION_PREFIX = "tramontane.dev"
 log = logging.getLogger(__name__)
 
 
-def connection_info(config: ClusterConfig) -> kopf.ConnectionInfo:
+def connection_info(
+    config: ClusterConfig, token: str | None = None, expiration: datetime | None = None
+) -> kopf.ConnectionInfo:
+    """Kopf's login from our config; `token` (and its `expiration`) when an exec plugin gave
+    it (Kopf logs in again when it expires or the server answers 401)."""
+    token = token or config.bearer_token()
     return kopf.ConnectionInfo(
         server=config.server,
         ca_path=config.ca_path,
         ca_data=config.ca_data,
         insecure=config.insecure or None,
-        token=config.bearer_token(),
-        scheme="Bearer" if config.bearer_token() else None,
+        token=token,
+        scheme="Bearer" if token else None,
         certificate_data=config.client_cert_data,
         private_key_data=config.client_key_data,
         default_namespace=config.default_namespace,
+        expiration=expiration,
     )
+
+
+class HubLogin:
+    """Kopf's login with the hub client's credentials. With an exec plugin, Kopf gets the
+    plugin's token and its expiry; Kopf logs in again when it expires or the server answers
+    401, so a token already given to Kopf is asked to be replaced (the client's cache may
+    hold a newer one already: then that one, without running the plugin)."""
+
+    def __init__(self) -> None:
+        self.given: str | None = None
+
+    async def __call__(self, hub: KubeClient) -> kopf.ConnectionInfo:
+        if hub.credentials is None:
+            return connection_info(hub.config)
+        try:
+            token = await hub.bearer_token(stale=self.given)
+        except CredentialError as exc:
+            raise kopf.LoginError(str(exc)) from None
+        self.given = token
+        return connection_info(hub.config, token, hub.credentials.expiry)
 
 
 def build_registry(rt: Runtime, lost: asyncio.Event | None = None) -> kopf.OperatorRegistry:
     """Kopf's registry for one run; `lost` is set if this replica loses its leadership."""
     registry = kopf.OperatorRegistry()
 
+    hub_login = HubLogin()
+
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(rt.hub.config)
+        return await hub_login(rt.hub)
 
     running: list[asyncio.Task[None]] = []
     webhooks: list[Webhook] = []

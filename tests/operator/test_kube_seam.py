@@ -52,7 +52,9 @@ def test_kubeconfig_with_embedded_credentials() -> None:
 @pytest.mark.parametrize(
     ("user", "field"),
     [
-        ({"exec": {"command": "kubelogin"}}, "users[].user.exec"),
+        # An exec plugin is accepted (tramontane_kube.execauth) once its block is complete.
+        ({"exec": {"command": "kubelogin"}}, "users[sa].user.exec.apiVersion is missing"),
+        ({"auth-provider": {"name": "azure"}}, "users[].user.auth-provider"),
         ({"client-certificate": "/tmp/c.crt"}, "users[].user.client-certificate"),
     ],
 )
@@ -66,7 +68,7 @@ def test_kubeconfig_without_embedded_credentials_is_rejected(
 
 def test_a_users_kubeconfig_may_name_credential_files(tmp_path: Any) -> None:
     """The CLI reads a user's kubeconfig: files resolve against its directory; a Secret's may
-    not name files, and neither may run a credential plugin."""
+    not name files; both may name an exec credential plugin (checked when parsed)."""
     (tmp_path / "ca.crt").write_text("CA")
     (tmp_path / "c.crt").write_text("CERT")
     (tmp_path / "c.key").write_text("KEY")
@@ -82,7 +84,7 @@ def test_a_users_kubeconfig_may_name_credential_files(tmp_path: Any) -> None:
     assert config.bearer_token() == "file-token"
     with pytest.raises(KubeconfigError, match="certificate-authority"):
         ClusterConfig.from_kubeconfig({**data, "users": KUBECONFIG["users"]})
-    with pytest.raises(KubeconfigError, match=r"users\[\]\.user\.exec \(a credential plugin\)"):
+    with pytest.raises(KubeconfigError, match=r"users\[sa\]\.user\.exec\.command is missing"):
         ClusterConfig.from_kubeconfig(
             {**data, "users": [{"name": "sa", "user": {"exec": {}}}]}, files_from=tmp_path
         )

@@ -317,11 +317,17 @@ class Runtime:
             )
         try:
             text = base64.b64decode(encoded, validate=True).decode()
-            return ClusterConfig.from_kubeconfig_text(text)
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise ClusterConnectionError(f"Secret {ref.namespace}/{ref.name}: {exc}") from exc
+        # An exec plugin's errors (it runs later, when the client needs a token) name the
+        # Secret themselves: they reach the status through the probe.
+        source = f"Secret {ref.namespace}/{ref.name}"
+        try:
+            return ClusterConfig.from_kubeconfig_text(text, source=source)
         except KubeconfigError as exc:
-            raise ClusterConnectionError(f"Secret {ref.namespace}/{ref.name}: {exc}") from exc
+            message = str(exc)
+            prefix = "" if message.startswith(source) else f"{source}: "
+            raise ClusterConnectionError(f"{prefix}{message}") from exc
 
     async def cluster_views(
         self, ccs: Iterable[ComputeCluster], allocations: Mapping[str, Mapping[str, int]]
