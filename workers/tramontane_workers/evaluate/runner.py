@@ -145,13 +145,12 @@ async def _generate(
     context: int,
     reporter: Reporter,
 ) -> list[Answer]:
-    """Every answer; twice `batch_size` requests in flight keeps the engine's batch full."""
+    """Every answer. All requests go to the engine at once: its scheduler is the one queue
+    (`batch_size` sequences decode together on the reference engine), as in offline vLLM."""
     requests = [with_max_tokens(s, config.max_tokens, context) for s in samples]
-    slots = asyncio.Semaphore(2 * config.batch_size)
 
     async def one(index: int) -> Answer:
-        async with slots:
-            answer = await service.answer(requests[index], adapter)
+        answer = await service.answer(requests[index], adapter)
         reporter.advance()
         return answer
 
