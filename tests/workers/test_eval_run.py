@@ -139,3 +139,45 @@ async def test_validation_loss_is_the_trainers(
     assert scores["meanTokenAccuracy"] == (1.0, 3)
     assert (result.state, result.done, result.failing_samples) == ("succeeded", 3, [])
     assert last_result("\n".join(lines)) == result
+
+
+async def test_a_baseline_on_another_base_model_gets_its_own_engine(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tramontane_workers.evaluate.runner import Reporter, evaluate
+    from tramontane_workers.models.tiny import write_tiny_mistral
+
+    other = write_tiny_mistral(tmp_path / "other", seed=7)  # same shape, other weights
+    config = EvalConfig(
+        dataset_uri=_write_qa(tmp_path / "qa.jsonl").as_uri(),
+        target={"label": "tiny", "base_model_uri": tiny_model_dir.as_uri()},
+        baseline={"label": "other", "base_model_uri": other.as_uri()},
+        metrics=["exactMatch", "validationLoss"],
+        max_tokens=2,
+    )
+    result = await evaluate(config, Reporter(emit=lambda line: None))
+    target, baseline = _scores(result.target), _scores(result.baseline)
+    assert target["exactMatch"] == (0.0, 3) == baseline["exactMatch"]
+    assert target["validationLoss"][0] != baseline["validationLoss"][0]  # other weights ran
+    assert result.done == 6
+
+
+def test_use_gpu_without_vllm_fails_with_the_reason(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tramontane_workers.engines.vllm_engine import vllm_unavailable_reason
+    from tramontane_workers.evaluate.__main__ import main
+
+    reason = vllm_unavailable_reason()
+    if reason is None:
+        pytest.skip("vLLM and a GPU are here: tests/gpu covers that path")
+    config = EvalConfig(
+        dataset_uri=_write_qa(tmp_path / "qa.jsonl").as_uri(),
+        target={"label": "tiny", "base_model_uri": tiny_model_dir.as_uri()},
+        metrics=["exactMatch"],
+        use_gpu=True,
+    )
+    assert main(["--config-b64", entrypoint(config).split()[-1]]) == 1
+    result = last_result(capsys.readouterr().out)
+    assert result is not None and result.state == "failed"
+    assert result.message == f"EngineUnavailable: {reason}"
