@@ -111,9 +111,9 @@ class _Engines:
     engine: Engine | None = None
     service: ChatService | None = None
 
-    def get(self, target: EvalTarget) -> tuple[Engine, ChatService]:
+    async def get(self, target: EvalTarget) -> tuple[Engine, ChatService]:
         if self.engine is None or self.service is None or self.uri != target.base_model_uri:
-            self.close_now()
+            await self.close()  # one model in memory at a time (one GPU holds one engine)
             engine_config = EngineConfig(
                 engine="vllm" if self.config.use_gpu else "transformers",
                 model_uri=target.base_model_uri,
@@ -128,13 +128,10 @@ class _Engines:
             )
         return self.engine, self.service
 
-    def close_now(self) -> None:
-        self.engine = self.service = self.uri = None
-
     async def close(self) -> None:
-        if self.engine is not None:
-            await self.engine.shutdown()
-        self.close_now()
+        engine, self.engine, self.service, self.uri = self.engine, None, None, None
+        if engine is not None:
+            await engine.shutdown()
 
 
 async def _generate(
@@ -192,7 +189,7 @@ async def _evaluate_target(
 ) -> tuple[list[MetricScore], list[Answer] | None, float]:
     """Scores, answers (None without generation metrics) and the seconds spent scoring (model
     and adapter loading excluded)."""
-    engine, service = engines.get(target)
+    engine, service = await engines.get(target)
     adapter = None
     if target.adapter_uri is not None:
         await engine.add_adapter(name, resolve_adapter_dir(target.adapter_uri))
