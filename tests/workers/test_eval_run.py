@@ -181,3 +181,46 @@ def test_use_gpu_without_vllm_fails_with_the_reason(
     result = last_result(capsys.readouterr().out)
     assert result is not None and result.state == "failed"
     assert result.message == f"EngineUnavailable: {reason}"
+
+
+async def test_json_schema_lines_are_answered_constrained_and_validated(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A line's response_format reaches the engine as serving's: strict json_schema is the
+    grammar (the random model's answer validates), non-strict is any JSON object (which does
+    not satisfy this schema's required key): jsonSchemaValid = (1 + 0) / 2."""
+    from tramontane_workers.evaluate.runner import Reporter, evaluate
+
+    def line(schema: dict[str, object], strict: bool, answer: str) -> str:
+        return json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "Answer in JSON."},
+                    {"role": "assistant", "content": answer},
+                ],
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "reply", "schema": schema, "strict": strict},
+                },
+            }
+        )
+
+    ok = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    rare = {"type": "object", "required": ["zzz_required"]}
+    data = tmp_path / "json.jsonl"
+    data.write_text(
+        line(ok, True, '{"ok": true}') + "\n" + line(rare, False, '{"zzz_required": 1}')
+    )
+    config = EvalConfig(
+        dataset_uri=data.as_uri(),
+        target={"label": "tiny", "base_model_uri": tiny_model_dir.as_uri()},
+        metrics=["jsonSchemaValid", "exactMatch"],
+        max_tokens=120,
+    )
+    result = await evaluate(config, Reporter(emit=lambda text: None))
+    scores = _scores(result.target)
+    assert scores["jsonSchemaValid"] == (0.5, 2)
+    assert scores["exactMatch"][1] == 2
+    (strict,) = [f for f in result.failing_samples if f.line == 1]  # not '{"ok": true}' exactly
+    strict_answer = json.loads(strict.got)  # but valid JSON of the schema
+    assert isinstance(strict_answer, dict) and isinstance(strict_answer["ok"], bool)
