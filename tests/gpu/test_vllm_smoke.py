@@ -151,3 +151,31 @@ def test_vllm_json_schema_output_validates(chat: Any, loop: asyncio.AbstractEven
     response = loop.run_until_complete(chat.complete(request))
     assert response.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(response.choices[0].message.content), schema)
+
+
+def test_vllm_teacher_forcing_scores_its_greedy_answer_as_argmax(
+    engine: Any, checkpoint: tuple[Path, Path], loop: asyncio.AbstractEventLoop
+) -> None:
+    """`VLLMEngine.score` (the evaluator's loss / token accuracy): the engine's own greedy
+    answer is the argmax at every position, with and without the adapter."""
+    from tramontane_workers.engines.base import ForcedRequest, GenerationRequest, SamplingParams
+
+    prompt = [1, 3, 12782, 4]
+
+    async def run() -> list[tuple[int, list[bool], list[float]]]:
+        await engine.add_adapter("score", checkpoint[1])
+        results = []
+        for i, adapter in enumerate((None, "score")):
+            tokens: list[int] = []
+            request = GenerationRequest(
+                f"s{i}", prompt, SamplingParams(max_tokens=8, temperature=0.0), adapter
+            )
+            async for step in engine.generate(request):
+                tokens += step.token_ids
+            (scores,) = await engine.score([ForcedRequest(prompt, tokens, adapter)])
+            results.append((len(tokens), scores.argmax_hits, scores.logprobs))
+        return results
+
+    for count, hits, logprobs in loop.run_until_complete(run()):
+        assert hits == [True] * count
+        assert len(logprobs) == count and all(lp <= 0 for lp in logprobs)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tramontane_workers.engines.base import GenerationRequest, SamplingParams
+from tramontane_workers.engines.base import ForcedRequest, GenerationRequest, SamplingParams
 from tramontane_workers.engines.reference import TransformersEngine
 from tramontane_workers.errors import AdapterUnavailable, EngineUnavailable
 
@@ -225,3 +225,37 @@ def test_spec_format_must_match_the_checkpoint(tiny_model_dir: Path) -> None:
     )
     with pytest.raises(EngineUnavailable, match="format: the spec says 'mistral'"):
         build_engine(config)
+
+
+async def test_teacher_forcing_scores_the_greedy_answer_as_its_own_argmax(
+    engine: TransformersEngine, tiny_adapters: dict[str, Path]
+) -> None:
+    """Scoring the engine's own greedy output: every token is the argmax (hits all True), and
+    the log-probabilities are those of one plain forward pass; per adapter, in one batch."""
+    import torch
+
+    await engine.add_adapter("gamma", tiny_adapters["gamma"])
+    base = await _run(engine, GenerationRequest("b", PROMPT_B, GREEDY))
+    tuned = await _run(engine, GenerationRequest("g", PROMPT_B, GREEDY, adapter="gamma"))
+    assert base != tuned
+    scores = await engine.score(
+        [
+            ForcedRequest(PROMPT_B, base),
+            ForcedRequest(PROMPT_A, [5, 6, 7]),  # shorter row: right padding must not matter
+            ForcedRequest(PROMPT_B, tuned, adapter="gamma"),
+        ]
+    )
+    assert scores[0].argmax_hits == [True] * len(base)
+    assert scores[2].argmax_hits == [True] * len(tuned)
+    alone = (await engine.score([ForcedRequest(PROMPT_A, [5, 6, 7])]))[0]
+    assert scores[1].logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+    with torch.no_grad():  # the same numbers from the base weights directly
+        ids = torch.tensor([PROMPT_B + base])
+        with engine.model.disable_adapter():
+            logits = engine.model(input_ids=ids).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    direct = [float(logprobs[len(PROMPT_B) - 1 + i, t]) for i, t in enumerate(base)]
+    assert scores[0].logprobs == pytest.approx(direct, abs=1e-4)
+    assert all(lp < 0 for lp in direct)
+    with pytest.raises(AdapterUnavailable):
+        await engine.score([ForcedRequest(PROMPT_A, [5], adapter="nope")])

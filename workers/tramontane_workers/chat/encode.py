@@ -194,6 +194,17 @@ class ChatCodec:
         self.max_model_len = max_model_len
         self.tool_calls_id: int = self.raw.get_special_token("[TOOL_CALLS]")
 
+    def assistant_tokens(self, message: pb.Message) -> list[int]:
+        """Tokens of an assistant answer as the model is taught to produce it (its end of
+        sequence included): what teacher forcing scores (raises InvalidRequest)."""
+        try:
+            encoded = self.tokenizer.instruct_tokenizer.encode_assistant_message(  # type: ignore[attr-defined]
+                _message(0, message), False
+            )
+        except (MistralCommonException, ValidationError, ValueError) as exc:
+            raise InvalidRequest(f"expected answer: {exc}") from exc
+        return list(encoded)
+
     def decode(self, tokens: list[int]) -> str:
         """Text of `tokens`, special tokens dropped."""
         return str(self.raw.decode(tokens, special_token_policy=SpecialTokenPolicy.IGNORE))

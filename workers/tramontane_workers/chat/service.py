@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from tramontane_workers.chat.assemble import CompletionAssembler, Delta, ParsedToolCall
-from tramontane_workers.chat.encode import ChatCodec
+from tramontane_workers.chat.encode import ChatCodec, EncodedChat
 from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.engines.base import Engine, GenerationRequest
 
@@ -43,7 +43,12 @@ class ChatService:
         self.codec = codec
 
     async def _events(self, request: pb.ChatRequest, adapter: str | None) -> AsyncIterator[_Event]:
-        encoded = self.codec.encode(request)
+        async for event in self._encoded_events(self.codec.encode(request), adapter):
+            yield event
+
+    async def _encoded_events(
+        self, encoded: EncodedChat, adapter: str | None
+    ) -> AsyncIterator[_Event]:
         assembler = CompletionAssembler(
             self.codec.decode,
             stop=encoded.stop,
@@ -92,24 +97,46 @@ class ChatService:
                 usage=event.usage,
             )
 
+    async def answer(self, encoded: EncodedChat, adapter: str | None = None) -> Answer:
+        """The whole answer to an already encoded request (what `complete` returns, unwrapped;
+        the evaluator encodes its dataset once, before any model is loaded)."""
+        return await _collect(self._encoded_events(encoded, adapter))
+
     async def complete(
         self, request: pb.ChatRequest, adapter: str | None = None
     ) -> pb.ChatResponse:
         """Unary chat: the stream, collected."""
-        text: list[str] = []
-        calls: tuple[ParsedToolCall, ...] = ()
-        finish, usage = "", pb.Usage()
-        async for event in self._events(request, adapter):
-            text.append(event.delta.text)
-            calls += event.delta.tool_calls
-            finish = event.delta.finish_reason or finish
-            usage = event.usage
-        message = pb.Message(role="assistant", content="".join(text), tool_calls=_tool_calls(calls))
+        got = await _collect(self._events(request, adapter))
+        message = pb.Message(
+            role="assistant", content=got.text, tool_calls=_tool_calls(got.tool_calls)
+        )
         return pb.ChatResponse(
             id=uuid.uuid4().hex,
             object="chat.completion",
             created=int(time.time()),
             model=request.model,
-            choices=[pb.Choice(index=0, message=message, finish_reason=finish)],
-            usage=usage,
+            choices=[pb.Choice(index=0, message=message, finish_reason=got.finish_reason)],
+            usage=got.usage,
         )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A collected answer: text or tool calls, why it ended, and the token usage."""
+
+    text: str
+    tool_calls: tuple[ParsedToolCall, ...]
+    finish_reason: str
+    usage: pb.Usage
+
+
+async def _collect(events: AsyncIterator[_Event]) -> Answer:
+    text: list[str] = []
+    calls: tuple[ParsedToolCall, ...] = ()
+    finish, usage = "", pb.Usage()
+    async for event in events:
+        text.append(event.delta.text)
+        calls += event.delta.tool_calls
+        finish = event.delta.finish_reason or finish
+        usage = event.usage
+    return Answer("".join(text), calls, finish, usage)

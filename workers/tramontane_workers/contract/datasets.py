@@ -117,8 +117,8 @@ class LineOutcome:
     blank: bool = False
 
 
-def check_line(raw: bytes) -> Encoded | Violation:
-    """Decode, check and tokenize one raw JSONL line (pure apart from the cached tokenizer)."""
+def decode_line(raw: bytes) -> Any | Violation:
+    """The JSON value of one raw JSONL line, or why it is not one (UTF-8, JSON syntax)."""
     try:
         text = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
@@ -126,10 +126,17 @@ def check_line(raw: bytes) -> Encoded | Violation:
     if text.strip() in ("{", "["):
         return Violation("", f"{INVALID_JSON}: {LONE_BRACKET} {text.strip()!r}")
     try:
-        record: Any = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         where = "at the end of the line" if exc.pos >= len(text) else f"at column {exc.colno}"
         return Violation("", f"{INVALID_JSON}: {exc.msg} {where}")
+
+
+def check_line(raw: bytes) -> Encoded | Violation:
+    """Decode, check and tokenize one raw JSONL line (pure apart from the cached tokenizer)."""
+    record = decode_line(raw)
+    if isinstance(record, Violation):
+        return record
     violation = check_record(record)
     if violation is not None:
         return violation

@@ -16,6 +16,12 @@ field path such as `messages[2].tool_calls[0].id`, or None. The rules (issue 5):
   (calls in the final assistant message need no answer: that is how tool use is taught);
 - a tool call's `arguments` is a JSON object, or a string that parses to one.
 
+Evaluation datasets (`check_record(..., evaluation=True)`) follow the same rules and may also
+carry a `response_format` as in Mistral's chat API (`{"type": "json_schema", "json_schema":
+{"name": ..., "schema": {...}}}`, or type text / json_object): the answer format the evaluator
+requests, which `jsonSchemaValid` scores. Training lines may not: the fine-tuning format has no
+such key. mistral-common's `ResponseFormat` checks the schema itself afterwards.
+
 These checks exist only to name the field precisely; mistral-common's own models and
 `MistralRequestValidatorV3` run afterwards (see `datasets_tokens`) as the reference.
 """
@@ -30,6 +36,8 @@ from typing import Any
 TOOL_CALL_ID = re.compile(r"[a-zA-Z0-9]{9}")
 ROLES = ("system", "user", "assistant", "tool")
 TOP_LEVEL_KEYS = ("messages", "tools")
+EVAL_TOP_LEVEL_KEYS = (*TOP_LEVEL_KEYS, "response_format")
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 # mistral-common's allowed role transitions (MistralRequestValidator._validate_message_order).
 _NEXT_ROLES: dict[str, frozenset[str]] = {
     "system": frozenset({"system", "user", "assistant"}),
@@ -226,17 +234,50 @@ class _Conversation:
         return _check_text_content(msg.get("content"), f"{where}.content", required=True)
 
 
-def check_record(record: Any) -> Violation | None:
-    """The first rule `record` (one decoded JSONL line) breaks, or None if it follows them all."""
+def _check_response_format(value: Any) -> Violation | None:
+    """An object whose `type` is known; json_schema needs its `json_schema` object."""
+    if not isinstance(value, dict):
+        return Violation("response_format", f"must be an object, got {_type_name(value)}")
+    kind = value.get("type")
+    if kind not in RESPONSE_FORMAT_TYPES:
+        allowed = ", ".join(RESPONSE_FORMAT_TYPES)
+        return Violation("response_format.type", f"must be one of {allowed}, got {kind!r}")
+    spec = value.get("json_schema")
+    if kind != "json_schema":
+        return None
+    if not isinstance(spec, dict):
+        return Violation(
+            "response_format.json_schema",
+            f"must be an object with name and schema, got {_type_name(spec)}",
+        )
+    if not isinstance(spec.get("schema"), dict):
+        return Violation(
+            "response_format.json_schema.schema",
+            f"must be a JSON schema object, got {_type_name(spec.get('schema'))}",
+        )
+    return None
+
+
+def check_record(record: Any, *, evaluation: bool = False) -> Violation | None:
+    """The first rule `record` (one decoded JSONL line) breaks, or None if it follows them all.
+
+    `evaluation`: the line belongs to an evaluation dataset, which may carry `response_format`.
+    """
     if not isinstance(record, dict):
         return Violation(
             "", f"a line must be a JSON object with 'messages', got {_type_name(record)}"
         )
+    keys = EVAL_TOP_LEVEL_KEYS if evaluation else TOP_LEVEL_KEYS
     for key in record:
-        if key not in TOP_LEVEL_KEYS:
-            return Violation(
-                str(key), "unknown field (a line holds 'messages' and optional 'tools')"
+        if key not in keys:
+            holds = "'messages' and optional 'tools'" + (
+                " and 'response_format'" if evaluation else ""
             )
+            return Violation(str(key), f"unknown field (a line holds {holds})")
+    if "response_format" in record:
+        bad = _check_response_format(record["response_format"])
+        if bad is not None:
+            return bad
     functions: set[str] = set()
     if "tools" in record and record["tools"] is not None:
         functions, bad = _check_tools(record["tools"])

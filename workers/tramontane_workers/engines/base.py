@@ -51,6 +51,24 @@ class TokenStep:
 
 
 @dataclass(frozen=True)
+class ForcedRequest:
+    """Teacher forcing: score `target_tokens` as the continuation of `prompt_tokens`."""
+
+    prompt_tokens: list[int]
+    target_tokens: list[int]
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class ForcedScores:
+    """Per target token: its log-probability given everything before it, and whether it was
+    the model's most likely token there (the argmax)."""
+
+    logprobs: list[float]
+    argmax_hits: list[bool]
+
+
+@dataclass(frozen=True)
 class EngineStats:
     """Load of one engine: sequences decoding now, sequences waiting for a slot."""
 
@@ -79,6 +97,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def loaded_adapters(self) -> set[str]:
         """Names of the adapters requests may use now."""
+
+    @abc.abstractmethod
+    async def score(self, requests: list[ForcedRequest]) -> list[ForcedScores]:
+        """Teacher-forced scores of each request, with the same weights `generate` uses."""
 
     @abc.abstractmethod
     def stats(self) -> EngineStats:

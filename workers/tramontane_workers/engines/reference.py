@@ -30,6 +30,8 @@ from tramontane_workers.engines.base import (
     Engine,
     EngineStats,
     FinishReason,
+    ForcedRequest,
+    ForcedScores,
     GenerationRequest,
     TokenStep,
 )
@@ -168,6 +170,14 @@ class TransformersEngine(Engine):
 
     def loaded_adapters(self) -> set[str]:
         return self._adapters - self._retired
+
+    async def score(self, requests: list[ForcedRequest]) -> list[ForcedScores]:
+        for request in requests:
+            if request.adapter is not None and request.adapter not in self._adapters:
+                raise AdapterUnavailable(f"adapter {request.adapter!r} is not loaded")
+        self._bind_loop()
+        async with self._model_lock:  # between decoding steps, never inside one
+            return await asyncio.to_thread(self._score, requests)
 
     def stats(self) -> EngineStats:
         running = sum(1 for s in self._batch if not (s.done or s.cancelled))
@@ -334,6 +344,36 @@ class TransformersEngine(Engine):
                 layer.keys = layer.keys[:, :, first:, :]
                 layer.values = layer.values[:, :, first:, :]
             self._mask = self._mask[:, first:]
+
+    @torch.inference_mode()
+    def _score(self, requests: list[ForcedRequest]) -> list[ForcedScores]:
+        """One right-padded forward pass over prompt + target of every request (no cache)."""
+        if not requests:
+            return []
+        rows = [r.prompt_tokens + r.target_tokens for r in requests]
+        width = max(len(row) for row in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        kwargs: dict[str, Any] = {}
+        if self._peft:
+            kwargs["adapter_names"] = [r.adapter or BASE_ADAPTER for r in requests]
+        logits = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
+        ).logits
+        scores = []
+        for i, request in enumerate(requests):
+            start, count = len(request.prompt_tokens), len(request.target_tokens)
+            # logits at position p predict token p + 1
+            rows_logits = logits[i, start - 1 : start - 1 + count].float()
+            logprobs = torch.log_softmax(rows_logits, dim=-1)
+            target = torch.tensor(request.target_tokens, device=logprobs.device)
+            picked = logprobs.gather(1, target.unsqueeze(1)).squeeze(1)
+            hits = rows_logits.argmax(dim=-1) == target
+            scores.append(ForcedScores(picked.cpu().tolist(), hits.cpu().tolist()))
+        return scores
 
     def _load_adapter(self, name: str, path: Path) -> None:
         from peft import PeftModel

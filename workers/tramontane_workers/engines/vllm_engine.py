@@ -24,6 +24,8 @@ from tramontane_workers.engines.base import (
     Engine,
     EngineStats,
     FinishReason,
+    ForcedRequest,
+    ForcedScores,
     GenerationRequest,
     TokenStep,
 )
@@ -183,6 +185,41 @@ class VLLMEngine(Engine):
 
     def loaded_adapters(self) -> set[str]:
         return set(self._adapters)
+
+    async def score(self, requests: list[ForcedRequest]) -> list[ForcedScores]:
+        """vLLM's prompt logprobs over prompt + target: each prompt position's entry holds the
+        token's own logprob and rank (rank 1 is the argmax)."""
+        import asyncio
+        import uuid
+
+        return list(await asyncio.gather(*(self._score_one(r, uuid.uuid4().hex) for r in requests)))
+
+    async def _score_one(self, request: ForcedRequest, request_id: str) -> ForcedScores:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+
+        lora = None
+        if request.adapter is not None:
+            if request.adapter not in self._adapters:
+                raise AdapterUnavailable(f"adapter {request.adapter!r} is not loaded")
+            lora_id, path = self._adapters[request.adapter]
+            lora = LoRARequest(request.adapter, lora_id, str(path))
+        tokens = request.prompt_tokens + request.target_tokens
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
+        final: Any = None
+        async for out in self._engine.generate(
+            TokensPrompt(prompt_token_ids=tokens), params, request_id, lora_request=lora
+        ):
+            final = out
+        entries = (final.prompt_logprobs or []) if final is not None else []
+        start = len(request.prompt_tokens)
+        logprobs, hits = [], []
+        for position in range(start, len(tokens)):
+            entry = entries[position][tokens[position]]
+            logprobs.append(float(entry.logprob))
+            hits.append(int(entry.rank) == 1)
+        return ForcedScores(logprobs, hits)
 
     def stats(self) -> EngineStats:
         return EngineStats(self._running, 0, int(self._args.get("max_num_seqs", 256)))
