@@ -10,6 +10,7 @@ from .informer import Informer
 from .leader import LeaderElectionConfig, LeaderElector, LeadershipLost
 from .resources import (
     COMPUTECLUSTER,
+    EVALUATION,
     EVENT,
     FINETUNEJOB,
     JOB,
@@ -25,6 +26,7 @@ from .resources import (
 
 __all__ = [
     "COMPUTECLUSTER",
+    "EVALUATION",
     "EVENT",
     "FINETUNEJOB",
     "JOB",

@@ -40,6 +40,7 @@ MODELDEPLOYMENT = ResourceRef(GROUP, VERSION, "modeldeployments", "ModelDeployme
 COMPUTECLUSTER = ResourceRef(GROUP, VERSION, "computeclusters", "ComputeCluster", False)
 TENANT = ResourceRef(GROUP, VERSION, "tenants", "Tenant", False)
 FINETUNEJOB = ResourceRef(GROUP, VERSION, "finetunejobs", "FineTuneJob")
+EVALUATION = ResourceRef(GROUP, VERSION, "evaluations", "Evaluation")
 SECRET = ResourceRef("", "v1", "secrets", "Secret")
 NAMESPACE = ResourceRef("", "v1", "namespaces", "Namespace", False)
 EVENT = ResourceRef("", "v1", "events", "Event")

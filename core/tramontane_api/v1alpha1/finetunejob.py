@@ -39,6 +39,7 @@ from .common import (
     config_with_rules,
     immutable,
 )
+from .evaluation import EvaluationDataset, MetricThresholds
 
 
 class BaseModelSource(ApiModel):
@@ -140,6 +141,30 @@ class Output(ApiModel):
     uri: DataUri = Field(description="Where checkpoints and the final adapter are written.")
 
 
+GateBaseline = Literal["None", "BaseModel", "Current"]
+
+
+class DeploymentGate(ApiModel):
+    """An Evaluation the trained adapter must pass before it is deployed."""
+
+    model_config = config_with_rules(
+        Rule(
+            "self.baseline != 'None' || self.metrics.all(m, !has(m.minDelta))",
+            "metrics[].minDelta compares with a baseline: set baseline to BaseModel or Current",
+            field_path=".metrics",
+        )
+    )
+
+    dataset: EvaluationDataset
+    metrics: MetricThresholds
+    baseline: GateBaseline = Field(
+        default="Current",
+        description="What minDelta and deltas compare with: Current, the adapter served under "
+        "adapterName now (the base model when there is none); BaseModel; or None.",
+    )
+    max_samples: Annotated[int, Field(ge=1)] | None = None
+
+
 class AutoDeploy(ApiModel):
     """Add the trained adapter to a ModelDeployment (same namespace, same tenant)."""
 
@@ -147,6 +172,10 @@ class AutoDeploy(ApiModel):
     adapter_name: Annotated[
         str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     ]
+    evaluation: DeploymentGate | None = Field(
+        default=None,
+        description="Deploy only when an Evaluation of the adapter passes these thresholds.",
+    )
 
 
 _SUSPENDED_ONLY = (
