@@ -1,13 +1,13 @@
-"""Labels and owner references every child object (RayService, RayJob) carries."""
+"""Labels and owner references every child object (RayService, RayJob, Job) carries."""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from tramontane_api.v1alpha1 import API_VERSION, FineTuneJob, ModelDeployment
+from tramontane_api.v1alpha1 import API_VERSION, Evaluation, FineTuneJob, ModelDeployment
 
 # The kinds that own children in member clusters.
-Owner = ModelDeployment | FineTuneJob
+Owner = ModelDeployment | FineTuneJob | Evaluation
 
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "tramontane"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from tramontane_api.v1alpha1 import FineTuneJob
@@ -165,29 +165,55 @@ def claim_uses(job: FineTuneJob, base_model_uri: str) -> list[ClaimUse]:
     ]
 
 
-def _tolerations(gpus: int) -> list[dict[str, Any]]:
+def gpu_tolerations(gpus: int) -> list[dict[str, Any]]:
+    """Tolerate the GPU nodes' taint when the pod asks for GPUs."""
     if not gpus:
         return []
     return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def worker_group(
+    image: str,
+    pods: int,
+    cpu: str,
+    memory: str,
+    gpus: int,
+    labels: Mapping[str, str],
+    volumes: PodVolumes,
+    cpu_field: str,
+    tolerations: Sequence[Mapping[str, Any]],
+    node_selector: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A fixed-size worker group of `pods` pods, each with `cpu`, `memory` and `gpus` (what
+    Ray may schedule there too), the claims in `volumes` mounted. `cpu_field` names the CPU
+    quantity's field in errors."""
+    pod_spec = worker_pod_spec(image, cpu, memory, gpus, tolerations, node_selector, volumes)
+    cpus = max(1, math.ceil(parse_quantity(cpu, cpu_field)))
+    return {
+        "groupName": "gpu-workers" if gpus else "workers",
+        "replicas": pods,
+        "minReplicas": pods,
+        "maxReplicas": pods,
+        "rayStartParams": {"num-cpus": str(cpus), "num-gpus": str(gpus)},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
 
 
 def _worker_group(
     job: FineTuneJob, image: str, labels: Mapping[str, str], volumes: PodVolumes
 ) -> dict[str, Any]:
     res = job.spec.resources
-    gpus = res.gpus_per_worker
-    pod_spec = worker_pod_spec(
-        image, res.cpu, res.memory, gpus, _tolerations(gpus), volumes=volumes
+    return worker_group(
+        image,
+        res.workers,
+        res.cpu,
+        res.memory,
+        res.gpus_per_worker,
+        labels,
+        volumes,
+        "spec.resources.cpu",
+        gpu_tolerations(res.gpus_per_worker),
     )
-    cpus = max(1, math.ceil(parse_quantity(res.cpu, "spec.resources.cpu")))
-    return {
-        "groupName": "gpu-workers" if gpus else "workers",
-        "replicas": res.workers,
-        "minReplicas": res.workers,
-        "maxReplicas": res.workers,
-        "rayStartParams": {"num-cpus": str(cpus), "num-gpus": str(gpus)},
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-    }
 
 
 def submitter_pod_template(image: str, labels: Mapping[str, str]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def upgrade_strategy(md: ModelDeployment, settings: BuildSettings) -> dict[str, 
     }
 
 
-def _tolerations(md: ModelDeployment) -> list[dict[str, Any]]:
+def pod_tolerations(md: ModelDeployment) -> list[dict[str, Any]]:
     resources = md.spec.resources
     out = [
         t.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
@@ -196,7 +196,7 @@ def _worker_group(
         resources.cpu,
         resources.memory,
         gpus,
-        _tolerations(md),
+        pod_tolerations(md),
         resources.node_selector,
         volumes,
     )

@@ -24,11 +24,11 @@ from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_operator.placement import ClusterView
 from tramontane_workers.contract.datasets_report import DEFAULT_MAX_FILE_BYTES
 
-from .labels import child_labels
+from .labels import Owner, child_labels
 from .rayjob import dataset_uses
 from .rayservice import BuildSettings, child_metadata
 from .security import restricted_pod_spec
-from .volumes import pod_volumes, with_volumes
+from .volumes import ClaimUse, pod_volumes, with_volumes
 
 REPORT_MODULE: Final = "tramontane_workers.contract.datasets_report"
 TERMINATION_LOG: Final = "/dev/termination-log"
@@ -45,14 +45,18 @@ _SUFFIX: Final = "-validate"
 _MAX_NAME: Final = 63  # Job names become the `job-name` label value of their pods
 
 
+def suffixed_name(name: str, suffix: str, limit: int = _MAX_NAME) -> str:
+    """`<name><suffix>`, shortened with a digest of `name` when longer than `limit`."""
+    if len(name) + len(suffix) <= limit:
+        return name + suffix
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    stem = name[: limit - len(suffix) - len(digest) - 1].rstrip("-.")
+    return f"{stem}-{digest}{suffix}"
+
+
 def validation_job_name(job: FineTuneJob) -> str:
     """`<job>-validate`, shortened with a digest when the job's name is long."""
-    name = job.metadata.name
-    if len(name) + len(_SUFFIX) <= _MAX_NAME:
-        return name + _SUFFIX
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    stem = name[: _MAX_NAME - len(_SUFFIX) - len(digest) - 1].rstrip("-.")
-    return f"{stem}-{digest}{_SUFFIX}"
+    return suffixed_name(job.metadata.name, _SUFFIX)
 
 
 def validation_command(job: FineTuneJob) -> list[str]:
@@ -69,8 +73,30 @@ def build_validation_job(
     job: FineTuneJob, cluster: ClusterView, settings: BuildSettings, tenant: str | None
 ) -> dict[str, Any]:
     """The validation Job of `job` in `cluster`. ValueError names a bad claim's field."""
-    labels = {**child_labels(job, cluster.name, tenant), ROLE_LABEL: ROLE}
-    metadata = {**child_metadata(job, cluster, settings, labels), "name": validation_job_name(job)}
+    return build_dataset_job(
+        job,
+        validation_job_name(job),
+        validation_command(job),
+        dataset_uses(job),
+        cluster,
+        settings,
+        tenant,
+    )
+
+
+def build_dataset_job(
+    owner: Owner,
+    name: str,
+    command: list[str],
+    uses: list[ClaimUse],
+    cluster: ClusterView,
+    settings: BuildSettings,
+    tenant: str | None,
+) -> dict[str, Any]:
+    """A validation Job `name` of `owner`'s datasets (`uses`, mounted read-only) running
+    `command` in `cluster`. ValueError names a bad claim's field."""
+    labels = {**child_labels(owner, cluster.name, tenant), ROLE_LABEL: ROLE}
+    metadata = {**child_metadata(owner, cluster, settings, labels), "name": name}
     resources = {"cpu": CPU, "memory": MEMORY}
     pod_spec = {
         "restartPolicy": "Never",
@@ -79,7 +105,7 @@ def build_validation_job(
             {
                 "name": "validate",
                 "image": settings.worker_image,
-                "command": validation_command(job),
+                "command": command,
                 "resources": {"requests": dict(resources), "limits": dict(resources)},
                 "terminationMessagePath": TERMINATION_LOG,
                 "terminationMessagePolicy": "File",
@@ -96,7 +122,7 @@ def build_validation_job(
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
             "template": {
                 "metadata": {"labels": dict(labels)},
-                "spec": restricted_pod_spec(with_volumes(pod_spec, pod_volumes(dataset_uses(job)))),
+                "spec": restricted_pod_spec(with_volumes(pod_spec, pod_volumes(uses))),
             },
         },
     }
