@@ -22,12 +22,13 @@ from typing import Literal
 from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
 from tramontane_api.v1alpha1.tenant import Quotas
 
-WorkloadKind = Literal["ModelDeployment", "FineTuneJob"]
+# Evaluations count GPUs only (neither maxModelDeployments nor maxConcurrentFineTuneJobs).
+WorkloadKind = Literal["ModelDeployment", "FineTuneJob", "Evaluation"]
 
 
 @dataclass(frozen=True)
 class Workload:
-    """What quotas count of one ModelDeployment or FineTuneJob."""
+    """What quotas count of one ModelDeployment, FineTuneJob or Evaluation."""
 
     kind: WorkloadKind
     namespace: str
@@ -138,7 +139,7 @@ def blocking_limit(quotas: Quotas, current: Usage, workload: Workload) -> str | 
         limit = quotas.max_concurrent_fine_tune_jobs
         if limit is not None and current.fine_tune_jobs + 1 > limit:
             return f"quota maxConcurrentFineTuneJobs: {current.fine_tune_jobs} of {limit} running"
-    else:
+    elif workload.kind == "ModelDeployment":
         limit = quotas.max_model_deployments
         if limit is not None and current.model_deployments + 1 > limit:
             return f"quota maxModelDeployments: {current.model_deployments} of {limit} in use"

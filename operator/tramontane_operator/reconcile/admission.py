@@ -16,7 +16,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
+from tramontane_api.v1alpha1 import Evaluation, FineTuneJob, ModelDeployment, Tenant
 from tramontane_operator.placement import pool_gpus
 from tramontane_operator.quotas import (
     Workload,
@@ -33,7 +33,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 NO_CLUSTER = FtjReason.NO_ELIGIBLE_CLUSTER
 
 
-def created_at(obj: FineTuneJob | ModelDeployment) -> datetime:
+def created_at(obj: FineTuneJob | ModelDeployment | Evaluation) -> datetime:
     """metadata.creationTimestamp (the epoch when absent: oldest first, deterministically)."""
     meta_created = (obj.metadata.model_extra or {}).get("creationTimestamp")
     if isinstance(meta_created, datetime):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from tramontane_api.v1alpha1 import FineTuneJob
+from tramontane_api.v1alpha1.common import LabelSelector
 from tramontane_api.v1alpha1.finetunejob import Estimate
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.placement.eligibility import selector_matches
@@ -129,8 +130,7 @@ def _needs(job: FineTuneJob) -> tuple[str | None, int]:
     return (res.gpu_type, total) if res.gpu_type and total else (None, 0)
 
 
-def _why_not(job: FineTuneJob, cluster: ClusterView) -> str | None:
-    gpu_type, gpus = _needs(job)
+def _why_not(gpu_type: str | None, gpus: int, cluster: ClusterView) -> str | None:
     if not cluster.reachable:
         return "unreachable"
     if not cluster.kuberay_installed:
@@ -148,17 +148,32 @@ def place_job(
     """Where the job runs: its current cluster while that is reachable (a job never moves
     mid-run), else the first eligible candidate — named clusters in the order given, else
     those the selector matches (all when unset) with the most free GPUs of the type first."""
+    placement = job.spec.placement
+    gpu_type, gpus = _needs(job)
+    names = placement.clusters if placement is not None else None
+    selector = placement.cluster_selector if placement is not None else None
+    return place_batch(gpu_type, gpus, names, selector, clusters, current)
+
+
+def place_batch(
+    gpu_type: str | None,
+    gpus: int,
+    names: Sequence[str] | None,
+    selector: LabelSelector | None,
+    clusters: Sequence[ClusterView],
+    current: str | None = None,
+) -> JobPlacement:
+    """Where a batch workload (a FineTuneJob, an Evaluation) needing `gpus` of `gpu_type` runs:
+    `current` while reachable, else the first eligible of the clusters `names` (in that
+    order), else of those `selector` matches (all when unset), most free GPUs first."""
     by_name = {c.name: c for c in clusters}
     if current is not None:
         now = by_name.get(current)
         if now is not None and now.reachable:
             return JobPlacement(current, f"running in {current}")
-    placement = job.spec.placement
-    gpu_type, _ = _needs(job)
-    if placement is not None and placement.clusters is not None:
-        chosen = [by_name[n] for n in placement.clusters if n in by_name]
+    if names is not None:
+        chosen = [by_name[n] for n in names if n in by_name]
     else:
-        selector = placement.cluster_selector if placement is not None else None
         chosen = sorted(
             (
                 c
@@ -171,7 +186,7 @@ def place_job(
         return JobPlacement(None, "no ComputeCluster matches spec.placement")
     reasons = []
     for cluster in chosen:
-        why = _why_not(job, cluster)
+        why = _why_not(gpu_type, gpus, cluster)
         if why is None:
             return JobPlacement(cluster.name, f"placed in {cluster.name}")
         reasons.append(f"{cluster.name}: {why}")
