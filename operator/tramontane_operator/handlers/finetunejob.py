@@ -36,8 +36,9 @@ from tramontane_operator.builders.volumes import pod_volumes
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.reconcile.admission import admission_for, job_workload, waiting
-from tramontane_operator.reconcile.conditions import status_differs
+from tramontane_operator.reconcile.conditions import find, status_differs
 from tramontane_operator.reconcile.finetunejob import (
+    DEPLOYED,
     TERMINAL,
     Decision,
     Observed,
@@ -45,6 +46,12 @@ from tramontane_operator.reconcile.finetunejob import (
     finished,
     holds_quota,
     was_validated,
+)
+from tramontane_operator.reconcile.finetunejob_deploy import (
+    EVALUATION_FAILED,
+    GateOutcome,
+    gate_name,
+    gate_outcome,
 )
 from tramontane_operator.reconcile.finetunejob_estimate import report_result
 from tramontane_operator.reconcile.finetunejob_inputs import (
@@ -242,8 +249,9 @@ async def _step(rt: Runtime, job: FineTuneJob, validation: ValidationResult | No
         if not terminal:
             rayjob = await read_rayjob(rt, current, namespace, name, True)
         progress = await read_progress(rt, job, current, rayjob, terminal)
+    gate = _gate(rt, job)
     observed, decision, released = decide_step(
-        rt, job, tenant, views, current, rayjob, progress, validation, base_error, _now()
+        rt, job, tenant, views, current, rayjob, progress, validation, base_error, _now(), gate
     )
     cluster = current or (observed.placement.cluster if observed.placement else None)
     # Then the writes.
@@ -255,6 +263,7 @@ async def _step(rt: Runtime, job: FineTuneJob, validation: ValidationResult | No
     adapter_new = decision.status.adapter is not None and (
         job.status is None or job.status.adapter != decision.status.adapter
     )
+    _gate_event(rt, job, decision.status)
     await _write(rt, job, decision.status)
     if released:
         rt.wake_tenant(namespace)  # a queued peer may fit now
@@ -283,6 +292,7 @@ def decide_step(
     validation: ValidationResult | None,
     base_error: str | None,
     now: datetime,
+    gate: GateOutcome | None = None,
 ) -> tuple[Observed, Decision, bool]:
     """One synchronous step after the reads: admission, placement, the phase machine and the
     ledger's entry (no `await`: no other decision reads the ledger in between). What was
@@ -301,9 +311,31 @@ def decide_step(
         spec_hash=spec_hash(job),
         rendered_hash=rendered_hash(rayjob) if rayjob is not None else None,
         pinned=uses_claims(job),
+        gate=gate,
     )
     decision = decide(job, observed, now)
     return observed, decision, _account(rt, job, decision.status)
+
+
+def _gate(rt: Runtime, job: FineTuneJob) -> GateOutcome | None:
+    """The deployment gate's Evaluation, from the hub cache (None: the job has no gate)."""
+    deploy = job.spec.auto_deploy
+    if deploy is None or deploy.evaluation is None:
+        return None
+    namespace, _ = _key_of(job)
+    found = [e for e in rt.indexes.evaluations.parsed_in([namespace])
+             if e.metadata.name == gate_name(job)]  # fmt: skip
+    return gate_outcome(job, found[0] if found else None)
+
+
+def _gate_event(rt: Runtime, job: FineTuneJob, status: FineTuneJobStatus) -> None:
+    """A Warning when the gate newly keeps the adapter from being deployed."""
+    now = find(status.conditions, DEPLOYED)
+    before = find(job.status.conditions if job.status else None, DEPLOYED)
+    if now is None or now.reason != EVALUATION_FAILED:
+        return
+    if before is None or before.reason != EVALUATION_FAILED or before.message != now.message:
+        rt.events.post(job, "Warning", EVALUATION_FAILED, now.message)
 
 
 def _admission(rt: Runtime, job: FineTuneJob, tenant: Tenant | None) -> AdmissionResult:

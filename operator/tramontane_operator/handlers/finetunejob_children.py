@@ -19,11 +19,23 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment, Tenant
-from tramontane_kube import MODELDEPLOYMENT, ApiError, ResourceRef, Unreachable
+from tramontane_kube import (
+    EVALUATION,
+    MODELDEPLOYMENT,
+    ApiError,
+    Conflict,
+    ResourceRef,
+    Unreachable,
+)
 from tramontane_operator.builders.rayjob import build_rayjob, build_train_config
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.reconcile.finetunejob import Decision, adapter_uri
-from tramontane_operator.reconcile.finetunejob_deploy import DEPLOY_FAILED, DeployOutcome
+from tramontane_operator.reconcile.finetunejob_deploy import (
+    DEPLOY_FAILED,
+    DeployOutcome,
+    gate_evaluation,
+    gate_name,
+)
 from tramontane_operator.reconcile.finetunejob_deploy import adapters_with as deploy_adapters
 from tramontane_operator.reconcile.finetunejob_progress import (
     LOG_LIMIT_BYTES,
@@ -113,6 +125,13 @@ async def submitter_progress(
 ) -> TrainProgress | None:
     """The last progress line in the log of the RayJob's newest submitter pod; None when there
     is none or the log cannot be read (pod gone or not started, cluster unreachable)."""
+    text = await submitter_log(rt, cluster, namespace, rayjob_name)
+    return last_progress(text) if text else None
+
+
+async def submitter_log(rt: Runtime, cluster: str, namespace: str, rayjob_name: str) -> str | None:
+    """The bounded tail of the log of the RayJob's newest submitter pod; None when there is
+    none or it cannot be read (pod gone or not started, cluster unreachable)."""
     member = rt.clusters.get(cluster)
     if member is None or not member.probe.reachable:
         return None
@@ -122,11 +141,10 @@ async def submitter_progress(
         if not pods:
             return None
         pod = pods[0]["metadata"]["name"]
-        text = await client.pod_log(namespace, pod, LOG_TAIL_LINES, LOG_LIMIT_BYTES)
+        return await client.pod_log(namespace, pod, LOG_TAIL_LINES, LOG_LIMIT_BYTES)
     except (ApiError, Unreachable) as exc:
         log.debug("submitter log of RayJob %s/%s unread: %s", namespace, rayjob_name, exc)
         return None
-    return last_progress(text) if text else None
 
 
 async def apply_actions(
@@ -178,6 +196,8 @@ async def apply_actions(
                 await client.delete(RAYJOB, namespace, name)
             elif action == "auto_deploy":
                 outcome = await auto_deploy(rt, job, decision)
+            elif action == "gate_evaluation":
+                await create_gate(rt, job)
         except ValueError as exc:  # the spec cannot be trained as given
             rt.events.post(job, "Warning", "InvalidSpec", str(exc))
             raise Invalid(str(exc)) from exc
@@ -189,6 +209,21 @@ async def apply_actions(
         except Unreachable as exc:
             raise Retry(f"{action}: {exc}") from exc
     return outcome
+
+
+async def create_gate(rt: Runtime, job: FineTuneJob) -> None:
+    """Create the deployment gate's Evaluation of the job's adapter (once: an existing one is
+    left as it is)."""
+    deploy = job.spec.auto_deploy
+    if deploy is None:
+        raise ValueError("spec.autoDeploy is not set")
+    namespace = job.metadata.namespace or "default"
+    md = await model_deployment(rt, namespace, deploy.model_deployment_ref.name)
+    try:
+        await rt.hub.create(EVALUATION, gate_evaluation(job, md))
+    except Conflict:
+        return
+    rt.events.post(job, "Normal", "Evaluating", f"Evaluation {gate_name(job)} created")
 
 
 async def auto_deploy(rt: Runtime, job: FineTuneJob, decision: Decision) -> DeployOutcome:

@@ -1,4 +1,4 @@
-"""Validating a FineTuneJob's pvc:// datasets in its member cluster: the I/O of it.
+"""Validating datasets (a FineTuneJob's, an Evaluation's) in a member cluster: the I/O of it.
 
 One call per reconcile, level-triggered: create the validation Job when there is none (or
 replace one left by an earlier job of the same name), else read it and its pods through the
@@ -11,13 +11,13 @@ Unreachable clusters and API errors become a message; nothing here raises.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from tramontane_api.v1alpha1 import FineTuneJob
 from tramontane_kube import JOB, POD, ApiError, KubeClient, Unreachable
-from tramontane_operator.builders.labels import OWNER_UID_LABEL
+from tramontane_operator.builders.labels import OWNER_UID_LABEL, Owner
 from tramontane_operator.builders.validation_job import (
     JOB_NAME_LABELS,
     build_validation_job,
@@ -42,8 +42,27 @@ async def validate_in_cluster(
     now: datetime,
 ) -> ClusterValidation:
     """Advance the validation of `job`'s datasets in `cluster` by one step."""
-    namespace = job.metadata.namespace or "default"
-    name = validation_job_name(job)
+    return await run_dataset_job(
+        rt,
+        job,
+        validation_job_name(job),
+        lambda: build_validation_job(job, cluster, rt.build, tenant),
+        cluster,
+        now,
+    )
+
+
+async def run_dataset_job(
+    rt: Runtime,
+    owner: Owner,
+    name: str,
+    build: Callable[[], dict[str, Any]],
+    cluster: ClusterView,
+    now: datetime,
+) -> ClusterValidation:
+    """Advance `owner`'s validation Job `name` (rendered by `build`) in `cluster` by one step:
+    create it, or read its report (then delete it)."""
+    namespace = owner.metadata.namespace or "default"
     where = f"in {cluster.name} (Job {name})"
     member = rt.clusters.get(cluster.name)
     if member is None or not member.probe.reachable:
@@ -51,11 +70,11 @@ async def validate_in_cluster(
     client = member.client
     try:
         current = await client.get(JOB, namespace, name)
-        if current is not None and not _owned(current, job):
+        if current is not None and not _owned(current, owner):
             await client.delete(JOB, namespace, name)
             return ClusterValidation(message=f"replacing a stale validation Job {where}")
         if current is None:
-            desired = build_validation_job(job, cluster, rt.build, tenant)
+            desired = build()
             await member.ensure_namespace(namespace)
             await client.apply(JOB, desired, None)
             return ClusterValidation(message=f"validating the datasets {where}: Job created")
@@ -67,22 +86,27 @@ async def validate_in_cluster(
         rt.clusters.report_unreachable(member.name, exc.cause)
         return ClusterValidation(message=f"waiting for {cluster.name} (unreachable) to validate")
     except ApiError as exc:
-        log.warning("validation Job of %s/%s: %s", namespace, job.metadata.name, exc)
+        log.warning("validation Job %s/%s: %s", namespace, name, exc)
         return ClusterValidation(message=f"validation {where}: {str(exc)[:400]}")
 
 
 async def delete_validation_job(rt: Runtime, job: FineTuneJob, cluster: str) -> None:
     """Delete the job's validation Job in `cluster`, if any (cancel); errors are left to TTL."""
+    await delete_dataset_job(rt, job, validation_job_name(job), cluster)
+
+
+async def delete_dataset_job(rt: Runtime, owner: Owner, name: str, cluster: str) -> None:
+    """Delete `owner`'s validation Job `name` in `cluster`, if any; errors are left to TTL."""
     member = rt.clusters.get(cluster)
     if member is None or not member.probe.reachable:
         return
-    namespace = job.metadata.namespace or "default"
+    namespace = owner.metadata.namespace or "default"
     try:
-        current = await member.client.get(JOB, namespace, validation_job_name(job))
-        if current is not None and _owned(current, job):
-            await member.client.delete(JOB, namespace, validation_job_name(job))
+        current = await member.client.get(JOB, namespace, name)
+        if current is not None and _owned(current, owner):
+            await member.client.delete(JOB, namespace, name)
     except (ApiError, Unreachable) as exc:
-        log.info("validation Job of %s/%s left to its TTL: %s", namespace, job.metadata.name, exc)
+        log.info("validation Job %s/%s left to its TTL: %s", namespace, name, exc)
 
 
 async def job_pods(client: KubeClient, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -98,6 +122,6 @@ def _created(pod: Mapping[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
 
 
-def _owned(obj: Mapping[str, Any], job: FineTuneJob) -> bool:
+def _owned(obj: Mapping[str, Any], owner: Owner) -> bool:
     labels = (obj.get("metadata") or {}).get("labels") or {}
-    return job.metadata.uid is None or labels.get(OWNER_UID_LABEL) == job.metadata.uid
+    return owner.metadata.uid is None or labels.get(OWNER_UID_LABEL) == owner.metadata.uid

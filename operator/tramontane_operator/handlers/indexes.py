@@ -1,11 +1,11 @@
 """What reconciles read about other objects: list-then-watch caches of the hub, parsed once.
 
 One `Informer` per hub kind the operator reads (ComputeClusters, Tenants, FineTuneJobs,
-ModelDeployments; per namespace when the operator watches only some). Each object is parsed
-with its pydantic model when it changes; objects that fail to parse are left out (their own
-reconciles report them). Reconciles wait for `synced()` first, so after a restart no
-ComputeCluster is mistaken for gone and no quota is counted short. Every cache also feeds
-the controllers (`handlers/controller.py`): its `listeners` hear each change once cached.
+ModelDeployments, Evaluations; per namespace when the operator watches only some). Each
+object is parsed with its pydantic model when it changes; objects that fail to parse are
+left out (their own reconciles report them). Reconciles wait for `synced()` first, so after
+a restart no ComputeCluster is mistaken for gone and no quota is counted short. Every cache
+also feeds the controllers (`handlers/controller.py`): its `listeners` hear each change once cached.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from pydantic import BaseModel, ValidationError
 
 from tramontane_api.v1alpha1 import (
     ComputeCluster,
+    Evaluation,
     FineTuneJob,
     ModelDeployment,
     Tenant,
 )
 from tramontane_kube import (
     COMPUTECLUSTER,
+    EVALUATION,
     FINETUNEJOB,
     MODELDEPLOYMENT,
     TENANT,
@@ -125,11 +127,18 @@ class Indexes:
         self.modeldeployments = Cache(
             hub, MODELDEPLOYMENT, ModelDeployment, scoped, reparse=_changed_beyond_bookkeeping
         )
+        self.evaluations = Cache(hub, EVALUATION, Evaluation, scoped)
         self._tenant_by_namespace: dict[str, list[str]] | None = None
         self._adapters: dict[str, dict[str, str]] = {}  # namespace -> job name -> adapter URI
 
     def _caches(self) -> list[Cache[Any]]:
-        return [self.clusters, self.tenant_objects, self.finetunejobs, self.modeldeployments]
+        return [
+            self.clusters,
+            self.tenant_objects,
+            self.finetunejobs,
+            self.modeldeployments,
+            self.evaluations,
+        ]
 
     def cache(self, kind: str) -> Cache[Any]:
         """The cache of `kind` (its name: "ModelDeployment", "FineTuneJob", ...)."""

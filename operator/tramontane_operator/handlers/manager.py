@@ -4,7 +4,7 @@
 already run on every replica (`Runtime.start`: a standby's are warm, and the admission
 webhook reads them); the leader connects every member cluster, rebuilds the one GPU ledger
 from what is durable (`durable_state` -> `quotas.ledger.rebuild`), queues every object it
-caches, then lets the controllers of the four kinds work, and sweeps orphans at start and
+caches, then lets the controllers of the five kinds work, and sweeps orphans at start and
 every `sweep_interval_s`.
 
 The sweep deletes, in every reachable member, the children (RayServices, RayJobs, validation
@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
-from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment
+from tramontane_api.v1alpha1 import Evaluation, FineTuneJob, ModelDeployment
 from tramontane_kube import JOB, RAYSERVICE, ApiError, NotFound, ResourceRef, Unreachable
 from tramontane_operator.builders.labels import (
     MANAGED_BY,
@@ -34,17 +34,22 @@ from tramontane_operator.builders.labels import (
 )
 from tramontane_operator.kube import MemberCluster
 from tramontane_operator.placement import pool_gpus
+from tramontane_operator.quotas import Workload
 from tramontane_operator.quotas.ledger import GpusPerCluster, merge_clusters, rebuild
-from tramontane_operator.reconcile.admission import admitted_md_workload, job_workload
+from tramontane_operator.reconcile.admission import admitted_md_workload, created_at, job_workload
+from tramontane_operator.reconcile.evaluation import finished as eval_finished
+from tramontane_operator.reconcile.evaluation import holds_quota as eval_holds_quota
+from tramontane_operator.reconcile.evaluation_inputs import eval_workload
 from tramontane_operator.reconcile.finetunejob import finished
 
 from .computecluster import ComputeClusters
 from .controller import Controller
+from .evaluation import Evaluations
 from .finetunejob import FineTuneJobs
 from .finetunejob_children import RAYJOB
 from .indexes import Cache
 from .modeldeployment import SYNC_WAIT_S, ModelDeployments
-from .runtime import FINETUNEJOBS, MODELDEPLOYMENTS, Runtime
+from .runtime import EVALUATIONS, FINETUNEJOBS, MODELDEPLOYMENTS, Runtime
 from .tenant import Tenants
 
 log = logging.getLogger(__name__)
@@ -56,7 +61,13 @@ CHILD_KINDS: Final[tuple[ResourceRef, ...]] = (RAYSERVICE, RAYJOB, JOB)
 class Manager:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        kinds = (ComputeClusters(rt), Tenants(rt), ModelDeployments(rt), FineTuneJobs(rt))
+        kinds = (
+            ComputeClusters(rt),
+            Tenants(rt),
+            ModelDeployments(rt),
+            FineTuneJobs(rt),
+            Evaluations(rt),
+        )
         self.controllers: list[Controller] = [kind.controller for kind in kinds]
 
     async def run(self) -> None:
@@ -112,6 +123,7 @@ async def durable_state(
     idx = rt.indexes
     mds = {(m.metadata.namespace or "", m.metadata.name): m for m in idx.deployments()}
     jobs = {(j.metadata.namespace or "", j.metadata.name): j for j in idx.jobs()}
+    evals = {(e.metadata.namespace or "", e.metadata.name): e for e in idx.evaluations.parsed()}
     found: dict[str, GpusPerCluster] = {}
     for member in list(rt.clusters.members.values()):
         if not member.usable:
@@ -123,13 +135,25 @@ async def durable_state(
                 log.warning("cluster %s: %s not listed for the ledger: %s", member.name, ref, exc)
                 continue
             for obj in items:
-                gpus = _child_gpus(obj, member.name, mds, jobs)
+                gpus = _child_gpus(obj, member.name, mds, jobs, evals)
                 if gpus is not None:
                     key, held = gpus
                     found[key] = merge_clusters(found.get(key, {}), held)
     workloads = [admitted_md_workload(m) for m in mds.values()]
     workloads += [job_workload(j) for j in jobs.values()]
+    workloads += [_eval_workload(e, mds) for e in evals.values()]
     return workloads, found
+
+
+def _eval_workload(
+    ev: Evaluation, mds: Mapping[tuple[str, str], ModelDeployment], cluster: str | None = None
+) -> Workload:
+    """The Evaluation as its status says it holds (or `cluster`, where a RayJob of it runs)."""
+    namespace = ev.metadata.namespace or ""
+    md = mds.get((namespace, ev.spec.target.model_deployment_ref.name))
+    admitted = cluster is not None or eval_holds_quota(ev.status)
+    where = cluster or (ev.status.cluster if ev.status else None)
+    return eval_workload(ev, md, created_at(ev), admitted, where)
 
 
 def _child_gpus(
@@ -137,6 +161,7 @@ def _child_gpus(
     cluster: str,
     mds: Mapping[tuple[str, str], ModelDeployment],
     jobs: Mapping[tuple[str, str], FineTuneJob],
+    evals: Mapping[tuple[str, str], Evaluation],
 ) -> tuple[str, GpusPerCluster] | None:
     owner = _owner(obj)
     if owner is None:
@@ -152,6 +177,14 @@ def _child_gpus(
             return None  # its Ray cluster is gone or going: it holds nothing
         workload = job_workload(job, cluster)
         return workload.key, {cluster: dict(workload.gpus)}
+    if kind == EVALUATIONS and (ev := evals.get((namespace, name))) is not None:
+        if eval_finished(ev) or (obj.get("status") or {}).get("jobDeploymentStatus") in (
+            "Complete",
+            "Failed",
+        ):
+            return None  # its run is over: its Ray cluster is gone or going
+        workload = _eval_workload(ev, mds, cluster)
+        return workload.key, {cluster: dict(workload.gpus)}
     return None
 
 
@@ -161,6 +194,7 @@ async def sweep(rt: Runtime) -> int:
     owners: dict[str, Cache[Any]] = {
         MODELDEPLOYMENTS: idx.modeldeployments,
         FINETUNEJOBS: idx.finetunejobs,
+        EVALUATIONS: idx.evaluations,
     }
     watched = None if rt.settings.all_namespaces else set(rt.settings.namespaces)
     deleted = 0

@@ -4,7 +4,8 @@ One `Runtime` per operator run: the hub client, the hub caches (`indexes`), the 
 recorder, the member clusters, the one GPU ledger (`quotas.ledger`), the statuses we last
 wrote, and the controllers of every kind (`controllers`, to wake keys of another kind). A
 child event from any member cluster queues its owner; a member changing health queues every
-ModelDeployment and FineTuneJob (at low priority: a refresh, not new work) instead of polling.
+ModelDeployment, FineTuneJob and Evaluation (at low priority: a refresh, not new work)
+instead of polling.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ _MAY_GROW = frozenset({None, "Queued", "Pending", "Degraded", "Progressing"})
 
 MODELDEPLOYMENTS = "ModelDeployment"
 FINETUNEJOBS = "FineTuneJob"
+EVALUATIONS = "Evaluation"
 TENANTS = "Tenant"
 COMPUTECLUSTERS = "ComputeCluster"
 
@@ -75,7 +77,7 @@ class Runtime:
         self.ledger = Ledger()
         self.phases = {
             kind: PhaseTracker(kind)
-            for kind in (MODELDEPLOYMENTS, FINETUNEJOBS, TENANTS, COMPUTECLUSTERS)
+            for kind in (MODELDEPLOYMENTS, FINETUNEJOBS, EVALUATIONS, TENANTS, COMPUTECLUSTERS)
         }
         self._hub: KubeClient | None = None
         self._indexes: Indexes | None = None
@@ -258,6 +260,7 @@ class Runtime:
         set_cluster_reachable(cluster, member.probe.reachable if member else None)
         self.wake_all(MODELDEPLOYMENTS)
         self.wake_all(FINETUNEJOBS)
+        self.wake_all(EVALUATIONS)
 
     # Member clusters.
     async def ensure_member(

@@ -1,8 +1,8 @@
 """Tenants: usage and conditions from what the tenant holds in the ledger, kept current.
 
 Reconciled by the kind's `Controller` (`controller.py`): a Tenant is queued when it appears
-or its spec changes, and (coalesced, at most once a second) when a ModelDeployment or
-FineTuneJob in one of its namespaces changes. The status is the pure
+or its spec changes, and (coalesced, at most once a second) when a ModelDeployment,
+FineTuneJob or Evaluation in one of its namespaces changes. The status is the pure
 `reconcile.tenant.compute_tenant_status` of the workloads the ledger holds in its namespaces,
 written only when it changed. Admission itself is decided by the workloads' own controllers.
 """
@@ -22,7 +22,7 @@ from tramontane_operator.reconcile.tenant import compute_tenant_status
 
 from .controller import Body, Controller, Key, Requeue
 from .parsing import parse_resource
-from .runtime import FINETUNEJOBS, MODELDEPLOYMENTS, TENANTS, Runtime
+from .runtime import EVALUATIONS, FINETUNEJOBS, MODELDEPLOYMENTS, TENANTS, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Tenants:
             queue=rt.work_queue(),
         )
         cache.listeners.append(self.controller.observed)
-        for kind in (MODELDEPLOYMENTS, FINETUNEJOBS):
+        for kind in (MODELDEPLOYMENTS, FINETUNEJOBS, EVALUATIONS):
             rt.indexes.cache(kind).listeners.append(self._workload_changed)
         rt.controllers[TENANTS] = self.controller
 

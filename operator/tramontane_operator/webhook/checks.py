@@ -7,10 +7,12 @@ model, the structural schema, the CEL rules, transition rules included), so `kub
 and `tramontane validate` say the same thing; then what only the hub's state can tell, from
 `Facts` (the hub caches):
 
-- a ModelDeployment or FineTuneJob in a namespace no Tenant owns, once any Tenant exists
+- a ModelDeployment, FineTuneJob or Evaluation in a namespace no Tenant owns, once any
+  Tenant exists
   (`tenant_required="auto"`; `"always"` and `"never"` are the other choices): the operator
   counts no quota for such a namespace, so it would be a way around every quota;
-- a GPU type the tenant's quota does not list (or lists at 0) when the quota has `gpus`;
+- a GPU type the tenant's quota does not list (or lists at 0) when the quota has `gpus` (an
+  Evaluation's is its target ModelDeployment's `resources.gpu.type`);
 - a request that can never fit the tenant's total quota (ModelDeployment: `maxReplicas x
   gpu.count`; FineTuneJob: `workers x gpusPerWorker`), or a quota of 0 ModelDeployments or
   concurrent FineTuneJobs;
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tramontane_api.schema import Problem
-from tramontane_api.v1alpha1 import ComputeCluster, FineTuneJob, ModelDeployment, Tenant
+from tramontane_api.v1alpha1 import ComputeCluster, Evaluation, FineTuneJob, ModelDeployment, Tenant
 from tramontane_api.validate import parse, validate_object
 
 Operation = Literal["CREATE", "UPDATE"]
@@ -134,6 +136,8 @@ def _fact_checks(obj: Any, facts: Facts) -> tuple[list[Problem], list[Problem]]:
         return _model_deployment(obj, facts)
     if isinstance(obj, FineTuneJob):
         return _fine_tune_job(obj, facts)
+    if isinstance(obj, Evaluation):
+        return _evaluation(obj, facts)
     if isinstance(obj, Tenant):
         return _tenant(obj, facts)
     return [], []  # ComputeCluster: platform-owned, nothing beyond its schema and CEL
@@ -298,6 +302,52 @@ def _fine_tune_job(job: FineTuneJob, facts: Facts) -> tuple[list[Problem], list[
         if ref is not None and not facts.has("ModelDeployment", namespace, ref.name):
             warnings.append(
                 Problem(where, f"no ModelDeployment {ref.name!r} in namespace {namespace!r} (yet)")
+            )
+    return denied, warnings
+
+
+def _evaluation(ev: Evaluation, facts: Facts) -> tuple[list[Problem], list[Problem]]:
+    """An Evaluation runs on one pool of its target ModelDeployment's GPUs: the tenant must
+    own the namespace and that GPU type must be in its quota."""
+    namespace = ev.metadata.namespace or ""
+    tenant, denied = _owner(namespace, facts)
+    warnings: list[Problem] = []
+    spec = ev.spec
+    models = [("spec.target", spec.target)]
+    if spec.baseline is not None:
+        models.append(("spec.baseline", spec.baseline))
+    for where, model in models:
+        ref = model.model_deployment_ref.name
+        md = next(
+            (m for m in facts.deployments
+             if m.metadata.namespace == namespace and m.metadata.name == ref),
+            None,
+        )  # fmt: skip
+        if md is None:
+            warnings.append(
+                Problem(
+                    f"{where}.modelDeploymentRef.name",
+                    f"no ModelDeployment {ref!r} in namespace {namespace!r} (yet): the "
+                    "evaluation waits for it",
+                )
+            )
+        elif where == "spec.target" and tenant is not None and md.spec.resources.gpu is not None:
+            gpu = md.spec.resources.gpu
+            denied += _gpu_problems(
+                tenant,
+                gpu.type,
+                gpu.count,
+                f"{where}.modelDeploymentRef.name",
+                f"{where}.modelDeploymentRef.name",
+                f"ModelDeployment {ref!r}'s resources.gpu.count",
+            )
+        job = model.fine_tune_job_ref
+        if job is not None and not facts.has("FineTuneJob", namespace, job.name):
+            warnings.append(
+                Problem(
+                    f"{where}.fineTuneJobRef.name",
+                    f"no FineTuneJob {job.name!r} in namespace {namespace!r} (yet)",
+                )
             )
     return denied, warnings
 

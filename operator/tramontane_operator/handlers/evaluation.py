@@ -1,0 +1,419 @@
+"""Evaluations: resolve -> validate the dataset -> admit -> place -> RayJob -> result -> verdict.
+
+Reconciled by the kind's `Controller` like FineTuneJobs, in the same shape: our finalizer
+first; then every read (the models from the hub caches, the RayJob and the evaluator's last
+result line from its submitter pod's log in the member cluster); then one synchronous
+decision (admission against the tenant's GPU quota, placement in its allowed clusters
+against the one GPU ledger, the phase machine of `reconcile.evaluation`, the ledger's
+entry); then the actions on the RayJob and the status write, with an Event per phase change.
+While a run is not finished the Evaluation is looked at again every
+`TRAMONTANE_FINETUNE_POLL_INTERVAL` seconds.
+
+The dataset is validated before any GPU is asked for: in local mode a local file here (a
+worker thread), otherwise by the FineTuneJobs' validation Job in the member cluster the run
+is then placed in. Deleting an Evaluation deletes its RayJob (wherever it may be) and its
+validation Job before the finalizer goes, and releases its quota. A gate Evaluation (one a
+FineTuneJob's `autoDeploy.evaluation` created) wakes its job when its run ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from tramontane_api.v1alpha1 import (
+    ComputeCluster,
+    Evaluation,
+    EvaluationStatus,
+    ModelDeployment,
+    Tenant,
+)
+from tramontane_kube import EVALUATION, ApiError, Unreachable
+from tramontane_operator.builders.evaluation_rayjob import (
+    build_eval_config,
+    build_eval_rayjob,
+    build_eval_validation_job,
+    eval_rayjob_name,
+    eval_validation_job_name,
+)
+from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
+from tramontane_operator.observability import reconcile_scope
+from tramontane_operator.placement import ClusterView
+from tramontane_operator.reconcile.admission import admission_for, created_at, waiting
+from tramontane_operator.reconcile.conditions import status_differs
+from tramontane_operator.reconcile.evaluation import (
+    TERMINAL,
+    Decision,
+    Observed,
+    decide,
+    finished,
+    holds_quota,
+    was_validated,
+)
+from tramontane_operator.reconcile.evaluation_inputs import (
+    EvalValidation,
+    Resolution,
+    eval_gpus,
+    eval_workload,
+    resolve,
+    validation_of,
+)
+from tramontane_operator.reconcile.finetunejob_deploy import GATE_OF_LABEL
+from tramontane_operator.reconcile.finetunejob_inputs import (
+    AdmissionResult,
+    JobPlacement,
+    place_batch,
+)
+from tramontane_operator.reconcile.finetunejob_progress import reads_submitter_log
+from tramontane_operator.reconcile.finetunejob_trust import is_local
+from tramontane_workers.contract.datasets_report import validate_files
+from tramontane_workers.contract.eval_config import last_result
+
+from .controller import Body, Controller, Invalid, Key, Requeue, Retry, key_of
+from .finalizers import add_finalizer, has_finalizer, remove_finalizer
+from .finetunejob import poll_interval
+from .finetunejob_children import RAYJOB, read_rayjob, submitter_log
+from .finetunejob_validation import delete_dataset_job, run_dataset_job
+from .parsing import parse_resource
+from .runtime import EVALUATIONS, FINETUNEJOBS, Runtime, allowed_views, with_allocations
+
+log = logging.getLogger(__name__)
+
+
+class Evaluations:
+    """The controller of Evaluations."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.poll_s = poll_interval()
+        cache = rt.indexes.evaluations
+        self.controller = Controller(
+            EVALUATIONS,
+            cache.raw,
+            cache.object_keys,
+            self._process,
+            workers=rt.settings.reconcile_workers,
+            ready=rt.ready,
+            queue=rt.work_queue(),
+        )
+        cache.listeners.append(self.controller.observed)
+        rt.controllers[EVALUATIONS] = self.controller
+
+    async def _process(self, key: Key, raw: Body | None) -> Requeue | None:
+        rt = self.rt
+        if raw is None:  # gone without our finalizer: the sweep deletes what it left
+            rt.release(EVALUATIONS, key)
+            rt.forget(EVALUATIONS, key)
+            return None
+        if raw["metadata"].get("deletionTimestamp"):
+            if has_finalizer(raw):
+                await cleanup(rt, raw)
+                await remove_finalizer(rt, EVALUATION, raw)
+            rt.release(EVALUATIONS, key)
+            rt.forget(EVALUATIONS, key)
+            return None
+        if not has_finalizer(raw):  # before any child: a delete can never orphan one
+            await add_finalizer(rt, EVALUATION, raw)
+        decision = await reconcile(rt, raw, self.poll_s)
+        if decision.phase in TERMINAL and not decision.actions:
+            return Requeue(rt.settings.resync_interval_s)
+        return Requeue(self.poll_s)
+
+
+def _parse(rt: Runtime, body: Mapping[str, Any]) -> Evaluation:
+    ev = parse_resource(Evaluation, body)
+    fresher = rt.last_status(EVALUATIONS, body)
+    if isinstance(fresher, EvaluationStatus):
+        return ev.model_copy(update={"status": fresher})
+    return ev
+
+
+def _key(ev: Evaluation) -> Key:
+    return (ev.metadata.namespace or "default", ev.metadata.name)
+
+
+async def reconcile(rt: Runtime, body: Mapping[str, Any], poll_s: float) -> Decision:
+    key = key_of(body)
+    with reconcile_scope("Evaluation", *key) as scope:
+        ev = _parse(rt, body)
+        if finished(ev):  # this run is over: nothing to read, nothing held
+            if rt.ledger.release(_workload_key(ev)) is not None:
+                rt.wake_tenant(_key(ev)[0])
+            return Decision(ev.status or EvaluationStatus())
+        decision = await _step(rt, ev, poll_s)
+        scope.outcome = decision.phase or "unknown"
+        scope.clusters = decision.status.cluster or ""
+        return decision
+
+
+def _resolve(rt: Runtime, ev: Evaluation) -> Resolution:
+    namespace = _key(ev)[0]
+    idx = rt.indexes
+    deployments = {m.metadata.name: m for m in idx.modeldeployments.parsed_in([namespace])}
+    jobs = {j.metadata.name: j for j in idx.finetunejobs.parsed_in([namespace])}
+    return resolve(ev, deployments, jobs, rt.settings.local_mode)
+
+
+async def _views(rt: Runtime, ev: Evaluation, tenant: Tenant | None) -> dict[str, ClusterView]:
+    """The clusters the tenant may use, with what the ledger holds there (but this run's)."""
+    views = await rt.cluster_views(rt.indexes.compute_clusters(), {})
+    held = rt.ledger.allocations(exclude=_workload_key(ev))
+    return with_allocations(allowed_views(views, tenant), held)
+
+
+def _workload_key(ev: Evaluation) -> str:
+    namespace, name = _key(ev)
+    return f"{EVALUATIONS}/{namespace}/{name}"
+
+
+def _place(
+    md: ModelDeployment | None, views: Mapping[str, ClusterView], current: str | None
+) -> JobPlacement:
+    """Where the run goes: its cluster once chosen (validated there), capacity checked; else
+    where the ModelDeployment may be placed (its clusters or selector), GPUs free."""
+    gpus = eval_gpus(md)
+    gpu_type, count = next(iter(gpus.items()), (None, 0))
+    if current is not None:
+        placed = place_batch(gpu_type, count, [current], None, list(views.values()))
+        if placed.cluster is None:
+            return JobPlacement(None, f"{placed.message}; the evaluation stays in {current}")
+        return placed
+    placement = md.spec.placement if md is not None else None
+    names = placement.clusters if placement is not None else None
+    selector = placement.cluster_selector if placement is not None else None
+    return place_batch(gpu_type, count, names, selector, list(views.values()))
+
+
+async def _step(rt: Runtime, ev: Evaluation, poll_s: float) -> Decision:
+    namespace, _ = _key(ev)
+    tenant = rt.indexes.tenant_object(namespace)
+    resolution = _resolve(rt, ev)
+    md = resolution.model_deployment
+    # Every read first: the decision below takes no `await`.
+    views = await _views(rt, ev, tenant)
+    current = ev.status.cluster if ev.status else None
+    rayjob, result = None, None
+    rayjob_name = eval_rayjob_name(ev)
+    if current is not None:
+        held = holds_quota(ev.status)
+        rayjob = await read_rayjob(rt, current, namespace, rayjob_name, held)
+        if rayjob is not None and reads_submitter_log(rayjob, None):
+            text = await submitter_log(rt, current, namespace, rayjob_name)
+            result = last_result(text) if text else None
+    validation, validating, placement = None, None, None
+    ready = resolution.target is not None and rayjob is None
+    if ready and not was_validated(ev):
+        validation, validating, placement = await _validate(rt, ev, md, views, tenant, current)
+    elif ready:
+        placement = _place(md, views, current)
+    now = _now()
+    observed = Observed(
+        resolution=resolution,
+        validation=validation,
+        validating=validating,
+        admission=_admission(rt, ev, md, tenant) if ready else None,
+        placement=placement,
+        rayjob=rayjob,
+        result=result,
+    )
+    decision = decide(ev, observed, now)
+    released = _account(rt, ev, md, decision.status)
+    # Then the writes.
+    await _apply(rt, ev, decision, current, views, tenant, resolution)
+    await _write(rt, ev, decision.status)
+    if released:
+        rt.wake_tenant(namespace)
+    if decision.actions == ("validate",) and validating and validating.startswith("cannot read"):
+        raise Retry(validating, poll_s)
+    return decision
+
+
+async def _validate(
+    rt: Runtime,
+    ev: Evaluation,
+    md: ModelDeployment | None,
+    views: Mapping[str, ClusterView],
+    tenant: Tenant | None,
+    current: str | None,
+) -> tuple[EvalValidation | None, str | None, JobPlacement | None]:
+    """(the validation, or how it goes, and where) of the dataset: here in local mode for a
+    local file, else by a validation Job in the cluster the run is then placed in."""
+    uri = ev.spec.dataset.uri
+    if is_local(uri) and rt.settings.local_mode:
+        report = await asyncio.to_thread(validate_files, [uri], [])
+        found = validation_of(report)
+        return found, None if found else f"cannot read: {report.unreadable}", None
+    placement = _place(md, views, current)
+    view = views.get(placement.cluster) if placement.cluster else None
+    if view is None:
+        return None, f"waiting for a cluster to validate the dataset in: {placement.message}", None
+    tenant_name = tenant.metadata.name if tenant else None
+    outcome = await run_dataset_job(
+        rt,
+        ev,
+        eval_validation_job_name(ev),
+        lambda: build_eval_validation_job(ev, view, rt.build, tenant_name),
+        view,
+        _now(),
+    )
+    if outcome.report is None:
+        return None, outcome.message, placement
+    return validation_of(outcome.report), outcome.message, placement
+
+
+def _admission(
+    rt: Runtime, ev: Evaluation, md: ModelDeployment | None, tenant: Tenant | None
+) -> AdmissionResult:
+    key = _workload_key(ev)
+    if tenant is None or key in rt.ledger:
+        return AdmissionResult(admitted=True)
+    namespaces = tenant.spec.namespaces
+    held = rt.ledger.held_in(namespaces)
+    idx = rt.indexes
+    holding = [w.key for w in held]
+    others = waiting(
+        namespaces,
+        idx.finetunejobs.parsed_in(namespaces),
+        idx.modeldeployments.parsed_in(namespaces),
+        holding,
+    )
+    deployments = {
+        (m.metadata.namespace or "", m.metadata.name): m
+        for m in idx.modeldeployments.parsed_in(namespaces)
+    }
+    for other in idx.evaluations.parsed_in(namespaces):  # other runs waiting for quota
+        status = other.status
+        if status is None or status.phase != "Queued" or other.metadata.name == ev.metadata.name:
+            continue
+        ref = (other.metadata.namespace or "", other.spec.target.model_deployment_ref.name)
+        w = eval_workload(other, deployments.get(ref), created_at(other), admitted=False)
+        if w.key not in holding:
+            others.append(w)
+    workload = eval_workload(ev, md, created_at(ev), admitted=False)
+    return admission_for(workload, tenant, held, others)
+
+
+def _account(
+    rt: Runtime, ev: Evaluation, md: ModelDeployment | None, status: EvaluationStatus
+) -> bool:
+    """Hold the run's GPUs while its new status holds them; whether they were released."""
+    if holds_quota(status) and status.cluster:
+        rt.ledger.hold(eval_workload(ev, md, created_at(ev), True, status.cluster))
+        return False
+    return rt.ledger.release(_workload_key(ev)) is not None
+
+
+async def _apply(
+    rt: Runtime,
+    ev: Evaluation,
+    decision: Decision,
+    observed_in: str | None,
+    views: Mapping[str, ClusterView],
+    tenant: Tenant | None,
+    resolution: Resolution,
+) -> None:
+    namespace, _ = _key(ev)
+    rayjob_name = eval_rayjob_name(ev)
+    for action in decision.actions:
+        target = decision.status.cluster if action == "create_rayjob" else observed_in
+        member = rt.clusters.get(target) if target else None
+        if member is None:
+            continue
+        try:
+            if action == "create_rayjob" and target is not None and target in views:
+                md, model = resolution.model_deployment, resolution.target
+                if md is None or model is None:
+                    continue
+                config = build_eval_config(ev, model, resolution.baseline, md)
+                tenant_name = tenant.metadata.name if tenant else None
+                desired = build_eval_rayjob(ev, config, md, views[target], rt.build, tenant_name)
+                await member.ensure_namespace(namespace)
+                await member.client.apply(RAYJOB, desired, None)
+                rt.events.post(ev, "Normal", "Started", f"RayJob {rayjob_name} created in {target}")
+            elif action in ("replace_rayjob", "delete_rayjob"):
+                await member.client.delete(RAYJOB, namespace, rayjob_name)
+        except ValueError as exc:  # the spec cannot be run as given (a bad claim name)
+            rt.events.post(ev, "Warning", "InvalidSpec", str(exc))
+            raise Invalid(str(exc)) from exc
+        except ApiError as exc:
+            if exc.status == 422:
+                rt.events.post(ev, "Warning", "InvalidSpec", f"{action}: {exc}")
+                raise Invalid(f"{action}: {exc}") from exc
+            raise Retry(f"{action}: {exc}") from exc
+        except Unreachable as exc:
+            raise Retry(f"{action}: {exc}") from exc
+
+
+async def _write(rt: Runtime, ev: Evaluation, status: EvaluationStatus) -> Evaluation:
+    """Write `status` if it differs; an Event when the phase changed; wake a gate's job."""
+    previous = ev.status
+    if not status_differs(previous, status):
+        return ev
+    namespace, name = _key(ev)
+    if await rt.write_status(EVALUATION, namespace, name, previous, status):
+        rt.remember_status(EVALUATIONS, ev.model_dump(by_alias=True), status)
+        rt.phases[EVALUATIONS].set(namespace, name, status.phase)
+        if previous is None or previous.phase != status.phase:
+            _phase_event(rt, ev, status)
+            gate_of = (ev.metadata.labels or {}).get(GATE_OF_LABEL)
+            if gate_of and status.phase in TERMINAL:
+                rt.wake(FINETUNEJOBS, (namespace, gate_of))
+    return ev.model_copy(update={"status": status})
+
+
+def _phase_event(rt: Runtime, ev: Evaluation, status: EvaluationStatus) -> None:
+    message = status.message or f"phase {status.phase}"
+    if status.phase == "Passed":
+        rt.events.post(ev, "Normal", "Passed", message)
+    elif status.phase == "Failed":
+        rt.events.post(ev, "Warning", "Failed", message)
+    elif status.phase == "Error":
+        rt.events.post(ev, "Warning", "Error", message)
+    elif status.phase == "Queued":
+        rt.events.post(ev, "Normal", "Queued", message)
+
+
+async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
+    """Delete the RayJob wherever it may be, and the validation Job; `Retry` until gone."""
+    namespace, _ = key_of(body)
+    ev = _parse(rt, body)
+    rayjob_name = eval_rayjob_name(ev)
+
+    async def one(cc: ComputeCluster) -> str | None:
+        """Why the RayJob there is not gone yet (None: gone, or never there)."""
+        member = await rt.ensure_member(cc)
+        if member is None or not member.probe.reachable:
+            placed_there = ev.status is not None and ev.status.cluster == cc.metadata.name
+            return f"{cc.metadata.name} (unreachable)" if placed_there else None
+        try:
+            rayjob = await member.client.get(RAYJOB, namespace, rayjob_name)
+            if rayjob is not None and _ours(rayjob, ev):
+                await member.client.delete(RAYJOB, namespace, rayjob_name)
+                if await member.client.get(RAYJOB, namespace, rayjob_name) is not None:
+                    return f"{cc.metadata.name} (deleting)"
+        except (ApiError, Unreachable) as exc:
+            return f"{cc.metadata.name} ({exc})"
+        return None
+
+    outcomes = await asyncio.gather(*(one(cc) for cc in rt.indexes.compute_clusters()))
+    waiting_on = [why for why in outcomes if why]
+    cluster = ev.status.cluster if ev.status else None
+    if cluster:
+        await delete_dataset_job(rt, ev, eval_validation_job_name(ev), cluster)
+    if waiting_on:
+        raise Retry(f"RayJob not yet deleted in: {', '.join(waiting_on)}")
+
+
+def _ours(rayjob: Mapping[str, Any], ev: Evaluation) -> bool:
+    labels = (rayjob.get("metadata") or {}).get("labels") or {}
+    return bool(
+        labels.get(OWNER_KIND_LABEL) == "Evaluation"
+        and labels.get(OWNER_NAME_LABEL) == ev.metadata.name
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
