@@ -14,7 +14,9 @@ With `submitters=True` it also creates, when a RayJob starts running, KubeRay's 
 `batch/v1` Job (K8sJobMode: named like the RayJob, in its namespace, KubeRay's labels), and
 deletes it when the RayJob is suspended or gone. Its pod is the Job controller's business (the
 fake kubelet's, which runs the container's stand-in command: it exits at once); what
-`ray job logs --follow` would print there is what the test appends with `append_log`.
+`ray job logs --follow` would print there is what the test appends with `append_log` — for
+an evaluation, the evaluator's own result lines (`append_result`: `result_line` of the
+workers' contract, exactly what `python -m tramontane_workers.evaluate` prints).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from operator_harness import Cluster, FakeKubeRay
 from tramontane_local.kuberay.entrypoints import EntrypointRunner
 from tramontane_local.kuberay.status import next_rayjob_status
+from tramontane_workers.contract.eval_config import EvalResult, result_line
 
 RAYJOBS = "ray.io/v1/rayjobs"
 JOBS = "batch/v1/jobs"
@@ -77,6 +80,11 @@ class FakeRayJobs(FakeKubeRay):
         key = (namespace, pod["metadata"]["name"])
         cluster.emulator.pod_logs[key] = cluster.emulator.pod_logs.get(key, "") + text
         return key[1]
+
+    def append_result(self, cluster: Cluster, namespace: str, name: str, result: EvalResult) -> str:
+        """Append the evaluator's line for `result` to RayJob `name`'s submitter log (as Ray
+        prints a driver's stdout there); the pod's name."""
+        return self.append_log(cluster, namespace, name, result_line(result) + "\n")
 
     async def _sync(self, cluster: Cluster) -> None:
         rayjobs = cluster.emulator.stored_all(RAYJOBS)

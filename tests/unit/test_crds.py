@@ -112,6 +112,7 @@ def test_short_names_and_scale() -> None:
     }
     assert by_kind["ModelDeployment"]["spec"]["names"]["shortNames"] == ["md"]
     assert by_kind["FineTuneJob"]["spec"]["names"]["shortNames"] == ["ftj"]
+    assert by_kind["Evaluation"]["spec"]["names"]["shortNames"] == ["ev"]
     assert by_kind["Tenant"]["spec"]["scope"] == "Cluster"
     assert by_kind["ComputeCluster"]["spec"]["scope"] == "Cluster"
     scale = by_kind["ModelDeployment"]["spec"]["versions"][0]["subresources"]["scale"]
@@ -149,6 +150,31 @@ SAMPLE_STATUS: dict[str, dict[str, Any]] = {
         "cluster": "aks-we",
         "queuePosition": 0,
         "progress": {"step": 40, "totalSteps": 100, "percent": 40.0, "trainLoss": 1.25},
+    },
+    "Evaluation": {
+        "phase": "Failed",
+        "cluster": "aks-we",
+        "samples": 500,
+        "queuePosition": 1,  # set only while Queued; here for the column to find
+        "results": [
+            {
+                "metric": "exactMatch",
+                "score": 0.62,
+                "baseline": 0.41,
+                "delta": 0.21,
+                "threshold": ">= 0.8",
+                "passed": False,
+            }
+        ],
+        "conditions": [
+            {
+                "type": "Passed",
+                "status": "False",
+                "reason": "ThresholdsMissed",
+                "message": "exactMatch 0.62 misses >= 0.8 (baseline 0.41, delta 0.21)",
+                "lastTransitionTime": "2026-11-26T10:00:00Z",
+            }
+        ],
     },
     "Tenant": {
         "phase": "Active",

@@ -58,6 +58,31 @@ CC: dict[str, Any] = {
         "gpus": {"H100": 8},
     },
 }
+EV: dict[str, Any] = {
+    "apiVersion": "tramontane.dev/v1alpha1",
+    "kind": "Evaluation",
+    "metadata": {"name": "qa", "namespace": "team-a"},
+    "spec": {
+        "target": {"modelDeploymentRef": {"name": "mistral"}, "adapter": "support"},
+        "baseline": {"modelDeploymentRef": {"name": "mistral"}},
+        "dataset": {"uri": "s3://data/qa.jsonl"},
+        "metrics": [{"name": "exactMatch", "min": 0.8}, {"name": "tokenF1", "minDelta": 0.05}],
+    },
+}
+GATED: dict[str, Any] = {
+    **FTJ,
+    "spec": {
+        **FTJ["spec"],
+        "autoDeploy": {
+            "modelDeploymentRef": {"name": "mistral"},
+            "adapterName": "support",
+            "evaluation": {
+                "dataset": {"uri": "s3://data/qa.jsonl"},
+                "metrics": [{"name": "exactMatch", "min": 0.8}],
+            },
+        },
+    },
+}
 DELETE = object()
 
 
@@ -312,6 +337,80 @@ CASES: list[tuple[str, dict[str, Any], str, Any, str, str]] = [
     ("ftj-deadline-zero", FTJ, "spec.activeDeadlineSeconds", 0, "spec.activeDeadlineSeconds", ""),
     ("ftj-priority-high", FTJ, "spec.priority", 5000, "spec.priority", ""),
     ("ftj-suspend-string", FTJ, "spec.suspend", "yes", "spec.suspend", ""),
+    # --- Evaluation ---------------------------------------------------------------------------
+    (
+        "ev-two-adapters",
+        EV,
+        "spec.target.adapterUri",
+        "s3://a/adapter",
+        "spec.target",
+        "at most one of adapter, adapterUri or fineTuneJobRef",
+    ),
+    (
+        "ev-baseline-adapter-and-job",
+        EV,
+        "spec.baseline",
+        {"modelDeploymentRef": {"name": "m"}, "adapter": "a", "fineTuneJobRef": {"name": "j"}},
+        "spec.baseline",
+        "at most one of",
+    ),
+    (
+        "ev-min-delta-without-baseline",
+        EV,
+        "spec.baseline",
+        DELETE,
+        "spec.metrics",
+        "minDelta compares with a baseline",
+    ),
+    ("ev-unknown-metric", EV, "spec.metrics", [{"name": "bleu"}], "spec.metrics[0].name", "bleu"),
+    (
+        "ev-duplicate-metric",
+        EV,
+        "spec.metrics",
+        [{"name": "exactMatch", "min": 0.5}, {"name": "exactMatch", "max": 0.9}],
+        "spec.metrics[1]",
+        "duplicate",
+    ),
+    (
+        "ev-min-over-max",
+        EV,
+        "spec.metrics",
+        [{"name": "exactMatch", "min": 0.9, "max": 0.5}],
+        "spec.metrics[0].min",
+        "min must not exceed max",
+    ),
+    ("ev-no-metrics", EV, "spec.metrics", [], "spec.metrics", ""),
+    (
+        "ev-no-target-md",
+        EV,
+        "spec.target.modelDeploymentRef",
+        DELETE,
+        "spec.target.modelDeploymentRef",
+        "",
+    ),
+    ("ev-hf-dataset", EV, "spec.dataset.uri", "hf://datasets/x", "spec.dataset.uri", "az://"),
+    ("ev-failing-samples-high", EV, "spec.failingSamples", 51, "spec.failingSamples", ""),
+    ("ev-long-name", EV, "metadata.name", "e" * 48, "metadata.name", "at most 47 characters"),
+    (
+        "ftj-gate-min-delta-without-baseline",
+        GATED,
+        "spec.autoDeploy.evaluation",
+        {
+            "dataset": {"uri": "s3://data/qa.jsonl"},
+            "metrics": [{"name": "tokenF1", "minDelta": 0.05}],
+            "baseline": "None",
+        },
+        "spec.autoDeploy.evaluation.metrics",
+        "set baseline to BaseModel or Current",
+    ),
+    (
+        "ftj-gate-bad-baseline",
+        GATED,
+        "spec.autoDeploy.evaluation.baseline",
+        "Previous",
+        "spec.autoDeploy.evaluation.baseline",
+        "",
+    ),
     # --- Tenant -------------------------------------------------------------------------------
     ("tenant-no-namespaces", TENANT, "spec.namespaces", [], "spec.namespaces", ""),
     (
@@ -395,7 +494,7 @@ def crd_validator(kind: str) -> SchemaValidator:
     raise LookupError(kind)
 
 
-@pytest.mark.parametrize("base", [MD, FTJ, TENANT, CC], ids=lambda b: b["kind"])
+@pytest.mark.parametrize("base", [MD, FTJ, EV, GATED, TENANT, CC], ids=lambda b: b["kind"])
 def test_bases_are_valid(base: dict[str, Any]) -> None:
     assert validate_object(base) == []
     assert crd_validator(base["kind"]).validate(base) == []

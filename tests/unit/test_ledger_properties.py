@@ -204,6 +204,8 @@ class World:
             deployments=lambda: list(self.mds.values()),
             finetunejobs=SimpleNamespace(parsed_in=parsed_in(self.jobs)),
             modeldeployments=SimpleNamespace(parsed_in=parsed_in(self.mds)),
+            # No Evaluations in this model (they hold GPUs as FineTuneJobs do).
+            evaluations=SimpleNamespace(parsed=list, parsed_in=lambda _namespaces: []),
         )
         self.rt: Any = SimpleNamespace(ledger=Ledger(), indexes=indexes)
         self.md_controller: Any = SimpleNamespace(rt=self.rt)

@@ -118,7 +118,7 @@ def test_unknown_kind_and_version_are_named() -> None:
     assert [
         str(p) for p in validate_object({"apiVersion": "tramontane.dev/v1alpha1", "kind": "Model"})
     ] == [
-        "kind: unknown kind 'Model' (expected one of ['ComputeCluster', 'FineTuneJob', 'ModelDeployment', 'Tenant'])"
+        "kind: unknown kind 'Model' (expected one of ['ComputeCluster', 'Evaluation', 'FineTuneJob', 'ModelDeployment', 'Tenant'])"
     ]
     problems = validate_object({"apiVersion": "tramontane.dev/v1", "kind": "Tenant"})
     assert [p.path for p in problems] == ["apiVersion"]

@@ -79,6 +79,21 @@ def ftj(name: str = "tune", namespace: str = NS, **spec: Any) -> dict[str, Any]:
     }
 
 
+def ev(name: str = "qa", namespace: str = NS, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "target": {"modelDeploymentRef": {"name": "chat"}, "fineTuneJobRef": {"name": "tune"}},
+        "dataset": {"uri": "s3://data/qa.jsonl"},
+        "metrics": [{"name": "exactMatch", "min": 0.8}],
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "tramontane.dev/v1alpha1",
+        "kind": "Evaluation",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base,
+    }
+
+
 def tenant_body(name: str, namespaces: list[str], **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "tramontane.dev/v1alpha1",
@@ -106,6 +121,7 @@ class Row:
     old: dict[str, Any] | None = None
     required: TenantRequired = "auto"
     existing_md: tuple[str, ...] = ()
+    existing_md_bodies: tuple[dict[str, Any], ...] = ()
 
     @property
     def operation(self) -> Operation:
@@ -172,6 +188,21 @@ ROWS = [
         existing_md=("chat",)),
     Row("ftj-auto-deploy-missing-md-warns", ftj(autoDeploy={"modelDeploymentRef": {"name": "x"}, "adapterName": "a"}),
         warnings=["spec.autoDeploy.modelDeploymentRef.name: no ModelDeployment 'x'"]),
+    # --- Evaluations: the namespace's tenant, the GPU type of the target's ModelDeployment --------
+    Row("ev-fits", ev(), existing_md=("chat",),
+        warnings=["spec.target.fineTuneJobRef.name: no FineTuneJob 'tune' in namespace 'team-a' (yet)"]),
+    Row("ev-unowned-namespace", ev(namespace="nobody"),
+        problems=["metadata.namespace: namespace 'nobody' belongs to no Tenant"],
+        warnings=["spec.target.modelDeploymentRef.name: no ModelDeployment 'chat' in namespace 'nobody' (yet)",
+                  "spec.target.fineTuneJobRef.name: no FineTuneJob 'tune'"]),
+    Row("ev-gpu-type-not-in-quota", ev(target={"modelDeploymentRef": {"name": "l4"}}),
+        existing_md_bodies=(md("l4", resources={"gpu": {"type": "L4", "count": 1}}),),
+        problems=["spec.target.modelDeploymentRef.name: GPU type 'L4' is not in tenant 'team''s quota"]),
+    Row("ev-one-pool-never-fits", ev(target={"modelDeploymentRef": {"name": "big"}}),
+        existing_md_bodies=(md("big", resources={"gpu": {"type": "H100", "count": 8}}, runtime={"tensorParallelSize": 8}),),
+        problems=["spec.target.modelDeploymentRef.name: ModelDeployment 'big''s resources.gpu.count = 8 H100 GPUs can never fit"]),
+    Row("ev-min-delta-needs-baseline", ev(metrics=[{"name": "tokenF1", "minDelta": 0.1}]),
+        problems=["spec.metrics: metrics[].minDelta compares with a baseline"]),
     # --- what `tramontane validate` checks (schema, pydantic, CEL) ---------------------------
     Row("md-engine-format", md(runtime={"engine": "transformers"}, resources={},
         model={"name": "m", "source": "hf://m/m", "format": "mistral"}),
@@ -214,7 +245,7 @@ ROWS = [
 
 def test_table_covers_each_kind_and_both_operations() -> None:
     kinds = {row.obj["kind"] for row in ROWS}
-    assert kinds == {"ModelDeployment", "FineTuneJob", "Tenant", "ComputeCluster"}
+    assert kinds == {"ModelDeployment", "FineTuneJob", "Evaluation", "Tenant", "ComputeCluster"}
     assert {row.operation for row in ROWS} == {"CREATE", "UPDATE"}
     assert sum(1 for row in ROWS if row.problems) >= 20
 
@@ -222,6 +253,7 @@ def test_table_covers_each_kind_and_both_operations() -> None:
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row.id)
 def test_review(row: Row) -> None:
     deployments = [ModelDeployment.model_validate(md(name)) for name in row.existing_md]
+    deployments += [ModelDeployment.model_validate(body) for body in row.existing_md_bodies]
     facts = Facts(
         tenants=row.tenants,
         clusters=CLUSTERS,
