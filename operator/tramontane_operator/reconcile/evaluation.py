@@ -256,7 +256,7 @@ def decide(ev: Evaluation, observed: Observed, now: datetime) -> Decision:
     if stale:  # a previous run's RayJob: it goes first
         message = f"run {run_of(ev)}: deleting the previous run's RayJob"
         draft.set(EVALUATED, "Unknown", EvReason.NEW_RUN, message)
-        draft.fields = {"message": message}
+        draft.fields = {"message": message, "cluster": previous.cluster}  # where it is
         draft.actions.append("replace_rayjob")
     elif rayjob is None:
         _before_rayjob(draft, ev, observed, now)

@@ -19,7 +19,9 @@ FailedValidation | Cancelled, and Suspended (from Queued or Running, back when r
   suspended): `replace_rayjob` and Queued, the cluster forgotten unless claims pin the job
   there, so quota and placement are decided again for the new resources.
 - A finished dry run whose `dryRun` is turned off is reopened and proceeds to train.
-- Succeeded with `autoDeploy`: action `auto_deploy` until the `Deployed` condition is True.
+- Succeeded with `autoDeploy`: action `auto_deploy` until the `Deployed` condition is True;
+  with a deployment gate (`autoDeploy.evaluation`) only once its Evaluation passed (action
+  `gate_evaluation` creates it); a failed one is `Deployed=False`, reason `EvaluationFailed`.
 - Terminal phases stay (deletion included); deleting an unfinished job is Cancelled, with
   `delete_rayjob` when its RayJob exists.
 
@@ -43,7 +45,7 @@ from tramontane_api.v1alpha1.finetunejob import (
 from tramontane_workers.contract.train_config import ADAPTER_DIR, TrainProgress
 
 from .conditions import ConditionSpec, find, merge_conditions
-from .finetunejob_deploy import DeployOutcome
+from .finetunejob_deploy import EVALUATING, EVALUATION_FAILED, DeployOutcome, GateOutcome
 from .finetunejob_inputs import (
     DEPLOYMENT_RETRYING,
     DEPLOYMENT_RUNNING,
@@ -75,6 +77,7 @@ Action = Literal[
     "replace_rayjob",
     "delete_rayjob",
     "auto_deploy",
+    "gate_evaluation",
 ]
 
 
@@ -121,6 +124,7 @@ class Observed:
     rayjob: Mapping[str, Any] | None = None
     progress: TrainProgress | None = None
     deploy: DeployOutcome | None = None
+    gate: GateOutcome | None = None  # the deployment gate's Evaluation, once training succeeded
     deleting: bool = False
     validating: str | None = None  # how validation goes, while there is no result
     spec_hash: str | None = None  # of the spec a RayJob would be rendered from now
@@ -258,8 +262,32 @@ def _auto_deploy(draft: _Draft, job: FineTuneJob, observed: Observed) -> None:
         status: Literal["True", "False"] = "True" if outcome.deployed else "False"
         draft.set(DEPLOYED, status, outcome.reason, outcome.message)
     cond = draft.conditions.get(DEPLOYED)
-    if cond is None or cond.status != "True":
-        draft.actions.append("auto_deploy")
+    if cond is not None and cond.status == "True":
+        return
+    if job.spec.auto_deploy.evaluation is not None and not _gate_passed(draft, job, observed):
+        return
+    draft.actions.append("auto_deploy")
+
+
+def _gate_passed(draft: _Draft, job: FineTuneJob, observed: Observed) -> bool:
+    """Whether the deployment gate's Evaluation passed; else Deployed says how it stands (and
+    `gate_evaluation` creates it when it does not exist yet)."""
+    gate = observed.gate
+    if gate is None or gate.phase is None:
+        name = gate.name if gate is not None else "of the adapter"
+        draft.set(DEPLOYED, "Unknown", EVALUATING, f"Evaluation {name}: creating it")
+        draft.actions.append("gate_evaluation")
+        return False
+    if gate.phase == "Passed":
+        return True
+    if gate.phase in ("Failed", "Error"):
+        adapter = draft.fields.get("adapter")
+        stored = f"; the adapter stays at {adapter.uri}, not served" if adapter else ""
+        message = f"Evaluation {gate.name} {gate.phase}: {gate.message or 'no message'}{stored}"
+        draft.set(DEPLOYED, "False", EVALUATION_FAILED, message)
+        return False
+    draft.set(DEPLOYED, "Unknown", EVALUATING, f"Evaluation {gate.name}: {gate.phase}")
+    return False
 
 
 def _controls(draft: _Draft, job: FineTuneJob, rayjob: Mapping[str, Any]) -> None:

@@ -4,6 +4,10 @@ Pure. `autoDeploy.modelDeploymentRef` is a local reference, so the ModelDeployme
 job's namespace and therefore belongs to the same tenant (a namespace has one owner); what can
 still go wrong is checked here: the ModelDeployment must serve the base model the adapter was
 trained on, and the adapter name must not already serve something else.
+
+With a deployment gate (`autoDeploy.evaluation`) the adapter is added only once the gate's
+Evaluation (`<job>-gate`, owned by the job, created when training succeeds: `gate_evaluation`)
+has passed; a failed or broken one leaves it stored but not served (`GateOutcome`).
 """
 
 from __future__ import annotations
@@ -11,13 +15,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment
+from tramontane_api.v1alpha1 import API_VERSION, Evaluation, FineTuneJob, ModelDeployment
+from tramontane_api.v1alpha1.evaluation import MAX_NAME_LENGTH as MAX_EVALUATION_NAME
+from tramontane_operator.builders.labels import MANAGED_BY, MANAGED_BY_LABEL, owner_reference
+from tramontane_operator.builders.validation_job import suffixed_name
 
 ADAPTER_DEPLOYED: Final = "AdapterDeployed"
 MODEL_DEPLOYMENT_NOT_FOUND: Final = "ModelDeploymentNotFound"
 BASE_MODEL_MISMATCH: Final = "BaseModelMismatch"
 ADAPTER_NAME_CONFLICT: Final = "AdapterNameConflict"
 DEPLOY_FAILED: Final = "DeployFailed"
+EVALUATING: Final = "Evaluating"
+EVALUATION_FAILED: Final = "EvaluationFailed"
+# Set on an Evaluation a FineTuneJob's deployment gate created: the job's name.
+GATE_OF_LABEL: Final = "tramontane.dev/gate-of"
 
 
 @dataclass(frozen=True)
@@ -70,3 +81,78 @@ def adapters_with(
         )
     added = [*current, {"name": name, "uri": adapter_uri}]
     return added, DeployOutcome(True, ADAPTER_DEPLOYED, f"adapter {name} added to {ref}")
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """The deployment gate's Evaluation as last seen: its phase for the current run (None:
+    not created yet) and its message (the failed thresholds, when it failed)."""
+
+    name: str
+    phase: str | None = None
+    message: str = ""
+
+
+def gate_name(job: FineTuneJob) -> str:
+    """`<job>-gate`, shortened with a digest when the job's name is long."""
+    return suffixed_name(job.metadata.name, "-gate", MAX_EVALUATION_NAME)
+
+
+def gate_baseline(job: FineTuneJob, md: ModelDeployment | None) -> dict[str, Any] | None:
+    """The gate's baseline: None; the base model (`BaseModel`); or `Current`, the adapter the
+    ModelDeployment serves under `adapterName` now, else its base model."""
+    deploy = job.spec.auto_deploy
+    gate = deploy.evaluation if deploy is not None else None
+    if deploy is None or gate is None or gate.baseline == "None":
+        return None
+    ref = {"modelDeploymentRef": {"name": deploy.model_deployment_ref.name}}
+    served = {a.name for a in (md.spec.adapters or [])} if md is not None else set()
+    if gate.baseline == "Current" and deploy.adapter_name in served:
+        return {**ref, "adapter": deploy.adapter_name}
+    return ref
+
+
+def gate_evaluation(job: FineTuneJob, md: ModelDeployment | None) -> dict[str, Any]:
+    """The Evaluation of `job`'s adapter its deployment gate asks for, owned by the job."""
+    deploy = job.spec.auto_deploy
+    gate = deploy.evaluation if deploy is not None else None
+    if deploy is None or gate is None:
+        raise ValueError("spec.autoDeploy.evaluation is not set")
+    spec: dict[str, Any] = {
+        "target": {
+            "modelDeploymentRef": {"name": deploy.model_deployment_ref.name},
+            "fineTuneJobRef": {"name": job.metadata.name},
+        },
+        "dataset": {"uri": gate.dataset.uri},
+        "metrics": [m.model_dump(by_alias=True, exclude_none=True) for m in gate.metrics],
+        "priority": job.spec.priority,
+    }
+    baseline = gate_baseline(job, md)
+    if baseline is not None:
+        spec["baseline"] = baseline
+    if gate.max_samples is not None:
+        spec["maxSamples"] = gate.max_samples
+    metadata: dict[str, Any] = {
+        "name": gate_name(job),
+        "namespace": job.metadata.namespace or "default",
+        "labels": {MANAGED_BY_LABEL: MANAGED_BY, GATE_OF_LABEL: job.metadata.name},
+    }
+    reference = owner_reference(job)
+    if reference is not None:
+        metadata["ownerReferences"] = [reference]
+    return {"apiVersion": API_VERSION, "kind": "Evaluation", "metadata": metadata, "spec": spec}
+
+
+def gate_outcome(job: FineTuneJob, ev: Evaluation | None) -> GateOutcome:
+    """How the gate's Evaluation `ev` (None: absent) stands for `job`. An Evaluation of
+    another job (same name, not labelled as this job's gate) is left alone, and the gate
+    fails: the job's Deployed condition says why."""
+    name = gate_name(job)
+    if ev is None:
+        return GateOutcome(name)
+    if (ev.metadata.labels or {}).get(GATE_OF_LABEL) != job.metadata.name:
+        return GateOutcome(name, "Error", f"Evaluation {name} exists and is not this job's gate")
+    status = ev.status
+    if status is None or status.observed_generation != ev.metadata.generation:
+        return GateOutcome(name, "Pending", "")
+    return GateOutcome(name, status.phase, status.message or "")
