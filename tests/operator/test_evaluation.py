@@ -361,3 +361,39 @@ async def test_a_failing_gate_keeps_the_adapter_out_of_service(
     assert ftj(clusters)["status"]["adapter"]["uri"] == adapter
     assert served_adapters(clusters) == []
     await eventually(lambda: any(r == "EvaluationFailed" for _, r, _ in events(clusters, "tune")))
+
+
+async def test_a_claim_dataset_is_validated_by_a_job_in_its_cluster_before_any_gpu(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, operator: OperatorRun
+) -> None:
+    claims = tmp_path / "claims-aks"
+    (claims / "data").mkdir(parents=True)
+    dataset(claims / "data" / "good.jsonl", [GOOD] * 3)
+    dataset(claims / "data" / "bad.jsonl", [GOOD, "not json"])
+    kubelet = FakeKubelet(clusters.all, {AKS: claims})  # really runs the validation command
+    fake = FakeRayJobs(clusters.all)
+    await kubelet.start()
+    await fake.start()
+    try:
+        await api.create(MODELDEPLOYMENT, model_deployment("chat"))
+        for name in ("good", "bad"):
+            await api.create(EVALUATION, evaluation(
+                tmp_path, name, dataset={"uri": f"pvc://data/{name}.jsonl"}))  # fmt: skip
+        await eventually(lambda: phase(clusters, "bad") == "Error", timeout_s=30)
+        validated = ev_condition(clusters, "Validated", "bad")
+        assert validated["reason"] == "InvalidDataset" and "bad.jsonl:2" in validated["message"]
+        rj = await eventually(lambda: rayjob(clusters, "good-eval"), timeout_s=30)
+        assert ev_condition(clusters, "Validated", "good")["reason"] == "DatasetValid"
+        assert (AKS, "good-eval-validate") in kubelet.runs and (
+            AKS,
+            "bad-eval-validate",
+        ) in kubelet.runs
+        pod = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+        assert {"name": pod["volumes"][0]["name"],
+                "persistentVolumeClaim": {"claimName": "data", "readOnly": True}} in pod["volumes"]  # fmt: skip
+        assert rayjob(clusters, "bad-eval") is None  # never a GPU for a bad dataset
+        await eventually(lambda: clusters[AKS].emulator.stored(
+            "batch/v1/jobs", NS, "good-eval-validate") is None)  # fmt: skip
+    finally:
+        await fake.stop()
+        await kubelet.stop()
