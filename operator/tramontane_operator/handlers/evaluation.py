@@ -192,7 +192,7 @@ async def _step(rt: Runtime, ev: Evaluation, poll_s: float) -> Decision:
     tenant = rt.indexes.tenant_object(namespace)
     resolution = _resolve(rt, ev)
     md = resolution.model_deployment
-    # Every read first: the decision below takes no `await`.
+    # Every read first.
     views = await _views(rt, ev, tenant)
     current = ev.status.cluster if ev.status else None
     rayjob, result = None, None
@@ -207,8 +207,11 @@ async def _step(rt: Runtime, ev: Evaluation, poll_s: float) -> Decision:
     ready = resolution.target is not None and rayjob is None
     if ready and not was_validated(ev):
         validation, validating, placement = await _validate(rt, ev, md, views, tenant, current)
-    elif ready:
-        placement = _place(md, views, current)
+        views = await _views(rt, ev, tenant)  # as they are after the validation's I/O
+    # The decision: no `await` from here to the ledger's update.
+    valid = was_validated(ev) or (validation is not None and validation.ok)
+    if ready and valid:  # where it validated (claims are cluster-local), else anywhere fitting
+        placement = _place(md, views, placement.cluster if placement else current)
     now = _now()
     observed = Observed(
         resolution=resolution,
