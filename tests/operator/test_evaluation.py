@@ -21,7 +21,15 @@ from fake_rayjob import RAYJOBS, FakeRayJobs
 from manifests import AKS, NS, model_deployment, tenant
 from operator_harness import Clusters, OperatorRun, eventually
 from test_finetunejob import GOOD, condition, dataset, job, write_progress
-from tramontane_kube import EVALUATION, FINETUNEJOB, MODELDEPLOYMENT, TENANT, KubeClient
+from tramontane_kube import (
+    EVALUATION,
+    FINETUNEJOB,
+    MODELDEPLOYMENT,
+    TENANT,
+    ClusterConfig,
+    KubeClient,
+)
+from tramontane_operator.handlers.finetunejob_children import RAYJOB
 from tramontane_workers.contract.eval_config import (
     EvalResult,
     FailingSample,
@@ -397,3 +405,42 @@ async def test_a_claim_dataset_is_validated_by_a_job_in_its_cluster_before_any_g
     finally:
         await fake.stop()
         await kubelet.stop()
+
+
+async def test_a_restart_counts_a_running_evaluation_and_the_sweep_removes_orphans(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs,
+    operator: OperatorRun,
+) -> None:  # fmt: skip
+    await api.create(TENANT, tenant({"gpus": {"H100": 2}}))
+    scaling = {"replicas": 1, "minReplicas": 1, "maxReplicas": 1}
+    await api.create(MODELDEPLOYMENT, model_deployment("chat", scaling=scaling))
+    await api.create(EVALUATION, evaluation(tmp_path))
+    await eventually(lambda: phase(clusters) == "Running")
+    await operator.kill()
+    # While it is down a second evaluation arrives: the deployment and the first one hold both
+    # GPUs, so after the restart it must wait (the running one's RayJob is counted again).
+    await api.create(EVALUATION, evaluation(tmp_path, "second"))
+    # And a RayJob of an Evaluation deleted meanwhile is left in the member.
+    live = rayjob(clusters)
+    assert live is not None
+    labels = {**live["metadata"]["labels"], "tramontane.dev/owner-name": "gone",
+              "tramontane.dev/owner-uid": "0000"}  # fmt: skip
+    orphan = {"apiVersion": "ray.io/v1", "kind": "RayJob", "spec": live["spec"],
+              "metadata": {"name": "gone-eval", "namespace": NS, "labels": labels}}  # fmt: skip
+    member = KubeClient("aks", ClusterConfig(server=clusters[AKS].url), attempts=1)
+    try:
+        await member.create(RAYJOB, orphan)
+    finally:
+        await member.close()
+    await operator.start()
+    await eventually(lambda: rayjob(clusters, "gone-eval") is None, timeout_s=20)  # swept
+    await eventually(lambda: phase(clusters, "second") == "Queued", timeout_s=20)
+    assert ev_status(clusters, "second")["queuePosition"] == 1
+    assert rayjob(clusters, "second-eval") is None and phase(clusters) == "Running"
+    # The first one's run ends: its GPUs go to the second one.
+    await submitter_pod(rayjobs, clusters, "qa-eval")
+    rayjobs.append_result(clusters[AKS], NS, "qa-eval", result(target=GOOD_SCORES,
+                                                             baseline=BASE_SCORES))  # fmt: skip
+    rayjobs.finish("qa-eval")
+    await eventually(lambda: phase(clusters) == "Passed")
+    await eventually(lambda: rayjob(clusters, "second-eval"), timeout_s=20)
