@@ -444,3 +444,27 @@ async def test_a_restart_counts_a_running_evaluation_and_the_sweep_removes_orpha
     rayjobs.finish("qa-eval")
     await eventually(lambda: phase(clusters) == "Passed")
     await eventually(lambda: rayjob(clusters, "second-eval"), timeout_s=20)
+
+
+async def test_evaluations_and_fine_tune_jobs_share_one_queue(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs,
+    operator: OperatorRun,
+) -> None:  # fmt: skip
+    await api.create(TENANT, tenant({"gpus": {"H100": 2}}))
+    scaling = {"replicas": 1, "minReplicas": 1, "maxReplicas": 1}
+    await api.create(MODELDEPLOYMENT, model_deployment("chat", scaling=scaling))
+    await api.create(FINETUNEJOB, job(tmp_path, "tune"))
+    await eventually(lambda: clusters[AKS].emulator.stored(RAYJOBS, NS, "tune"))
+    await api.create(EVALUATION, evaluation(tmp_path))  # the quota is full: it waits first
+    await eventually(lambda: phase(clusters) == "Queued")
+    await api.create(FINETUNEJOB, job(tmp_path, "next"))  # then this one, behind it
+
+    def job_status(name: str) -> dict[str, Any]:
+        return dict((clusters.hub.emulator.stored(FTJS, NS, name) or {}).get("status") or {})
+
+    await eventually(lambda: job_status("next").get("queuePosition") == 2)
+    assert ev_status(clusters)["queuePosition"] == 1
+    rayjobs.finish("tune")  # its GPU goes to the older waiting workload: the evaluation
+    await eventually(lambda: rayjob(clusters))
+    await eventually(lambda: job_status("next").get("queuePosition") == 1)
+    assert clusters[AKS].emulator.stored(RAYJOBS, NS, "next") is None

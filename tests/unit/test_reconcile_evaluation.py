@@ -38,6 +38,7 @@ from tramontane_operator.reconcile.evaluation_inputs import (
     EvalValidation,
     Resolution,
     eval_workload,
+    queued_workloads,
     resolve,
     validation_of,
 )
@@ -526,3 +527,14 @@ def test_gate_outcome_reads_the_current_run_of_its_own_evaluation() -> None:
         update={"metadata": passed.metadata.model_copy(update={"labels": {}})}
     )
     assert gate_outcome(job, foreign).phase == "Error"
+
+
+def test_only_evaluations_queued_by_the_quota_wait_in_the_tenants_queue() -> None:
+    def queued(name: str, position: int | None, phase: str = "Queued") -> Evaluation:
+        status = EvaluationStatus(phase=phase, queue_position=position)  # type: ignore[arg-type]
+        return make_ev(name=name).model_copy(update={"status": status})
+
+    evs = [queued("a", 1), queued("b", None), queued("c", None, "Running"), make_ev(name="d")]
+    got = queued_workloads(evs, [make_md()], holding=[])
+    assert [(w.key, dict(w.gpus)) for w in got] == [("Evaluation/team-a/a", {"H100": 2})]
+    assert queued_workloads(evs, [make_md()], holding=["Evaluation/team-a/a"]) == []

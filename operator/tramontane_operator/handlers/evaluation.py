@@ -42,7 +42,7 @@ from tramontane_operator.builders.evaluation_rayjob import (
 from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.placement import ClusterView
-from tramontane_operator.reconcile.admission import admission_for, created_at, waiting
+from tramontane_operator.reconcile.admission import admission_for, created_at
 from tramontane_operator.reconcile.conditions import status_differs
 from tramontane_operator.reconcile.evaluation import (
     TERMINAL,
@@ -78,7 +78,14 @@ from .finetunejob import poll_interval
 from .finetunejob_children import RAYJOB, read_rayjob, submitter_log
 from .finetunejob_validation import delete_dataset_job, run_dataset_job
 from .parsing import parse_resource
-from .runtime import EVALUATIONS, FINETUNEJOBS, Runtime, allowed_views, with_allocations
+from .runtime import (
+    EVALUATIONS,
+    FINETUNEJOBS,
+    Runtime,
+    allowed_views,
+    waiting_in,
+    with_allocations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +194,15 @@ def _place(
     return place_batch(gpu_type, count, names, selector, list(views.values()))
 
 
+def _uses_claims(ev: Evaluation, resolution: Resolution) -> bool:
+    """Whether the run reads a pvc:// claim (the dataset, a base model or an adapter)."""
+    uris = [ev.spec.dataset.uri]
+    for model in (resolution.target, resolution.baseline):
+        if model is not None:
+            uris += [model.base_model_uri, model.adapter_uri or ""]
+    return any(uri.startswith("pvc://") for uri in uris)
+
+
 async def _step(rt: Runtime, ev: Evaluation, poll_s: float) -> Decision:
     namespace, _ = _key(ev)
     tenant = rt.indexes.tenant_object(namespace)
@@ -205,13 +221,17 @@ async def _step(rt: Runtime, ev: Evaluation, poll_s: float) -> Decision:
             result = last_result(text) if text else None
     validation, validating, placement = None, None, None
     ready = resolution.target is not None and rayjob is None
+    # Claims are cluster-local: a run reading one stays where it was validated.
+    pinned = current if _uses_claims(ev, resolution) else None
     if ready and not was_validated(ev):
-        validation, validating, placement = await _validate(rt, ev, md, views, tenant, current)
+        validation, validating, placement = await _validate(rt, ev, md, views, tenant, pinned)
         views = await _views(rt, ev, tenant)  # as they are after the validation's I/O
     # The decision: no `await` from here to the ledger's update.
     valid = was_validated(ev) or (validation is not None and validation.ok)
-    if ready and valid:  # where it validated (claims are cluster-local), else anywhere fitting
-        placement = _place(md, views, placement.cluster if placement else current)
+    if ready and valid:
+        if placement is not None and placement.cluster and _uses_claims(ev, resolution):
+            pinned = placement.cluster
+        placement = _place(md, views, pinned)
     now = _now()
     observed = Observed(
         resolution=resolution,
@@ -275,26 +295,7 @@ def _admission(
         return AdmissionResult(admitted=True)
     namespaces = tenant.spec.namespaces
     held = rt.ledger.held_in(namespaces)
-    idx = rt.indexes
-    holding = [w.key for w in held]
-    others = waiting(
-        namespaces,
-        idx.finetunejobs.parsed_in(namespaces),
-        idx.modeldeployments.parsed_in(namespaces),
-        holding,
-    )
-    deployments = {
-        (m.metadata.namespace or "", m.metadata.name): m
-        for m in idx.modeldeployments.parsed_in(namespaces)
-    }
-    for other in idx.evaluations.parsed_in(namespaces):  # other runs waiting for quota
-        status = other.status
-        if status is None or status.phase != "Queued" or other.metadata.name == ev.metadata.name:
-            continue
-        ref = (other.metadata.namespace or "", other.spec.target.model_deployment_ref.name)
-        w = eval_workload(other, deployments.get(ref), created_at(other), admitted=False)
-        if w.key not in holding:
-            others.append(w)
+    others = waiting_in(rt.indexes, namespaces, held)
     workload = eval_workload(ev, md, created_at(ev), admitted=False)
     return admission_for(workload, tenant, held, others)
 

@@ -35,7 +35,7 @@ from tramontane_operator.builders.rayjob import claim_uses, rendered_hash, spec_
 from tramontane_operator.builders.volumes import pod_volumes
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.placement import ClusterView
-from tramontane_operator.reconcile.admission import admission_for, job_workload, waiting
+from tramontane_operator.reconcile.admission import admission_for, job_workload
 from tramontane_operator.reconcile.conditions import find, status_differs
 from tramontane_operator.reconcile.finetunejob import (
     DEPLOYED,
@@ -76,7 +76,14 @@ from .finalizers import add_finalizer, has_finalizer, remove_finalizer
 from .finetunejob_children import RAYJOB, apply_actions, base_model, read_progress, read_rayjob
 from .finetunejob_validation import delete_validation_job, validate_in_cluster
 from .parsing import parse_resource
-from .runtime import FINETUNEJOBS, MODELDEPLOYMENTS, Runtime, allowed_views, with_allocations
+from .runtime import (
+    FINETUNEJOBS,
+    MODELDEPLOYMENTS,
+    Runtime,
+    allowed_views,
+    waiting_in,
+    with_allocations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -344,12 +351,7 @@ def _admission(rt: Runtime, job: FineTuneJob, tenant: Tenant | None) -> Admissio
         return AdmissionResult(admitted=True)
     namespaces = tenant.spec.namespaces
     held = rt.ledger.held_in(namespaces)
-    idx = rt.indexes
-    jobs, deployments = (
-        idx.finetunejobs.parsed_in(namespaces),
-        idx.modeldeployments.parsed_in(namespaces),
-    )
-    others = waiting(namespaces, jobs, deployments, [w.key for w in held])
+    others = waiting_in(rt.indexes, namespaces, held)
     return admission_for(workload, tenant, held, others)
 
 

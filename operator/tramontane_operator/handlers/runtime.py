@@ -15,7 +15,7 @@ import base64
 import binascii
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -38,8 +38,10 @@ from tramontane_operator.kube.clusters import NOT_PROBED
 from tramontane_operator.kube.workqueue import HIGH, LOW, WorkQueue
 from tramontane_operator.observability import PhaseTracker, set_cluster_reachable
 from tramontane_operator.placement import ClusterView
+from tramontane_operator.quotas import Workload
 from tramontane_operator.quotas.ledger import Ledger
 from tramontane_operator.reconcile.admission import admissible_now, unplaceable, waiting
+from tramontane_operator.reconcile.evaluation_inputs import queued_workloads
 from tramontane_operator.settings import OperatorSettings
 
 from .controller import Controller, Key
@@ -195,10 +197,8 @@ class Runtime:
         idx = self.indexes
         tenant = idx.tenant_object(namespace)
         namespaces = sorted(set(tenant.spec.namespaces) if tenant is not None else {namespace})
-        jobs = idx.finetunejobs.parsed_in(namespaces)
-        deployments = idx.modeldeployments.parsed_in(namespaces)
         held = self.ledger.held_in(namespaces)
-        queued = waiting(namespaces, jobs, deployments, [w.key for w in held])
+        queued = waiting_in(idx, namespaces, held)
         now = set(admissible_now(tenant, held, queued)) if tenant is not None else None
         for w in queued:
             key = (w.namespace, w.name)
@@ -373,3 +373,12 @@ def with_allocations(
         name: dataclasses.replace(view, gpus_allocated=dict(allocations.get(name, {})))
         for name, view in views.items()
     }
+
+
+def waiting_in(idx: Indexes, namespaces: Sequence[str], held: Sequence[Workload]) -> list[Workload]:
+    """The workloads of `namespaces` (a tenant's) waiting for quota: ModelDeployments,
+    FineTuneJobs and Evaluations wanting to run that hold nothing (`held`)."""
+    holding = [w.key for w in held]
+    deployments = idx.modeldeployments.parsed_in(namespaces)
+    out = waiting(namespaces, idx.finetunejobs.parsed_in(namespaces), deployments, holding)
+    return out + queued_workloads(idx.evaluations.parsed_in(namespaces), deployments, holding)

@@ -12,7 +12,7 @@ FineTuneJob's against the tenant's GPU quota.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,6 +22,7 @@ from tramontane_operator.quotas import Workload
 from tramontane_workers.contract.datasets_report import DatasetsReport
 from tramontane_workers.contract.eval_config import EvalTarget
 
+from .admission import created_at
 from .finetunejob_inputs import ValidationResult
 from .finetunejob_trust import LOCAL_PATH_REFUSED, is_local
 
@@ -178,3 +179,25 @@ def validation_of(report: DatasetsReport) -> EvalValidation | None:
         errors = ("spec.dataset.uri: no conversation in the dataset",)
     result = ValidationResult(False, errors, bad_lines=report.bad_lines, lines=report.lines)
     return EvalValidation(False, result.message())
+
+
+def queued_workloads(
+    evaluations: Iterable[Evaluation],
+    deployments: Iterable[ModelDeployment],
+    holding: Iterable[str],
+) -> list[Workload]:
+    """The Evaluations waiting for their tenant's quota (Queued by it, holding nothing), as
+    the admission queue counts them; one waiting for a cluster holds no place in it."""
+    mds = {(m.metadata.namespace or "", m.metadata.name): m for m in deployments}
+    held = set(holding)
+    out = []
+    for ev in evaluations:
+        status = ev.status
+        if status is None or status.phase != "Queued" or status.queue_position is None:
+            continue
+        namespace = ev.metadata.namespace or ""
+        md = mds.get((namespace, ev.spec.target.model_deployment_ref.name))
+        workload = eval_workload(ev, md, created_at(ev), admitted=False)
+        if workload.key not in held:
+            out.append(workload)
+    return out
