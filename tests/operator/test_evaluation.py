@@ -18,7 +18,7 @@ import pytest
 
 from fake_kubelet import FakeKubelet
 from fake_rayjob import RAYJOBS, FakeRayJobs
-from manifests import AKS, NS, model_deployment, tenant
+from manifests import AKS, NS, model_deployment, operator_settings, tenant
 from operator_harness import Clusters, OperatorRun, eventually
 from test_finetunejob import GOOD, condition, dataset, job, write_progress
 from tramontane_kube import (
@@ -468,3 +468,26 @@ async def test_evaluations_and_fine_tune_jobs_share_one_queue(
     await eventually(lambda: rayjob(clusters))
     await eventually(lambda: job_status("next").get("queuePosition") == 1)
     assert clusters[AKS].emulator.stored(RAYJOBS, NS, "next") is None
+
+
+async def test_outside_local_mode_a_file_dataset_is_refused_and_never_read(
+    tmp_path: Path, clusters: Clusters, api: KubeClient, rayjobs: FakeRayJobs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from tramontane_operator.handlers import evaluation as handler
+
+    reads: list[str] = []
+    monkeypatch.setattr(handler, "validate_files", lambda *a, **k: reads.append("read"))
+    run = OperatorRun(operator_settings(clusters.hub.url, local_mode=False))
+    await run.start()
+    try:
+        await api.create(MODELDEPLOYMENT, model_deployment("chat"))
+        await api.create(EVALUATION, evaluation(tmp_path))  # its dataset is a file:// URI
+        await eventually(lambda: phase(clusters) == "Error")
+    finally:
+        await run.stop()
+    evaluated = ev_condition(clusters, "Evaluated")
+    assert evaluated["reason"] == "LocalPathRefused"
+    assert evaluated["message"].startswith("spec.dataset.uri: file:// URIs are read only in local")
+    assert reads == [] and [r for c in clusters.all for r in c.emulator.stored_all(RAYJOBS)] == []
+    assert [j for c in clusters.all for j in c.emulator.stored_all("batch/v1/jobs")] == []
