@@ -440,7 +440,7 @@ def test_the_validation_job_checks_the_dataset_with_the_workers_rules() -> None:
     assert job["metadata"]["name"] == "qa-eval-validate"
     (container,) = job["spec"]["template"]["spec"]["containers"]
     command = container["command"]
-    assert command[:3] == ["python", "-m", REPORT_MODULE]
+    assert command[:4] == ["python", "-m", REPORT_MODULE, "--evaluation"]  # its rules
     assert command[command.index("--training") + 1] == "pvc://data/held-out.jsonl"
     assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     with pytest.raises(ValueError, match=r"spec\.dataset\.uri"):

@@ -138,3 +138,20 @@ def test_the_entry_point_takes_the_bound(claims: Path, tmp_path: Path) -> None:
     assert report.bad_lines == 1 and "larger than 100 bytes" in report.errors[0].message
     with pytest.raises(SystemExit):
         main(["--training", "pvc://data/big.jsonl", "--max-file-bytes", "0"])
+
+
+def test_an_evaluation_dataset_may_carry_response_format_a_training_one_may_not(
+    tmp_path: Path,
+) -> None:
+    line = {
+        "messages": [{"role": "user", "content": "Give JSON"}, {"role": "assistant", "content": "{}"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+    }  # fmt: skip
+    path = tmp_path / "eval.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    assert validate_files([path.as_uri()], [], evaluation=True).ok
+    refused = validate_files([path.as_uri()], [])
+    assert not refused.ok and refused.errors[0].path == "response_format"
+    out = tmp_path / "report.json"
+    assert main(["--evaluation", "--training", path.as_uri(), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["ok"] is True

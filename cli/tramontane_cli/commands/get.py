@@ -1,7 +1,7 @@
 """`tramontane get KIND [NAME]`: our kinds as `kubectl get` shows them, with their conditions.
 
-KIND is `md`/`modeldeployment(s)`, `ftj`/`finetunejob(s)`, `tenant(s)`, `cc`/`computecluster(s)`,
-or `tramontane` for all four. A list is a table of the kind's printer columns; one object
+KIND is `md`/`modeldeployment(s)`, `ftj`/`finetunejob(s)`, `ev`/`evaluation(s)`, `tenant(s)`,
+`cc`/`computecluster(s)`, or `tramontane` for all of them. A list is a table of the kind's printer columns; one object
 (NAME given) adds every condition with its reason and message. `-o json|yaml` prints the
 objects as the API server returns them. Exit status: 0 ok, 1 unknown KIND or NAME not found,
 2 usage error or the API server cannot be reached.
@@ -16,10 +16,17 @@ from tramontane_api.v1alpha1 import KINDS, KindInfo
 from tramontane_cli import errors, kubeaccess, output
 from tramontane_cli.args import EXIT_INVALID, EXIT_OK
 from tramontane_cli.errors import CliError
-from tramontane_kube import COMPUTECLUSTER, FINETUNEJOB, MODELDEPLOYMENT, TENANT, ResourceRef
+from tramontane_kube import (
+    COMPUTECLUSTER,
+    EVALUATION,
+    FINETUNEJOB,
+    MODELDEPLOYMENT,
+    TENANT,
+    ResourceRef,
+)
 
 REFS: dict[str, ResourceRef] = {
-    r.kind: r for r in (MODELDEPLOYMENT, FINETUNEJOB, TENANT, COMPUTECLUSTER)
+    r.kind: r for r in (MODELDEPLOYMENT, FINETUNEJOB, EVALUATION, TENANT, COMPUTECLUSTER)
 }
 INFOS: dict[str, KindInfo] = {k.KIND_INFO.kind: k.KIND_INFO for k in KINDS}
 ALL = "tramontane"
@@ -45,7 +52,7 @@ def resolve_kinds(text: str) -> list[str]:
         return list(INFOS)
     kind = kind_names().get(wanted)
     if kind is None:
-        known = "md, ftj, tenant, cc (or their full names), tramontane"
+        known = "md, ftj, ev, tenant, cc (or their full names), tramontane"
         raise CliError(EXIT_INVALID, f"KIND: unknown kind {text!r}; known: {known}")
     return [kind]
 
@@ -53,11 +60,12 @@ def resolve_kinds(text: str) -> list[str]:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "get",
-        help="show ModelDeployments, FineTuneJobs, Tenants, ComputeClusters and their conditions",
+        help="show ModelDeployments, FineTuneJobs, Evaluations, Tenants, ComputeClusters and "
+        "their conditions",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         epilog=EPILOG,
     )
-    parser.add_argument("kind", metavar="KIND", help="md, ftj, tenant, cc, or tramontane (all)")
+    parser.add_argument("kind", metavar="KIND", help="md, ftj, ev, tenant, cc, or tramontane (all)")
     parser.add_argument("name", nargs="?", metavar="NAME", help="one object")
     parser.add_argument(
         "-A", "--all-namespaces", action="store_true", help="list in every namespace"

@@ -144,10 +144,10 @@ def build_eval_validation_job(
     ev: Evaluation, cluster: ClusterView, settings: BuildSettings, tenant: str | None
 ) -> dict[str, Any]:
     """The Job validating `ev`'s dataset in `cluster` (the FineTuneJobs' validation Job: the
-    workers' dataset rules, a report in the termination message)."""
+    workers' dataset rules for evaluation datasets, a report in the termination message)."""
     uri = ev.spec.dataset.uri
     command = [
-        "python", "-m", REPORT_MODULE, "--training", uri,
+        "python", "-m", REPORT_MODULE, "--evaluation", "--training", uri,
         "--max-file-bytes", str(MAX_FILE_BYTES), "--output", TERMINATION_LOG,
     ]  # fmt: skip
     uses = [ClaimUse("spec.dataset.uri", uri)]

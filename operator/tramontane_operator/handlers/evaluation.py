@@ -266,7 +266,7 @@ async def _validate(
     local file, else by a validation Job in the cluster the run is then placed in."""
     uri = ev.spec.dataset.uri
     if is_local(uri) and rt.settings.local_mode:
-        report = await asyncio.to_thread(validate_files, [uri], [])
+        report = await asyncio.to_thread(validate_files, [uri], [], evaluation=True)
         found = validation_of(report)
         return found, None if found else f"cannot read: {report.unreadable}", None
     placement = _place(md, views, current)

@@ -132,12 +132,13 @@ def decode_line(raw: bytes) -> Any | Violation:
         return Violation("", f"{INVALID_JSON}: {exc.msg} {where}")
 
 
-def check_line(raw: bytes) -> Encoded | Violation:
-    """Decode, check and tokenize one raw JSONL line (pure apart from the cached tokenizer)."""
+def check_line(raw: bytes, evaluation: bool = False) -> Encoded | Violation:
+    """Decode, check and tokenize one raw JSONL line (pure apart from the cached tokenizer).
+    `evaluation`: a line of an evaluation dataset (which may carry `response_format`)."""
     record = decode_line(raw)
     if isinstance(record, Violation):
         return record
-    violation = check_record(record)
+    violation = check_record(record, evaluation=evaluation)
     if violation is not None:
         return violation
     return encode_record(record)
@@ -202,13 +203,13 @@ def raw_lines(
             yield number, chunk
 
 
-def check_raw(raw: bytes | None) -> Encoded | Violation | None:
+def check_raw(raw: bytes | None, evaluation: bool = False) -> Encoded | Violation | None:
     """`check_line` for what `raw_lines` yields: None for a blank line."""
     if raw is None:
         return Violation("", f"line longer than {MAX_LINE_BYTES} bytes")
     if not raw.strip():
         return None
-    return check_line(raw)
+    return check_line(raw, evaluation)
 
 
 def iter_checked(stream: IO[bytes]) -> Iterator[tuple[int, Encoded | Violation | None]]:
@@ -227,9 +228,11 @@ def _outcome(number: int, result: Encoded | Violation | None) -> LineOutcome:
     return LineOutcome(number, tokens=len(result.tokens), trainable=result.trainable)
 
 
-def _check_batch(batch: list[tuple[int, bytes | None]]) -> list[LineOutcome]:
+def _check_batch(
+    batch: list[tuple[int, bytes | None]], evaluation: bool = False
+) -> list[LineOutcome]:
     """Runs in a pool process: only counts and errors travel back, never token lists."""
-    return [_outcome(number, check_raw(raw)) for number, raw in batch]
+    return [_outcome(number, check_raw(raw, evaluation)) for number, raw in batch]
 
 
 def _batches(stream: IO[bytes], max_bytes: int | None) -> Iterator[list[tuple[int, bytes | None]]]:
@@ -244,20 +247,20 @@ def _batches(stream: IO[bytes], max_bytes: int | None) -> Iterator[list[tuple[in
 
 
 def iter_outcomes(
-    stream: IO[bytes], processes: int = 1, max_bytes: int | None = None
+    stream: IO[bytes], processes: int = 1, max_bytes: int | None = None, evaluation: bool = False
 ) -> Iterator[LineOutcome]:
     """Line outcomes in order; with processes > 1 batches are checked in a process pool, with
     at most two batches per process in flight so memory stays bounded. DatasetTooLarge once
     more than `max_bytes` were read."""
     if processes <= 1:
         for number, raw in raw_lines(stream, max_bytes):
-            yield _outcome(number, check_raw(raw))
+            yield _outcome(number, check_raw(raw, evaluation))
         return
     context = multiprocessing.get_context("spawn")  # safe beside threads (operator, Ray)
     with ProcessPoolExecutor(processes, mp_context=context) as pool:
         pending: deque[Future[list[LineOutcome]]] = deque()
         for batch in _batches(stream, max_bytes):
-            pending.append(pool.submit(_check_batch, batch))
+            pending.append(pool.submit(_check_batch, batch, evaluation))
             if len(pending) >= 2 * processes:
                 yield from pending.popleft().result()
         while pending:
@@ -309,6 +312,7 @@ def validate_stream(
     processes: int = 1,
     max_seq_len: int | None = None,
     max_bytes: int | None = None,
+    evaluation: bool = False,
 ) -> DatasetSummary:
     """Validate an open binary stream; `on_error` sees every bad line, the summary the first few.
 
@@ -317,6 +321,7 @@ def validate_stream(
     one hint is reported and further such lines are only counted. With `max_seq_len`,
     conversations longer than that many tokens are counted in `truncated`. With `max_bytes`,
     reading stops after that many bytes: one more bad line says the file is too large.
+    `evaluation`: an evaluation dataset's rules (lines may carry `response_format`).
     """
     summary = DatasetSummary(source=source, max_seq_len=max_seq_len)
 
@@ -338,7 +343,7 @@ def validate_stream(
         )
         return summary
     try:
-        _check_lines(stream, summary, report, processes, max_bytes)
+        _check_lines(stream, summary, report, processes, max_bytes, evaluation)
     except DatasetTooLarge as exc:
         summary.bad_lines += 1
         report(LineError(line=summary.lines + 1, message=too_large_message(exc.limit)))
@@ -351,12 +356,13 @@ def _check_lines(
     report: Callable[[LineError], None],
     processes: int,
     max_bytes: int | None,
+    evaluation: bool = False,
 ) -> None:
     """Count every line of `stream` into `summary`, reporting bad ones (`validate_stream`)."""
     max_seq_len = summary.max_seq_len
     hinted = False
     run: list[LineError] = []  # the current run of line-shape errors, not yet reported
-    for outcome in iter_outcomes(stream, processes, max_bytes):
+    for outcome in iter_outcomes(stream, processes, max_bytes, evaluation):
         summary.lines = outcome.line
         error = outcome.error
         if error is None:
@@ -400,9 +406,11 @@ def validate_uri(
     processes: int = 1,
     max_seq_len: int | None = None,
     max_bytes: int | None = None,
+    evaluation: bool = False,
 ) -> DatasetSummary:
     """Validate the dataset at `uri`; raises DatasetUnreadable if it cannot be read. With
-    `max_bytes`, at most that many bytes are read (a larger file is one more bad line)."""
+    `max_bytes`, at most that many bytes are read (a larger file is one more bad line);
+    `evaluation`: by an evaluation dataset's rules."""
     with open_uri(uri) as stream:
         try:
             return validate_stream(
@@ -413,6 +421,7 @@ def validate_uri(
                 processes=processes,
                 max_seq_len=max_seq_len,
                 max_bytes=max_bytes,
+                evaluation=evaluation,
             )
         except OSError as exc:
             raise DatasetUnreadable(f"{uri}: {exc}") from exc

@@ -8,7 +8,7 @@ training files without any conversation (by index), the first bad lines with the
 
     python -m tramontane_workers.contract.datasets_report \\
         --training URI [URI ...] [--validation URI ...] [--max-seq-len N]
-        [--max-file-bytes N] [--output /dev/termination-log]
+        [--max-file-bytes N] [--evaluation] [--output /dev/termination-log]
 
 runs the same streaming validation as `tramontane dataset validate`, reading at most
 `--max-file-bytes` of each file (`DEFAULT_MAX_FILE_BYTES`; a larger file is reported as one
@@ -16,8 +16,9 @@ more bad line naming the limit, so a validation is bounded in size as its Job is
 writes the report as
 one JSON object that always fits in `--max-bytes` (4096 by default: the kubelet's limit on a
 termination message): messages are shortened, then the last errors dropped (counted in
-`more_errors`), never leaving invalid JSON. It exits 0 whenever a report was written, valid
-data or not; 2 on a usage error.
+`more_errors`), never leaving invalid JSON. `--evaluation` checks an Evaluation's dataset
+(the same rules; lines may also carry `response_format`). It exits 0 whenever a report was
+written, valid data or not; 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -140,18 +141,25 @@ def validate_files(
     max_errors: int = DEFAULT_MAX_ERRORS,
     max_seq_len: int | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    evaluation: bool = False,
 ) -> DatasetsReport:
     """Validate every file; a file that cannot be read makes an `unreadable` report.
     With `max_seq_len`, training conversations longer than it are counted in `truncated`.
-    At most `max_file_bytes` of each file are read: a larger one is a bad line naming it."""
-    errors, limit = max_errors, max_file_bytes
+    At most `max_file_bytes` of each file are read: a larger one is a bad line naming it.
+    `evaluation`: the files are evaluation datasets (lines may carry `response_format`)."""
+    errors, limit, ev = max_errors, max_file_bytes, evaluation
     try:
         return DatasetsReport.of(
             [
-                validate_uri(uri, max_errors=errors, max_seq_len=max_seq_len, max_bytes=limit)
+                validate_uri(
+                    uri, max_errors=errors, max_seq_len=max_seq_len, max_bytes=limit, evaluation=ev
+                )
                 for uri in training
             ],
-            [validate_uri(uri, max_errors=errors, max_bytes=limit) for uri in validation],
+            [
+                validate_uri(uri, max_errors=errors, max_bytes=limit, evaluation=ev)
+                for uri in validation
+            ],
         )
     except DatasetUnreadable as exc:
         return DatasetsReport.failed_to_read(str(exc))
@@ -176,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_MAX_FILE_BYTES,
         help="the most bytes read of one file; a larger file fails validation",
     )
+    parser.add_argument(
+        "--evaluation",
+        action="store_true",
+        help="the files are evaluation datasets (an Evaluation's): lines may carry response_format",
+    )
     args = parser.parse_args(argv)
     if args.max_errors < 0 or args.max_bytes < 512:
         parser.error("--max-errors must be >= 0 and --max-bytes >= 512")
@@ -184,7 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_seq_len is not None and args.max_seq_len < 1:
         parser.error("--max-seq-len must be a positive integer")
     report = validate_files(
-        args.training, args.validation, args.max_errors, args.max_seq_len, args.max_file_bytes
+        args.training,
+        args.validation,
+        args.max_errors,
+        args.max_seq_len,
+        args.max_file_bytes,
+        evaluation=args.evaluation,
     )
     text = report.to_json(args.max_bytes)
     if args.output == "-":
