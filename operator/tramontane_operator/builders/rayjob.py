@@ -37,7 +37,9 @@ from .rayservice import (
     RAY_API_VERSION,
     BuildSettings,
     child_metadata,
+    gpu_placement,
     head_group,
+    pod_template,
     worker_pod_spec,
 )
 from .security import restricted_pod_spec
@@ -172,12 +174,20 @@ def _tolerations(gpus: int) -> list[dict[str, Any]]:
 
 
 def _worker_group(
-    job: FineTuneJob, image: str, labels: Mapping[str, str], volumes: PodVolumes
+    job: FineTuneJob,
+    image: str,
+    labels: Mapping[str, str],
+    volumes: PodVolumes,
+    settings: BuildSettings,
 ) -> dict[str, Any]:
     res = job.spec.resources
     gpus = res.gpus_per_worker
+    node_selector: dict[str, str] = {}
+    tolerations = _tolerations(gpus)
+    if gpus:
+        node_selector, tolerations = gpu_placement(settings, None, tolerations)
     pod_spec = worker_pod_spec(
-        image, res.cpu, res.memory, gpus, _tolerations(gpus), volumes=volumes
+        image, res.cpu, res.memory, gpus, tolerations, node_selector, volumes=volumes
     )
     cpus = max(1, math.ceil(parse_quantity(res.cpu, "spec.resources.cpu")))
     return {
@@ -186,11 +196,13 @@ def _worker_group(
         "minReplicas": res.workers,
         "maxReplicas": res.workers,
         "rayStartParams": {"num-cpus": str(cpus), "num-gpus": str(gpus)},
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        "template": pod_template(pod_spec, labels, settings),
     }
 
 
-def submitter_pod_template(image: str, labels: Mapping[str, str]) -> dict[str, Any]:
+def submitter_pod_template(
+    image: str, labels: Mapping[str, str], settings: BuildSettings
+) -> dict[str, Any]:
     """KubeRay's default submitter pod (the head's image, its resources, no restarts) under the
     restricted profile. No command: KubeRay fills in its `ray job submit` and the address."""
     pod_spec = {
@@ -206,7 +218,7 @@ def submitter_pod_template(image: str, labels: Mapping[str, str]) -> dict[str, A
             }
         ],
     }
-    return {"metadata": {"labels": dict(labels)}, "spec": restricted_pod_spec(pod_spec)}
+    return pod_template(restricted_pod_spec(pod_spec), labels, settings)
 
 
 def build_rayjob(
@@ -218,7 +230,7 @@ def build_rayjob(
 ) -> dict[str, Any]:
     """The RayJob of `job` in `cluster`, named like the job, in its namespace."""
     spec = job.spec
-    image = settings.worker_image
+    image = settings.image_for(spec.resources.gpus_per_worker)
     labels = child_labels(job, cluster.name, tenant)
     metadata = child_metadata(job, cluster, settings, labels)
     metadata["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(job)}
@@ -235,9 +247,9 @@ def build_rayjob(
         "rayClusterSpec": {
             # No task may land on the head: the training workers need the worker pods' resources.
             "headGroupSpec": head_group(image, settings, labels, HEAD_PORTS, volumes),
-            "workerGroupSpecs": [_worker_group(job, image, labels, volumes)],
+            "workerGroupSpecs": [_worker_group(job, image, labels, volumes, settings)],
         },
-        "submitterPodTemplate": submitter_pod_template(image, labels),
+        "submitterPodTemplate": submitter_pod_template(image, labels, settings),
     }
     if spec.active_deadline_seconds is not None:
         rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
