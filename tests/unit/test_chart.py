@@ -30,6 +30,7 @@ CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
 FULL_VALUES = CHART_DIR / "ci" / "full-values.yaml"
 INSTALL_DOC = REPO_ROOT / "docs" / "install.md"
 NAMESPACE = "tramontane-system"
+AKS_VALUES = CHART_DIR / "values-aks.yaml"
 CHART = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
 APP_VERSION: str = CHART["appVersion"]
 DEFAULTS: dict[str, Any] = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
@@ -95,9 +96,14 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {env["name"]: env["value"] for env in container["env"] if "value" in env}
 
 
-def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    matches = [doc for doc in docs if doc["kind"] == kind]
-    assert len(matches) == 1, f"expected one {kind}, got {len(matches)}"
+def component_of(doc: dict[str, Any]) -> str | None:
+    return ((doc["metadata"].get("labels") or {})).get("app.kubernetes.io/component")
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str, component: str = "operator") -> dict[str, Any]:
+    """The one `kind` object of `component` (operator, router)."""
+    matches = [doc for doc in docs if doc["kind"] == kind and component_of(doc) == component]
+    assert len(matches) == 1, f"expected one {component} {kind}, got {len(matches)}"
     return matches[0]
 
 
@@ -122,9 +128,11 @@ def has_path(values: dict[str, Any], dotted: str) -> bool:
     return True
 
 
-VALUE_SETS = [pytest.param((), id="defaults")] + [
-    pytest.param((path,), id=path.stem) for path in CI_VALUES
-]
+VALUE_SETS = (
+    [pytest.param((), id="defaults")]
+    + [pytest.param((path,), id=path.stem) for path in CI_VALUES]
+    + [pytest.param((AKS_VALUES,), id="values-aks")]
+)
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
@@ -139,7 +147,7 @@ def test_helm_lint_strict(helm: str, values: tuple[Path, ...]) -> None:
 
 def test_defaults_render_the_operator_and_nothing_optional(helm: str) -> None:
     docs = render(helm)
-    kinds = sorted(doc["kind"] for doc in docs)
+    kinds = sorted(doc["kind"] for doc in docs if component_of(doc) == "operator")
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
@@ -152,6 +160,20 @@ def test_defaults_render_the_operator_and_nothing_optional(helm: str) -> None:
         "ServiceAccount",
         "ValidatingWebhookConfiguration",
     ]
+    # The router by default too; no NetworkPolicy, no key namespaces, no worker accounts.
+    assert sorted(doc["kind"] for doc in docs if component_of(doc) == "router") == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Service",
+        "ServiceAccount",
+    ]
+    assert {component_of(doc) for doc in docs} == {"operator", "router"}
     deployment = by_kind(docs, "Deployment")
     # Two replicas (one leads, one stands by) that a drain cannot take down together, and an
     # upgrade that starts the new pod before stopping the old one.
@@ -196,7 +218,8 @@ def test_full_values_reach_the_manifests(helm: str) -> None:
     docs = render(helm, [FULL_VALUES])
     assert {doc["kind"] for doc in docs} >= {"ServiceMonitor", "PodDisruptionBudget"}
     fullname = values["fullnameOverride"]
-    assert {doc["metadata"]["name"] for doc in docs if doc["kind"] != "ServiceAccount"} == {
+    operator_docs = [doc for doc in docs if component_of(doc) == "operator"]
+    assert {d["metadata"]["name"] for d in operator_docs if d["kind"] != "ServiceAccount"} == {
         fullname,
         f"{fullname}-metrics",
         f"{fullname}-webhook",  # its Service and cert-manager Certificate
@@ -278,7 +301,7 @@ def test_services_select_the_operator_pod(helm: str, values: tuple[Path, ...]) -
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     container_ports = {port["name"] for port in container["ports"]}
-    services = [doc for doc in docs if doc["kind"] == "Service"]
+    services = [doc for doc in docs if doc["kind"] == "Service" and component_of(doc) == "operator"]
     assert len(services) == 2  # metrics and webhook
     for service in services:
         assert service["spec"]["selector"].items() <= pod_labels.items()
@@ -574,7 +597,7 @@ def test_webhook_with_cert_manager_only_reads_the_secret(helm: str) -> None:
 
 def test_webhook_disabled_renders_none_of_it(helm: str) -> None:
     docs = render(helm, sets=["webhook.enabled=false"])
-    kinds = [doc["kind"] for doc in docs]
+    kinds = [doc["kind"] for doc in docs if component_of(doc) == "operator"]
     assert "ValidatingWebhookConfiguration" not in kinds
     assert kinds.count("Service") == 1
     (container,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
