@@ -12,6 +12,11 @@ and `TRAMONTANE_GPU_TOLERATIONS` (a JSON list of tolerations) are added to GPU w
 `TRAMONTANE_WORKER_SERVICE_ACCOUNT` and `TRAMONTANE_WORKER_POD_LABELS` (a JSON object) go on
 every Ray pod (e.g. Azure Workload Identity's annotated service account and its label).
 
+`TRAMONTANE_KUBECONFIG_SECRET_NAMESPACE` (default `$POD_NAMESPACE`): the one namespace member
+ComputeClusters' kubeconfig Secrets may live in (the only one the chart lets the operator read
+Secrets in); a ComputeCluster naming a Secret elsewhere is Unreachable, saying so. Unset
+outside a pod: no restriction (development against a kubeconfig).
+
 `TRAMONTANE_LOCAL_MODE` (`true`/`false`, default false): the operator runs beside its
 tenants' files on one machine (development, the operator test tier), so it may read `file://`
 datasets, the base model's `config.json` and `progress.json` itself. Off, a FineTuneJob naming
@@ -70,6 +75,8 @@ class OperatorSettings:
     # Added to GPU worker pods (a GPU node pool's label and taint); see BuildSettings.
     gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
     gpu_tolerations: tuple[Mapping[str, Any], ...] = ()
+    # The namespace of member clusters' kubeconfig Secrets (None: any; see the docstring).
+    kubeconfig_secret_namespace: str | None = None
     # On every Ray pod: the workers' service account (None: the namespace's default) and labels.
     worker_service_account: str | None = None
     worker_pod_labels: Mapping[str, str] = field(default_factory=dict)
@@ -132,6 +139,9 @@ class OperatorSettings:
             "gpu_worker_image": env.get("TRAMONTANE_GPU_WORKER_IMAGE") or None,
             "gateway_class_name": env.get("TRAMONTANE_GATEWAY_CLASS") or None,
             "worker_service_account": env.get("TRAMONTANE_WORKER_SERVICE_ACCOUNT") or None,
+            "kubeconfig_secret_namespace": env.get("TRAMONTANE_KUBECONFIG_SECRET_NAMESPACE")
+            or env.get("POD_NAMESPACE")
+            or None,
         }
         values.update(_worker_pod_values(env))
         for name, var in (

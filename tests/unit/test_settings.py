@@ -191,3 +191,15 @@ def test_worker_pod_settings_from_the_environment_reach_the_builders() -> None:
 def test_bad_worker_pod_settings_name_the_variable(var: str, value: str, expected: str) -> None:
     with pytest.raises(ValueError, match=f"^{var}{expected}"):
         OperatorSettings.from_env({var: value})
+
+
+def test_kubeconfig_secrets_are_read_in_the_pods_namespace_only() -> None:
+    """The chart lets the operator read Secrets in its own namespace alone; outside a pod
+    (development against a kubeconfig) nothing is restricted."""
+    assert OperatorSettings.from_env({}).kubeconfig_secret_namespace is None
+    in_pod = OperatorSettings.from_env({"POD_NAMESPACE": "tramontane-system"})
+    assert in_pod.kubeconfig_secret_namespace == "tramontane-system"
+    chosen = OperatorSettings.from_env(
+        {"POD_NAMESPACE": "tramontane-system", "TRAMONTANE_KUBECONFIG_SECRET_NAMESPACE": "keys"}
+    )
+    assert chosen.kubeconfig_secret_namespace == "keys"
