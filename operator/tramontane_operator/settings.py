@@ -16,6 +16,9 @@ every Ray pod (e.g. Azure Workload Identity's annotated service account and its 
 ComputeClusters' kubeconfig Secrets may live in (the only one the chart lets the operator read
 Secrets in); a ComputeCluster naming a Secret elsewhere is Unreachable, saying so. Unset
 outside a pod: no restriction (development against a kubeconfig).
+`TRAMONTANE_KEY_NAMESPACES` (comma-separated; the chart's `tenants.keyNamespaces`): the
+namespaces the router may read API-key Secrets in; the webhook refuses a Tenant naming a key
+Secret elsewhere. Unset: not checked.
 
 `TRAMONTANE_LOCAL_MODE` (`true`/`false`, default false): the operator runs beside its
 tenants' files on one machine (development, the operator test tier), so it may read `file://`
@@ -77,6 +80,8 @@ class OperatorSettings:
     gpu_tolerations: tuple[Mapping[str, Any], ...] = ()
     # The namespace of member clusters' kubeconfig Secrets (None: any; see the docstring).
     kubeconfig_secret_namespace: str | None = None
+    # The namespaces tenants' API-key Secrets may live in (None: not checked).
+    key_namespaces: tuple[str, ...] | None = None
     # On every Ray pod: the workers' service account (None: the namespace's default) and labels.
     worker_service_account: str | None = None
     worker_pod_labels: Mapping[str, str] = field(default_factory=dict)
@@ -144,6 +149,9 @@ class OperatorSettings:
             or None,
         }
         values.update(_worker_pod_values(env))
+        if env.get("TRAMONTANE_KEY_NAMESPACES") is not None:
+            names = env["TRAMONTANE_KEY_NAMESPACES"].split(",")
+            values["key_namespaces"] = tuple(n.strip() for n in names if n.strip())
         for name, var in (
             ("probe_interval_s", "TRAMONTANE_PROBE_INTERVAL"),
             ("resync_interval_s", "TRAMONTANE_RESYNC_INTERVAL"),

@@ -203,3 +203,10 @@ def test_kubeconfig_secrets_are_read_in_the_pods_namespace_only() -> None:
         {"POD_NAMESPACE": "tramontane-system", "TRAMONTANE_KUBECONFIG_SECRET_NAMESPACE": "keys"}
     )
     assert chosen.kubeconfig_secret_namespace == "keys"
+
+
+def test_key_namespaces_from_the_environment() -> None:
+    assert OperatorSettings.from_env({}).key_namespaces is None
+    env = {"TRAMONTANE_KEY_NAMESPACES": "tramontane-keys, team-b-keys,"}
+    assert OperatorSettings.from_env(env).key_namespaces == ("tramontane-keys", "team-b-keys")
+    assert OperatorSettings.from_env({"TRAMONTANE_KEY_NAMESPACES": ""}).key_namespaces == ()
