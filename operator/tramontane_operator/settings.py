@@ -150,8 +150,8 @@ class OperatorSettings:
         }
         values.update(_worker_pod_values(env))
         if env.get("TRAMONTANE_KEY_NAMESPACES") is not None:
-            names = env["TRAMONTANE_KEY_NAMESPACES"].split(",")
-            values["key_namespaces"] = tuple(n.strip() for n in names if n.strip())
+            listed = env["TRAMONTANE_KEY_NAMESPACES"].split(",")
+            values["key_namespaces"] = tuple(n.strip() for n in listed if n.strip())
         for name, var in (
             ("probe_interval_s", "TRAMONTANE_PROBE_INTERVAL"),
             ("resync_interval_s", "TRAMONTANE_RESYNC_INTERVAL"),
