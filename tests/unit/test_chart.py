@@ -97,7 +97,7 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 
 
 def component_of(doc: dict[str, Any]) -> str | None:
-    return ((doc["metadata"].get("labels") or {})).get("app.kubernetes.io/component")
+    return (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str, component: str = "operator") -> dict[str, Any]:
@@ -318,6 +318,8 @@ def test_services_select_the_operator_pod(helm: str, values: tuple[Path, ...]) -
 
 
 def test_cluster_role_is_least_privilege(helm: str) -> None:
+    """The shape of the operator's ClusterRole (test_chart_rbac.py checks it grants exactly
+    what the operator sends)."""
     docs = render(helm)
     rules = by_kind(docs, "ClusterRole")["rules"]
     granted: dict[tuple[str, str], set[str]] = {}
@@ -328,29 +330,29 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
     assert not any(
         "*" in (group, resource) or "*" in verbs for (group, resource), verbs in granted.items()
     )
-    read = {"get", "list", "watch"}
-    assert granted[("", "secrets")] == read
-    assert granted[("apiextensions.k8s.io", "customresourcedefinitions")] == read
+    # No Secret anywhere cluster-wide: kubeconfigs and the webhook's live in its namespace.
+    assert ("", "secrets") not in granted
+    assert granted[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
     # create, never delete: the operator makes missing pool namespaces and leaves them.
     assert granted[("", "namespaces")] == {"get", "list", "watch", "create"}
-    assert granted[("", "events")] == {"create", "patch"}
+    assert granted[("", "events")] == {"create"}
     # pvc:// datasets: a validation Job, its pod's result, the RayJob submitter's log.
     assert granted[("batch", "jobs")] == {"get", "list", "create", "delete"}
-    assert granted[("", "pods")] == {"get", "list"}
+    assert granted[("", "pods")] == {"list"}
     assert granted[("", "pods/log")] == {"get"}
-    assert {"create", "delete"} <= granted[("ray.io", "rayservices")]
-    assert {"get"} <= granted[("ray.io", "rayservices/status")]
+    assert {"create", "patch", "delete", "watch"} <= granted[("ray.io", "rayservices")]
     for plural in ("modeldeployments", "finetunejobs", "tenants", "computeclusters"):
-        assert {"list", "watch", "patch"} <= granted[("tramontane.dev", plural)]
-        assert "patch" in granted[("tramontane.dev", f"{plural}/status")]
-        assert "update" in granted[("tramontane.dev", f"{plural}/finalizers")]
+        assert {"list", "watch"} <= granted[("tramontane.dev", plural)]
+        assert granted[("tramontane.dev", f"{plural}/status")] == {"patch"}
+    for plural in ("modeldeployments", "finetunejobs"):
+        assert "patch" in granted[("tramontane.dev", plural)]  # finalizers
+        assert granted[("tramontane.dev", f"{plural}/finalizers")] == {"update"}
     groups = {group for group, _ in granted}
     assert groups == {
         "",
         "tramontane.dev",
         "ray.io",
         "batch",
-        "events.k8s.io",
         "apiextensions.k8s.io",
         "admissionregistration.k8s.io",
     }  # no kopf.dev peerings (Kopf runs standalone), no leases cluster-wide
@@ -368,22 +370,30 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
     ]
 
 
-def test_leader_election_is_granted_in_the_release_namespace_only(helm: str) -> None:
+LEASE_RULE = {
+    "apiGroups": ["coordination.k8s.io"],
+    "resources": ["leases"],
+    "verbs": ["get", "create", "update"],
+}
+# Member clusters' kubeconfig Secrets and the webhook's: read in the release namespace only.
+SECRET_READ_RULE = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+
+
+def test_leader_election_and_secrets_are_granted_in_the_release_namespace_only(
+    helm: str,
+) -> None:
     docs = render(helm)
     role = by_kind(docs, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
-    assert role["rules"][0] == {
-        "apiGroups": ["coordination.k8s.io"],
-        "resources": ["leases"],
-        "verbs": ["get", "create", "update"],
-    }
-    # The webhook's certificate Secret: read and renewed by name; created (RBAC cannot name it).
-    assert role["rules"][1:] == [
+    # The self-managed webhook certificate: renewed by name; created (RBAC cannot name it).
+    assert role["rules"] == [
+        LEASE_RULE,
+        SECRET_READ_RULE,
         {
             "apiGroups": [""],
             "resources": ["secrets"],
             "resourceNames": ["tramontane-webhook-tls"],
-            "verbs": ["get", "update"],
+            "verbs": ["update"],
         },
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     ]
@@ -582,15 +592,7 @@ def test_webhook_with_cert_manager_only_reads_the_secret(helm: str) -> None:
         "name": issuer["metadata"]["name"],
     }
     assert issuer["spec"] == {"selfSigned": {}}
-    role = by_kind(docs, "Role")
-    assert role["rules"][1:] == [
-        {
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "resourceNames": ["tramontane-webhook-tls"],
-            "verbs": ["get"],
-        }
-    ]
+    assert by_kind(docs, "Role")["rules"] == [LEASE_RULE, SECRET_READ_RULE]  # only reads
     cluster_rules = by_kind(docs, "ClusterRole")["rules"]
     assert not any("admissionregistration.k8s.io" in rule["apiGroups"] for rule in cluster_rules)
 
@@ -604,4 +606,4 @@ def test_webhook_disabled_renders_none_of_it(helm: str) -> None:
     assert env_of(container)["TRAMONTANE_WEBHOOK_PORT"] == "0"
     assert "readinessProbe" not in container
     assert "webhook" not in {port["name"] for port in container["ports"]}
-    assert len(by_kind(docs, "Role")["rules"]) == 1
+    assert by_kind(docs, "Role")["rules"] == [LEASE_RULE, SECRET_READ_RULE]
