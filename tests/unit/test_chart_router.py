@@ -331,3 +331,16 @@ def test_schema_rejects_misspelled_router_and_worker_values(
     assert result.returncode != 0
     assert "don't meet the specifications of the schema" in result.stderr
     assert expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.example.com:5000/tramontane-worker:1.0",
+        "<registry>.azurecr.io/tramontane-worker-gpu:0.1.0",
+        "ghcr.io/t/w@sha256:" + "a" * 64,
+    ],
+)
+def test_worker_images_with_a_registry_port_or_a_digest_are_accepted(helm: str, image: str) -> None:
+    env = operator_env(render(helm, sets=[f"workers.image={image}", f"workers.gpuImage={image}"]))
+    assert env["TRAMONTANE_WORKER_IMAGE"] == env["TRAMONTANE_GPU_WORKER_IMAGE"] == image
