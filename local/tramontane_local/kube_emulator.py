@@ -5,6 +5,7 @@ the operator relies on: it fills `uid`, `creationTimestamp`, `resourceVersion` a
 `generation` (bumped on spec changes), honours `generateName`, ignores `status` on the main
 resource and everything but `status` on the `/status` subresource (merge and JSON patches),
 serves PUT (replace) with the `metadata.resourceVersion` precondition (409 when stale),
+records every request's RBAC attributes by User-Agent while a test tier asks (`kube_access`),
 and validates every created or patched object against its CRD schema — ours generated from the
 API models (what `crds/*.yaml` holds), KubeRay's v1.7.0 RayJob and RayService CRDs shipped in
 `kuberay_crds/` — plus metadata names and labels. A write a real server would reject gets a
@@ -58,6 +59,7 @@ from tramontane_api.schema import SchemaValidator
 from tramontane_api.v1alpha1 import KINDS
 
 from . import openapi
+from .kube_access import RECORDER
 from .kube_history import RecordingBus, Versions, gone
 
 # KubeRay v1.7.0's RayJob and RayService CRDs, copied unchanged from the kuberay-operator Helm
@@ -262,6 +264,21 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # Who asked for what, as RBAC sees it (kube_access; only while a test tier records).
+        if RECORDER.enabled:
+            writes = raw.method in ("POST", "PUT", "PATCH") and raw.body_exists
+            RECORDER.record(
+                self.cluster_name,
+                raw.headers.get("User-Agent", ""),
+                raw.method,
+                raw.path,
+                raw.query,
+                await raw.read() if writes else b"",  # aiohttp keeps it for the handler
+                {
+                    (c.resource.group or "", str(c.info.kind)): str(c.resource.plural)
+                    for c in self.crds
+                },
+            )
         if raw.content_type == "application/vnd.kubernetes.protobuf" and raw.can_read_body:
             return _status(
                 415,
@@ -282,7 +299,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
             return await super().__call__(raw)
         if raw.query.get("watch") in ("true", "1") and raw.method == "GET":
             return await self._watch_namespaces(raw)
-        data = await raw.json() if raw.can_read_body else None
+        data = await raw.json() if raw.body_exists else None
         return self._serve_namespace(raw.method, namespace_path.group(1), data)
 
     async def _watch_namespaces(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:

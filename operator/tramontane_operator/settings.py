@@ -1,9 +1,24 @@
 """Operator-wide settings: from the CLI flags and environment, with defaults for production.
 
 Environment: `TRAMONTANE_CLUSTER_NAME` (the hub's ComputeCluster name, default `hub`),
-`TRAMONTANE_WORKER_IMAGE` (default worker image), `TRAMONTANE_GATEWAY_CLASS` (Gateway API class
-enabling incremental upgrades), `TRAMONTANE_PROBE_INTERVAL` and `TRAMONTANE_RESYNC_INTERVAL`
-(seconds), `TRAMONTANE_RECONCILE_WORKERS` (ModelDeployment reconciles in flight).
+`TRAMONTANE_WORKER_IMAGE` (default worker image), `TRAMONTANE_GPU_WORKER_IMAGE` (default image
+of Ray clusters whose workers request GPUs; unset: the worker image),
+`TRAMONTANE_GATEWAY_CLASS` (Gateway API class enabling incremental upgrades),
+`TRAMONTANE_PROBE_INTERVAL` and `TRAMONTANE_RESYNC_INTERVAL` (seconds),
+`TRAMONTANE_RECONCILE_WORKERS` (ModelDeployment reconciles in flight).
+
+Worker pods (the chart's `workers.*` values): `TRAMONTANE_GPU_NODE_SELECTOR` (a JSON object)
+and `TRAMONTANE_GPU_TOLERATIONS` (a JSON list of tolerations) are added to GPU worker pods;
+`TRAMONTANE_WORKER_SERVICE_ACCOUNT` and `TRAMONTANE_WORKER_POD_LABELS` (a JSON object) go on
+every Ray pod (e.g. Azure Workload Identity's annotated service account and its label).
+
+`TRAMONTANE_KUBECONFIG_SECRET_NAMESPACE` (default `$POD_NAMESPACE`): the one namespace member
+ComputeClusters' kubeconfig Secrets may live in (the only one the chart lets the operator read
+Secrets in); a ComputeCluster naming a Secret elsewhere is Unreachable, saying so. Unset
+outside a pod: no restriction (development against a kubeconfig).
+`TRAMONTANE_KEY_NAMESPACES` (comma-separated; the chart's `tenants.keyNamespaces`): the
+namespaces the router may read API-key Secrets in; the webhook refuses a Tenant naming a key
+Secret elsewhere. Unset: not checked.
 
 `TRAMONTANE_LOCAL_MODE` (`true`/`false`, default false): the operator runs beside its
 tenants' files on one machine (development, the operator test tier), so it may read `file://`
@@ -31,10 +46,12 @@ owning its namespace once any Tenant exists; `always`; `never`).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tramontane_kube.config import ClusterConfig
 from tramontane_kube.leader import LeaderElectionConfig, config_problems, default_identity
@@ -56,7 +73,18 @@ _LEADER_DURATIONS = (
 class OperatorSettings:
     cluster_name: str = "hub"
     worker_image: str = DEFAULT_WORKER_IMAGE
+    gpu_worker_image: str | None = None
     gateway_class_name: str | None = None
+    # Added to GPU worker pods (a GPU node pool's label and taint); see BuildSettings.
+    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
+    gpu_tolerations: tuple[Mapping[str, Any], ...] = ()
+    # The namespace of member clusters' kubeconfig Secrets (None: any; see the docstring).
+    kubeconfig_secret_namespace: str | None = None
+    # The namespaces tenants' API-key Secrets may live in (None: not checked).
+    key_namespaces: tuple[str, ...] | None = None
+    # On every Ray pod: the workers' service account (None: the namespace's default) and labels.
+    worker_service_account: str | None = None
+    worker_pod_labels: Mapping[str, str] = field(default_factory=dict)
     namespaces: tuple[str, ...] = ()
     all_namespaces: bool = True
     metrics_port: int | None = 9090
@@ -113,8 +141,17 @@ class OperatorSettings:
         values: dict[str, object] = {
             "cluster_name": env.get("TRAMONTANE_CLUSTER_NAME") or "hub",
             "worker_image": env.get("TRAMONTANE_WORKER_IMAGE") or DEFAULT_WORKER_IMAGE,
+            "gpu_worker_image": env.get("TRAMONTANE_GPU_WORKER_IMAGE") or None,
             "gateway_class_name": env.get("TRAMONTANE_GATEWAY_CLASS") or None,
+            "worker_service_account": env.get("TRAMONTANE_WORKER_SERVICE_ACCOUNT") or None,
+            "kubeconfig_secret_namespace": env.get("TRAMONTANE_KUBECONFIG_SECRET_NAMESPACE")
+            or env.get("POD_NAMESPACE")
+            or None,
         }
+        values.update(_worker_pod_values(env))
+        if env.get("TRAMONTANE_KEY_NAMESPACES") is not None:
+            listed = env["TRAMONTANE_KEY_NAMESPACES"].split(",")
+            values["key_namespaces"] = tuple(n.strip() for n in listed if n.strip())
         for name, var in (
             ("probe_interval_s", "TRAMONTANE_PROBE_INTERVAL"),
             ("resync_interval_s", "TRAMONTANE_RESYNC_INTERVAL"),
@@ -200,8 +237,13 @@ class OperatorSettings:
     def build_settings(self) -> BuildSettings:
         return BuildSettings(
             worker_image=self.worker_image,
+            gpu_worker_image=self.gpu_worker_image,
             hub_cluster=self.cluster_name,
             gateway_class_name=self.gateway_class_name,
+            gpu_node_selector=dict(self.gpu_node_selector),
+            gpu_tolerations=tuple(dict(t) for t in self.gpu_tolerations),
+            worker_service_account=self.worker_service_account,
+            worker_pod_labels=dict(self.worker_pod_labels),
         )
 
     def hub_config(self) -> ClusterConfig:
@@ -212,6 +254,47 @@ class OperatorSettings:
             return ClusterConfig.in_cluster()
         path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         return ClusterConfig.from_kubeconfig_file(path.split(os.pathsep)[0])
+
+
+_TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
+
+
+def _json_env(env: Mapping[str, str], var: str, kind: type) -> Any:
+    """The JSON value of `var` (None when unset or empty); ValueError naming it otherwise."""
+    text = env.get(var)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{var}: not JSON: {exc.msg}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{var}: expected a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
+def _string_map(env: Mapping[str, str], var: str) -> dict[str, str]:
+    value = _json_env(env, var, dict) or {}
+    bad = sorted(k for k, v in value.items() if not isinstance(v, str))
+    if bad:
+        raise ValueError(f"{var}: values must be strings (not {', '.join(bad)})")
+    return dict(value)
+
+
+def _worker_pod_values(env: Mapping[str, str]) -> dict[str, object]:
+    """GPU node selector and tolerations, and the worker pods' labels, from the environment."""
+    tolerations = _json_env(env, "TRAMONTANE_GPU_TOLERATIONS", list) or []
+    for index, toleration in enumerate(tolerations):
+        if not isinstance(toleration, dict) or not set(toleration) <= _TOLERATION_KEYS:
+            raise ValueError(
+                f"TRAMONTANE_GPU_TOLERATIONS[{index}]: expected a toleration (keys "
+                f"{', '.join(sorted(_TOLERATION_KEYS))}), got {toleration!r}"
+            )
+    return {
+        "gpu_node_selector": _string_map(env, "TRAMONTANE_GPU_NODE_SELECTOR"),
+        "gpu_tolerations": tuple(tolerations),
+        "worker_pod_labels": _string_map(env, "TRAMONTANE_WORKER_POD_LABELS"),
+    }
 
 
 def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:

@@ -64,6 +64,8 @@ def operator_settings(hub_url: str, **overrides: Any) -> OperatorSettings:
         "client_options": {"attempts": 3, "backoff_s": 0.05},
         # Every test runs elected, as production does (a Lease in the hub).
         "leader_election_namespace": SYSTEM_NS,
+        # Kubeconfig Secrets only in the operator's namespace, as the chart runs it.
+        "kubeconfig_secret_namespace": SYSTEM_NS,
         # Off unless a test turns it on (tests/operator/test_webhook.py): a fixed port would
         # collide between operators of one test.
         "webhook_port": None,

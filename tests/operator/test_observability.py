@@ -98,6 +98,34 @@ async def test_compute_cluster_conditions(
     reachable = next(c for c in cc["status"]["conditions"] if c["type"] == "Reachable")
     assert reachable["status"] == "False" and "nope" in reachable["message"]
 
+    # A kubeconfig Secret outside the operator's namespace is refused, whatever it holds: the
+    # operator may read Secrets in its own namespace only (docs/operator.md, Permissions).
+    kubeconfig = base64.b64encode(clusters[AKS].kubeconfig().encode()).decode()
+    await api.create(
+        SECRET,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "elsewhere", "namespace": NS},
+            "data": {"kubeconfig": kubeconfig},
+        },
+    )
+    await api.create(
+        COMPUTECLUSTER,
+        compute_cluster(
+            "aks-elsewhere",
+            cloud="azure",
+            region="northeurope",
+            connection={"kubeconfigSecretRef": {"namespace": NS, "name": "elsewhere"}},
+        ),
+    )
+    await eventually(lambda: cc_phase(clusters, "aks-elsewhere") == "Unreachable")
+    cc = clusters.hub.emulator.stored(CCS, None, "aks-elsewhere")
+    assert cc is not None
+    reachable = next(c for c in cc["status"]["conditions"] if c["type"] == "Reachable")
+    assert reachable["status"] == "False"
+    assert f"outside namespace {SYSTEM_NS}" in reachable["message"]
+
     # The Secret appears: the next spec change (or restart) picks it up.
     secret = base64.b64encode(clusters[AKS].kubeconfig().encode()).decode()
     await api.create(

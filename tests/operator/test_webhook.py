@@ -26,6 +26,7 @@ import pytest
 from manifests import AKS, HUB, NS, ONPREM, SYSTEM_NS, model_deployment, operator_settings
 from operator_harness import Clusters, OperatorRun, eventually
 from tramontane_kube import SECRET, TENANT, ClusterConfig, KubeClient
+from tramontane_operator.handlers.runtime import USER_AGENT
 from tramontane_operator.webhook.certs import bundle_from_secret, next_bundle, service_hostnames
 from tramontane_operator.webhook.keeper import (
     VALIDATING_WEBHOOK_CONFIGURATION,
@@ -373,7 +374,11 @@ async def test_every_replica_reloads_a_renewed_certificate(
 
 @pytest.fixture
 async def hub_clients(clusters: Clusters) -> AsyncIterator[list[KubeClient]]:
-    made = [KubeClient(f"r{i}", ClusterConfig(server=clusters.hub.url)) for i in range(3)]
+    # Three operator replicas' clients (their User-Agent: the chart's RBAC check counts them).
+    made = [
+        KubeClient(f"r{i}", ClusterConfig(server=clusters.hub.url), user_agent=USER_AGENT)
+        for i in range(3)
+    ]
     try:
         yield made
     finally:

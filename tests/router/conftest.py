@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.append(str(Path(__file__).parents[1] / "operator"))  # the hub emulator
 
 from fake_worker import FakeWorker
+from tests.rbac import check_session
 
 from operator_harness import Cluster, Clusters
 from tramontane_kube import ClusterConfig, KubeClient
+from tramontane_local.kube_access import RECORDER
 from tramontane_router.dataplane import Limits
 from tramontane_router.hub import HubSource
 from tramontane_router.server import Router, RouterSettings
@@ -31,6 +33,21 @@ from tramontane_router.sources import StaticSource
 ACME_KEY = "acme-key-0123456789abcdef"
 GLOBEX_KEY = "globex-key-0123456789abcdef"
 KEYS_NS = "tramontane-keys"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def chart_rbac_grants_every_request() -> Iterator[None]:
+    """Every request the router sends to the hub in this session must be granted by
+    the chart's roles for its ServiceAccount (tests/rbac.py); TRAMONTANE_RBAC_RECORD=DIR also
+    writes what was sent."""
+    RECORDER.enabled = True
+    try:
+        yield
+    finally:
+        RECORDER.enabled = False
+    problems = check_session(RECORDER.take())
+    if problems:
+        pytest.fail("requests the chart's RBAC does not grant:\n" + "\n".join(problems))
 
 
 def secret(name: str, value: str, namespace: str = KEYS_NS, key: str = "api-key") -> dict[str, Any]:
@@ -42,9 +59,7 @@ def secret(name: str, value: str, namespace: str = KEYS_NS, key: str = "api-key"
     }
 
 
-def tenant(
-    name: str, namespaces: list[str], secrets: list[str], **quotas: Any
-) -> dict[str, Any]:
+def tenant(name: str, namespaces: list[str], secrets: list[str], **quotas: Any) -> dict[str, Any]:
     """A Tenant; `quotas` in the API's camelCase (`requestsPerMinute=3`)."""
     return {
         "apiVersion": "tramontane.dev/v1alpha1",

@@ -19,13 +19,15 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.append(str(Path(__file__).parents[1] / "operator"))
 
 from operator_harness import Cluster, eventually
-from tramontane_kube import ClusterConfig, KubeClient
+from tramontane_kube import LEASE, ClusterConfig, KubeClient
+from tramontane_router.hub import USER_AGENT
 from tramontane_router.limits.exchange import (
     BUDGET_ANNOTATION,
     LEASE_LABELS,
@@ -80,7 +82,11 @@ class Replicas:
         self.hub = hub
         self.ledger: deque[tuple[float, str, float]] = deque()
         self.limiters = {n: FakeLimiter(n, self.ledger) for n in SHARES}
-        self.clients = {n: KubeClient(n, ClusterConfig(server=hub.url), attempts=1) for n in SHARES}
+        # Router replicas' clients: their User-Agent puts them under the chart's RBAC check.
+        self.clients = {
+            n: KubeClient(n, ClusterConfig(server=hub.url), attempts=1, user_agent=USER_AGENT)
+            for n in SHARES
+        }
         self.exchanges = {
             n: BudgetExchange(
                 self.clients[n],
@@ -256,3 +262,41 @@ async def test_a_partitioned_replica_falls_back_and_is_freed_after_lease_and_win
         await cut.close()
     # Back on the hub, b rejoins from 0 and gets a share again.
     await eventually(lambda: replicas.limiters["b"].cap() > 50, timeout_s=10)
+
+
+def old_lease(replica: str, renewed: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": lease_name(replica), "namespace": NS, "labels": dict(LEASE_LABELS)},
+        "spec": {"holderIdentity": replica, "renewTime": renewed, "leaseDurationSeconds": 10},
+    }
+
+
+async def test_a_restarted_replica_takes_its_lease_back_and_dead_ones_are_deleted(
+    hub: Cluster,
+) -> None:
+    """Two paths no other test takes: a replica whose Lease is already there (its container
+    restarted in the same pod: create answers 409, it reads the Lease and patches it), and the
+    Lease of a replica gone for longer than `gc_after_s`, which the next round deletes."""
+    api = KubeClient("test", ClusterConfig(server=hub.url), attempts=1)
+    client = KubeClient("a", ClusterConfig(server=hub.url), attempts=1, user_agent=USER_AGENT)
+    try:
+        await api.create(LEASE, old_lease("a", "2020-01-01T00:00:00.000000Z"))
+        await api.create(LEASE, old_lease("gone", "2020-01-01T00:00:00.000000Z"))
+        limiter = FakeLimiter("a", deque())
+        exchange = BudgetExchange(
+            client, NS, "a", limiter, lease_duration_s=LEASE_S, window_s=WINDOW_S, gc_after_s=60
+        )
+        peers = await exchange.observe()
+        assert peers == {}  # "gone" is dead, and long enough: deleted
+        assert hub.emulator.stored(LEASES, NS, lease_name("gone")) is None
+        assert await exchange.publish(peers)
+        lease = hub.emulator.stored(LEASES, NS, lease_name("a"))
+        assert lease is not None
+        peer = parse_lease(lease)
+        assert peer is not None and peer.replica == "a"
+        assert peer.renewed > time.time() - 60  # renewed now, not in 2020
+    finally:
+        await api.close()
+        await client.close()

@@ -42,7 +42,7 @@ from tramontane_kube import (
     KubeClient,
 )
 from tramontane_local.kube_emulator import Fault
-from tramontane_router.hub import HubSource, HubSyncError, ParseCache
+from tramontane_router.hub import USER_AGENT, HubSource, HubSyncError, ParseCache
 from tramontane_router.server import Router
 from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.contract import inference_pb2_grpc as pb_grpc
@@ -117,7 +117,7 @@ def router_secret_requests(hub: Cluster) -> list[tuple[str, str | None, bool]]:
         (r.method.value, r.namespace, bool(r.params.get("watch")))
         for r in hub.emulator
         if isinstance(r, kmock.Request)
-        and r.headers.get("User-Agent") == "tramontane-router"
+        and r.headers.get("User-Agent") == USER_AGENT
         and r.resource is not None
         and r.resource.plural == "secrets"
     ]

@@ -184,3 +184,55 @@ def test_the_spec_hash_changes_with_what_the_rayjob_is_rendered_from_only() -> N
                      {"priority": 5}, {"baseModel": {"modelDeploymentRef": {"name": "chat"}}}):  # fmt: skip
         assert spec_hash(make_job(controls)) == spec_hash(base), controls
     assert rendered_hash({"metadata": {}}) is None  # rendered by an older operator: unknown
+
+
+AKS_SETTINGS = BuildSettings(
+    worker_image="acr.azurecr.io/worker:1",
+    gpu_worker_image="acr.azurecr.io/worker-gpu:1",
+    hub_cluster="hub",
+    gpu_node_selector={"kubernetes.azure.com/accelerator": "nvidia"},
+    gpu_tolerations=({"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},),
+    worker_service_account="tramontane-worker",
+    worker_pod_labels={"azure.workload.identity/use": "true"},
+)
+
+
+def job_pods(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """Head, worker and submitter pod templates of a RayJob."""
+    spec = obj["spec"]
+    cluster = spec["rayClusterSpec"]
+    return [
+        cluster["headGroupSpec"]["template"],
+        *(group["template"] for group in cluster["workerGroupSpecs"]),
+        spec["submitterPodTemplate"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [("defaults", "acr.azurecr.io/worker-gpu:1"), ("cpu-only", "acr.azurecr.io/worker:1")],
+)
+def test_gpu_jobs_run_the_gpu_image_and_cpu_jobs_the_cpu_image(name: str, image: str) -> None:
+    job = JOBS[name]
+    obj = build_rayjob(job, build_train_config(job, BASE_URI), MEMBER, AKS_SETTINGS, "team")
+    rayjob_validator().validate(obj)
+    assert [pod["spec"]["containers"][0]["image"] for pod in job_pods(obj)] == [image] * 3
+
+
+def test_gpu_job_workers_get_the_gpu_node_defaults_and_every_pod_the_identity() -> None:
+    job = JOBS["defaults"]
+    obj = build_rayjob(job, build_train_config(job, BASE_URI), MEMBER, AKS_SETTINGS, "team")
+    head, worker, submitter = job_pods(obj)
+    assert worker["spec"]["nodeSelector"] == {"kubernetes.azure.com/accelerator": "nvidia"}
+    assert worker["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+    ]
+    assert "nodeSelector" not in head["spec"] and "nodeSelector" not in submitter["spec"]
+    for pod in (head, worker, submitter):
+        assert pod["spec"]["serviceAccountName"] == "tramontane-worker"
+        assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+        assert pod["metadata"]["labels"]["tramontane.dev/tenant"] == "team"
+    cpu = JOBS["cpu-only"]
+    plain = build_rayjob(cpu, build_train_config(cpu, BASE_URI), MEMBER, AKS_SETTINGS, "team")
+    assert "nodeSelector" not in job_pods(plain)[1]["spec"]

@@ -380,3 +380,73 @@ def test_max_ongoing_requests_stays_above_the_autoscaling_target(
     md = make_md({"scaling": {"targetOngoingRequests": target}})
     deployment = serve_config(build_rayservice(md, MEMBER, 1, SETTINGS, None))["applications"][0]
     assert deployment["deployments"][0]["max_ongoing_requests"] == expected
+
+
+AKS_SETTINGS = BuildSettings(
+    worker_image="acr.azurecr.io/worker:1",
+    gpu_worker_image="acr.azurecr.io/worker-gpu:1",
+    hub_cluster="hub",
+    gpu_node_selector={"kubernetes.azure.com/accelerator": "nvidia", "pool": "default-gpu"},
+    gpu_tolerations=(
+        {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    ),
+    worker_service_account="tramontane-worker",
+    worker_pod_labels={"azure.workload.identity/use": "true", "tramontane.dev/tenant": "x"},
+)
+
+
+def ray_pods(rs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every pod template of a RayService (head and workers)."""
+    config = rs["spec"]["rayClusterConfig"]
+    return [config["headGroupSpec"]["template"]] + [
+        group["template"] for group in config["workerGroupSpecs"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [("defaults", "acr.azurecr.io/worker-gpu:1"), ("cpu-only", "acr.azurecr.io/worker:1")],
+)
+def test_the_gpu_image_runs_gpu_pools_and_the_cpu_image_the_others(name: str, image: str) -> None:
+    rs = build_rayservice(DEPLOYMENTS[name], MEMBER, 1, AKS_SETTINGS, None)
+    assert [pod["spec"]["containers"][0]["image"] for pod in ray_pods(rs)] == [image, image]
+    rayservice_validator().validate(rs)
+
+
+def test_a_spec_image_wins_over_both_default_images() -> None:
+    rs = build_rayservice(DEPLOYMENTS["custom-image"], MEMBER, 1, AKS_SETTINGS, None)
+    assert {pod["spec"]["containers"][0]["image"] for pod in ray_pods(rs)} == {
+        "example.com/custom:2"
+    }
+
+
+def test_gpu_node_defaults_join_the_specs_own_on_gpu_workers_only() -> None:
+    md = DEPLOYMENTS["tolerations-and-selector"]
+    rs = build_rayservice(md, MEMBER, 1, AKS_SETTINGS, None)
+    rayservice_validator().validate(rs)
+    pod = worker_group(rs)["template"]["spec"]
+    # The spec's `pool: gpu` wins over the default's `pool`; the accelerator label is added.
+    assert pod["nodeSelector"] == {"kubernetes.azure.com/accelerator": "nvidia", "pool": "gpu"}
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+    ]  # the nvidia.com/gpu default is not repeated
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert "nodeSelector" not in head and "tolerations" not in head  # no GPU: any node
+    cpu = worker_group(build_rayservice(DEPLOYMENTS["cpu-only"], MEMBER, 1, AKS_SETTINGS, None))
+    assert "nodeSelector" not in cpu["template"]["spec"]
+    assert "tolerations" not in cpu["template"]["spec"]
+
+
+def test_worker_service_account_and_labels_on_every_ray_pod() -> None:
+    md = DEPLOYMENTS["defaults"]
+    rs = build_rayservice(md, MEMBER, 1, AKS_SETTINGS, "team")
+    for pod in ray_pods(rs):
+        assert pod["spec"]["serviceAccountName"] == "tramontane-worker"
+        assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+        # The operator's own labels cannot be overridden by the extra ones.
+        assert pod["metadata"]["labels"]["tramontane.dev/tenant"] == "team"
+    plain = build_rayservice(md, MEMBER, 1, SETTINGS, "team")
+    assert all("serviceAccountName" not in pod["spec"] for pod in ray_pods(plain))

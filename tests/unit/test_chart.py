@@ -30,6 +30,7 @@ CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
 FULL_VALUES = CHART_DIR / "ci" / "full-values.yaml"
 INSTALL_DOC = REPO_ROOT / "docs" / "install.md"
 NAMESPACE = "tramontane-system"
+AKS_VALUES = CHART_DIR / "values-aks.yaml"
 CHART = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
 APP_VERSION: str = CHART["appVersion"]
 DEFAULTS: dict[str, Any] = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
@@ -95,9 +96,14 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {env["name"]: env["value"] for env in container["env"] if "value" in env}
 
 
-def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    matches = [doc for doc in docs if doc["kind"] == kind]
-    assert len(matches) == 1, f"expected one {kind}, got {len(matches)}"
+def component_of(doc: dict[str, Any]) -> str | None:
+    return (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str, component: str = "operator") -> dict[str, Any]:
+    """The one `kind` object of `component` (operator, router)."""
+    matches = [doc for doc in docs if doc["kind"] == kind and component_of(doc) == component]
+    assert len(matches) == 1, f"expected one {component} {kind}, got {len(matches)}"
     return matches[0]
 
 
@@ -122,9 +128,11 @@ def has_path(values: dict[str, Any], dotted: str) -> bool:
     return True
 
 
-VALUE_SETS = [pytest.param((), id="defaults")] + [
-    pytest.param((path,), id=path.stem) for path in CI_VALUES
-]
+VALUE_SETS = (
+    [pytest.param((), id="defaults")]
+    + [pytest.param((path,), id=path.stem) for path in CI_VALUES]
+    + [pytest.param((AKS_VALUES,), id="values-aks")]
+)
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
@@ -139,7 +147,7 @@ def test_helm_lint_strict(helm: str, values: tuple[Path, ...]) -> None:
 
 def test_defaults_render_the_operator_and_nothing_optional(helm: str) -> None:
     docs = render(helm)
-    kinds = sorted(doc["kind"] for doc in docs)
+    kinds = sorted(doc["kind"] for doc in docs if component_of(doc) == "operator")
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
@@ -152,6 +160,20 @@ def test_defaults_render_the_operator_and_nothing_optional(helm: str) -> None:
         "ServiceAccount",
         "ValidatingWebhookConfiguration",
     ]
+    # The router by default too; no NetworkPolicy, no key namespaces, no worker accounts.
+    assert sorted(doc["kind"] for doc in docs if component_of(doc) == "router") == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Service",
+        "ServiceAccount",
+    ]
+    assert {component_of(doc) for doc in docs} == {"operator", "router"}
     deployment = by_kind(docs, "Deployment")
     # Two replicas (one leads, one stands by) that a drain cannot take down together, and an
     # upgrade that starts the new pod before stopping the old one.
@@ -196,7 +218,8 @@ def test_full_values_reach_the_manifests(helm: str) -> None:
     docs = render(helm, [FULL_VALUES])
     assert {doc["kind"] for doc in docs} >= {"ServiceMonitor", "PodDisruptionBudget"}
     fullname = values["fullnameOverride"]
-    assert {doc["metadata"]["name"] for doc in docs if doc["kind"] != "ServiceAccount"} == {
+    operator_docs = [doc for doc in docs if component_of(doc) == "operator"]
+    assert {d["metadata"]["name"] for d in operator_docs if d["kind"] != "ServiceAccount"} == {
         fullname,
         f"{fullname}-metrics",
         f"{fullname}-webhook",  # its Service and cert-manager Certificate
@@ -278,7 +301,7 @@ def test_services_select_the_operator_pod(helm: str, values: tuple[Path, ...]) -
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     container_ports = {port["name"] for port in container["ports"]}
-    services = [doc for doc in docs if doc["kind"] == "Service"]
+    services = [doc for doc in docs if doc["kind"] == "Service" and component_of(doc) == "operator"]
     assert len(services) == 2  # metrics and webhook
     for service in services:
         assert service["spec"]["selector"].items() <= pod_labels.items()
@@ -295,6 +318,8 @@ def test_services_select_the_operator_pod(helm: str, values: tuple[Path, ...]) -
 
 
 def test_cluster_role_is_least_privilege(helm: str) -> None:
+    """The shape of the operator's ClusterRole (test_chart_rbac.py checks it grants exactly
+    what the operator sends)."""
     docs = render(helm)
     rules = by_kind(docs, "ClusterRole")["rules"]
     granted: dict[tuple[str, str], set[str]] = {}
@@ -305,29 +330,29 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
     assert not any(
         "*" in (group, resource) or "*" in verbs for (group, resource), verbs in granted.items()
     )
-    read = {"get", "list", "watch"}
-    assert granted[("", "secrets")] == read
-    assert granted[("apiextensions.k8s.io", "customresourcedefinitions")] == read
+    # No Secret anywhere cluster-wide: kubeconfigs and the webhook's live in its namespace.
+    assert ("", "secrets") not in granted
+    assert granted[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
     # create, never delete: the operator makes missing pool namespaces and leaves them.
     assert granted[("", "namespaces")] == {"get", "list", "watch", "create"}
-    assert granted[("", "events")] == {"create", "patch"}
+    assert granted[("", "events")] == {"create"}
     # pvc:// datasets: a validation Job, its pod's result, the RayJob submitter's log.
     assert granted[("batch", "jobs")] == {"get", "list", "create", "delete"}
-    assert granted[("", "pods")] == {"get", "list"}
+    assert granted[("", "pods")] == {"list"}
     assert granted[("", "pods/log")] == {"get"}
-    assert {"create", "delete"} <= granted[("ray.io", "rayservices")]
-    assert {"get"} <= granted[("ray.io", "rayservices/status")]
+    assert {"create", "patch", "delete", "watch"} <= granted[("ray.io", "rayservices")]
     for plural in ("modeldeployments", "finetunejobs", "tenants", "computeclusters"):
-        assert {"list", "watch", "patch"} <= granted[("tramontane.dev", plural)]
-        assert "patch" in granted[("tramontane.dev", f"{plural}/status")]
-        assert "update" in granted[("tramontane.dev", f"{plural}/finalizers")]
+        assert {"list", "watch"} <= granted[("tramontane.dev", plural)]
+        assert granted[("tramontane.dev", f"{plural}/status")] == {"patch"}
+    for plural in ("modeldeployments", "finetunejobs"):
+        assert "patch" in granted[("tramontane.dev", plural)]  # finalizers
+        assert granted[("tramontane.dev", f"{plural}/finalizers")] == {"update"}
     groups = {group for group, _ in granted}
     assert groups == {
         "",
         "tramontane.dev",
         "ray.io",
         "batch",
-        "events.k8s.io",
         "apiextensions.k8s.io",
         "admissionregistration.k8s.io",
     }  # no kopf.dev peerings (Kopf runs standalone), no leases cluster-wide
@@ -345,22 +370,30 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
     ]
 
 
-def test_leader_election_is_granted_in_the_release_namespace_only(helm: str) -> None:
+LEASE_RULE = {
+    "apiGroups": ["coordination.k8s.io"],
+    "resources": ["leases"],
+    "verbs": ["get", "create", "update"],
+}
+# Member clusters' kubeconfig Secrets and the webhook's: read in the release namespace only.
+SECRET_READ_RULE = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+
+
+def test_leader_election_and_secrets_are_granted_in_the_release_namespace_only(
+    helm: str,
+) -> None:
     docs = render(helm)
     role = by_kind(docs, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
-    assert role["rules"][0] == {
-        "apiGroups": ["coordination.k8s.io"],
-        "resources": ["leases"],
-        "verbs": ["get", "create", "update"],
-    }
-    # The webhook's certificate Secret: read and renewed by name; created (RBAC cannot name it).
-    assert role["rules"][1:] == [
+    # The self-managed webhook certificate: renewed by name; created (RBAC cannot name it).
+    assert role["rules"] == [
+        LEASE_RULE,
+        SECRET_READ_RULE,
         {
             "apiGroups": [""],
             "resources": ["secrets"],
             "resourceNames": ["tramontane-webhook-tls"],
-            "verbs": ["get", "update"],
+            "verbs": ["update"],
         },
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     ]
@@ -559,26 +592,18 @@ def test_webhook_with_cert_manager_only_reads_the_secret(helm: str) -> None:
         "name": issuer["metadata"]["name"],
     }
     assert issuer["spec"] == {"selfSigned": {}}
-    role = by_kind(docs, "Role")
-    assert role["rules"][1:] == [
-        {
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "resourceNames": ["tramontane-webhook-tls"],
-            "verbs": ["get"],
-        }
-    ]
+    assert by_kind(docs, "Role")["rules"] == [LEASE_RULE, SECRET_READ_RULE]  # only reads
     cluster_rules = by_kind(docs, "ClusterRole")["rules"]
     assert not any("admissionregistration.k8s.io" in rule["apiGroups"] for rule in cluster_rules)
 
 
 def test_webhook_disabled_renders_none_of_it(helm: str) -> None:
     docs = render(helm, sets=["webhook.enabled=false"])
-    kinds = [doc["kind"] for doc in docs]
+    kinds = [doc["kind"] for doc in docs if component_of(doc) == "operator"]
     assert "ValidatingWebhookConfiguration" not in kinds
     assert kinds.count("Service") == 1
     (container,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert env_of(container)["TRAMONTANE_WEBHOOK_PORT"] == "0"
     assert "readinessProbe" not in container
     assert "webhook" not in {port["name"] for port in container["ports"]}
-    assert len(by_kind(docs, "Role")["rules"]) == 1
+    assert by_kind(docs, "Role")["rules"] == [LEASE_RULE, SECRET_READ_RULE]

@@ -18,7 +18,7 @@ import pytest
 from tests.unit.pod_security import CONTROLS, template_violations, violations
 from tests.unit.test_builders_rayjob import BASE_URI, JOBS, MEMBER, SETTINGS, make_job
 from tests.unit.test_builders_rayservice import DEPLOYMENTS
-from tests.unit.test_chart import CI_VALUES, render
+from tests.unit.test_chart import AKS_VALUES, CI_VALUES, render
 from tests.unit.test_placement import make_md
 
 from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment
@@ -282,11 +282,17 @@ def test_validation_job_pod_is_restricted() -> None:
     assert_restricted(obj, {"spec.template"})
 
 
-@pytest.mark.parametrize("values", [(), *((p,) for p in CI_VALUES)], ids=lambda v: "defaults"
-                         if not v else v[0].stem)  # fmt: skip
-def test_chart_operator_pod_is_restricted(helm: str, values: tuple[Any, ...]) -> None:
+@pytest.mark.parametrize("values", [(), *((p,) for p in [*CI_VALUES, AKS_VALUES])],
+                         ids=lambda v: "defaults" if not v else v[0].stem)  # fmt: skip
+def test_chart_pods_are_restricted(helm: str, values: tuple[Any, ...]) -> None:
+    """The operator's and the router's pods."""
     docs = render(helm, values)
     deployments = [d for d in docs if d["kind"] == "Deployment"]
-    assert len(deployments) == 1
-    for path, template in pod_templates(deployments[0]).items():
-        assert template_violations(template) == {}, f"Deployment {path}"
+    assert sorted(d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments) == [
+        "operator",
+        "router",
+    ]
+    for deployment in deployments:
+        for path, template in pod_templates(deployment).items():
+            name = deployment["metadata"]["name"]
+            assert template_violations(template) == {}, f"Deployment {name} {path}"

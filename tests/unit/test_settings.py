@@ -148,3 +148,65 @@ def test_local_mode_is_off_unless_turned_on_and_parsed_strictly() -> None:
         assert OperatorSettings.from_env({"TRAMONTANE_LOCAL_MODE": value}).local_mode is expected
     with pytest.raises(ValueError, match="TRAMONTANE_LOCAL_MODE: expected true or false, got 'y'"):
         OperatorSettings.from_env({"TRAMONTANE_LOCAL_MODE": "y"})
+
+
+def test_worker_pod_settings_from_the_environment_reach_the_builders() -> None:
+    """What the chart's `workers.*` values become (env -> settings -> BuildSettings)."""
+    env = {
+        "TRAMONTANE_WORKER_IMAGE": "reg.azurecr.io/tramontane-worker:1",
+        "TRAMONTANE_GPU_WORKER_IMAGE": "reg.azurecr.io/tramontane-worker-gpu:1",
+        "TRAMONTANE_GPU_NODE_SELECTOR": '{"kubernetes.azure.com/accelerator": "nvidia"}',
+        "TRAMONTANE_GPU_TOLERATIONS": '[{"key": "sku", "operator": "Equal", "value": "gpu",'
+        ' "effect": "NoSchedule"}]',
+        "TRAMONTANE_WORKER_SERVICE_ACCOUNT": "tramontane-worker",
+        "TRAMONTANE_WORKER_POD_LABELS": '{"azure.workload.identity/use": "true"}',
+    }
+    build = OperatorSettings.from_env(env).build_settings()
+    assert build.worker_image == "reg.azurecr.io/tramontane-worker:1"
+    assert build.image_for(0) == "reg.azurecr.io/tramontane-worker:1"
+    assert build.image_for(1) == "reg.azurecr.io/tramontane-worker-gpu:1"
+    assert build.gpu_node_selector == {"kubernetes.azure.com/accelerator": "nvidia"}
+    assert build.gpu_tolerations == (
+        {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+    )
+    assert build.worker_service_account == "tramontane-worker"
+    assert build.worker_pod_labels == {"azure.workload.identity/use": "true"}
+    unset = OperatorSettings.from_env({}).build_settings()
+    assert unset.image_for(1) == unset.worker_image  # no GPU image: the one image
+    assert (unset.gpu_node_selector, unset.gpu_tolerations) == ({}, ())
+    assert (unset.worker_service_account, unset.worker_pod_labels) == (None, {})
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("TRAMONTANE_GPU_NODE_SELECTOR", "gpu=true", ": not JSON"),
+        ("TRAMONTANE_GPU_NODE_SELECTOR", '["gpu"]', ": expected a JSON object"),
+        ("TRAMONTANE_GPU_NODE_SELECTOR", '{"gpu": true}', r": values must be strings \(not gpu\)"),
+        ("TRAMONTANE_GPU_TOLERATIONS", '{"key": "sku"}', ": expected a JSON list"),
+        ("TRAMONTANE_GPU_TOLERATIONS", '[{"kee": "sku"}]', r"\[0\]: expected a toleration"),
+        ("TRAMONTANE_WORKER_POD_LABELS", "{", ": not JSON"),
+    ],
+)
+def test_bad_worker_pod_settings_name_the_variable(var: str, value: str, expected: str) -> None:
+    with pytest.raises(ValueError, match=f"^{var}{expected}"):
+        OperatorSettings.from_env({var: value})
+
+
+def test_kubeconfig_secrets_are_read_in_the_pods_namespace_only() -> None:
+    """The chart lets the operator read Secrets in its own namespace alone; outside a pod
+    (development against a kubeconfig) nothing is restricted."""
+    assert OperatorSettings.from_env({}).kubeconfig_secret_namespace is None
+    in_pod = OperatorSettings.from_env({"POD_NAMESPACE": "tramontane-system"})
+    assert in_pod.kubeconfig_secret_namespace == "tramontane-system"
+    chosen = OperatorSettings.from_env(
+        {"POD_NAMESPACE": "tramontane-system", "TRAMONTANE_KUBECONFIG_SECRET_NAMESPACE": "keys"}
+    )
+    assert chosen.kubeconfig_secret_namespace == "keys"
+
+
+def test_key_namespaces_from_the_environment() -> None:
+    assert OperatorSettings.from_env({}).key_namespaces is None
+    env = {"TRAMONTANE_KEY_NAMESPACES": "tramontane-keys, team-b-keys,"}
+    assert OperatorSettings.from_env(env).key_namespaces == ("tramontane-keys", "team-b-keys")
+    assert OperatorSettings.from_env({"TRAMONTANE_KEY_NAMESPACES": ""}).key_namespaces == ()

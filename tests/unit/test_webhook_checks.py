@@ -107,6 +107,17 @@ def cc_body(name: str) -> dict[str, Any]:
     return cluster(name).model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+def member_body(name: str, secret_namespace: str) -> dict[str, Any]:
+    """A member ComputeCluster reached through a kubeconfig Secret in `secret_namespace`."""
+    body = cc_body(name)
+    ref = {"namespace": secret_namespace, "name": f"{name}-kubeconfig"}
+    body["spec"]["connection"] = {"kubeconfigSecretRef": ref}
+    return body
+
+
+KEYS = [{"namespace": "tramontane-keys", "name": "k1"}, {"namespace": NS, "name": "k2"}]
+
+
 QUOTA = {"gpus": {"H100": 4, "A100": 0}}
 CLUSTERS = (cluster("aks"), cluster("onprem", {"L4": 4}))
 
@@ -122,6 +133,8 @@ class Row:
     required: TenantRequired = "auto"
     existing_md: tuple[str, ...] = ()
     existing_md_bodies: tuple[dict[str, Any], ...] = ()
+    key_namespaces: frozenset[str] | None = None
+    kubeconfig_namespace: str | None = None
 
     @property
     def operation(self) -> Operation:
@@ -240,6 +253,19 @@ ROWS = [
     Row("tenant-unknown-allowed-cluster-warns", tenant_body("other", ["team-b"], allowedClusters=["gke"]),
         warnings=["spec.allowedClusters[0]: no ComputeCluster named 'gke' exists (yet)"]),
     Row("computecluster-valid", cc_body("gke")),
+    # --- Secrets only where the chart's roles let them be read ---------------------------------
+    Row("tenant-key-outside-key-namespaces", tenant_body("other", ["team-b"], apiKeySecretRefs=KEYS),
+        key_namespaces=frozenset({"tramontane-keys"}),
+        problems=["spec.apiKeySecretRefs[1].namespace: the router reads API-key Secrets only in namespaces tramontane-keys (the chart's tenants.keyNamespaces), not in 'team-a'"]),
+    Row("tenant-keys-unchecked-without-key-namespaces", tenant_body("other", ["team-b"], apiKeySecretRefs=KEYS)),
+    Row("tenant-keys-in-key-namespaces", tenant_body("other", ["team-b"], apiKeySecretRefs=KEYS[:1]),
+        key_namespaces=frozenset({"tramontane-keys"})),
+    Row("computecluster-kubeconfig-elsewhere", member_body("gke", NS),
+        kubeconfig_namespace="tramontane-system",
+        problems=["spec.connection.kubeconfigSecretRef.namespace: the operator reads kubeconfig Secrets in namespace 'tramontane-system' only: create Secret 'gke-kubeconfig' there"]),
+    Row("computecluster-kubeconfig-in-operator-namespace", member_body("gke", "tramontane-system"),
+        kubeconfig_namespace="tramontane-system"),
+    Row("computecluster-kubeconfig-unchecked-outside-a-pod", member_body("gke", NS)),
 ]  # fmt: skip
 
 
@@ -259,6 +285,8 @@ def test_review(row: Row) -> None:
         clusters=CLUSTERS,
         deployments=deployments,
         tenant_required=row.required,
+        key_namespaces=row.key_namespaces,
+        kubeconfig_namespace=row.kubeconfig_namespace,
     )
     verdict = review(row.operation, row.obj, row.old, facts)
     assert len(verdict.problems) == len(row.problems), verdict.problems

@@ -112,3 +112,60 @@ refuses --all-namespaces together with --namespace).
 - {{ $svc }}.{{ .Release.Namespace }}
 - {{ $svc }}
 {{- end }}
+
+{{/* The router's objects: `<fullname>-router`. */}}
+{{- define "tramontane.routerFullname" -}}
+{{- printf "%s-router" (include "tramontane.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Labels that select the router pods; never change them after the first release. */}}
+{{- define "tramontane.routerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "tramontane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: router
+{{- end }}
+
+{{/* Labels on every object of the router. */}}
+{{- define "tramontane.routerLabels" -}}
+helm.sh/chart: {{ include "tramontane.chart" . }}
+{{ include "tramontane.routerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tramontane
+{{- end }}
+
+{{/* Name of the router's ServiceAccount. */}}
+{{- define "tramontane.routerServiceAccountName" -}}
+{{- if .Values.router.serviceAccount.create }}
+{{- default (include "tramontane.routerFullname" .) .Values.router.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.router.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Router image: router.image.* where set, else the operator's image (the same CLI). */}}
+{{- define "tramontane.routerImage" -}}
+{{- $image := .Values.router.image }}
+{{- $repository := default .Values.image.repository $image.repository }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $repository $image.digest }}
+{{- else if and (not $image.repository) (not $image.tag) }}
+{{- include "tramontane.image" . }}
+{{- else }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds the kubelet waits after SIGTERM: the preStop sleep, the router's drain grace (one
+value: router.drainGraceSeconds feeds both this and --drain-grace-seconds), and 10 s for the
+HTTP server's close (the router waits grace + 5 s for it) and the usage flush.
+*/}}
+{{- define "tramontane.routerTerminationGrace" -}}
+{{- add (int .Values.router.preStopSleepSeconds) (int .Values.router.drainGraceSeconds) 10 }}
+{{- end }}
+
+{{/* The workers' default images: workers.image, else the worker image of this appVersion. */}}
+{{- define "tramontane.workerImage" -}}
+{{- default (printf "ghcr.io/tramontane/tramontane-worker:%s" .Chart.AppVersion) .Values.workers.image }}
+{{- end }}

@@ -103,12 +103,12 @@ def build_eval_rayjob(
 ) -> dict[str, Any]:
     """The RayJob of `ev`'s current run in `cluster`. ValueError names a bad field."""
     res = md.spec.resources
-    image = md.spec.runtime.image or settings.worker_image
+    gpus = res.gpu.count if res.gpu is not None else 0
+    image = md.spec.runtime.image or settings.image_for(gpus)
     labels = child_labels(ev, cluster.name, tenant)
     metadata = {**child_metadata(ev, cluster, settings, labels), "name": eval_rayjob_name(ev)}
     metadata["annotations"] = {RUN_ANNOTATION: str(ev.metadata.generation or 0)}
     volumes = pod_volumes(eval_claim_uses(config))
-    gpus = res.gpu.count if res.gpu is not None else 0
     workers = worker_group(
         image,
         1,
@@ -119,6 +119,7 @@ def build_eval_rayjob(
         volumes,
         f"ModelDeployment {md.metadata.name}: spec.resources.cpu",
         pod_tolerations(md),
+        settings,
         res.node_selector,
     )
     return {
@@ -135,7 +136,7 @@ def build_eval_rayjob(
                 "headGroupSpec": head_group(image, settings, labels, HEAD_PORTS, volumes),
                 "workerGroupSpecs": [workers],
             },
-            "submitterPodTemplate": submitter_pod_template(image, labels),
+            "submitterPodTemplate": submitter_pod_template(image, labels, settings),
         },
     }
 

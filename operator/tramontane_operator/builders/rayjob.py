@@ -37,7 +37,9 @@ from .rayservice import (
     RAY_API_VERSION,
     BuildSettings,
     child_metadata,
+    gpu_placement,
     head_group,
+    pod_template,
     worker_pod_spec,
 )
 from .security import restricted_pod_spec
@@ -182,12 +184,17 @@ def worker_group(
     volumes: PodVolumes,
     cpu_field: str,
     tolerations: Sequence[Mapping[str, Any]],
+    settings: BuildSettings,
     node_selector: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A fixed-size worker group of `pods` pods, each with `cpu`, `memory` and `gpus` (what
-    Ray may schedule there too), the claims in `volumes` mounted. `cpu_field` names the CPU
-    quantity's field in errors."""
-    pod_spec = worker_pod_spec(image, cpu, memory, gpus, tolerations, node_selector, volumes)
+    Ray may schedule there too), the claims in `volumes` mounted; GPU pods get the operator's
+    GPU node selector and tolerations too, every pod the workers' account and labels.
+    `cpu_field` names the CPU quantity's field in errors."""
+    selector, tolerations = dict(node_selector or {}), [dict(t) for t in tolerations]
+    if gpus:
+        selector, tolerations = gpu_placement(settings, selector, tolerations)
+    pod_spec = worker_pod_spec(image, cpu, memory, gpus, tolerations, selector, volumes)
     cpus = max(1, math.ceil(parse_quantity(cpu, cpu_field)))
     return {
         "groupName": "gpu-workers" if gpus else "workers",
@@ -195,12 +202,16 @@ def worker_group(
         "minReplicas": pods,
         "maxReplicas": pods,
         "rayStartParams": {"num-cpus": str(cpus), "num-gpus": str(gpus)},
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        "template": pod_template(pod_spec, labels, settings),
     }
 
 
 def _worker_group(
-    job: FineTuneJob, image: str, labels: Mapping[str, str], volumes: PodVolumes
+    job: FineTuneJob,
+    image: str,
+    labels: Mapping[str, str],
+    volumes: PodVolumes,
+    settings: BuildSettings,
 ) -> dict[str, Any]:
     res = job.spec.resources
     return worker_group(
@@ -213,10 +224,13 @@ def _worker_group(
         volumes,
         "spec.resources.cpu",
         gpu_tolerations(res.gpus_per_worker),
+        settings,
     )
 
 
-def submitter_pod_template(image: str, labels: Mapping[str, str]) -> dict[str, Any]:
+def submitter_pod_template(
+    image: str, labels: Mapping[str, str], settings: BuildSettings
+) -> dict[str, Any]:
     """KubeRay's default submitter pod (the head's image, its resources, no restarts) under the
     restricted profile. No command: KubeRay fills in its `ray job submit` and the address."""
     pod_spec = {
@@ -232,7 +246,7 @@ def submitter_pod_template(image: str, labels: Mapping[str, str]) -> dict[str, A
             }
         ],
     }
-    return {"metadata": {"labels": dict(labels)}, "spec": restricted_pod_spec(pod_spec)}
+    return pod_template(restricted_pod_spec(pod_spec), labels, settings)
 
 
 def build_rayjob(
@@ -244,7 +258,7 @@ def build_rayjob(
 ) -> dict[str, Any]:
     """The RayJob of `job` in `cluster`, named like the job, in its namespace."""
     spec = job.spec
-    image = settings.worker_image
+    image = settings.image_for(spec.resources.gpus_per_worker)
     labels = child_labels(job, cluster.name, tenant)
     metadata = child_metadata(job, cluster, settings, labels)
     metadata["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(job)}
@@ -261,9 +275,9 @@ def build_rayjob(
         "rayClusterSpec": {
             # No task may land on the head: the training workers need the worker pods' resources.
             "headGroupSpec": head_group(image, settings, labels, HEAD_PORTS, volumes),
-            "workerGroupSpecs": [_worker_group(job, image, labels, volumes)],
+            "workerGroupSpecs": [_worker_group(job, image, labels, volumes, settings)],
         },
-        "submitterPodTemplate": submitter_pod_template(image, labels),
+        "submitterPodTemplate": submitter_pod_template(image, labels, settings),
     }
     if spec.active_deadline_seconds is not None:
         rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds

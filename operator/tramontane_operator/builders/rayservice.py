@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import yaml
@@ -50,13 +50,56 @@ class BuildSettings:
     `gateway_class_name`: a Gateway API class in the member clusters; when set, a rollout
     with maxSurgePercent > 0 uses KubeRay's incremental upgrade, otherwise a whole new Ray
     cluster is started and traffic switches once it is ready (`NewCluster`).
+
+    `worker_image` runs Ray clusters without GPUs; `gpu_worker_image` (None: the same) those
+    whose workers request GPUs (head, workers and submitter alike: one Ray and Python
+    version per cluster). A ModelDeployment's `spec.runtime.image` wins over both.
+    `gpu_node_selector` and `gpu_tolerations` go on GPU worker pods only (a dedicated GPU
+    node pool: on AKS its `kubernetes.azure.com/accelerator: nvidia` label and
+    `sku=gpu:NoSchedule` taint); a ModelDeployment's own nodeSelector wins key by key and its
+    tolerations come first. `worker_service_account` and `worker_pod_labels` go on every
+    Ray pod (a cloud identity for the workers: Azure Workload Identity needs both the
+    annotated service account and the `azure.workload.identity/use` label).
     """
 
     worker_image: str = DEFAULT_WORKER_IMAGE
+    gpu_worker_image: str | None = None
     hub_cluster: str = "hub"
     head_cpu: str = "2"
     head_memory: str = "8Gi"
     gateway_class_name: str | None = None
+    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
+    gpu_tolerations: tuple[Mapping[str, Any], ...] = ()
+    worker_service_account: str | None = None
+    worker_pod_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def image_for(self, gpus: int) -> str:
+        """The default image of a Ray cluster whose workers each request `gpus` GPUs."""
+        return (self.gpu_worker_image or self.worker_image) if gpus else self.worker_image
+
+
+def pod_template(
+    pod_spec: Mapping[str, Any], labels: Mapping[str, str], settings: BuildSettings
+) -> dict[str, Any]:
+    """A Ray pod template: the child's labels (over `worker_pod_labels`, which cannot
+    override them) and the workers' service account, when one is set."""
+    spec = dict(pod_spec)
+    if settings.worker_service_account:
+        spec["serviceAccountName"] = settings.worker_service_account
+    return {"metadata": {"labels": {**settings.worker_pod_labels, **labels}}, "spec": spec}
+
+
+def gpu_placement(
+    settings: BuildSettings,
+    node_selector: Mapping[str, str] | None,
+    tolerations: Sequence[Mapping[str, Any]],
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """A GPU worker's node selector and tolerations: the spec's, plus the operator's GPU
+    defaults (the spec's value wins for a node-selector key; equal tolerations once)."""
+    selector = {**settings.gpu_node_selector, **(node_selector or {})}
+    out = [dict(t) for t in tolerations]
+    out += [dict(t) for t in settings.gpu_tolerations if dict(t) not in out]
+    return selector, out
 
 
 def upgrade_strategy(md: ModelDeployment, settings: BuildSettings) -> dict[str, Any]:
@@ -129,12 +172,10 @@ def head_group(
             }
         ]
     }
+    spec = restricted_pod_spec(with_volumes(pod_spec, volumes) if volumes else pod_spec)
     return {
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-        "template": {
-            "metadata": {"labels": dict(labels)},
-            "spec": restricted_pod_spec(with_volumes(pod_spec, volumes) if volumes else pod_spec),
-        },
+        "template": pod_template(spec, labels, settings),
     }
 
 
@@ -188,17 +229,15 @@ def _worker_group(
     pool: PoolSize,
     labels: Mapping[str, str],
     volumes: PodVolumes,
+    settings: BuildSettings,
 ) -> dict[str, Any]:
     resources = md.spec.resources
-    gpus = resources.gpu.count if resources.gpu is not None else 0
+    gpus = _gpus(md)
+    node_selector, tolerations = dict(resources.node_selector or {}), pod_tolerations(md)
+    if gpus:
+        node_selector, tolerations = gpu_placement(settings, node_selector, tolerations)
     pod_spec = worker_pod_spec(
-        image,
-        resources.cpu,
-        resources.memory,
-        gpus,
-        pod_tolerations(md),
-        resources.node_selector,
-        volumes,
+        image, resources.cpu, resources.memory, gpus, tolerations, node_selector, volumes
     )
     return {
         "groupName": "gpu-workers" if gpus else "workers",
@@ -206,8 +245,13 @@ def _worker_group(
         "minReplicas": pool.min_replicas,
         "maxReplicas": pool.max_replicas,
         "rayStartParams": {"num-cpus": str(ray_cpus(md)), "num-gpus": str(gpus)},
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        "template": pod_template(pod_spec, labels, settings),
     }
+
+
+def _gpus(md: ModelDeployment) -> int:
+    gpu = md.spec.resources.gpu
+    return gpu.count if gpu is not None else 0
 
 
 def serve_config_yaml(config: Mapping[str, Any]) -> str:
@@ -246,7 +290,7 @@ def build_rayservice(
         )
     else:
         pool = replicas
-    image = md.spec.runtime.image or settings.worker_image
+    image = md.spec.runtime.image or settings.image_for(_gpus(md))
     # Pods carry the same labels, so GPU use can be attributed to tenants and deployments.
     labels = child_labels(md, cluster.name, tenant)
     metadata = child_metadata(md, cluster, settings, labels)
@@ -262,7 +306,7 @@ def build_rayservice(
             "rayClusterConfig": {
                 "enableInTreeAutoscaling": pool.min_replicas != pool.max_replicas,
                 "headGroupSpec": head_group(image, settings, labels, volumes=volumes),
-                "workerGroupSpecs": [_worker_group(md, image, pool, labels, volumes)],
+                "workerGroupSpecs": [_worker_group(md, image, pool, labels, volumes, settings)],
             },
         },
     }

@@ -17,7 +17,11 @@ and `tramontane validate` say the same thing; then what only the hub's state can
   gpu.count`; FineTuneJob: `workers x gpusPerWorker`), or a quota of 0 ModelDeployments or
   concurrent FineTuneJobs;
 - a cluster named in `spec.placement.clusters` outside the tenant's `allowedClusters`;
-- a Tenant claiming a namespace another Tenant owns.
+- a Tenant claiming a namespace another Tenant owns;
+- a Tenant's API-key Secret outside the namespaces the router may read Secrets in
+  (`key_namespaces`: the chart's `tenants.keyNamespaces`), and a ComputeCluster's kubeconfig
+  Secret outside the operator's own namespace (`kubeconfig_namespace`): with the chart's narrow
+  roles neither could ever be read.
 
 References of our specs (`baseModel.modelDeploymentRef`, `autoDeploy.modelDeploymentRef`,
 adapters' `fineTuneJobRef`) are names in the object's own namespace: they cannot reach
@@ -55,6 +59,9 @@ class Facts:
     deployments: Sequence[ModelDeployment] = ()
     jobs: Sequence[FineTuneJob] = ()
     tenant_required: TenantRequired = "auto"
+    # Where Secrets may be referenced from (None: anywhere): see the module docstring.
+    key_namespaces: frozenset[str] | None = None
+    kubeconfig_namespace: str | None = None
 
     def tenant_of(self, namespace: str) -> Tenant | None:
         """The Tenant owning `namespace` (with a conflict, the first by name, as the
@@ -140,7 +147,23 @@ def _fact_checks(obj: Any, facts: Facts) -> tuple[list[Problem], list[Problem]]:
         return _evaluation(obj, facts)
     if isinstance(obj, Tenant):
         return _tenant(obj, facts)
-    return [], []  # ComputeCluster: platform-owned, nothing beyond its schema and CEL
+    if isinstance(obj, ComputeCluster):
+        return _compute_cluster(obj, facts), []
+    return [], []
+
+
+def _compute_cluster(cc: ComputeCluster, facts: Facts) -> list[Problem]:
+    ref = cc.spec.connection.kubeconfig_secret_ref
+    allowed = facts.kubeconfig_namespace
+    if ref is None or allowed is None or ref.namespace == allowed:
+        return []
+    return [
+        Problem(
+            "spec.connection.kubeconfigSecretRef.namespace",
+            f"the operator reads kubeconfig Secrets in namespace {allowed!r} only: create "
+            f"Secret {ref.name!r} there",
+        )
+    ]
 
 
 def _owner(namespace: str, facts: Facts) -> tuple[Tenant | None, list[Problem]]:
@@ -367,6 +390,17 @@ def _tenant(tenant: Tenant, facts: Facts) -> tuple[list[Problem], list[Problem]]
                     f"spec.namespaces[{i}]",
                     f"namespace {namespace!r} already belongs to tenant {others[0]!r}; a "
                     "namespace belongs to one tenant",
+                )
+            )
+    allowed = facts.key_namespaces
+    for i, ref in enumerate(tenant.spec.api_key_secret_refs or ()):
+        if allowed is not None and ref.namespace not in allowed:
+            denied.append(
+                Problem(
+                    f"spec.apiKeySecretRefs[{i}].namespace",
+                    f"the router reads API-key Secrets only in namespaces "
+                    f"{', '.join(sorted(allowed)) or '(none)'} (the chart's "
+                    f"tenants.keyNamespaces), not in {ref.namespace!r}",
                 )
             )
     known = {cc.metadata.name for cc in facts.clusters}

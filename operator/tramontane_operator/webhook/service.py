@@ -43,7 +43,7 @@ class Webhook:
 
     def facts(self) -> Facts | None:
         """What the checks read; None until the hub caches have synced."""
-        indexes = self.rt.indexes
+        indexes, settings = self.rt.indexes, self.rt.settings
         if not indexes.is_synced():
             return None
         return Facts(
@@ -52,6 +52,10 @@ class Webhook:
             deployments=indexes.deployments(),
             jobs=indexes.jobs(),
             tenant_required=self.rt.settings.webhook_tenant_required,
+            key_namespaces=(
+                frozenset(settings.key_namespaces) if settings.key_namespaces is not None else None
+            ),
+            kubeconfig_namespace=settings.kubeconfig_secret_namespace,
         )
 
     async def start(self) -> None:
