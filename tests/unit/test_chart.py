@@ -41,7 +41,7 @@ NON_CORE_KINDS = {
     ("cert-manager.io/v1", "Certificate"),
     ("cert-manager.io/v1", "Issuer"),
 }
-WEBHOOK_KINDS = ["modeldeployments", "finetunejobs", "tenants", "computeclusters"]
+WEBHOOK_KINDS = ["modeldeployments", "finetunejobs", "evaluations", "tenants", "computeclusters"]
 
 
 def _min_kube_version() -> str:
@@ -341,7 +341,7 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
     assert granted[("", "pods")] == {"list"}
     assert granted[("", "pods/log")] == {"get"}
     assert {"create", "patch", "delete", "watch"} <= granted[("ray.io", "rayservices")]
-    for plural in ("modeldeployments", "finetunejobs", "tenants", "computeclusters"):
+    for plural in ("modeldeployments", "finetunejobs", "evaluations", "tenants", "computeclusters"):
         assert {"list", "watch"} <= granted[("tramontane.dev", plural)]
         assert granted[("tramontane.dev", f"{plural}/status")] == {"patch"}
     for plural in ("modeldeployments", "finetunejobs"):

@@ -1,10 +1,10 @@
 """`tramontane get KIND [NAME]`: our kinds as `kubectl get` shows them, with their conditions.
 
 KIND is `md`/`modeldeployment(s)`, `ftj`/`finetunejob(s)`, `ev`/`evaluation(s)`, `tenant(s)`,
-`cc`/`computecluster(s)`, or `tramontane` for all of them. A list is a table of the kind's printer columns; one object
-(NAME given) adds every condition with its reason and message. `-o json|yaml` prints the
-objects as the API server returns them. Exit status: 0 ok, 1 unknown KIND or NAME not found,
-2 usage error or the API server cannot be reached.
+`cc`/`computecluster(s)`, or `tramontane` for all of them. A list is a table of the kind's
+printer columns; one object (NAME given) adds every condition with its reason and message. `-o
+json|yaml` prints the objects as the API server returns them. Exit status: 0 ok, 1 unknown KIND
+or NAME not found, 2 usage error or the API server cannot be reached.
 """
 
 from __future__ import annotations
