@@ -4,6 +4,7 @@ strategy, labels, owner references) come out as the spec says."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -14,6 +15,7 @@ from tests.unit.test_placement import h100, make_md
 
 from tramontane_api.schema import SchemaValidator
 from tramontane_api.v1alpha1 import ModelDeployment
+from tramontane_api.v1alpha1.modeldeployment import AdapterRollout, RolloutStep, adapter_version
 from tramontane_operator.builders import (
     BuildSettings,
     build_rayservice,
@@ -23,6 +25,7 @@ from tramontane_operator.builders import (
 from tramontane_operator.builders.rayservice import serve_config_yaml
 from tramontane_operator.builders.serve import parse_quantity
 from tramontane_operator.placement import ClusterView, PoolSize, place
+from tramontane_operator.reconcile.rollout import Wanted, step_rollouts, with_versions
 from tramontane_workers.contract.serve_config import GRPC_PORT, ServeAppConfig
 
 HUB = ClusterView("hub", gpus_capacity={"H100": 8, "A100-80GB": 8}, in_cluster=True)
@@ -234,8 +237,9 @@ def test_serve_config_carries_model_runtime_and_adapters() -> None:
     assert app.engine.dtype == "bfloat16"
     assert app.engine.max_model_len == 32768
     assert app.engine.max_adapters_per_replica == 8
+    uri = "az://adapters/search/query-rewriter-v3"  # each version under its own name
     assert [(a.name, a.uri) for a in app.engine.adapters] == [
-        ("search-query-rewriter", "az://adapters/search/query-rewriter-v3")
+        (f"search-query-rewriter@{adapter_version(uri)}", uri)
     ]
     assert app.resources.num_gpus == 1
     assert app.route_prefix == "/search/mistral-7b-instruct"
@@ -245,14 +249,40 @@ def test_serve_config_carries_model_runtime_and_adapters() -> None:
 def test_fine_tuned_adapters_resolve_through_the_callers_mapping() -> None:
     md = DEPLOYMENTS["adapters"]
     resolved = resolve_adapters(md, {"job-1": "az://out/job-1"})
+    a, tuned = adapter_version("s3://bucket/a"), adapter_version("az://out/job-1")
     assert [(a.name, a.uri) for a in resolved.served] == [
-        ("uri-adapter", "s3://bucket/a"),
-        ("tuned", "az://out/job-1"),
+        (f"uri-adapter@{a}", "s3://bucket/a"),
+        (f"tuned@{tuned}", "az://out/job-1"),
     ]
     assert resolved.unresolved == ["pending"]
+    assert resolved.names == ["uri-adapter", "tuned"]
     rs = build_rayservice(md, MEMBER, 1, SETTINGS, None, {"job-1": "az://out/job-1"})
     adapters = serve_config(rs)["applications"][0]["args"]["engine"]["adapters"]
-    assert [a["name"] for a in adapters] == ["uri-adapter", "tuned"]
+    assert [a["name"] for a in adapters] == [f"uri-adapter@{a}", f"tuned@{tuned}"]
+
+
+def test_every_kept_version_is_served_under_its_own_name() -> None:
+    """Kept versions (status.adapterVersions) load side by side, whatever their weights."""
+    md = DEPLOYMENTS["adapters"]
+    rows = step_rollouts(
+        [Wanted("uri-adapter", "s3://bucket/a")], None, {}, datetime(2026, 1, 1, tzinfo=UTC)
+    ).versions
+    rows = step_rollouts(
+        [Wanted("uri-adapter", "s3://bucket/b", AdapterRollout(steps=[RolloutStep(weight=10)]))],
+        rows,
+        {},
+        datetime(2026, 1, 1, tzinfo=UTC),
+    ).versions
+    served = resolve_adapters(with_versions(md, rows)).served
+    names = {a.name for a in served}
+    assert {
+        f"uri-adapter@{adapter_version(u)}" for u in ("s3://bucket/a", "s3://bucket/b")
+    } <= names
+    reweighted = [
+        r.model_copy(update={"versions": [v.model_copy(update={"weight": 50}) for v in r.versions]})
+        for r in rows or []
+    ]
+    assert resolve_adapters(with_versions(md, reweighted)).served == served
 
 
 @pytest.mark.parametrize(

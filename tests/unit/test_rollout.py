@@ -149,7 +149,7 @@ def test_pin_is_the_manual_rollback_and_may_serve_a_rolled_back_version() -> Non
     rows, _, _ = run(V2, stable_v1(), rollout=None)  # v2 stable, v1 previous
     pinned, _, _ = run(V2, rows, pin=adapter_version(V1))
     assert weights(pinned) == {V2: ("Previous", 0), V1: ("Stable", 100)}
-    unknown, reasons, _ = run(V2, rows, pin="00000000")
+    unknown, _, _ = run(V2, rows, pin="00000000")
     assert weights(unknown) == weights(rows) and "not kept" in (unknown or [])[0].message  # type: ignore[operator]
 
 
@@ -201,7 +201,6 @@ def test_properties(actions: list[tuple[object, object, object]]) -> None:
     rows: list[AdapterVersions] | None = None
     t = 0.0
     figs: dict[str, Figures] = {}
-    rolled_back_under: dict[str, str] = {}  # version -> the uri named when it was rolled back
     for kind, a, b in actions:
         if kind == "spec":
             uri, rollout = str(a), bool(b)

@@ -29,11 +29,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
-from tramontane_api.v1alpha1 import ModelDeployment
+from tramontane_api.rollouts import ROLLOUTS_ANNOTATION, decode_rollouts
+from tramontane_api.v1alpha1 import ModelDeployment, ModelDeploymentStatus
 from tramontane_api.v1alpha1.modeldeployment import (
-    VERSION_SEPARATOR,
     AdapterRollback,
     AdapterRollout,
     AdapterVersion,
@@ -42,6 +42,8 @@ from tramontane_api.v1alpha1.modeldeployment import (
     RolloutAnalysis,
     adapter_version,
 )
+from tramontane_kube.times import parse_time
+from tramontane_operator.builders.serve import served_as
 
 KEEP: Final = 3
 
@@ -51,11 +53,6 @@ CANARY_STEPPED: Final = "CanaryStepped"
 ADAPTER_PROMOTED: Final = "AdapterPromoted"
 ADAPTER_ROLLED_BACK: Final = "AdapterRolledBack"
 ADAPTER_VERSION_SWITCHED: Final = "AdapterVersionSwitched"
-
-
-def served_as(adapter: str, version: str) -> str:
-    """The name the workers serve one version of `adapter` under."""
-    return f"{adapter}{VERSION_SEPARATOR}{version}"
 
 
 @dataclass(frozen=True)
@@ -94,6 +91,47 @@ class RolloutOutcome:
     active: bool = False  # a canary is in progress: look again in a second
 
 
+def with_versions(md: ModelDeployment, rows: list[AdapterVersions] | None) -> ModelDeployment:
+    """`md` carrying the versions this pass decided (what the builders serve)."""
+    status = md.status or ModelDeploymentStatus()
+    return md.model_copy(update={"status": status.model_copy(update={"adapter_versions": rows})})
+
+
+def figures_of(
+    leases: Sequence[Mapping[str, Any]], namespace: str, name: str, now: float
+) -> dict[str, Figures]:
+    """The figures of deployment `namespace/name`'s versions, summed over the routers'
+    Leases (`tramontane_api.rollouts`) still renewed (within their duration plus 30 s, by
+    `now`, epoch seconds): requests and errors add up, the p99 is the worst replica's, and a
+    replica's breach verdict is kept, naming the replica."""
+    out: dict[str, Figures] = {}
+    for lease in leases:
+        spec = lease.get("spec") or {}
+        meta = lease.get("metadata") or {}
+        try:
+            renewed = parse_time(str(spec["renewTime"]))
+            stale = now > renewed + float(spec.get("leaseDurationSeconds") or 10) + 30
+        except (KeyError, TypeError, ValueError):
+            continue
+        if stale:
+            continue
+        replica = str(spec.get("holderIdentity") or meta.get("name") or "?")
+        text = str((meta.get("annotations") or {}).get(ROLLOUTS_ANNOTATION) or "{}")
+        for (ns, md, served), f in decode_rollouts(text).items():
+            if (ns, md) != (namespace, name):
+                continue
+            seen = out.get(served, Figures())
+            p99s = [p for p in (seen.p99_s, f.p99_ms / 1000 if f.p99_ms is not None else None)
+                    if p is not None]  # fmt: skip
+            out[served] = Figures(
+                requests=seen.requests + f.requests,
+                errors=seen.errors + f.errors,
+                p99_s=max(p99s) if p99s else None,
+                breach=seen.breach or (f"router {replica}: {f.breach}" if f.breach else None),
+            )
+    return out
+
+
 def wanted_adapters(
     md: ModelDeployment, adapter_uris: Mapping[str, str] | None = None
 ) -> list[Wanted]:
@@ -127,9 +165,7 @@ def step_rollouts(
     return RolloutOutcome(rows or None, events, active)
 
 
-def judge(
-    canary: Figures | None, stable: Figures | None, analysis: RolloutAnalysis
-) -> str | None:
+def judge(canary: Figures | None, stable: Figures | None, analysis: RolloutAnalysis) -> str | None:
     """Why the canary breaches its analysis (None: it does not, or too few requests yet)."""
     if canary is None:
         return None
@@ -214,8 +250,11 @@ def step_adapter(
         ),
     ]
     row = _with(prev, versions=_prune(versions), step=0, step_since=now, message=None)
-    return row, events + [_event("Normal", CANARY_STARTED, f"adapter {want.name}: version {target} "
-                        f"takes {weight} %, version {stable.version} {100 - weight} %")]  # fmt: skip
+    message = (
+        f"adapter {want.name}: version {target} takes {weight} %, version {stable.version} "
+        f"{100 - weight} %"
+    )
+    return row, [*events, _event("Normal", CANARY_STARTED, message)]
 
 
 def _analyse(
@@ -294,8 +333,11 @@ def _switch(
         else:
             versions.append(v)
     row = _with(prev, versions=_prune(versions), step=None, step_since=None, message=None)
-    return row, [_event("Normal", ADAPTER_VERSION_SWITCHED, f"adapter {prev.name}: version "
-                        f"{to.version} ({why}) serves 100 %, version {stable.version} kept")]  # fmt: skip
+    message = (
+        f"adapter {prev.name}: version {to.version} ({why}) serves 100 %, version "
+        f"{stable.version} kept"
+    )
+    return row, [_event("Normal", ADAPTER_VERSION_SWITCHED, message)]
 
 
 def _promote(
