@@ -69,7 +69,7 @@ def versioned(
                     "rollout": {"steps": [{"weight": 10}, {"weight": 50}], "analysis": analysis},
                 }
             ],
-        },  # fmt: skip
+        },
         "status": {
             "phase": "Ready",
             "adapters": ["support"],
