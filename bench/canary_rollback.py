@@ -40,9 +40,9 @@ sys.path[:0] = [str(REPO / "tests" / "router"), str(REPO / "tests" / "operator")
 
 import grpc  # noqa: E402
 from canary_harness import rollback_run, versioned, worker_kw  # noqa: E402
-from canary_stack import V1_URI, V2, V2_URI, Load, Stack  # noqa: E402
 from fake_worker import FakeWorker  # noqa: E402
 
+from canary_stack import V1_URI, V2, V2_URI, Load, Stack  # noqa: E402
 from tramontane_router.server import Router, RouterSettings  # noqa: E402
 from tramontane_router.sources import StaticSource  # noqa: E402
 
