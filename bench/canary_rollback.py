@@ -15,7 +15,8 @@ fails (INTERNAL) on every worker. Figures:
 - `operator_rollback_s`: the same through the whole stack (router and operator on the hub):
   first canary failure -> the ModelDeployment's status has the canary `RolledBack` at 0 % (the
   router's verdict in its Lease, 0.5 s rounds, and the operator's pass every second during a
-  canary); `router_veto_s` when the router itself stopped routing to it, in that run. `operator_only_rollback_s`: the same with the router's own verdict turned off (the
+  canary); `router_veto_s` when the router itself stopped routing to it, in that run.
+  `operator_only_rollback_s`: the same with the router's own verdict turned off (the
   baseline: the operator judging the routers' figures alone), and
   `operator_only_canary_requests` what the canary was still sent meanwhile (each failed, and
   was retried on the stable); `router_canary_requests` the same with the router's verdict.
