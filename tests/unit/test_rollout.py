@@ -25,6 +25,7 @@ from tramontane_operator.reconcile.rollout import (
     Wanted,
     served_as,
     step_rollouts,
+    wanted_adapters,
 )
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -226,3 +227,33 @@ def test_properties(actions: list[tuple[object, object, object]]) -> None:
                 assert v.weight == 0
             if before.get(v.version) == "RolledBack" and v.state != "RolledBack":
                 assert pin == v.version, "a rolled-back version came back without a pin"
+
+
+def test_the_examples_fine_tune_job_becomes_a_canary_of_the_examples_deployment() -> None:
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from tramontane_api.v1alpha1 import FineTuneJob, ModelDeployment
+    from tramontane_operator.reconcile.finetunejob_deploy import adapters_with
+
+    examples = Path(__file__).parents[2] / "examples"
+    md = ModelDeployment.model_validate(
+        yaml.safe_load((examples / "modeldeployment-mistral-7b-aks.yaml").read_text())
+    )
+    job = FineTuneJob.model_validate(
+        yaml.safe_load((examples / "finetunejob-canary.yaml").read_text())
+    )
+    first = step_rollouts(wanted_adapters(md), None, {}, T0).versions
+    adapters, outcome = adapters_with(job, md, "az://adapters/search/query-rewriter-v4")
+    assert outcome.deployed and adapters is not None
+    raw = copy.deepcopy(md.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    raw["spec"]["adapters"] = adapters
+    out = step_rollouts(wanted_adapters(ModelDeployment.model_validate(raw)), first, {}, T0)
+    assert out.active
+    states = {v.uri: (v.state, v.weight) for v in (out.versions or [])[0].versions}
+    assert states == {
+        "az://adapters/search/query-rewriter-v4": ("Canary", 10),
+        "az://adapters/search/query-rewriter-v3": ("Stable", 90),
+    }
