@@ -143,6 +143,16 @@ class Stack:
         return [e for e in self.clusters.hub.emulator.stored_all("v1/events")
                 if e.get("reason") == reason]  # fmt: skip
 
+    def router_weights(self) -> dict[str, int]:
+        """The weights of `support`'s versions in the router's current table."""
+        return {
+            v.served_as: v.weight
+            for ds in self.router.source.table.by_namespace.values()
+            for d in ds
+            for vs in d.versions.values()
+            for v in vs.versions
+        }
+
     def routable(self) -> bool:
         table = self.router.source.table
         tenant = table.tenants.get("team")

@@ -34,6 +34,7 @@ async def start_canary(stack: Stack) -> None:
     await eventually(stack.routable)
     await stack.set_adapter(uri=V2_URI)
     await eventually(lambda: stack.versions() == {V2: ("Canary", 20), V1: ("Stable", 80)})
+    await eventually(lambda: stack.router_weights() == {f"support@{V2}": 20, f"support@{V1}": 80})
 
 
 async def test_a_healthy_canary_is_stepped_to_100_by_the_operator(stack: Stack) -> None:
@@ -45,7 +46,7 @@ async def test_a_healthy_canary_is_stepped_to_100_by_the_operator(stack: Stack) 
     assert stack.served_adapters() == served_at_start  # weights never touch the pools
     await eventually(lambda: stack.versions() == {V2: ("Stable", 100), V1: ("Previous", 0)},
                      timeout_s=20)  # fmt: skip
-    await asyncio.sleep(1.0)  # the router takes the new table
+    await eventually(lambda: stack.router_weights() == {f"support@{V2}": 100})
     before = collections.Counter(c.request.model for c in stack.worker.calls)
     await asyncio.sleep(1.0)
     await load.stop()

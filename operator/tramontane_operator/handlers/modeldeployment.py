@@ -23,17 +23,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from tramontane_api.rollouts import ROUTER_LEASE_LABELS
 from tramontane_api.v1alpha1 import ComputeCluster, ModelDeployment, ModelDeploymentStatus, Tenant
 from tramontane_api.validate import validate_object
-from tramontane_kube import LEASE, MODELDEPLOYMENT, RAYSERVICE, ApiError, Unreachable
+from tramontane_kube import MODELDEPLOYMENT, RAYSERVICE, ApiError, Unreachable
 from tramontane_operator.builders.labels import (
     OWNER_NAME_LABEL,
     OWNER_NAMESPACE_LABEL,
@@ -72,17 +70,12 @@ from tramontane_operator.reconcile.admission import (
 )
 from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, PROGRESSING, READY, find
 from tramontane_operator.reconcile.finetunejob_inputs import AdmissionResult
-from tramontane_operator.reconcile.rollout import (
-    Figures,
-    figures_of,
-    step_rollouts,
-    wanted_adapters,
-    with_versions,
-)
+from tramontane_operator.reconcile.rollout import step_rollouts, wanted_adapters, with_versions
 
 from .controller import Body, Controller, Invalid, Key, Requeue, Retry, key_of
 from .events import EventRecorder
 from .finalizers import add_finalizer, has_finalizer, remove_finalizer
+from .rollouts import router_figures
 from .runtime import MODELDEPLOYMENTS, Runtime, allowed_views, with_allocations
 
 log = logging.getLogger(__name__)
@@ -186,7 +179,7 @@ class ModelDeployments:
                 rollout = step_rollouts(
                     wanted_adapters(md, adapter_uris),
                     previous.adapter_versions if previous else None,
-                    await router_figures(rt, md),
+                    await router_figures(rt, md, previous),
                     now,
                 )
                 md = with_versions(md, rollout.versions)
@@ -478,23 +471,6 @@ async def _write_status(
     rt.remember_status(MODELDEPLOYMENTS, raw, status)
     _transition_events(rt.events, raw, previous, status)
     return True
-
-
-async def router_figures(rt: Runtime, md: ModelDeployment) -> dict[str, Figures]:
-    """What the routers saw of `md`'s adapter versions (served name -> figures, summed over
-    the live router replicas' Leases); nothing when no adapter has a rollout, or when the
-    routers' namespace is unknown or cannot be read (a canary then holds its step)."""
-    if not any(a.rollout is not None for a in md.spec.adapters or []):
-        return {}
-    namespace = rt.settings.routers_namespace()
-    if namespace is None:
-        return {}
-    try:
-        leases, _ = await rt.hub.list(LEASE, namespace, dict(ROUTER_LEASE_LABELS))
-    except (ApiError, Unreachable) as exc:
-        log.warning("cannot read the routers' leases in %s: %s", namespace, exc)
-        return {}
-    return figures_of(leases, md.metadata.namespace or "default", md.metadata.name, time.time())
 
 
 def _transition_events(
