@@ -15,7 +15,12 @@ from tests.unit.test_placement import h100, make_md
 
 from tramontane_api.schema import SchemaValidator
 from tramontane_api.v1alpha1 import ModelDeployment
-from tramontane_api.v1alpha1.modeldeployment import AdapterRollout, RolloutStep, adapter_version
+from tramontane_api.v1alpha1.modeldeployment import (
+    Adapter,
+    AdapterRollout,
+    RolloutStep,
+    adapter_version,
+)
 from tramontane_operator.builders import (
     BuildSettings,
     build_rayservice,
@@ -410,3 +415,11 @@ def test_max_ongoing_requests_stays_above_the_autoscaling_target(
     md = make_md({"scaling": {"targetOngoingRequests": target}})
     deployment = serve_config(build_rayservice(md, MEMBER, 1, SETTINGS, None))["applications"][0]
     assert deployment["deployments"][0]["max_ongoing_requests"] == expected
+
+
+def test_an_adapter_named_like_the_served_model_is_refused() -> None:
+    md = DEPLOYMENTS["adapters"]
+    clash = Adapter(name=md.spec.model.name, uri="s3://bucket/a")
+    bad = md.model_copy(update={"spec": md.spec.model_copy(update={"adapters": [clash]})})
+    with pytest.raises(ValueError, match="equals spec.model.name"):
+        build_rayservice(bad, MEMBER, 1, SETTINGS, None)

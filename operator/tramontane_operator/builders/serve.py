@@ -99,6 +99,10 @@ def serve_app(
     """The Serve application for one pool of `md` sized `pool`."""
     spec = md.spec
     gpu = spec.resources.gpu
+    if any(a.name == spec.model.name for a in spec.adapters or []):
+        # Workers serve versions as `<adapter>@<version>`, so nothing clashes there; but
+        # `<model>:<model>` beside `<model>` is a confusing model list: refused as before.
+        raise ValueError(f"spec.adapters: adapter name {spec.model.name!r} equals spec.model.name")
     return ServeAppConfig(
         name=serve_app_name(md),
         route_prefix=f"/{_namespace(md)}/{md.metadata.name}",
