@@ -421,5 +421,5 @@ def test_an_adapter_named_like_the_served_model_is_refused() -> None:
     md = DEPLOYMENTS["adapters"]
     clash = Adapter(name=md.spec.model.name, uri="s3://bucket/a")
     bad = md.model_copy(update={"spec": md.spec.model_copy(update={"adapters": [clash]})})
-    with pytest.raises(ValueError, match="equals spec.model.name"):
+    with pytest.raises(ValueError, match=r"equals spec\.model\.name"):
         build_rayservice(bad, MEMBER, 1, SETTINGS, None)
