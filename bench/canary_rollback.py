@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests" / "router"), str(REPO / "tests" / "operator")]
 
 import grpc  # noqa: E402
-from canary_harness import rollback_run, versioned, worker_kw  # noqa: E402
+from canary_harness import RollbackRun, rollback_run, versioned, worker_kw  # noqa: E402
 from fake_worker import FakeWorker  # noqa: E402
 
 from canary_stack import V1_URI, V2, V2_URI, Load, Stack  # noqa: E402
@@ -53,26 +53,32 @@ DEFAULT_ANALYSIS = {"min_requests": 20, "max_error_rate": 0.05}
 async def router_rollback(rate: float, healthy_s: float, runs: int) -> dict[str, Any]:
     worst, failed, after = 0.0, 0, 0
     for _ in range(runs):
-        west = await FakeWorker("west", **worker_kw()).start()
-        north = await FakeWorker("north", **worker_kw()).start()
-        objects = versioned({"west": west.address, "north": north.address}, 10,
-                            **DEFAULT_ANALYSIS)  # fmt: skip
-        router = Router(StaticSource(objects), RouterSettings(
-            grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0", drain_grace_s=1.0,
-            stats_interval_s=0))  # fmt: skip
-        await router.start()
-        try:
-            run = await rollback_run(router, [west, north], rate=rate, healthy_s=healthy_s,
-                                     observe_s=2.0)  # fmt: skip
-        finally:
-            await router.drain()
-            await west.stop()
-            await north.stop()
+        run = await _router_run(rate, healthy_s)
         worst = max(worst, run.rollback_s)
         failed += len(run.failed)
         after += run.canary_calls_after_veto
-    return {"rollback_s": round(worst, 3), "failed_requests": failed, "runs": runs,
-            "rate_per_s": rate, "canary_calls_after_veto": after}  # fmt: skip
+    fresh = await _router_run(rate, 0.0)
+    return {"rollback_s": round(worst, 3), "failed_requests": failed + len(fresh.failed),
+            "runs": runs, "rate_per_s": rate, "canary_calls_after_veto": after,
+            "rollback_fresh_s": round(fresh.rollback_s, 3)}  # fmt: skip
+
+
+async def _router_run(rate: float, healthy_s: float) -> RollbackRun:
+    west = await FakeWorker("west", **worker_kw()).start()
+    north = await FakeWorker("north", **worker_kw()).start()
+    objects = versioned({"west": west.address, "north": north.address}, 10,
+                        **DEFAULT_ANALYSIS)  # fmt: skip
+    router = Router(StaticSource(objects), RouterSettings(
+        grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0", drain_grace_s=1.0,
+        stats_interval_s=0))  # fmt: skip
+    await router.start()
+    try:
+        return await rollback_run(router, [west, north], rate=rate, healthy_s=healthy_s,
+                                  observe_s=2.0)  # fmt: skip
+    finally:
+        await router.drain()
+        await west.stop()
+        await north.stop()
 
 
 async def operator_rollback(rate: float, healthy_s: float, local_verdict: bool) -> dict[str, Any]:

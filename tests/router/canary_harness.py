@@ -11,6 +11,7 @@ first failure a worker served on the canary to the router's last attempt on it
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 import time
 from dataclasses import dataclass, field
@@ -174,7 +175,11 @@ async def rollback_run(
     await load.stop()
     failures = sorted(canary_calls(workers))
     if not failures:
-        raise RuntimeError("the canary never failed: no traffic reached it")
+        calls = collections.Counter(c.request.model for w in workers for c in w.calls)
+        raise RuntimeError(
+            f"the canary never failed: no traffic reached it (client ok {load.ok}, failed "
+            f"{len(load.failed)} {load.failed[:2]}; worker calls {dict(calls)})"
+        )
     key = next(iter(canaries.vetoed_at), None)
     veto_at = canaries.vetoed_at[key] if key is not None else vetoed
     return RollbackRun(
