@@ -151,3 +151,26 @@ async def test_streams_in_flight_survive_a_promotion_and_a_rollback(
     assert models[CANARY] >= 5 + 4 - 1 and models[STABLE] >= 4  # both versions were in flight
     assert not west.cancelled
     assert {V1, V2} == {STABLE.split("@")[1], CANARY.split("@")[1]}
+
+
+async def test_openai_sdk_never_sees_a_failing_canary(workers: Any, routers: Any) -> None:
+    """The HTTP front, unary and streamed, through the SDK tenants use: no error, no version."""
+    import openai
+
+    west = await workers("west", **worker_kw())
+    router = await routers(versioned({"west": west.address}, 50, min_requests=1000))
+    west.failing[CANARY] = grpc.StatusCode.INTERNAL  # never judged: every retry is needed
+    client = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{router.http_port}/v1", api_key=ACME_KEY, max_retries=0
+    )
+    messages: Any = [{"role": "user", "content": "hi"}]
+    answers = [await client.chat.completions.create(model=MODEL, messages=messages)
+               for _ in range(10)]  # fmt: skip
+    assert {a.model for a in answers} == {MODEL}
+    stream = await client.chat.completions.create(model=MODEL, messages=messages, stream=True)
+    chunks = [c async for c in stream]
+    assert chunks and {c.model for c in chunks} == {MODEL}
+    await client.close()
+    seen = served(west)
+    assert seen[CANARY] >= 5 and seen[STABLE] == len(answers) + 1  # each canary try retried
+    assert not router.plane.canaries.vetoed  # under minRequests: the retries alone saved them
