@@ -33,6 +33,7 @@ def application_name(namespace: str, name: str) -> str:
     a namespace (a DNS label, without dots)."""
     return f"{namespace}.{name}"
 
+
 ALLOWED_URI_SCHEMES = ("file", "pvc", "hf", "az", "s3", "gs")
 
 
