@@ -3,7 +3,9 @@ usage. The gRPC servicer and the HTTP API are thin translations onto `DataPlane`
 
 Adapter versions (`canary.py`): an adapter with published versions is called by the version
 chosen by weight; an attempt that fails on a canary version with an endpoint fault before any
-token reached the caller is retried once on the stable version, at the same endpoint.
+token reached the caller is retried once on the stable version, at the same endpoint; one that
+a pool answers NOT_FOUND for (a pool still on a Serve config from before versions: an
+operator upgrade) is retried once there under the bare adapter name.
 
 Failover: an attempt that fails with UNAVAILABLE (which is also what gRPC reports for a
 connection that cannot be made) before any token reached the caller is retried once, on
@@ -119,6 +121,7 @@ class _Attempt:
     version: Version | None = None  # the adapter version asked for (None: unversioned)
     fallback: Version | None = None  # where to retry a failure on a canary version
     retry_fallback: bool = False  # set when it failed on the canary: retry on `fallback`
+    retry_bare: bool = False  # the versioned name was unknown there: retry the bare name
     failed: bool | None = None  # for the version's figures: None records nothing
     started: float = field(default_factory=time.monotonic)
     first_byte_s: float | None = None
@@ -334,11 +337,13 @@ class DataPlane:
         """At most `attempts` tries, each on a cluster not tried yet, each started on the
         balancer (the caller finishes it) with the time the caller has left."""
         tried: list[str] = []
-        retry_on: tuple[Endpoint, Version] | None = None
+        # Retry at the same endpoint: on the stable when a canary failed there, or under the
+        # bare adapter name (None) when a pool does not know the versioned name yet.
+        retry_on: tuple[Endpoint, Version | None] | None = None
         for _ in range(self.settings.attempts):
             fallback: Version | None = None
             version: Version | None
-            if retry_on is not None:  # the canary failed there: the stable, same place
+            if retry_on is not None:
                 endpoint, version = retry_on
             else:
                 picked = self.balancer.pick(route.endpoints, tried)
@@ -357,11 +362,11 @@ class DataPlane:
             attempt = _Attempt(endpoint, upstream, metadata, remaining, version=version,
                                fallback=fallback)  # fmt: skip
             yield attempt
-            retry_on = (
-                (endpoint, attempt.fallback)
-                if attempt.retry_fallback and attempt.fallback is not None
-                else None
-            )
+            retry_on = None
+            if attempt.retry_fallback and attempt.fallback is not None:
+                retry_on = (endpoint, attempt.fallback)
+            elif attempt.retry_bare:
+                retry_on = (endpoint, None)
 
     @staticmethod
     def _failed(attempt: _Attempt, exc: grpc.aio.AioRpcError, retry: bool) -> RouterError:
@@ -376,6 +381,11 @@ class DataPlane:
         error = from_upstream(exc.code(), exc.details())
         if retry and on_canary:
             attempt.retry_fallback = True
+            return error
+        if retry and exc.code() == grpc.StatusCode.NOT_FOUND and attempt.version is not None:
+            # A pool still running an older Serve config (an operator upgrade: it serves the
+            # bare adapter name) until its new one is up.
+            attempt.retry_bare = True
             return error
         if not retry or exc.code() not in _RETRIABLE:
             raise error from None

@@ -174,3 +174,17 @@ async def test_openai_sdk_never_sees_a_failing_canary(workers: Any, routers: Any
     seen = served(west)
     assert seen[CANARY] >= 5 and seen[STABLE] == len(answers) + 1  # each canary try retried
     assert not router.plane.canaries.vetoed  # under minRequests: the retries alone saved them
+
+
+async def test_a_pool_that_serves_only_the_bare_name_still_answers(
+    workers: Any, routers: Any
+) -> None:
+    """An operator upgrade: the status has versions while a pool still runs its old Serve
+    config, where the adapter has its bare name; the router retries that name there."""
+    old = await workers("west", adapters=("support",))
+    router = await routers(versioned({"west": old.address}, 0, states=("Previous", "Stable")))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as channel:
+        stub = pb_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+        answer = await stub.Chat(ask(), metadata=AUTH)
+    assert answer.model == MODEL
+    assert [c.request.model for c in old.calls] == [STABLE, "support"]
