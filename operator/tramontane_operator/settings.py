@@ -20,6 +20,8 @@ outside a pod: no restriction (development against a kubeconfig).
 namespaces the router may read API-key Secrets in; the webhook refuses a Tenant naming a key
 Secret elsewhere. Unset: not checked.
 
+`TRAMONTANE_ROUTER_NAMESPACE` (default `$POD_NAMESPACE`): where the routers' Leases carry their
+figures of canary adapter versions.
 `TRAMONTANE_LOCAL_MODE` (`true`/`false`, default false): the operator runs beside its
 tenants' files on one machine (development, the operator test tier), so it may read `file://`
 datasets, the base model's `config.json` and `progress.json` itself. Off, a FineTuneJob naming
@@ -132,6 +134,10 @@ class OperatorSettings:
     # Tenants' files on this machine may be read by the operator (file:// URIs): never in a
     # shared cluster (docs/trust-model.md).
     local_mode: bool = False
+    # Where the routers' Leases are (their live figures of adapter versions, read during a
+    # canary); None: `POD_NAMESPACE` (the chart installs the routers beside the operator),
+    # else the service account's namespace.
+    router_namespace: str | None = None
 
     @classmethod
     def from_env(
@@ -181,6 +187,9 @@ class OperatorSettings:
         values["leader_election_namespace"] = (
             env.get("TRAMONTANE_LEADER_ELECTION_NAMESPACE") or env.get("POD_NAMESPACE") or None
         )
+        values["router_namespace"] = (
+            env.get("TRAMONTANE_ROUTER_NAMESPACE") or env.get("POD_NAMESPACE") or None
+        )
         if env.get("TRAMONTANE_LEADER_ELECTION_ID"):
             values["leader_election_id"] = env["TRAMONTANE_LEADER_ELECTION_ID"]
         values["leader_election_identity"] = default_identity(env)
@@ -197,6 +206,14 @@ class OperatorSettings:
             names = ", ".join(var for _, var in _LEADER_DURATIONS)
             raise ValueError(f"leader election ({names}): " + "; ".join(problems))
         return settings
+
+    def routers_namespace(self) -> str | None:
+        """The routers' namespace (their Leases), or None when it is not known."""
+        if self.router_namespace:
+            return self.router_namespace
+        if SERVICE_ACCOUNT_NAMESPACE.is_file():
+            return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
+        return None
 
     def leader_election_config(self) -> LeaderElectionConfig | None:
         """The elector's configuration; None with leader election off. The Lease's namespace

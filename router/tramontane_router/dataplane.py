@@ -1,6 +1,12 @@
 """The data plane both fronts share: auth -> resolve model -> limits -> pick endpoint -> call ->
 usage. The gRPC servicer and the HTTP API are thin translations onto `DataPlane`.
 
+Adapter versions (`canary.py`): an adapter with published versions is called by the version
+chosen by weight; an attempt that fails on a canary version with an endpoint fault before any
+token reached the caller is retried once on the stable version, at the same endpoint; one that
+a pool answers NOT_FOUND for (a pool still on a Serve config from before versions: an
+operator upgrade) is retried once there under the bare adapter name.
+
 Failover: an attempt that fails with UNAVAILABLE (which is also what gRPC reports for a
 connection that cannot be made) before any token reached the caller is retried once, on
 another member cluster, within the caller's deadline. A stream that has sent a token is never
@@ -19,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -32,6 +38,7 @@ from tramontane_workers.contract import inference_pb2 as pb
 from . import observability as obs
 from .backends import Backends
 from .balancer import Balancer
+from .canary import Canaries
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -43,7 +50,7 @@ from .errors import (
 )
 from .limits.queues import ModelQueues, Slot
 from .sources import RoutingSource
-from .table import Endpoint, Route, TenantView
+from .table import Endpoint, Route, TenantView, Version
 from .usage import UsageLog
 
 log = logging.getLogger(__name__)
@@ -111,6 +118,13 @@ class _Attempt:
     metadata: list[tuple[str, str]]
     timeout_s: float
     ok: bool | None = None  # for the balancer: None says nothing of the endpoint
+    version: Version | None = None  # the adapter version asked for (None: unversioned)
+    fallback: Version | None = None  # where to retry a failure on a canary version
+    retry_fallback: bool = False  # set when it failed on the canary: retry on `fallback`
+    retry_bare: bool = False  # the versioned name was unknown there: retry the bare name
+    failed: bool | None = None  # for the version's figures: None records nothing
+    started: float = field(default_factory=time.monotonic)
+    first_byte_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class DataPlane:
             slots_per_replica=self.settings.slots_per_replica,
             max_waiting=self.settings.max_waiting,
         )
+        self.canaries = Canaries()
         self.draining = False
         balancer.on_eject = lambda e, _s: obs.EJECTIONS.labels(e.cluster).inc()
 
@@ -206,24 +221,33 @@ class DataPlane:
         return self.source.table.resolve(tenant, request.model)
 
     def _upstream(
-        self, route: Route, endpoint: Endpoint, request: pb.ChatRequest, span: trace.Span
-    ) -> tuple[
-        pb.ChatRequest, list[tuple[str, str]]
-    ]:
+        self,
+        route: Route,
+        endpoint: Endpoint,
+        request: pb.ChatRequest,
+        span: trace.Span,
+        version: Version | None = None,
+    ) -> tuple[pb.ChatRequest, list[tuple[str, str]]]:
         upstream = pb.ChatRequest()
         upstream.CopyFrom(request)
-        upstream.model = route.adapter or route.model
+        adapter = version.served_as if version is not None else route.adapter
+        upstream.model = adapter or route.model
         metadata = [("application", endpoint.application), (TENANT_METADATA, route.tenant)]
-        if route.adapter:
-            metadata.append(("multiplexed_model_id", route.adapter))
+        if adapter:
+            metadata.append(("multiplexed_model_id", adapter))
         return upstream, metadata + obs.trace_metadata(span)
+
+    def _version(self, route: Route, endpoint: Endpoint) -> tuple[Version | None, Version | None]:
+        """The adapter version for an attempt at `endpoint`, and its fallback."""
+        versions = route.versions.get(endpoint.application)
+        if versions is None:
+            return None, None
+        return self.canaries.choose(endpoint.application, versions)
 
     def _span(
         self, tenant: TenantView, request: pb.ChatRequest, parent: otel_context.Context | None
     ) -> trace.Span:
-        span = obs.tracer.start_span(
-            f"chat {request.model}", context=parent, kind=SpanKind.SERVER
-        )
+        span = obs.tracer.start_span(f"chat {request.model}", context=parent, kind=SpanKind.SERVER)
         span.set_attribute("gen_ai.operation.name", "chat")
         span.set_attribute("gen_ai.provider.name", obs.PROVIDER)
         span.set_attribute("gen_ai.request.model", request.model)
@@ -313,29 +337,69 @@ class DataPlane:
         """At most `attempts` tries, each on a cluster not tried yet, each started on the
         balancer (the caller finishes it) with the time the caller has left."""
         tried: list[str] = []
+        # Retry at the same endpoint: on the stable when a canary failed there, or under the
+        # bare adapter name (None) when a pool does not know the versioned name yet.
+        retry_on: tuple[Endpoint, Version | None] | None = None
         for _ in range(self.settings.attempts):
-            endpoint = self.balancer.pick(route.endpoints, tried)
-            if endpoint is None:
-                return
-            tried.append(endpoint.cluster)
+            fallback: Version | None = None
+            version: Version | None
+            if retry_on is not None:
+                endpoint, version = retry_on
+            else:
+                picked = self.balancer.pick(route.endpoints, tried)
+                if picked is None:
+                    return
+                endpoint = picked
+                tried.append(endpoint.cluster)
+                version, fallback = self._version(route, endpoint)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded("the request's deadline passed before a worker answered")
-            upstream, metadata = self._upstream(route, endpoint, request, span)
+            upstream, metadata = self._upstream(route, endpoint, request, span, version)
             span.set_attribute("tramontane.cluster", endpoint.cluster)
             obs.ROUTED.labels(endpoint.cluster).inc()
             self.balancer.started(endpoint)
-            yield _Attempt(endpoint, upstream, metadata, remaining)
+            attempt = _Attempt(endpoint, upstream, metadata, remaining, version=version,
+                               fallback=fallback)  # fmt: skip
+            yield attempt
+            retry_on = None
+            if attempt.retry_fallback and attempt.fallback is not None:
+                retry_on = (endpoint, attempt.fallback)
+            elif attempt.retry_bare:
+                retry_on = (endpoint, None)
 
     @staticmethod
     def _failed(attempt: _Attempt, exc: grpc.aio.AioRpcError, retry: bool) -> RouterError:
-        """The error for a failed attempt: raised unless it may be retried elsewhere."""
-        attempt.ok = False if exc.code() in _ENDPOINT_FAULTS else None
+        """The error for a failed attempt: raised unless it may be retried (elsewhere, or on
+        the stable version when it failed on a canary)."""
+        fault = exc.code() in _ENDPOINT_FAULTS
+        attempt.failed = True if fault else None
+        # A fault on a canary version says nothing of the endpoint: the version is at fault.
+        on_canary = fault and attempt.fallback is not None
+        attempt.ok = False if fault and not on_canary else None
         obs.UPSTREAM_FAILURES.labels(attempt.endpoint.cluster, exc.code().name).inc()
         error = from_upstream(exc.code(), exc.details())
+        if retry and on_canary:
+            attempt.retry_fallback = True
+            return error
+        if retry and exc.code() == grpc.StatusCode.NOT_FOUND and attempt.version is not None:
+            # A pool still running an older Serve config (an operator upgrade: it serves the
+            # bare adapter name) until its new one is up.
+            attempt.retry_bare = True
+            return error
         if not retry or exc.code() not in _RETRIABLE:
             raise error from None
         return error
+
+    def _finished(self, attempt: _Attempt) -> None:
+        """The attempt is over: tell the balancer, and the version's figures."""
+        self.balancer.finished(attempt.endpoint, attempt.ok)
+        if attempt.version is not None and attempt.failed is not None:
+            latency = attempt.first_byte_s
+            if latency is None:
+                latency = time.monotonic() - attempt.started
+            self.canaries.record(attempt.endpoint.application, attempt.version, attempt.failed,
+                                 latency)  # fmt: skip
 
     def _no_pool(self, route: Route) -> RouterError:
         return Unavailable(f"model: {route.model_id!r} has no healthy pool")
@@ -349,12 +413,12 @@ class DataPlane:
                 response: pb.ChatResponse = await self.backends.stub(attempt.endpoint).Chat(
                     attempt.upstream, metadata=attempt.metadata, timeout=attempt.timeout_s
                 )
-                attempt.ok = True
+                attempt.ok, attempt.failed = True, False
                 return response
             except grpc.aio.AioRpcError as exc:
                 last = self._failed(attempt, exc, retry=True)
             finally:
-                self.balancer.finished(attempt.endpoint, attempt.ok)
+                self._finished(attempt)
         raise last
 
     async def chat_stream(
@@ -388,20 +452,20 @@ class DataPlane:
             sent = False
             try:
                 async for chunk in call:
-                    sent = True
+                    if not sent:
+                        sent = True
+                        attempt.first_byte_s = time.monotonic() - attempt.started
                     yield chunk
-                attempt.ok = True
+                attempt.ok, attempt.failed = True, False
                 return
             except grpc.aio.AioRpcError as exc:
                 last = self._failed(attempt, exc, retry=not sent)  # never after a token
             finally:
                 call.cancel()  # no-op once finished; frees the replica when the caller left
-                self.balancer.finished(attempt.endpoint, attempt.ok)
+                self._finished(attempt)
         raise last
 
-    def _record(
-        self, tenant: TenantView, route: Route, usage: pb.Usage, span: trace.Span
-    ) -> None:
+    def _record(self, tenant: TenantView, route: Route, usage: pb.Usage, span: trace.Span) -> None:
         span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
         self.usage.record(

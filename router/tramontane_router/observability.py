@@ -15,7 +15,11 @@ Prometheus metrics (per tenant and model):
 - `tramontane_router_in_flight_requests{tenant,model}`;
 - `tramontane_router_routed_total{cluster}`: routing decisions per member cluster;
 - `tramontane_router_upstream_failures_total{cluster,code}`;
-- `tramontane_router_ejections_total{cluster}`: outlier ejections.
+- `tramontane_router_ejections_total{cluster}`: outlier ejections;
+- `tramontane_router_version_requests_total{application,version,outcome}`: attempts per
+  adapter version (`<adapter>@<version>`), `ok` or `error`;
+- `tramontane_router_canary_vetoes_total{application,version}`: canaries this replica
+  stopped routing to on a breach of their analysis.
 Token counts for billing are in `usage.py`.
 """
 
@@ -55,6 +59,17 @@ UPSTREAM_FAILURES = Counter(
 )
 EJECTIONS = Counter(
     "tramontane_router_ejections_total", "Outlier ejections by member cluster.", ["cluster"]
+)
+
+VERSION_REQUESTS = Counter(
+    "tramontane_router_version_requests_total",
+    "Attempts per adapter version, by outcome.",
+    ["application", "version", "outcome"],
+)
+CANARY_VETOES = Counter(
+    "tramontane_router_canary_vetoes_total",
+    "Canary versions this replica stopped routing to on a breach.",
+    ["application", "version"],
 )
 
 tracer = trace.get_tracer("tramontane.router")

@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 import uvicorn
 
+from tramontane_api.rollouts import ROLLOUTS_ANNOTATION, encode_rollouts
+
 from .backends import Backends, StatsPoller
 from .balancer import Balancer, BalancerSettings
 from .dataplane import DataPlane, DataPlaneSettings, Limits
@@ -30,6 +32,7 @@ from .limits.rates import RateLimiter
 from .limits.report import BudgetReporter
 from .limits.tokens import warm_up
 from .observability import setup_tracing
+from .periodic import Periodic
 from .sources import RoutingSource
 from .table import TenantView
 from .usage import UsageLog, replica_name
@@ -59,6 +62,7 @@ class RouterSettings:
     budget_namespace: str | None = None
     budget_interval_s: float = 1.0  # a round of the exchange
     budget_lease_s: int = 10
+    canary_check_s: float = 1.0  # how often canaries are judged (0: only after failures)
     limits_window_s: float = 60.0  # "per minute"; shorter only in tests and benchmarks
     budget_status_interval_s: float = 30.0  # Tenant status.tokenBudget, at most this often
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
@@ -106,6 +110,8 @@ class Router:
                      for e in d.endpoints],
             settings.stats_interval_s,
         )  # fmt: skip
+        # Canaries are judged every second (and at once after a failure on one).
+        self.canary_checks = Periodic("canary", settings.canary_check_s, self._check_canaries)
         self.exchange: BudgetExchange | None = None
         self.reporter: BudgetReporter | None = None
         self.grpc_port = 0
@@ -121,14 +127,32 @@ class Router:
         endpoints = [e for ds in self.source.table.by_namespace.values() for d in ds
                      for e in d.endpoints]  # fmt: skip
         self.balancer.retain({e.key for e in endpoints})
+        self._watch_versions()
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to close yet
             asyncio.get_running_loop().create_task(
                 self.backends.retain({(e.address, e.tls) for e in endpoints})
             )
 
+    def _watch_versions(self) -> None:
+        """Hand the canaries of the current table to the data plane's `Canaries`."""
+        self.plane.canaries.watch(
+            vs
+            for ds in self.source.table.by_namespace.values()
+            for d in ds
+            for vs in d.versions.values()
+        )
+
+    async def _check_canaries(self) -> None:
+        self.plane.canaries.check()
+
+    def _rollouts_annotation(self) -> dict[str, str]:
+        return {ROLLOUTS_ANNOTATION: encode_rollouts(self.plane.canaries.report())}
+
     async def start(self) -> None:
         cfg = self.settings
         await self.source.start()
+        self._watch_versions()
+        self.canary_checks.start()
         self._start_hub_tasks()
         server, self._health = build_server(self.plane, max_message_bytes=cfg.max_body_bytes)
         if cfg.tls is not None:
@@ -201,6 +225,7 @@ class Router:
             interval_s=cfg.budget_interval_s,
             lease_duration_s=cfg.budget_lease_s,
             window_s=cfg.limits_window_s,
+            annotations=self._rollouts_annotation,
         )
         self.exchange.start()
 
@@ -231,6 +256,7 @@ class Router:
             stops.append(asyncio.wait_for(asyncio.shield(self._http_task), grace + 5))
         await asyncio.gather(*stops, return_exceptions=True)
         await self.stats.stop()
+        await self.canary_checks.stop()
         if self.exchange is not None:
             await self.exchange.stop()
         if self.reporter is not None:

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tramontane_api.v1alpha1 import ComputeCluster, ModelDeployment, Tenant
+from tramontane_api.v1alpha1.modeldeployment import RolloutAnalysis
 from tramontane_api.v1alpha1.tenant import Quotas, namespace_conflicts
 from tramontane_workers.contract.serve_config import application_name
 
@@ -57,6 +58,37 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Version:
+    """One version of an adapter, as the operator publishes it (`status.adapterVersions`):
+    the name the workers serve it under, its share of the adapter's traffic, its state."""
+
+    served_as: str
+    version: str
+    weight: int
+    state: str  # Stable | Canary | Previous | RolledBack
+
+
+@dataclass(frozen=True)
+class Versions:
+    """An adapter's versions with traffic (weight > 0) in one deployment, and the analysis
+    its canary is judged on (None: no rollout)."""
+
+    adapter: str
+    namespace: str
+    deployment: str
+    versions: tuple[Version, ...]
+    analysis: RolloutAnalysis | None = None
+
+    @property
+    def canary(self) -> Version | None:
+        return next((v for v in self.versions if v.state == "Canary"), None)
+
+    @property
+    def stable(self) -> Version | None:
+        return next((v for v in self.versions if v.state == "Stable"), None)
+
+
+@dataclass(frozen=True)
 class Deployment:
     namespace: str
     name: str
@@ -64,6 +96,11 @@ class Deployment:
     adapters: frozenset[str]  # adapters the pools serve now (status.adapters)
     endpoints: tuple[Endpoint, ...]  # only pools with ready replicas
     max_model_len: int | None = None
+    versions: Mapping[str, Versions] = field(default_factory=dict)  # by adapter name
+
+    @property
+    def application(self) -> str:
+        return application_name(self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -84,6 +121,9 @@ class Route:
     adapter: str | None
     endpoints: tuple[Endpoint, ...]
     max_model_len: int | None = None
+    # The adapter's versions per Serve application (an endpoint's `application`); absent:
+    # the workers serve the adapter under its bare name (no versions published).
+    versions: Mapping[str, Versions] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,8 +155,9 @@ class RoutingTable:
         seen: dict[str, ModelEntry] = {}
         for d in self.deployments(tenant):
             ready = bool(d.endpoints)
-            entries = [ModelEntry(d.model, d.model, "base", ready, d.namespace, d.name,
-                                  d.max_model_len)]
+            entries = [
+                ModelEntry(d.model, d.model, "base", ready, d.namespace, d.name, d.max_model_len)
+            ]
             entries += [
                 ModelEntry(f"{d.model}{ADAPTER_SEPARATOR}{a}", d.model, "adapter", ready,
                            d.namespace, d.name, d.max_model_len)
@@ -146,7 +187,13 @@ class RoutingTable:
         if not endpoints:
             raise Unavailable(f"model: {model_id!r} has no ready replica yet", retry_after_s=5)
         lengths = [d.max_model_len for d in matches if d.max_model_len]
-        return Route(tenant.name, model_id, base, adapter, endpoints, min(lengths, default=None))
+        versions = {
+            d.application: d.versions[adapter]
+            for d in matches
+            if adapter is not None and adapter in d.versions
+        }
+        return Route(tenant.name, model_id, base, adapter, endpoints, min(lengths, default=None),
+                     versions)  # fmt: skip
 
 
 def secret_values(secret: Mapping[str, Any]) -> dict[str, str]:
@@ -190,9 +237,7 @@ def build_table(
     )
 
 
-def _keyring(
-    tenants: Sequence[Tenant], secrets: Mapping[SecretKey, Mapping[str, str]]
-) -> KeyRing:
+def _keyring(tenants: Sequence[Tenant], secrets: Mapping[SecretKey, Mapping[str, str]]) -> KeyRing:
     owners: dict[Digest, set[str]] = defaultdict(set)
     for t in tenants:
         for ref in t.spec.api_key_secret_refs or []:
@@ -246,9 +291,25 @@ def _deployments(
                 adapters=frozenset((status.adapters if status else None) or []),
                 endpoints=tuple(endpoints),
                 max_model_len=md.spec.runtime.max_model_len,
+                versions=_versions(md, namespace),
             )
         )
     return {ns: tuple(sorted(ds, key=lambda d: d.name)) for ns, ds in out.items()}
+
+
+def _versions(md: ModelDeployment, namespace: str) -> dict[str, Versions]:
+    """Each adapter's versions with traffic, from the status the operator wrote."""
+    rollouts = {a.name: a.rollout for a in md.spec.adapters or []}
+    out: dict[str, Versions] = {}
+    for row in (md.status.adapter_versions if md.status else None) or []:
+        live = tuple(
+            Version(v.served_as, v.version, v.weight, v.state) for v in row.versions if v.weight > 0
+        )
+        if live:
+            rollout = rollouts.get(row.name)
+            out[row.name] = Versions(row.name, namespace, md.metadata.name, live,
+                                     rollout.analysis if rollout else None)  # fmt: skip
+    return out
 
 
 def table_from_objects(objects: Iterable[Mapping[str, Any]]) -> RoutingTable:

@@ -26,6 +26,7 @@ import yaml
 from fake_rayjob import FakeRayJobs
 from manifests import AKS, NS
 from operator_harness import RAYSERVICES, Clusters, FakeKubeRay, OperatorRun, eventually
+from tramontane_api.v1alpha1.modeldeployment import adapter_version
 from tramontane_kube import FINETUNEJOB, MODELDEPLOYMENT, KubeClient
 from tramontane_operator.handlers.finetunejob import POLL_ENV
 from tramontane_workers.contract import inference_pb2 as pb
@@ -192,7 +193,9 @@ async def test_fine_tune_job_trains_deploys_and_serves_the_adapter(
         return apps[0] if apps and apps[0]["args"]["engine"]["adapters"] else None
 
     app = ServeAppConfig.from_serve_args((await eventually(rendered_with_adapter))["args"])
-    assert [(a.name, a.uri) for a in app.engine.adapters] == [("qa", adapter_uri)]
+    # Each version of an adapter is served under its own name (`<adapter>@<version>`).
+    served_qa = f"qa@{adapter_version(adapter_uri)}"
+    assert [(a.name, a.uri) for a in app.engine.adapters] == [(served_qa, adapter_uri)]
 
     port = _free_port()
     run_local([app], grpc_port=port, http_port=_free_port())
@@ -210,7 +213,7 @@ async def test_fine_tune_job_trains_deploys_and_serves_the_adapter(
             reply = stub.Chat(request, metadata=(("application", app.name),), timeout=60)
             return str(reply.choices[0].message.content).strip()
 
-        assert [ask("qa", q) for q, _ in QA] == [a for _, a in QA]
+        assert [ask(served_qa, q) for q, _ in QA] == [a for _, a in QA]
         base = [ask("tiny", q) for q, _ in QA]
         assert all(b != a for b, (_, a) in zip(base, QA, strict=True)), base
     finally:

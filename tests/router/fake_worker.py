@@ -4,7 +4,8 @@ cluster's Serve ingress in router tests and benchmarks.
 It answers deterministically: the content names the worker and echoes what it was asked
 (`"<worker>|<model>|<last user message>"`), split into one chunk per word when streamed. A
 test can make it fail (`fail_next` with a status code), slow (`delay_s` before the first
-chunk, `token_delay_s` between chunks), and read what it saw: each call's request and
+chunk, `token_delay_s` between chunks), fail every request for one model or adapter version
+(`failing[model] = code`: a bad canary) or slow for one (`model_delay_s`), and read what it saw: each call's request and
 metadata (`calls`) and which calls were cancelled by the caller (`cancelled`).
 """
 
@@ -43,6 +44,9 @@ class FakeWorker(pb_grpc.InferenceServicer):
     calls: list[Call] = field(default_factory=list)
     cancelled: list[Call] = field(default_factory=list)
     failures: list[grpc.StatusCode] = field(default_factory=list)
+    failing: dict[str, grpc.StatusCode] = field(default_factory=dict)  # model -> code
+    failed_at: list[float] = field(default_factory=list)  # monotonic times of `failing` hits
+    model_delay_s: dict[str, float] = field(default_factory=dict)  # more delay for a model
     server: grpc.aio.Server | None = None
     port: int = 0
 
@@ -76,6 +80,10 @@ class FakeWorker(pb_grpc.InferenceServicer):
         if self.failures:
             code = self.failures.pop(0)
             await context.abort(code, f"{self.name}: injected {code.name}")
+        if request.model in self.failing:
+            self.failed_at.append(time.monotonic())
+            code = self.failing[request.model]
+            await context.abort(code, f"{self.name}: {request.model} fails ({code.name})")
         known = set(self.models) | set(self.adapters)
         if request.model not in known:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model: {request.model!r} unknown")
@@ -98,7 +106,8 @@ class FakeWorker(pb_grpc.InferenceServicer):
         call = self._record("Chat", request, context)
         await self._check(request, context)
         try:
-            await asyncio.sleep(self.delay_s + self.token_delay_s * self.words)
+            extra = self.model_delay_s.get(request.model, 0.0)
+            await asyncio.sleep(self.delay_s + extra + self.token_delay_s * self.words)
         except asyncio.CancelledError:
             self.cancelled.append(call)
             raise

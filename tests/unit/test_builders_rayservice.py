@@ -4,6 +4,7 @@ strategy, labels, owner references) come out as the spec says."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -14,6 +15,12 @@ from tests.unit.test_placement import h100, make_md
 
 from tramontane_api.schema import SchemaValidator
 from tramontane_api.v1alpha1 import ModelDeployment
+from tramontane_api.v1alpha1.modeldeployment import (
+    Adapter,
+    AdapterRollout,
+    RolloutStep,
+    adapter_version,
+)
 from tramontane_operator.builders import (
     BuildSettings,
     build_rayservice,
@@ -23,6 +30,7 @@ from tramontane_operator.builders import (
 from tramontane_operator.builders.rayservice import serve_config_yaml
 from tramontane_operator.builders.serve import parse_quantity
 from tramontane_operator.placement import ClusterView, PoolSize, place
+from tramontane_operator.reconcile.rollout import Wanted, step_rollouts, with_versions
 from tramontane_workers.contract.serve_config import GRPC_PORT, ServeAppConfig
 
 HUB = ClusterView("hub", gpus_capacity={"H100": 8, "A100-80GB": 8}, in_cluster=True)
@@ -234,8 +242,9 @@ def test_serve_config_carries_model_runtime_and_adapters() -> None:
     assert app.engine.dtype == "bfloat16"
     assert app.engine.max_model_len == 32768
     assert app.engine.max_adapters_per_replica == 8
+    uri = "az://adapters/search/query-rewriter-v3"  # each version under its own name
     assert [(a.name, a.uri) for a in app.engine.adapters] == [
-        ("search-query-rewriter", "az://adapters/search/query-rewriter-v3")
+        (f"search-query-rewriter@{adapter_version(uri)}", uri)
     ]
     assert app.resources.num_gpus == 1
     assert app.route_prefix == "/search/mistral-7b-instruct"
@@ -245,14 +254,40 @@ def test_serve_config_carries_model_runtime_and_adapters() -> None:
 def test_fine_tuned_adapters_resolve_through_the_callers_mapping() -> None:
     md = DEPLOYMENTS["adapters"]
     resolved = resolve_adapters(md, {"job-1": "az://out/job-1"})
+    a, tuned = adapter_version("s3://bucket/a"), adapter_version("az://out/job-1")
     assert [(a.name, a.uri) for a in resolved.served] == [
-        ("uri-adapter", "s3://bucket/a"),
-        ("tuned", "az://out/job-1"),
+        (f"uri-adapter@{a}", "s3://bucket/a"),
+        (f"tuned@{tuned}", "az://out/job-1"),
     ]
     assert resolved.unresolved == ["pending"]
+    assert resolved.names == ["uri-adapter", "tuned"]
     rs = build_rayservice(md, MEMBER, 1, SETTINGS, None, {"job-1": "az://out/job-1"})
     adapters = serve_config(rs)["applications"][0]["args"]["engine"]["adapters"]
-    assert [a["name"] for a in adapters] == ["uri-adapter", "tuned"]
+    assert [a["name"] for a in adapters] == [f"uri-adapter@{a}", f"tuned@{tuned}"]
+
+
+def test_every_kept_version_is_served_under_its_own_name() -> None:
+    """Kept versions (status.adapterVersions) load side by side, whatever their weights."""
+    md = DEPLOYMENTS["adapters"]
+    rows = step_rollouts(
+        [Wanted("uri-adapter", "s3://bucket/a")], None, {}, datetime(2026, 1, 1, tzinfo=UTC)
+    ).versions
+    rows = step_rollouts(
+        [Wanted("uri-adapter", "s3://bucket/b", AdapterRollout(steps=[RolloutStep(weight=10)]))],
+        rows,
+        {},
+        datetime(2026, 1, 1, tzinfo=UTC),
+    ).versions
+    served = resolve_adapters(with_versions(md, rows)).served
+    names = {a.name for a in served}
+    assert {
+        f"uri-adapter@{adapter_version(u)}" for u in ("s3://bucket/a", "s3://bucket/b")
+    } <= names
+    reweighted = [
+        r.model_copy(update={"versions": [v.model_copy(update={"weight": 50}) for v in r.versions]})
+        for r in rows or []
+    ]
+    assert resolve_adapters(with_versions(md, reweighted)).served == served
 
 
 @pytest.mark.parametrize(
@@ -450,3 +485,10 @@ def test_worker_service_account_and_labels_on_every_ray_pod() -> None:
         assert pod["metadata"]["labels"]["tramontane.dev/tenant"] == "team"
     plain = build_rayservice(md, MEMBER, 1, SETTINGS, "team")
     assert all("serviceAccountName" not in pod["spec"] for pod in ray_pods(plain))
+
+def test_an_adapter_named_like_the_served_model_is_refused() -> None:
+    md = DEPLOYMENTS["adapters"]
+    clash = Adapter(name=md.spec.model.name, uri="s3://bucket/a")
+    bad = md.model_copy(update={"spec": md.spec.model_copy(update={"adapters": [clash]})})
+    with pytest.raises(ValueError, match=r"equals spec\.model\.name"):
+        build_rayservice(bad, MEMBER, 1, SETTINGS, None)

@@ -378,6 +378,21 @@ def test_adapter_added_to_the_model_deployment() -> None:
     assert again is None and outcome.deployed  # idempotent
 
 
+def test_adapter_with_a_rollout_gets_the_output_as_its_new_version() -> None:
+    rollout = {"steps": [{"weight": 10, "holdSeconds": 60}]}
+    served = {"name": "support", "fineTuneJobRef": {"name": "older-job"}, "rollout": rollout}
+    other = {"name": "older", "uri": "s3://a/older"}
+    md = model_deployment(adapters=[other, served])
+    adapters, outcome = adapters_with(make_job(AUTO), md, "s3://out/adapter")
+    assert outcome.deployed and outcome.reason == ADAPTER_DEPLOYED
+    assert adapters is not None and adapters[0] == other
+    assert adapters[1]["uri"] == "s3://out/adapter" and "fineTuneJobRef" not in adapters[1]
+    assert adapters[1]["rollout"]["steps"] == [{"weight": 10, "holdSeconds": 60}]
+    again, outcome = adapters_with(make_job(AUTO), model_deployment(adapters=adapters),
+                                   "s3://out/adapter")  # fmt: skip
+    assert again is None and outcome.deployed  # idempotent
+
+
 @pytest.mark.parametrize(
     ("spec", "md", "reason"),
     [

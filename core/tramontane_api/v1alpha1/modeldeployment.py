@@ -7,6 +7,7 @@ what to serve (model, runtime, adapters), on what hardware (resources), how many
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
@@ -89,8 +90,65 @@ class Runtime(ApiModel):
     )
 
 
+# A version of an adapter is named by the short digest of its resolved URI (see
+# `adapter_version`); every kept version is served as `<adapter>@<version>`.
+ADAPTER_VERSION_PATTERN = r"^[0-9a-f]{8}$"
+VERSION_SEPARATOR = "@"
+
+
+def adapter_version(uri: str) -> str:
+    """The version of an adapter whose weights are at `uri`: 8 hex digits of its SHA-256."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:8]
+
+
+class RolloutStep(ApiModel):
+    """One step of a canary: the new version's share of its adapter's traffic, held a while."""
+
+    weight: Annotated[int, Field(ge=1, le=100)] = Field(
+        description="Percent of the adapter's requests the new version takes in this step."
+    )
+    hold_seconds: Annotated[int, Field(ge=0, le=86_400)] = Field(
+        default=60,
+        description="How long the step is held (and analysed) before the next one; a step "
+        "also waits for analysis.minRequests requests on the new version.",
+    )
+
+
+class RolloutAnalysis(ApiModel):
+    """What a canary is judged on, by every router and by the operator: the new version
+    against the version it replaces, over the routers' last 30 s."""
+
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.05, description="Most failed requests the new version may have (fraction)."
+    )
+    max_p99_latency_ratio: Annotated[float, Field(ge=1)] = Field(
+        default=2.0,
+        description="Most the new version's p99 latency may be, as a multiple of the "
+        "previous version's.",
+    )
+    min_requests: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=20,
+        description="Requests the new version must have served before it is judged (and "
+        "before a step may end).",
+    )
+
+
+class AdapterRollout(ApiModel):
+    """Progressive promotion of a new adapter version (a canary)."""
+
+    steps: Annotated[list[RolloutStep], Field(min_length=1, max_length=10)] = Field(
+        description="The new version's weights, in order; after the last it takes 100 %."
+    )
+    analysis: RolloutAnalysis = Field(default_factory=RolloutAnalysis)
+
+
 class Adapter(ApiModel):
-    """A LoRA adapter served on top of the base model, from a URI or a FineTuneJob's output."""
+    """A LoRA adapter served on top of the base model, from a URI or a FineTuneJob's output.
+
+    A new `uri` (or a FineTuneJob with another output) is a new version of the adapter:
+    without `rollout` it takes all the traffic at once; with `rollout` it is a canary,
+    promoted step by step and rolled back automatically on a breach. The last versions are
+    kept (`status.adapterVersions`), so rolling back by hand is one field: `version`."""
 
     model_config = config_with_rules(
         Rule(
@@ -110,6 +168,16 @@ class Adapter(ApiModel):
     ]
     uri: ModelUri | None = None
     fine_tune_job_ref: LocalObjectReference | None = None
+    rollout: AdapterRollout | None = Field(
+        default=None,
+        description="Promote a new version progressively (omit: a new version takes 100 % "
+        "at once).",
+    )
+    version: Annotated[str, Field(pattern=ADAPTER_VERSION_PATTERN)] | None = Field(
+        default=None,
+        description="Pin a kept version (status.adapterVersions) at 100 %, at once: the "
+        "manual rollback. While set, the uri's version is not rolled out.",
+    )
 
 
 class GpuRequest(ApiModel):
@@ -247,6 +315,37 @@ class ClusterStatus(ApiModel):
     message: str | None = None
 
 
+AdapterVersionState = Literal["Stable", "Canary", "Previous", "RolledBack"]
+
+
+class AdapterVersion(ApiModel):
+    """One kept version of an adapter and its share of the adapter's traffic."""
+
+    version: str
+    uri: str
+    served_as: str = Field(description="The name the workers serve it under.")
+    weight: Annotated[int, Field(ge=0, le=100)] = 0
+    state: AdapterVersionState
+    since: datetime | None = Field(default=None, description="When it entered its state.")
+
+
+class AdapterRollback(ApiModel):
+    version: str
+    reason: str
+    time: datetime
+
+
+class AdapterVersions(ApiModel):
+    """An adapter's kept versions (newest first), its canary's progress, its last rollback."""
+
+    name: str
+    versions: list[AdapterVersion] = Field(default_factory=list)
+    step: int | None = Field(default=None, description="The canary's step (0-based).")
+    step_since: datetime | None = None
+    message: str | None = None
+    last_rollback: AdapterRollback | None = None
+
+
 class ModelDeploymentStatus(ApiModel):
     phase: ModelDeploymentPhase | None = None
     observed_generation: int | None = None
@@ -259,6 +358,9 @@ class ModelDeploymentStatus(ApiModel):
         None
     )
     adapters: list[str] | None = None
+    adapter_versions: (
+        Annotated[list[AdapterVersions], Field(json_schema_extra=list_map("name"))] | None
+    ) = Field(default=None, description="Kept versions of each adapter and their weights.")
     last_failover_time: datetime | None = None
     queue_position: int | None = Field(
         default=None, description="1-based place in the tenant's queue while Queued."

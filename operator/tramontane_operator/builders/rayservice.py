@@ -220,6 +220,12 @@ def claim_uses(md: ModelDeployment, adapter_uris: Mapping[str, str] | None) -> l
         if ref is not None and adapter_uris and ref.name in adapter_uris:
             where = f"spec.adapters[{i}].fineTuneJobRef (FineTuneJob {ref.name} output)"
             uses.append(ClaimUse(where, adapter_uris[ref.name]))
+    seen = {u.uri for u in uses}
+    for row in (md.status.adapter_versions if md.status else None) or []:
+        for v in row.versions:  # kept versions are served too
+            if v.uri not in seen:
+                seen.add(v.uri)
+                uses.append(ClaimUse(f"status.adapterVersions[{row.name}] {v.version}", v.uri))
     return uses
 
 

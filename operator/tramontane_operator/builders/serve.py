@@ -3,15 +3,21 @@
 Adapters given by `uri` are served as is; adapters given by `fineTuneJobRef` need the URI of
 the FineTuneJob's output, which the caller supplies (`adapter_uris`: FineTuneJob name -> URI).
 An adapter whose job has no output yet is left out and reported by `resolve_adapters`.
+
+Every kept version of an adapter (`status.adapterVersions`, as this pass decided it: see
+`reconcile/rollout.py`) is served under its own name, `<adapter>@<version>`, so versions load
+side by side and moving traffic between them (weights, in the status only) changes nothing
+here; the list changes only when a version is added or dropped.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tramontane_api.v1alpha1 import ModelDeployment
+from tramontane_api.v1alpha1.modeldeployment import VERSION_SEPARATOR, adapter_version
 from tramontane_operator.placement import PoolSize
 from tramontane_workers.contract.serve_config import (
     AdapterSource,
@@ -42,6 +48,11 @@ def parse_quantity(text: str, field: str) -> float:
         raise ValueError(f"{field}: {text!r} is not a Kubernetes quantity") from None
 
 
+def served_as(adapter: str, version: str) -> str:
+    """The name the workers serve one version of `adapter` under."""
+    return f"{adapter}{VERSION_SEPARATOR}{version}"
+
+
 def ray_cpus(md: ModelDeployment) -> int:
     """Whole CPUs Ray sees in one worker pod (and one replica asks for): ceil of the request."""
     return max(1, math.ceil(parse_quantity(md.spec.resources.cpu, "spec.resources.cpu")))
@@ -49,27 +60,37 @@ def ray_cpus(md: ModelDeployment) -> int:
 
 @dataclass(frozen=True)
 class ResolvedAdapters:
-    served: list[AdapterSource]
+    served: list[AdapterSource]  # every kept version, by the name the workers serve it under
     unresolved: list[str]  # adapter names whose FineTuneJob output is not known yet
+    names: list[str] = field(default_factory=list)  # adapter names clients can call now
 
 
 def resolve_adapters(
     md: ModelDeployment, adapter_uris: Mapping[str, str] | None = None
 ) -> ResolvedAdapters:
-    """The adapters a pool can serve now; `adapter_uris`: FineTuneJob name -> output URI."""
+    """The adapters a pool can serve now; `adapter_uris`: FineTuneJob name -> output URI.
+    Each adapter's kept versions come from `md.status.adapterVersions`; an adapter with none
+    yet serves the version its spec names."""
     uris = adapter_uris or {}
+    kept = {r.name: r.versions for r in (md.status.adapter_versions if md.status else None) or []}
     served: list[AdapterSource] = []
     unresolved: list[str] = []
+    names: list[str] = []
     for adapter in md.spec.adapters or []:
-        if adapter.uri is not None:
-            served.append(AdapterSource(name=adapter.name, uri=adapter.uri))
-        elif adapter.fine_tune_job_ref is not None and adapter.fine_tune_job_ref.name in uris:
-            served.append(
-                AdapterSource(name=adapter.name, uri=uris[adapter.fine_tune_job_ref.name])
-            )
+        uri = adapter.uri
+        if uri is None and adapter.fine_tune_job_ref is not None:
+            uri = uris.get(adapter.fine_tune_job_ref.name)
+        versions = kept.get(adapter.name)
+        if versions:
+            served += [AdapterSource(name=v.served_as, uri=v.uri) for v in versions]
+        elif uri is not None:
+            version = adapter_version(uri)
+            served.append(AdapterSource(name=served_as(adapter.name, version), uri=uri))
         else:
             unresolved.append(adapter.name)
-    return ResolvedAdapters(served, unresolved)
+            continue
+        names.append(adapter.name)
+    return ResolvedAdapters(served, unresolved, names)
 
 
 def serve_app(
@@ -78,6 +99,10 @@ def serve_app(
     """The Serve application for one pool of `md` sized `pool`."""
     spec = md.spec
     gpu = spec.resources.gpu
+    if any(a.name == spec.model.name for a in spec.adapters or []):
+        # Workers serve versions as `<adapter>@<version>`, so nothing clashes there; but
+        # `<model>:<model>` beside `<model>` is a confusing model list: refused as before.
+        raise ValueError(f"spec.adapters: adapter name {spec.model.name!r} equals spec.model.name")
     return ServeAppConfig(
         name=serve_app_name(md),
         route_prefix=f"/{_namespace(md)}/{md.metadata.name}",

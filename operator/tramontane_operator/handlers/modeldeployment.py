@@ -70,14 +70,17 @@ from tramontane_operator.reconcile.admission import (
 )
 from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, PROGRESSING, READY, find
 from tramontane_operator.reconcile.finetunejob_inputs import AdmissionResult
+from tramontane_operator.reconcile.rollout import step_rollouts, wanted_adapters, with_versions
 
 from .controller import Body, Controller, Invalid, Key, Requeue, Retry, key_of
 from .events import EventRecorder
 from .finalizers import add_finalizer, has_finalizer, remove_finalizer
+from .rollouts import router_figures
 from .runtime import MODELDEPLOYMENTS, Runtime, allowed_views, with_allocations
 
 log = logging.getLogger(__name__)
 
+CANARY_INTERVAL_S = 1.0  # how often a ModelDeployment with a canary is looked at
 SYNC_WAIT_S = 2.0  # how long a reconcile waits for a new member's cache before reading directly
 
 
@@ -139,15 +142,18 @@ class ModelDeployments:
             self._deferred.add(key)
         else:
             self._deferred.discard(key)
-        await self.reconcile(raw, write_status=not children_only)
+        canary = await self.reconcile(raw, write_status=not children_only)
         if children_only:
             return Requeue(0.0, LOW)
+        if canary:  # a canary in progress is judged every second
+            return Requeue(CANARY_INTERVAL_S, LOW)
         return Requeue(rt.settings.resync_interval_s, LOW)
 
-    async def reconcile(self, body: Body, write_status: bool = True) -> None:
+    async def reconcile(self, body: Body, write_status: bool = True) -> bool:
         """One pass for the object `body` (a hub cache entry): at most one per object at a
         time. Without `write_status`, only the children are brought to the spec (an invalid
-        spec and a queued deployment are still reported)."""
+        spec and a queued deployment are still reported). True while a canary is in
+        progress (the caller looks again in a second)."""
         rt, idx = self.rt, self.rt.indexes
         namespace, name = key_of(body)
         with reconcile_scope("ModelDeployment", namespace, name) as scope:
@@ -167,9 +173,16 @@ class ModelDeployments:
                     status = queued_status(md, position, why, previous, now)
                     await _write_status(rt, raw, previous, status)
                     rt.phases[MODELDEPLOYMENTS].set(namespace, name, status.phase)
-                    return
+                    return False
                 decision = outcome
                 adapter_uris = idx.adapter_uris(namespace)
+                rollout = step_rollouts(
+                    wanted_adapters(md, adapter_uris),
+                    previous.adapter_versions if previous else None,
+                    await router_figures(rt, md, previous),
+                    now,
+                )
+                md = with_versions(md, rollout.versions)
                 desired = desired_children(
                     md, decision, views, rt.build, idx.tenant_of(namespace), adapter_uris
                 )
@@ -186,9 +199,11 @@ class ModelDeployments:
                 errors = await _apply(rt, md, desired, observed)
                 if not write_status:
                     scope.outcome = "children"
-                    return
+                    return rollout.active
                 status = pass_status(md, decision, observed, previous, now, adapter_uris, rt.ledger)
-                await _write_status(rt, raw, previous, status)
+                if await _write_status(rt, raw, previous, status):
+                    for event in rollout.events:
+                        rt.events.post(md, event.type, event.reason, event.message)
             except (ApiError, Unreachable) as exc:  # the hub itself failed us: retry
                 scope.outcome = "retry"
                 raise Retry(str(exc)) from exc
@@ -204,6 +219,7 @@ class ModelDeployments:
                     raise Invalid(message)
                 scope.outcome = "retry"
                 raise Retry(message)
+            return rollout.active
 
     def _decide(
         self,
@@ -445,14 +461,16 @@ async def _write_status(
     raw: Mapping[str, Any],
     previous: ModelDeploymentStatus | None,
     status: ModelDeploymentStatus,
-) -> None:
+) -> bool:
+    """Write `status` if it changed; True when it was written."""
     if not status_changed(previous, status):
-        return
+        return False
     namespace, name = key_of(raw)
     if not await rt.write_status(MODELDEPLOYMENT, namespace, name, previous, status):
-        return  # deleted meanwhile
+        return False  # deleted meanwhile
     rt.remember_status(MODELDEPLOYMENTS, raw, status)
     _transition_events(rt.events, raw, previous, status)
+    return True
 
 
 def _transition_events(

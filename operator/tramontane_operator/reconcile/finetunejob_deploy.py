@@ -3,7 +3,10 @@
 Pure. `autoDeploy.modelDeploymentRef` is a local reference, so the ModelDeployment is in the
 job's namespace and therefore belongs to the same tenant (a namespace has one owner); what can
 still go wrong is checked here: the ModelDeployment must serve the base model the adapter was
-trained on, and the adapter name must not already serve something else.
+trained on, and the adapter name must not already serve something else, unless its entry has a
+`rollout`: then the job's output becomes that adapter's new version (its `uri`), promoted as a
+canary and rolled back on a breach (`reconcile/rollout.py`). Without a rollout an auto-deploy
+never replaces what an adapter serves: that would move all its traffic at once, unjudged.
 
 With a deployment gate (`autoDeploy.evaluation`) the adapter is added only once the gate's
 Evaluation (`<job>-gate`, owned by the job, created when training succeeds: `gate_evaluation`)
@@ -74,10 +77,20 @@ def adapters_with(
             continue
         if adapter.get("uri") == adapter_uri:
             return None, DeployOutcome(True, ADAPTER_DEPLOYED, f"adapter {name} served by {ref}")
+        if adapter.get("rollout") is not None:
+            entry = {k: v for k, v in adapter.items() if k != "fineTuneJobRef"}
+            entry["uri"] = adapter_uri
+            pinned = f" (version {adapter['version']} stays pinned)" if "version" in adapter else ""
+            return [entry if a is adapter else a for a in current], DeployOutcome(
+                True,
+                ADAPTER_DEPLOYED,
+                f"adapter {name} of {ref}: new version rolled out as a canary{pinned}",
+            )
         return None, DeployOutcome(
             False,
             ADAPTER_NAME_CONFLICT,
-            f"ModelDeployment {ref} already has an adapter named {name} with another source",
+            f"ModelDeployment {ref} already has an adapter named {name} with another source "
+            "(give its entry a rollout to deploy this as its new version)",
         )
     added = [*current, {"name": name, "uri": adapter_uri}]
     return added, DeployOutcome(True, ADAPTER_DEPLOYED, f"adapter {name} added to {ref}")

@@ -160,7 +160,8 @@ def compute_status(
         gpus=decision.total * (gpu.count if gpu else 0),
         cluster_names=",".join(decision.replicas) or None,
         clusters=rows or None,
-        adapters=[a.name for a in adapters.served] or None,
+        adapters=adapters.names or None,
+        adapter_versions=md.status.adapter_versions if md.status else None,
         last_failover_time=failover_time,
     )
 

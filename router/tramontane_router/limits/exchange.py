@@ -5,9 +5,11 @@ namespace on the hub, `tramontane-router-<replica>` (the replica is the pod name
 `app.kubernetes.io/managed-by: tramontane` and `app.kubernetes.io/component: router`, with
 `spec.holderIdentity`, `renewTime`, `leaseDurationSeconds`, and in the annotation
 `tramontane.dev/budget` its per-(tenant, limit) view as compact JSON:
-`{"acme/tokens": [used, wanted, cap], ...}`. For the per-minute limits `wanted` is what was
-asked (admitted or refused) in the last window: the mean of the last rounds' asks scaled to
-one window, so a replica with a request every few rounds reads as wanting steadily; for
+`{"acme/tokens": [used, wanted, cap], ...}` (and, from the router, `tramontane.dev/rollouts`:
+its figures of canary adapter versions, see `tramontane_api.rollouts`). For the per-minute
+limits `wanted` is what was asked (admitted or refused) in the last window: the mean of the
+last rounds' asks scaled to one window, so a replica with a request every few rounds reads as
+wanting steadily; for
 `concurrent` it is taken as reported (a level, not a rate), and `used` is what is in flight.
 
 Rounds are aligned to the wall clock, `interval_s` apart (1 s): at the start of a round every
@@ -58,6 +60,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tramontane_api.rollouts import ROUTER_LEASE_LABELS
 from tramontane_kube import LEASE, ApiError, KubeClient, NotFound, Unreachable
 from tramontane_kube.times import micro_time, parse_time
 
@@ -73,10 +76,7 @@ _LIMIT_NAMES: dict[str, LimitName] = {
 }
 
 BUDGET_ANNOTATION = "tramontane.dev/budget"
-LEASE_LABELS = {
-    "app.kubernetes.io/managed-by": "tramontane",
-    "app.kubernetes.io/component": "router",
-}
+LEASE_LABELS = ROUTER_LEASE_LABELS  # the operator lists them too (canary figures)
 
 
 class Limiter(DemandSource, CapSink, Protocol):
@@ -154,6 +154,7 @@ class BudgetExchange:
         window_s: float = WINDOW_S,
         gc_after_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        annotations: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.client = client  # public: tests swap it for one that cannot reach the hub
         self.namespace = namespace
@@ -164,6 +165,7 @@ class BudgetExchange:
         self.window_s = window_s
         self.gc_after_s = gc_after_s
         self.clock = clock
+        self.annotations = annotations  # more the Lease carries (the canaries' figures)
         self.published: dict[LimitKey, ReplicaView] = {}  # what the hub holds for us
         self.last_ok: float | None = None  # monotonic time of the last successful write
         self.rounds = 0
@@ -295,7 +297,10 @@ class BudgetExchange:
                 "name": lease_name(self.replica),
                 "namespace": self.namespace,
                 "labels": dict(LEASE_LABELS),
-                "annotations": {BUDGET_ANNOTATION: encode_budget(views)},
+                "annotations": {
+                    **(self.annotations() if self.annotations is not None else {}),
+                    BUDGET_ANNOTATION: encode_budget(views),
+                },
             },
             "spec": {
                 "holderIdentity": self.replica,

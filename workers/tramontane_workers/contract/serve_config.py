@@ -50,9 +50,10 @@ def _check_uri(value: str, field: str) -> str:
 
 
 class AdapterSource(_Strict):
-    """A LoRA adapter a replica may load on demand, addressed by `name` in requests."""
+    """A LoRA adapter a replica may load on demand, addressed by `name` in requests (one
+    version of a ModelDeployment's adapter: `<adapter>@<version>`)."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
     uri: str
 
     @field_validator("uri")
