@@ -58,11 +58,14 @@ ROLLOUT: dict[str, Any] = {
 }
 
 
-def _secret(name: str, key: str, value: str) -> dict[str, Any]:
+KEYS_NS = "tramontane-keys"  # tenants' API-key Secrets: the chart's tenants.keyNamespaces
+
+
+def _secret(name: str, key: str, value: str, namespace: str = SYSTEM_NS) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": SYSTEM_NS},
+        "metadata": {"name": name, "namespace": namespace},
         "data": {key: base64.b64encode(value.encode()).decode()},
     }
 
@@ -95,12 +98,12 @@ class Stack:
             connection={"kubeconfigSecretRef": {"namespace": SYSTEM_NS,
                                                 "name": f"{AKS}-kubeconfig"}},
         ))  # fmt: skip
-        await api.create(SECRET, _secret("team-key", "api-key", KEY))
+        await api.create(SECRET, _secret("team-key", "api-key", KEY, KEYS_NS))
         await api.create(TENANT, {
             "apiVersion": "tramontane.dev/v1alpha1", "kind": "Tenant",
             "metadata": {"name": "team"},
             "spec": {"namespaces": [NS],
-                     "apiKeySecretRefs": [{"namespace": SYSTEM_NS, "name": "team-key"}]},
+                     "apiKeySecretRefs": [{"namespace": KEYS_NS, "name": "team-key"}]},
         })  # fmt: skip
         kuberay = FakeKubeRay(clusters.all)
         await kuberay.start()

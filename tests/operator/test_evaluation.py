@@ -464,6 +464,13 @@ async def test_evaluations_and_fine_tune_jobs_share_one_queue(
 
     await eventually(lambda: job_status("next").get("queuePosition") == 2)
     assert ev_status(clusters)["queuePosition"] == 1
+    # A ModelDeployment's admission sees the same queue: it waits behind both.
+    await api.create(MODELDEPLOYMENT, model_deployment("later", scaling=scaling))
+
+    def md_status(name: str) -> dict[str, Any]:
+        return dict((clusters.hub.emulator.stored(MDS, NS, name) or {}).get("status") or {})
+
+    await eventually(lambda: md_status("later").get("queuePosition") == 3)
     rayjobs.finish("tune")  # its GPU goes to the older waiting workload: the evaluation
     await eventually(lambda: rayjob(clusters))
     await eventually(lambda: job_status("next").get("queuePosition") == 1)

@@ -373,7 +373,7 @@ def test_cluster_role_is_least_privilege(helm: str) -> None:
 LEASE_RULE = {
     "apiGroups": ["coordination.k8s.io"],
     "resources": ["leases"],
-    "verbs": ["get", "create", "update"],
+    "verbs": ["get", "list", "create", "update"],
 }
 # Member clusters' kubeconfig Secrets and the webhook's: read in the release namespace only.
 SECRET_READ_RULE = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}

@@ -66,7 +66,6 @@ from tramontane_operator.reconcile.admission import (
     capped,
     md_workload,
     replicas_within_quota,
-    waiting,
 )
 from tramontane_operator.reconcile.conditions import DEGRADED, PLACED, PROGRESSING, READY, find
 from tramontane_operator.reconcile.finetunejob_inputs import AdmissionResult
@@ -76,7 +75,7 @@ from .controller import Body, Controller, Invalid, Key, Requeue, Retry, key_of
 from .events import EventRecorder
 from .finalizers import add_finalizer, has_finalizer, remove_finalizer
 from .rollouts import router_figures
-from .runtime import MODELDEPLOYMENTS, Runtime, allowed_views, with_allocations
+from .runtime import MODELDEPLOYMENTS, Runtime, allowed_views, waiting_in, with_allocations
 
 log = logging.getLogger(__name__)
 
@@ -235,14 +234,9 @@ class ModelDeployments:
         note = ""
         if workload.key not in rt.ledger and tenant is not None:
             namespaces = tenant.spec.namespaces
-            idx = rt.indexes
-            others = waiting(
-                namespaces,
-                idx.finetunejobs.parsed_in(namespaces),
-                idx.modeldeployments.parsed_in(namespaces),
-                _keys(rt.ledger),
-            )
-            admission = admission_for(workload, tenant, rt.ledger.held_in(namespaces), others)
+            held = rt.ledger.held_in(namespaces)
+            others = waiting_in(rt.indexes, namespaces, held)
+            admission = admission_for(workload, tenant, held, others)
             if not admission.admitted:
                 return admission
         elif tenant is not None:  # admitted: a grown maxReplicas gets what the quota has left
@@ -322,10 +316,6 @@ def with_quota(
     if held is None or not held.gpus:
         return status
     return status.model_copy(update={"quota_gpus": sum(held.gpus.values())})
-
-
-def _keys(ledger: Ledger) -> list[str]:
-    return [w.key for w in ledger.entries()]
 
 
 def _existing(observed: Mapping[str, ObservedPool]) -> dict[str, int]:
