@@ -283,8 +283,16 @@ class World:
             assert loop.time() < deadline, f"never settled: {self.summary()}"
             await self.watch(0.1)
             now = self.fingerprint()
-            if now != last or self.orphans():
+            if now != last or self.orphans() or not self.clusters_caught_up():
                 last, since = now, loop.time()
+
+    def clusters_caught_up(self) -> bool:
+        """Every ComputeCluster reports Ready. The members are all up by now, but a member that
+        was down is probed again only after its failure backoff: until its status says Ready,
+        the operator has not seen the capacity it brings back, and a job waiting for it is
+        rightly still Queued (that is not a settled state)."""
+        ccs = self.clusters.hub.emulator.stored_all("tramontane.dev/v1alpha1/computeclusters")
+        return all(condition(cc, "Ready").get("status") == "True" for cc in ccs)
 
     # Once settled.
     def check_settled(self) -> None:
