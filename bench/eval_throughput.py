@@ -16,6 +16,12 @@ first); each path builds its own engine every round, so both start equally cold:
 ratios; target >= 0.9). Both paths decode the same tokens: greedy, and the engine's batching
 does not change them (tests/workers/test_engine.py); `tokens_per_answer` says how many.
 
+The issue's second figure comes in the same output: `rollback_s`, the time from a canary
+adapter version's first failure to 0 % of its traffic at the router (target <= 10 s), with
+`failed_requests` (target 0), measured by `bench/canary_rollback.py`'s router runs (one run
+with --quick, three otherwise; `--no-rollback` leaves it out). The end-to-end operator figures
+are that script's own.
+
     .venv/bin/python bench/eval_throughput.py --quick     # under a minute
 """
 
@@ -98,6 +104,7 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-rollback", action="store_true", help="skip the rollback_s figure")
     args = parser.parse_args()
     if args.quick:
         args.samples, args.rounds, args.max_tokens = 32, 3, 16
@@ -131,9 +138,13 @@ async def main() -> None:
             ratios.append(eval_rate / engine_rate)
             figures = {"engine_samples_per_s": engine_rate, "eval_samples_per_s": eval_rate}
             print(f"round {round_no}", json.dumps(figures), flush=True)
+    rollback: dict[str, object] = {}
+    if not args.no_rollback:
+        rollback = await _rollback(args.quick)
     print(
         json.dumps(
             {
+                **rollback,
                 "bench": "eval_throughput",
                 "samples": args.samples,
                 "max_tokens": args.max_tokens,
@@ -145,6 +156,19 @@ async def main() -> None:
             }
         )
     )
+
+
+async def _rollback(quick: bool) -> dict[str, object]:
+    """`rollback_s` and `failed_requests` from the canary benchmark's router runs."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import logging
+
+    from canary_rollback import router_rollback
+
+    logging.getLogger("tramontane_router").setLevel(logging.ERROR)
+    figures = await router_rollback(50.0 if quick else 100.0, 4.0 if quick else 5.0,
+                                    1 if quick else 3)  # fmt: skip
+    return {"rollback_s": figures["rollback_s"], "failed_requests": figures["failed_requests"]}
 
 
 if __name__ == "__main__":
