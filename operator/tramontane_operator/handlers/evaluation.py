@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tramontane_api.v1alpha1 import (
-    ComputeCluster,
     Evaluation,
     EvaluationStatus,
     ModelDeployment,
@@ -39,7 +38,6 @@ from tramontane_operator.builders.evaluation_rayjob import (
     eval_rayjob_name,
     eval_validation_job_name,
 )
-from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.reconcile.admission import admission_for, created_at
@@ -72,8 +70,8 @@ from tramontane_operator.reconcile.finetunejob_trust import is_local
 from tramontane_workers.contract.datasets_report import validate_files
 from tramontane_workers.contract.eval_config import last_result
 
-from .controller import Body, Controller, Invalid, Key, Requeue, Retry, key_of
-from .finalizers import add_finalizer, has_finalizer, remove_finalizer
+from .batch import BatchController, delete_rayjobs
+from .controller import Invalid, Key, Retry, key_of
 from .finetunejob import poll_interval
 from .finetunejob_children import RAYJOB, read_rayjob, submitter_log
 from .finetunejob_validation import delete_dataset_job, run_dataset_job
@@ -90,44 +88,11 @@ from .runtime import (
 log = logging.getLogger(__name__)
 
 
-class Evaluations:
+class Evaluations(BatchController):
     """The controller of Evaluations."""
 
     def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.poll_s = poll_interval()
-        cache = rt.indexes.evaluations
-        self.controller = Controller(
-            EVALUATIONS,
-            cache.raw,
-            cache.object_keys,
-            self._process,
-            workers=rt.settings.reconcile_workers,
-            ready=rt.ready,
-            queue=rt.work_queue(),
-        )
-        cache.listeners.append(self.controller.observed)
-        rt.controllers[EVALUATIONS] = self.controller
-
-    async def _process(self, key: Key, raw: Body | None) -> Requeue | None:
-        rt = self.rt
-        if raw is None:  # gone without our finalizer: the sweep deletes what it left
-            rt.release(EVALUATIONS, key)
-            rt.forget(EVALUATIONS, key)
-            return None
-        if raw["metadata"].get("deletionTimestamp"):
-            if has_finalizer(raw):
-                await cleanup(rt, raw)
-                await remove_finalizer(rt, EVALUATION, raw)
-            rt.release(EVALUATIONS, key)
-            rt.forget(EVALUATIONS, key)
-            return None
-        if not has_finalizer(raw):  # before any child: a delete can never orphan one
-            await add_finalizer(rt, EVALUATION, raw)
-        decision = await reconcile(rt, raw, self.poll_s)
-        if decision.phase in TERMINAL and not decision.actions:
-            return Requeue(rt.settings.resync_interval_s)
-        return Requeue(self.poll_s)
+        super().__init__(rt, EVALUATIONS, EVALUATION, reconcile, cleanup, TERMINAL, poll_interval())
 
 
 def _parse(rt: Runtime, body: Mapping[str, Any]) -> Evaluation:
@@ -386,37 +351,15 @@ async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
     ev = _parse(rt, body)
     rayjob_name = eval_rayjob_name(ev)
 
-    async def one(cc: ComputeCluster) -> str | None:
-        """Why the RayJob there is not gone yet (None: gone, or never there)."""
-        member = await rt.ensure_member(cc)
-        if member is None or not member.probe.reachable:
-            placed_there = ev.status is not None and ev.status.cluster == cc.metadata.name
-            return f"{cc.metadata.name} (unreachable)" if placed_there else None
-        try:
-            rayjob = await member.client.get(RAYJOB, namespace, rayjob_name)
-            if rayjob is not None and _ours(rayjob, ev):
-                await member.client.delete(RAYJOB, namespace, rayjob_name)
-                if await member.client.get(RAYJOB, namespace, rayjob_name) is not None:
-                    return f"{cc.metadata.name} (deleting)"
-        except (ApiError, Unreachable) as exc:
-            return f"{cc.metadata.name} ({exc})"
-        return None
-
-    outcomes = await asyncio.gather(*(one(cc) for cc in rt.indexes.compute_clusters()))
-    waiting_on = [why for why in outcomes if why]
+    placed = ev.status.cluster if ev.status else None
+    waiting_on = await delete_rayjobs(
+        rt, "Evaluation", ev.metadata.name, namespace, rayjob_name, placed
+    )
     cluster = ev.status.cluster if ev.status else None
     if cluster:
         await delete_dataset_job(rt, ev, eval_validation_job_name(ev), cluster)
     if waiting_on:
         raise Retry(f"RayJob not yet deleted in: {', '.join(waiting_on)}")
-
-
-def _ours(rayjob: Mapping[str, Any], ev: Evaluation) -> bool:
-    labels = (rayjob.get("metadata") or {}).get("labels") or {}
-    return bool(
-        labels.get(OWNER_KIND_LABEL) == "Evaluation"
-        and labels.get(OWNER_NAME_LABEL) == ev.metadata.name
-    )
 
 
 def _now() -> datetime:

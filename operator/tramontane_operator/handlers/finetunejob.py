@@ -28,9 +28,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from tramontane_api.v1alpha1 import ComputeCluster, FineTuneJob, FineTuneJobStatus, Tenant
-from tramontane_kube import FINETUNEJOB, ApiError, Unreachable
-from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
+from tramontane_api.v1alpha1 import FineTuneJob, FineTuneJobStatus, Tenant
+from tramontane_kube import FINETUNEJOB
 from tramontane_operator.builders.rayjob import claim_uses, rendered_hash, spec_hash
 from tramontane_operator.builders.volumes import pod_volumes
 from tramontane_operator.observability import reconcile_scope
@@ -71,9 +70,9 @@ from tramontane_workers.contract.datasets_report import DatasetsReport
 from tramontane_workers.contract.train_config import TrainProgress
 
 from . import finetunejob_io as io
-from .controller import Body, Controller, Key, Requeue, Retry, key_of
-from .finalizers import add_finalizer, has_finalizer, remove_finalizer
-from .finetunejob_children import RAYJOB, apply_actions, base_model, read_progress, read_rayjob
+from .batch import BatchController, delete_rayjobs
+from .controller import Key, Retry, key_of
+from .finetunejob_children import apply_actions, base_model, read_progress, read_rayjob
 from .finetunejob_validation import delete_validation_job, validate_in_cluster
 from .parsing import parse_resource
 from .runtime import (
@@ -99,44 +98,13 @@ def poll_interval(env: Mapping[str, str] | None = None) -> float:
         raise ValueError(f"{POLL_ENV}: expected seconds, got {value!r}") from None
 
 
-class FineTuneJobs:
+class FineTuneJobs(BatchController):
     """The controller of FineTuneJobs."""
 
     def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.poll_s = poll_interval()
-        cache = rt.indexes.finetunejobs
-        self.controller = Controller(
-            FINETUNEJOBS,
-            cache.raw,
-            cache.object_keys,
-            self._process,
-            workers=rt.settings.reconcile_workers,
-            ready=rt.ready,
-            queue=rt.work_queue(),
+        super().__init__(
+            rt, FINETUNEJOBS, FINETUNEJOB, reconcile, cleanup, TERMINAL, poll_interval()
         )
-        cache.listeners.append(self.controller.observed)
-        rt.controllers[FINETUNEJOBS] = self.controller
-
-    async def _process(self, key: Key, raw: Body | None) -> Requeue | None:
-        rt = self.rt
-        if raw is None:  # gone without our finalizer: the sweep deletes what it left
-            rt.release(FINETUNEJOBS, key)
-            rt.forget(FINETUNEJOBS, key)
-            return None
-        if raw["metadata"].get("deletionTimestamp"):
-            if has_finalizer(raw):
-                await cleanup(rt, raw)
-                await remove_finalizer(rt, FINETUNEJOB, raw)
-            rt.release(FINETUNEJOBS, key)
-            rt.forget(FINETUNEJOBS, key)
-            return None
-        if not has_finalizer(raw):  # before any child: a delete can never orphan one
-            await add_finalizer(rt, FINETUNEJOB, raw)
-        decision = await reconcile(rt, raw, self.poll_s)
-        if decision.phase in TERMINAL and not decision.actions:
-            return Requeue(rt.settings.resync_interval_s)
-        return Requeue(self.poll_s)
 
 
 def _key_of(job: FineTuneJob) -> Key:
@@ -394,38 +362,13 @@ async def cleanup(rt: Runtime, body: Mapping[str, Any]) -> None:
     job = _parse(rt, body)
     job = await _write(rt, job, decide(job, Observed(deleting=True), _now()).status)
 
-    async def one(cc: ComputeCluster) -> str | None:
-        """Why the RayJob there is not gone yet (None: gone, or never there)."""
-        member = await rt.ensure_member(cc)
-        if member is None or not member.probe.reachable:
-            placed_there = job.status is not None and job.status.cluster == cc.metadata.name
-            return f"{cc.metadata.name} (unreachable)" if placed_there else None
-        try:
-            rayjob = await member.client.get(RAYJOB, namespace, name)
-            if rayjob is not None and _ours(rayjob, job):
-                await member.client.delete(RAYJOB, namespace, name)
-                if await member.client.get(RAYJOB, namespace, name) is not None:
-                    return f"{cc.metadata.name} (deleting)"
-        except (ApiError, Unreachable) as exc:
-            return f"{cc.metadata.name} ({exc})"
-        return None
-
-    # Every member at once: one slow member holds up no other's cleanup.
-    outcomes = await asyncio.gather(*(one(cc) for cc in rt.indexes.compute_clusters()))
-    waiting_on = [why for why in outcomes if why]
+    placed = job.status.cluster if job.status else None
+    waiting_on = await delete_rayjobs(rt, "FineTuneJob", name, namespace, name, placed)
     cluster = job.status.cluster if job.status else None
     if cluster and needs_cluster_validation(job):
         await delete_validation_job(rt, job, cluster)
     if waiting_on:
         raise Retry(f"RayJob not yet deleted in: {', '.join(waiting_on)}")
-
-
-def _ours(rayjob: Mapping[str, Any], job: FineTuneJob) -> bool:
-    labels = (rayjob.get("metadata") or {}).get("labels") or {}
-    return bool(
-        labels.get(OWNER_KIND_LABEL) == "FineTuneJob"
-        and labels.get(OWNER_NAME_LABEL) == job.metadata.name
-    )
 
 
 def _now() -> datetime:

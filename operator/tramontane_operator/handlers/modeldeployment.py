@@ -234,9 +234,9 @@ class ModelDeployments:
         note = ""
         if workload.key not in rt.ledger and tenant is not None:
             namespaces = tenant.spec.namespaces
-            held = rt.ledger.held_in(namespaces)
-            others = waiting_in(rt.indexes, namespaces, held)
-            admission = admission_for(workload, tenant, held, others)
+            holding = rt.ledger.held_in(namespaces)
+            others = waiting_in(rt.indexes, namespaces, holding)
+            admission = admission_for(workload, tenant, holding, others)
             if not admission.admitted:
                 return admission
         elif tenant is not None:  # admitted: a grown maxReplicas gets what the quota has left
