@@ -30,14 +30,12 @@ Importable without torch or ray.
 
 from __future__ import annotations
 
-import base64
-import shlex
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .train_config import last_line
+from .train_config import last_line, model_from_b64, module_entrypoint
 
 ENTRYPOINT_MODULE = "tramontane_workers.evaluate"
 RESULT_FILE = "result.json"
@@ -100,13 +98,12 @@ class EvalConfig(_Strict):
 
 
 def entrypoint(config: EvalConfig) -> str:
-    """The RayJob entrypoint command: the config travels base64-encoded, no quoting pitfalls."""
-    payload = base64.urlsafe_b64encode(config.model_dump_json().encode()).decode()
-    return shlex.join(["python", "-m", ENTRYPOINT_MODULE, "--config-b64", payload])
+    """The RayJob entrypoint command (`python -m tramontane_workers.evaluate --config-b64`)."""
+    return module_entrypoint(ENTRYPOINT_MODULE, config)
 
 
 def config_from_b64(payload: str) -> EvalConfig:
-    return EvalConfig.model_validate_json(base64.urlsafe_b64decode(payload.encode()))
+    return model_from_b64(EvalConfig, payload)
 
 
 class MetricScore(_Strict):

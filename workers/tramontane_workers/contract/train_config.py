@@ -110,13 +110,22 @@ class TrainConfig(_Strict):
 
 
 def entrypoint(config: TrainConfig) -> str:
-    """The RayJob entrypoint command: the config travels base64-encoded, no quoting pitfalls."""
-    payload = base64.urlsafe_b64encode(config.model_dump_json().encode()).decode()
-    return shlex.join(["python", "-m", ENTRYPOINT_MODULE, "--config-b64", payload])
+    return module_entrypoint(ENTRYPOINT_MODULE, config)
 
 
 def config_from_b64(payload: str) -> TrainConfig:
-    return TrainConfig.model_validate_json(base64.urlsafe_b64decode(payload.encode()))
+    return model_from_b64(TrainConfig, payload)
+
+
+def module_entrypoint(module: str, config: BaseModel) -> str:
+    """`python -m <module> --config-b64 ...`, a RayJob entrypoint: the config travels
+    base64-encoded, no quoting pitfalls."""
+    payload = base64.urlsafe_b64encode(config.model_dump_json().encode()).decode()
+    return shlex.join(["python", "-m", module, "--config-b64", payload])
+
+
+def model_from_b64(model: type[M], payload: str) -> M:
+    return model.model_validate_json(base64.urlsafe_b64decode(payload.encode()))
 
 
 class CheckpointRecord(_Strict):
