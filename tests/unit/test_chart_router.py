@@ -266,6 +266,9 @@ def test_aks_values(helm: str) -> None:
     )
     assert settings.worker_service_account == "tramontane-worker"
     assert settings.worker_pod_labels == {"azure.workload.identity/use": "true"}
+    assert settings.worker_env == (
+        {"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "<storage-account>"},
+    )
     # The webhook refuses Tenants whose key Secrets the router could not read.
     assert values["tenants"]["keyNamespaces"] == ["tramontane-keys"]
     assert OperatorSettings.from_env(operator_env(docs)).key_namespaces == ("tramontane-keys",)
@@ -282,6 +285,9 @@ def test_worker_values_reach_the_operator_settings(helm: str) -> None:
     env = operator_env(docs)
     values = yaml.safe_load(FULL_VALUES.read_text())["workers"]
     assert json.loads(env["TRAMONTANE_GPU_TOLERATIONS"]) == values["gpuTolerations"]
+    assert json.loads(env["TRAMONTANE_WORKER_ENV"]) == values["env"]
+    assert OperatorSettings.from_env(env).build_settings().worker_env == tuple(values["env"])
+    assert "TRAMONTANE_WORKER_ENV" not in operator_env(render(helm))  # none by default
     accounts = [d for d in docs if d["kind"] == "ServiceAccount" and component_of(d) == "workers"]
     assert sorted(a["metadata"]["namespace"] for a in accounts) == ["team-a", "team-b"]
     assert {a["metadata"]["name"] for a in accounts} == {"tramontane-worker"}
@@ -316,6 +322,11 @@ def test_worker_service_account_needs_a_name_and_namespaces(
         (["tenants.keyNamespace={a}"], "additional properties 'keyNamespace' not allowed"),
         (["router.networkPolicy.ingressFrom[0].ipblock.cidr=10.0.0.0/8"], "'ipblock' not allowed"),
         (["workers.gpuTolerations[0].efect=NoSchedule"], "'efect' not allowed"),
+        (["workers.env[0].name=AZURE_STORAGE_ACCOUNT_NAME"], "missing property 'value'"),
+        (
+            ["workers.env[0].name=A", "workers.env[0].valueFrom=x", "workers.env[0].value=b"],
+            "'valueFrom' not allowed",
+        ),
         (["router.logLevel=LOUD"], "/router/logLevel"),
         (["router.drainGraceSeconds=-1"], "/router/drainGraceSeconds"),
         (["router.service.type=Ingress"], "/router/service/type"),
