@@ -239,9 +239,11 @@ def test_aks_values(helm: str) -> None:
     assert accounts["tramontane"]["metadata"]["annotations"][identity] == "<operator-client-id>"
     router_sa = accounts["tramontane-router"]["metadata"]["annotations"]
     assert router_sa[identity] == "<router-client-id>"
-    worker_sa = accounts["tramontane-worker"]
-    assert worker_sa["metadata"]["namespace"] == "team-a"
-    assert worker_sa["metadata"]["annotations"][identity] == "<workers-client-id>"
+    workers = [d for d in docs if d["kind"] == "ServiceAccount" and component_of(d) == "workers"]
+    assert sorted(d["metadata"]["namespace"] for d in workers) == ["search", "search-staging"]
+    for worker_sa in workers:
+        assert worker_sa["metadata"]["name"] == "tramontane-worker"
+        assert worker_sa["metadata"]["annotations"][identity] == "<workers-client-id>"
     for component in ("operator", "router"):
         labels = by_kind(docs, "Deployment", component)["spec"]["template"]["metadata"]["labels"]
         assert labels["azure.workload.identity/use"] == "true"
@@ -253,12 +255,12 @@ def test_aks_values(helm: str) -> None:
     }
     assert service["spec"]["externalTrafficPolicy"] == "Local"
     # Images from ACR; the operator's settings carry the GPU pool and the workers' identity.
-    assert router_container(docs)["image"].startswith("<registry>.azurecr.io/tramontane:")
+    assert router_container(docs)["image"].startswith("<registry>.azurecr.io/tramontane-aks:")
     settings = OperatorSettings.from_env(operator_env(docs)).build_settings()
     assert settings.image_for(0) == "<registry>.azurecr.io/tramontane-worker:0.1.0"
     assert settings.image_for(1) == "<registry>.azurecr.io/tramontane-worker-gpu:0.1.0"
     assert settings.gpu_node_selector == {
-        "kubernetes.azure.com/agentpool": "gpu",
+        "kubernetes.azure.com/agentpool": "a100",
         "kubernetes.azure.com/accelerator": "nvidia",
     }
     assert settings.gpu_tolerations == (
