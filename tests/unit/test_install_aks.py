@@ -547,3 +547,24 @@ def test_values_keys_the_doc_mentions_exist() -> None:
     }
     assert mentioned, "the doc names chart values"
     assert sorted(m for m in mentioned if not schema_knows(m.split("."))) == []
+
+
+def test_what_the_workloads_read_is_what_the_doc_uploads() -> None:
+    """The model's az:// source and the fine-tune's datasets are uploaded, to the storage
+    account the workers are given, and every container they name (the output's too) exists."""
+    _, _, md, job = walkthrough()
+    account = script().variables["STORAGE_ACCOUNT"]
+    uploads = script().starting("az", "storage", "blob")
+    assert {c.flag("--account-name") for c in uploads} == {account}
+    uploaded = set()
+    for c in uploads:
+        if c.words[3] == "upload-batch":
+            uploaded.add(f"az://{c.flag('--destination')}/{c.flag('--destination-path')}")
+        else:
+            uploaded.add(f"az://{c.flag('--container-name')}/{c.flag('--name')}")
+    reads = [md.spec.model.source, *(f.uri for f in job.spec.training_files)]
+    reads += [f.uri for f in job.spec.validation_files or []]
+    assert sorted(set(reads) - uploaded) == []
+    containers = {c.flag("--name") for c in script().starting("az", "storage", "container")}
+    for uri in [*reads, job.spec.output.uri]:
+        assert uri.startswith("az://") and uri[5:].split("/", 1)[0] in containers, uri
