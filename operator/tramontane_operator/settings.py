@@ -10,7 +10,10 @@ of Ray clusters whose workers request GPUs; unset: the worker image),
 Worker pods (the chart's `workers.*` values): `TRAMONTANE_GPU_NODE_SELECTOR` (a JSON object)
 and `TRAMONTANE_GPU_TOLERATIONS` (a JSON list of tolerations) are added to GPU worker pods;
 `TRAMONTANE_WORKER_SERVICE_ACCOUNT` and `TRAMONTANE_WORKER_POD_LABELS` (a JSON object) go on
-every Ray pod (e.g. Azure Workload Identity's annotated service account and its label).
+every Ray pod (e.g. Azure Workload Identity's annotated service account and its label), and
+with `TRAMONTANE_WORKER_ENV` (a JSON list of `{"name": ..., "value": ...}`) every container of
+every Ray pod and of the dataset validation Job gets those variables (e.g.
+`AZURE_STORAGE_ACCOUNT_NAME`, the storage account adlfs reads `az://container/path` from).
 
 `TRAMONTANE_KUBECONFIG_SECRET_NAMESPACE` (default `$POD_NAMESPACE`): the one namespace member
 ComputeClusters' kubeconfig Secrets may live in (the only one the chart lets the operator read
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +91,8 @@ class OperatorSettings:
     # On every Ray pod: the workers' service account (None: the namespace's default) and labels.
     worker_service_account: str | None = None
     worker_pod_labels: Mapping[str, str] = field(default_factory=dict)
+    # On every container of every Ray pod and validation Job: {name, value} pairs, in order.
+    worker_env: tuple[Mapping[str, str], ...] = ()
     namespaces: tuple[str, ...] = ()
     all_namespaces: bool = True
     metrics_port: int | None = 9090
@@ -261,6 +267,7 @@ class OperatorSettings:
             gpu_tolerations=tuple(dict(t) for t in self.gpu_tolerations),
             worker_service_account=self.worker_service_account,
             worker_pod_labels=dict(self.worker_pod_labels),
+            worker_env=tuple(dict(e) for e in self.worker_env),
         )
 
     def hub_config(self) -> ClusterConfig:
@@ -311,7 +318,35 @@ def _worker_pod_values(env: Mapping[str, str]) -> dict[str, object]:
         "gpu_node_selector": _string_map(env, "TRAMONTANE_GPU_NODE_SELECTOR"),
         "gpu_tolerations": tuple(tolerations),
         "worker_pod_labels": _string_map(env, "TRAMONTANE_WORKER_POD_LABELS"),
+        "worker_env": _env_list(env, "TRAMONTANE_WORKER_ENV"),
     }
+
+
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+
+
+def _env_list(env: Mapping[str, str], var: str) -> tuple[dict[str, str], ...]:
+    """A JSON list of `{"name": ..., "value": ...}` (Kubernetes EnvVars with a literal value),
+    each name once; ValueError naming `var` and the entry otherwise."""
+    items = _json_env(env, var, list) or []
+    out: list[dict[str, str]] = []
+    for index, item in enumerate(items):
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"name", "value"}
+            or not isinstance(item["name"], str)
+            or not isinstance(item["value"], str)
+        ):
+            raise ValueError(
+                f'{var}[{index}]: expected {{"name": "...", "value": "..."}} (strings), '
+                f"got {item!r}"
+            )
+        if not _ENV_NAME.fullmatch(item["name"]):
+            raise ValueError(f"{var}[{index}]: {item['name']!r} is not a valid variable name")
+        if any(e["name"] == item["name"] for e in out):
+            raise ValueError(f"{var}[{index}]: {item['name']!r} is set twice")
+        out.append({"name": item["name"], "value": item["value"]})
+    return tuple(out)
 
 
 def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:

@@ -194,6 +194,7 @@ AKS_SETTINGS = BuildSettings(
     gpu_tolerations=({"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},),
     worker_service_account="tramontane-worker",
     worker_pod_labels={"azure.workload.identity/use": "true"},
+    worker_env=({"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "mlweights"},),
 )
 
 
@@ -233,6 +234,10 @@ def test_gpu_job_workers_get_the_gpu_node_defaults_and_every_pod_the_identity() 
         assert pod["spec"]["serviceAccountName"] == "tramontane-worker"
         assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
         assert pod["metadata"]["labels"]["tramontane.dev/tenant"] == "team"
+        (container,) = pod["spec"]["containers"]
+        assert container["env"] == [{"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "mlweights"}]
     cpu = JOBS["cpu-only"]
     plain = build_rayjob(cpu, build_train_config(cpu, BASE_URI), MEMBER, AKS_SETTINGS, "team")
     assert "nodeSelector" not in job_pods(plain)[1]["spec"]
+    bare = build_rayjob(job, build_train_config(job, BASE_URI), MEMBER, SETTINGS, "team")
+    assert all("env" not in pod["spec"]["containers"][0] for pod in job_pods(bare))

@@ -428,6 +428,10 @@ AKS_SETTINGS = BuildSettings(
     ),
     worker_service_account="tramontane-worker",
     worker_pod_labels={"azure.workload.identity/use": "true", "tramontane.dev/tenant": "x"},
+    worker_env=(
+        {"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "mlweights"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+    ),
 )
 
 
@@ -447,6 +451,18 @@ def test_the_gpu_image_runs_gpu_pools_and_the_cpu_image_the_others(name: str, im
     rs = build_rayservice(DEPLOYMENTS[name], MEMBER, 1, AKS_SETTINGS, None)
     assert [pod["spec"]["containers"][0]["image"] for pod in ray_pods(rs)] == [image, image]
     rayservice_validator().validate(rs)
+
+
+@pytest.mark.parametrize("name", ["defaults", "cpu-only"])
+def test_worker_env_reaches_every_container_of_every_ray_pod(name: str) -> None:
+    rs = build_rayservice(DEPLOYMENTS[name], MEMBER, 1, AKS_SETTINGS, None)
+    assert rayservice_validator().validate(rs) == []
+    containers = [c for pod in ray_pods(rs) for c in pod["spec"]["containers"]]
+    assert len(containers) == 2
+    for container in containers:
+        assert container["env"] == [dict(e) for e in AKS_SETTINGS.worker_env]
+    plain = build_rayservice(DEPLOYMENTS[name], MEMBER, 1, SETTINGS, None)
+    assert all("env" not in c for pod in ray_pods(plain) for c in pod["spec"]["containers"])
 
 
 def test_a_spec_image_wins_over_both_default_images() -> None:
@@ -485,6 +501,7 @@ def test_worker_service_account_and_labels_on_every_ray_pod() -> None:
         assert pod["metadata"]["labels"]["tramontane.dev/tenant"] == "team"
     plain = build_rayservice(md, MEMBER, 1, SETTINGS, "team")
     assert all("serviceAccountName" not in pod["spec"] for pod in ray_pods(plain))
+
 
 def test_an_adapter_named_like_the_served_model_is_refused() -> None:
     md = DEPLOYMENTS["adapters"]

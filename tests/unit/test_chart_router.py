@@ -239,9 +239,11 @@ def test_aks_values(helm: str) -> None:
     assert accounts["tramontane"]["metadata"]["annotations"][identity] == "<operator-client-id>"
     router_sa = accounts["tramontane-router"]["metadata"]["annotations"]
     assert router_sa[identity] == "<router-client-id>"
-    worker_sa = accounts["tramontane-worker"]
-    assert worker_sa["metadata"]["namespace"] == "team-a"
-    assert worker_sa["metadata"]["annotations"][identity] == "<workers-client-id>"
+    workers = [d for d in docs if d["kind"] == "ServiceAccount" and component_of(d) == "workers"]
+    assert sorted(d["metadata"]["namespace"] for d in workers) == ["search", "search-staging"]
+    for worker_sa in workers:
+        assert worker_sa["metadata"]["name"] == "tramontane-worker"
+        assert worker_sa["metadata"]["annotations"][identity] == "<workers-client-id>"
     for component in ("operator", "router"):
         labels = by_kind(docs, "Deployment", component)["spec"]["template"]["metadata"]["labels"]
         assert labels["azure.workload.identity/use"] == "true"
@@ -253,12 +255,12 @@ def test_aks_values(helm: str) -> None:
     }
     assert service["spec"]["externalTrafficPolicy"] == "Local"
     # Images from ACR; the operator's settings carry the GPU pool and the workers' identity.
-    assert router_container(docs)["image"].startswith("<registry>.azurecr.io/tramontane:")
+    assert router_container(docs)["image"].startswith("<registry>.azurecr.io/tramontane-aks:")
     settings = OperatorSettings.from_env(operator_env(docs)).build_settings()
     assert settings.image_for(0) == "<registry>.azurecr.io/tramontane-worker:0.1.0"
     assert settings.image_for(1) == "<registry>.azurecr.io/tramontane-worker-gpu:0.1.0"
     assert settings.gpu_node_selector == {
-        "kubernetes.azure.com/agentpool": "gpu",
+        "kubernetes.azure.com/agentpool": "a100",
         "kubernetes.azure.com/accelerator": "nvidia",
     }
     assert settings.gpu_tolerations == (
@@ -266,6 +268,9 @@ def test_aks_values(helm: str) -> None:
     )
     assert settings.worker_service_account == "tramontane-worker"
     assert settings.worker_pod_labels == {"azure.workload.identity/use": "true"}
+    assert settings.worker_env == (
+        {"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "<storage-account>"},
+    )
     # The webhook refuses Tenants whose key Secrets the router could not read.
     assert values["tenants"]["keyNamespaces"] == ["tramontane-keys"]
     assert OperatorSettings.from_env(operator_env(docs)).key_namespaces == ("tramontane-keys",)
@@ -282,6 +287,9 @@ def test_worker_values_reach_the_operator_settings(helm: str) -> None:
     env = operator_env(docs)
     values = yaml.safe_load(FULL_VALUES.read_text())["workers"]
     assert json.loads(env["TRAMONTANE_GPU_TOLERATIONS"]) == values["gpuTolerations"]
+    assert json.loads(env["TRAMONTANE_WORKER_ENV"]) == values["env"]
+    assert OperatorSettings.from_env(env).build_settings().worker_env == tuple(values["env"])
+    assert "TRAMONTANE_WORKER_ENV" not in operator_env(render(helm))  # none by default
     accounts = [d for d in docs if d["kind"] == "ServiceAccount" and component_of(d) == "workers"]
     assert sorted(a["metadata"]["namespace"] for a in accounts) == ["team-a", "team-b"]
     assert {a["metadata"]["name"] for a in accounts} == {"tramontane-worker"}
@@ -316,6 +324,11 @@ def test_worker_service_account_needs_a_name_and_namespaces(
         (["tenants.keyNamespace={a}"], "additional properties 'keyNamespace' not allowed"),
         (["router.networkPolicy.ingressFrom[0].ipblock.cidr=10.0.0.0/8"], "'ipblock' not allowed"),
         (["workers.gpuTolerations[0].efect=NoSchedule"], "'efect' not allowed"),
+        (["workers.env[0].name=AZURE_STORAGE_ACCOUNT_NAME"], "missing property 'value'"),
+        (
+            ["workers.env[0].name=A", "workers.env[0].valueFrom=x", "workers.env[0].value=b"],
+            "'valueFrom' not allowed",
+        ),
         (["router.logLevel=LOUD"], "/router/logLevel"),
         (["router.drainGraceSeconds=-1"], "/router/drainGraceSeconds"),
         (["router.service.type=Ingress"], "/router/service/type"),

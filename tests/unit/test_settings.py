@@ -175,6 +175,19 @@ def test_worker_pod_settings_from_the_environment_reach_the_builders() -> None:
     assert unset.image_for(1) == unset.worker_image  # no GPU image: the one image
     assert (unset.gpu_node_selector, unset.gpu_tolerations) == ({}, ())
     assert (unset.worker_service_account, unset.worker_pod_labels) == (None, {})
+    assert unset.worker_env == ()
+
+
+def test_worker_env_from_the_environment_reaches_the_builders_in_order() -> None:
+    env = {
+        "TRAMONTANE_WORKER_ENV": '[{"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "acct"},'
+        ' {"name": "HF_HUB_OFFLINE", "value": "1"}]'
+    }
+    assert OperatorSettings.from_env(env).build_settings().worker_env == (
+        {"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "acct"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+    )
+    assert OperatorSettings.from_env({"TRAMONTANE_WORKER_ENV": ""}).worker_env == ()
 
 
 @pytest.mark.parametrize(
@@ -186,6 +199,17 @@ def test_worker_pod_settings_from_the_environment_reach_the_builders() -> None:
         ("TRAMONTANE_GPU_TOLERATIONS", '{"key": "sku"}', ": expected a JSON list"),
         ("TRAMONTANE_GPU_TOLERATIONS", '[{"kee": "sku"}]', r"\[0\]: expected a toleration"),
         ("TRAMONTANE_WORKER_POD_LABELS", "{", ": not JSON"),
+        ("TRAMONTANE_WORKER_ENV", "AZURE_STORAGE_ACCOUNT_NAME=acct", ": not JSON"),
+        ("TRAMONTANE_WORKER_ENV", '{"name": "A", "value": "b"}', ": expected a JSON list"),
+        ("TRAMONTANE_WORKER_ENV", '[{"name": "A"}]', r"\[0\]: expected \{"),
+        ("TRAMONTANE_WORKER_ENV", '[{"name": "A", "value": 1}]', r"\[0\]: expected \{"),
+        ("TRAMONTANE_WORKER_ENV", '[{"name": "A", "value": "1", "valueFrom": {}}]', r"\[0\]: "),
+        ("TRAMONTANE_WORKER_ENV", '[{"name": "1A", "value": "b"}]', r"\[0\]: '1A' is not a valid"),
+        (
+            "TRAMONTANE_WORKER_ENV",
+            '[{"name": "A", "value": "b"}, {"name": "A", "value": "c"}]',
+            r"\[1\]: 'A' is set twice",
+        ),
     ],
 )
 def test_bad_worker_pod_settings_name_the_variable(var: str, value: str, expected: str) -> None:

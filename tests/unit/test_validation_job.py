@@ -16,7 +16,13 @@ from functools import cache
 from typing import Any
 
 import pytest
-from tests.unit.test_builders_rayjob import MEMBER, SETTINGS, make_job, rayjob_validator
+from tests.unit.test_builders_rayjob import (
+    AKS_SETTINGS,
+    MEMBER,
+    SETTINGS,
+    make_job,
+    rayjob_validator,
+)
 
 from tramontane_api.schema import SchemaValidator
 from tramontane_operator.builders.validation_job import (
@@ -47,6 +53,25 @@ def pod_template_validator() -> SchemaValidator:
     for key in ("spec", "rayClusterSpec", "headGroupSpec", "template"):
         schema = schema["properties"][key]
     return SchemaValidator(schema)
+
+
+def test_the_job_reads_datasets_as_the_training_pods_do() -> None:
+    """The workers' service account, pod labels and environment (on AKS: Workload Identity
+    and the storage account adlfs resolves az:// in), so an az:// dataset the trainer can read
+    is one the validation Job can read; the Job's own labels still win."""
+    obj = build_validation_job(make_job(PVC_SPEC), MEMBER, AKS_SETTINGS, "team")
+    template = obj["spec"]["template"]
+    assert pod_template_validator().validate(template) == []
+    pod = template["spec"]
+    assert pod["serviceAccountName"] == "tramontane-worker"
+    assert pod["automountServiceAccountToken"] is False  # still no Kubernetes API token
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert template["metadata"]["labels"]["tramontane.dev/role"] == "dataset-validation"
+    (container,) = pod["containers"]
+    assert container["env"] == [{"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "mlweights"}]
+    plain = build_validation_job(make_job(PVC_SPEC), MEMBER, SETTINGS, "team")["spec"]["template"]
+    assert "serviceAccountName" not in plain["spec"]  # the namespace's default
+    assert "env" not in plain["spec"]["containers"][0]
 
 
 def test_the_job_runs_the_report_on_every_dataset_with_read_only_claims() -> None:

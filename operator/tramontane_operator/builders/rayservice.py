@@ -59,7 +59,10 @@ class BuildSettings:
     `sku=gpu:NoSchedule` taint); a ModelDeployment's own nodeSelector wins key by key and its
     tolerations come first. `worker_service_account` and `worker_pod_labels` go on every
     Ray pod (a cloud identity for the workers: Azure Workload Identity needs both the
-    annotated service account and the `azure.workload.identity/use` label).
+    annotated service account and the `azure.workload.identity/use` label). `worker_env`
+    (`{name, value}` pairs, in order) goes on every container of every Ray pod and of the
+    dataset validation Job: e.g. `AZURE_STORAGE_ACCOUNT_NAME`, the storage account adlfs
+    resolves `az://container/path` in.
     """
 
     worker_image: str = DEFAULT_WORKER_IMAGE
@@ -72,6 +75,7 @@ class BuildSettings:
     gpu_tolerations: tuple[Mapping[str, Any], ...] = ()
     worker_service_account: str | None = None
     worker_pod_labels: Mapping[str, str] = field(default_factory=dict)
+    worker_env: tuple[Mapping[str, str], ...] = ()
 
     def image_for(self, gpus: int) -> str:
         """The default image of a Ray cluster whose workers each request `gpus` GPUs."""
@@ -82,11 +86,24 @@ def pod_template(
     pod_spec: Mapping[str, Any], labels: Mapping[str, str], settings: BuildSettings
 ) -> dict[str, Any]:
     """A Ray pod template: the child's labels (over `worker_pod_labels`, which cannot
-    override them) and the workers' service account, when one is set."""
-    spec = dict(pod_spec)
+    override them), the workers' service account, when one is set, and `worker_env` on every
+    container."""
+    spec = with_worker_env(pod_spec, settings)
     if settings.worker_service_account:
         spec["serviceAccountName"] = settings.worker_service_account
     return {"metadata": {"labels": {**settings.worker_pod_labels, **labels}}, "spec": spec}
+
+
+def with_worker_env(pod_spec: Mapping[str, Any], settings: BuildSettings) -> dict[str, Any]:
+    """`pod_spec` with `settings.worker_env` after each container's own `env` (the input is
+    not modified; no `env` key is added when there is nothing to add)."""
+    spec = dict(pod_spec)
+    if settings.worker_env:
+        added = [{"name": e["name"], "value": e["value"]} for e in settings.worker_env]
+        spec["containers"] = [
+            {**c, "env": [*(c.get("env") or []), *added]} for c in pod_spec["containers"]
+        ]
+    return spec
 
 
 def gpu_placement(

@@ -12,7 +12,9 @@ File`). The operator reads it from the pod's
 the operator decides), a deadline (`activeDeadlineSeconds`), at most `MAX_FILE_BYTES` read per
 file, and a TTL so a Job the operator never deleted does not linger. The pod needs no
 Kubernetes API token (none is mounted). Labels as every child, plus the role label; the pod
-runs under the restricted pod security profile (`security`).
+runs under the restricted pod security profile (`security`). Like every Ray pod it gets the
+workers' service account, pod labels and environment (`BuildSettings.worker_*`: on AKS the
+Workload Identity the training pods read the same datasets with, and the storage account).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tramontane_workers.contract.datasets_report import DEFAULT_MAX_FILE_BYTES
 
 from .labels import Owner, child_labels
 from .rayjob import dataset_uses
-from .rayservice import BuildSettings, child_metadata
+from .rayservice import BuildSettings, child_metadata, pod_template
 from .security import restricted_pod_spec
 from .volumes import ClaimUse, pod_volumes, with_volumes
 
@@ -120,9 +122,8 @@ def build_dataset_job(
             "backoffLimit": 0,
             "activeDeadlineSeconds": DEADLINE_S,
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
-            "template": {
-                "metadata": {"labels": dict(labels)},
-                "spec": restricted_pod_spec(with_volumes(pod_spec, pod_volumes(uses))),
-            },
+            "template": pod_template(
+                restricted_pod_spec(with_volumes(pod_spec, pod_volumes(uses))), labels, settings
+            ),
         },
     }

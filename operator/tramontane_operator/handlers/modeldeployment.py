@@ -245,8 +245,8 @@ class ModelDeployments:
                 md = capped(md, cap)
                 workload = md_workload(md)
                 note = f"; at most {cap} replicas: the tenant's GPU quota has no room for more"
-        held = rt.ledger.allocations(exclude=workload.key)
-        views = with_allocations(allowed_views(views, tenant), held)
+        allocated = rt.ledger.allocations(exclude=workload.key)
+        views = with_allocations(allowed_views(views, tenant), allocated)
         failed = failed_clusters(list(observed.values()), md)
         decision = place(md, list(views.values()), _current(md, observed), failed)
         decision = _unseen_kept(md, decision, observed)
