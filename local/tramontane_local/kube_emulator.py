@@ -279,7 +279,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
                     for c in self.crds
                 },
             )
-        if raw.content_type == "application/vnd.kubernetes.protobuf" and raw.can_read_body:
+        if raw.content_type == "application/vnd.kubernetes.protobuf" and raw.body_exists:
             return _status(
                 415,
                 "UnsupportedMediaType",

@@ -169,21 +169,26 @@ def test_key_secret_and_namespaces_agree_with_values_aks() -> None:
 
 
 def test_the_deployment_relies_on_the_charts_gpu_placement() -> None:
-    _, _, md, job = walkthrough()
+    _, ccs, md, job = walkthrough()
     assert not md.spec.resources.node_selector and not md.spec.resources.tolerations
     assert AKS_VALUES["workers"]["gpuTolerations"] == [
         {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
     ]
-    # The default GPU pool exists with the deployment's (and the fine-tune's) GPU type in every
-    # cluster they may run in, and is tainted as the workers' tolerations expect.
-    pool = AKS_VALUES["workers"]["gpuNodeSelector"]["kubernetes.azure.com/agentpool"]
+    # In every cluster they may run in, the pool its ComputeCluster names for their GPU type
+    # (gpuNodeSelectors) exists with that type and is tainted as the workers' tolerations
+    # expect; and every GPU type a cluster lists has its pool named.
     pools = node_pools()
     gpu = md.spec.resources.gpu
     assert gpu is not None and md.spec.placement is not None
-    for cluster in md.spec.placement.clusters or []:
-        assert (cluster, pool) in pools, f"{cluster} has no node pool {pool}"
-        gpu_type, _, taints = pools[(cluster, pool)]
-        assert gpu_type == gpu.type == job.spec.resources.gpu_type
+    assert gpu.type == job.spec.resources.gpu_type
+    clusters = {cc.metadata.name: cc for cc in ccs}
+    for name in md.spec.placement.clusters or []:
+        selectors = clusters[name].spec.gpu_node_selectors or {}
+        assert set(selectors) == set(clusters[name].spec.gpus), name
+        pool = selectors[gpu.type]["kubernetes.azure.com/agentpool"]
+        assert (name, pool) in pools, f"{name} has no node pool {pool}"
+        gpu_type, _, taints = pools[(name, pool)]
+        assert gpu_type == gpu.type
         assert taints == "sku=gpu:NoSchedule"
 
 

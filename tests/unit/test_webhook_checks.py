@@ -266,6 +266,22 @@ ROWS = [
     Row("computecluster-kubeconfig-in-operator-namespace", member_body("gke", "tramontane-system"),
         kubeconfig_namespace="tramontane-system"),
     Row("computecluster-kubeconfig-unchecked-outside-a-pod", member_body("gke", NS)),
+    # --- GPU types told apart on a cluster with several --------------------------------------
+    Row("computecluster-two-gpu-types-without-their-nodes",
+        {**cc_body("gke"), "spec": {**cc_body("gke")["spec"], "gpus": {"H100": 8, "L4": 4}}},
+        warnings=["spec.gpuNodeSelectors: gpus lists 2 GPU types and this does not give the nodes of H100, L4: their pools and jobs may be scheduled on another type's nodes"]),
+    Row("computecluster-two-gpu-types-one-without-its-nodes",
+        {**cc_body("gke"), "spec": {**cc_body("gke")["spec"], "gpus": {"H100": 8, "L4": 4},
+                                    "gpuNodeSelectors": {"H100": {"pool": "h100"}}}},
+        warnings=["does not give the nodes of L4:"]),
+    Row("computecluster-two-gpu-types-with-their-nodes",
+        {**cc_body("gke"), "spec": {**cc_body("gke")["spec"], "gpus": {"H100": 8, "L4": 4},
+                                    "gpuNodeSelectors": {"H100": {"pool": "h100"},
+                                                         "L4": {"pool": "l4"}}}}),
+    Row("computecluster-node-selector-of-an-unlisted-type",
+        {**cc_body("gke"), "spec": {**cc_body("gke")["spec"], "gpus": {"H100": 8},
+                                    "gpuNodeSelectors": {"L4": {"pool": "l4"}}}},
+        problems=["gpuNodeSelectors names a GPU type that gpus does not list"]),
 ]  # fmt: skip
 
 

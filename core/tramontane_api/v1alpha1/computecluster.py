@@ -71,7 +71,12 @@ class ComputeClusterSpec(ApiModel):
             "self.pricing.gpuHour.all(t, t in self.gpus)",
             "pricing.gpuHour names a GPU type that gpus does not list",
             field_path=".pricing.gpuHour",
-        )
+        ),
+        Rule(
+            "!has(self.gpuNodeSelectors) || self.gpuNodeSelectors.all(t, t in self.gpus)",
+            "gpuNodeSelectors names a GPU type that gpus does not list",
+            field_path=".gpuNodeSelectors",
+        ),
     )
 
     cloud: Cloud
@@ -79,6 +84,21 @@ class ComputeClusterSpec(ApiModel):
     connection: Connection
     gpus: Annotated[dict[GpuType, Annotated[int, Field(ge=0)]], Field(max_length=64)] = Field(
         default_factory=dict, description="GPU capacity per GPU type."
+    )
+    gpu_node_selectors: (
+        Annotated[
+            dict[GpuType, Annotated[dict[str, str], Field(min_length=1, max_length=16)]],
+            Field(max_length=64),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description=(
+            "The node labels of each GPU type's nodes here (e.g. its node pool: "
+            "{H100: {kubernetes.azure.com/agentpool: h100}}): the Ray workers of a pool or "
+            "job asking for that type are scheduled there. Set it wherever gpus lists more "
+            "than one type, or a pool may land on another type's nodes."
+        ),
     )
     pricing: Pricing | None = None
     ingress: Ingress | None = Field(

@@ -121,6 +121,7 @@ def build_eval_rayjob(
         pod_tolerations(md),
         settings,
         res.node_selector,
+        cluster.gpu_nodes(res.gpu.type if res.gpu is not None else None),
     )
     return {
         "apiVersion": RAY_API_VERSION,

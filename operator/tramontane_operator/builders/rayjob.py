@@ -186,14 +186,16 @@ def worker_group(
     tolerations: Sequence[Mapping[str, Any]],
     settings: BuildSettings,
     node_selector: Mapping[str, str] | None = None,
+    type_nodes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A fixed-size worker group of `pods` pods, each with `cpu`, `memory` and `gpus` (what
     Ray may schedule there too), the claims in `volumes` mounted; GPU pods get the operator's
-    GPU node selector and tolerations too, every pod the workers' account and labels.
-    `cpu_field` names the CPU quantity's field in errors."""
+    GPU node selector and tolerations too, and the labels of the GPU type's nodes in this
+    cluster (`type_nodes`); every pod the workers' account and labels. `cpu_field` names the
+    CPU quantity's field in errors."""
     selector, tolerations = dict(node_selector or {}), [dict(t) for t in tolerations]
     if gpus:
-        selector, tolerations = gpu_placement(settings, selector, tolerations)
+        selector, tolerations = gpu_placement(settings, selector, tolerations, type_nodes)
     pod_spec = worker_pod_spec(image, cpu, memory, gpus, tolerations, selector, volumes)
     cpus = max(1, math.ceil(parse_quantity(cpu, cpu_field)))
     return {
@@ -212,6 +214,7 @@ def _worker_group(
     labels: Mapping[str, str],
     volumes: PodVolumes,
     settings: BuildSettings,
+    cluster: ClusterView,
 ) -> dict[str, Any]:
     res = job.spec.resources
     return worker_group(
@@ -225,6 +228,7 @@ def _worker_group(
         "spec.resources.cpu",
         gpu_tolerations(res.gpus_per_worker),
         settings,
+        type_nodes=cluster.gpu_nodes(res.gpu_type),
     )
 
 
@@ -275,7 +279,7 @@ def build_rayjob(
         "rayClusterSpec": {
             # No task may land on the head: the training workers need the worker pods' resources.
             "headGroupSpec": head_group(image, settings, labels, HEAD_PORTS, volumes),
-            "workerGroupSpecs": [_worker_group(job, image, labels, volumes, settings)],
+            "workerGroupSpecs": [_worker_group(job, image, labels, volumes, settings, cluster)],
         },
         "submitterPodTemplate": submitter_pod_template(image, labels, settings),
     }

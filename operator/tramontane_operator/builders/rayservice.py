@@ -110,10 +110,13 @@ def gpu_placement(
     settings: BuildSettings,
     node_selector: Mapping[str, str] | None,
     tolerations: Sequence[Mapping[str, Any]],
+    type_nodes: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """A GPU worker's node selector and tolerations: the spec's, plus the operator's GPU
-    defaults (the spec's value wins for a node-selector key; equal tolerations once)."""
-    selector = {**settings.gpu_node_selector, **(node_selector or {})}
+    """A GPU worker's node selector and tolerations: the operator's GPU defaults, then the
+    labels of the requested GPU type's nodes in this cluster (`ComputeCluster.spec.
+    gpuNodeSelectors`), then the spec's own (a later one wins for a node-selector key); the
+    spec's tolerations plus the defaults (equal tolerations once)."""
+    selector = {**settings.gpu_node_selector, **(type_nodes or {}), **(node_selector or {})}
     out = [dict(t) for t in tolerations]
     out += [dict(t) for t in settings.gpu_tolerations if dict(t) not in out]
     return selector, out
@@ -253,12 +256,16 @@ def _worker_group(
     labels: Mapping[str, str],
     volumes: PodVolumes,
     settings: BuildSettings,
+    cluster: ClusterView,
 ) -> dict[str, Any]:
     resources = md.spec.resources
     gpus = _gpus(md)
     node_selector, tolerations = dict(resources.node_selector or {}), pod_tolerations(md)
-    if gpus:
-        node_selector, tolerations = gpu_placement(settings, node_selector, tolerations)
+    if gpus and resources.gpu is not None:
+        type_nodes = cluster.gpu_nodes(resources.gpu.type)
+        node_selector, tolerations = gpu_placement(
+            settings, node_selector, tolerations, type_nodes
+        )
     pod_spec = worker_pod_spec(
         image, resources.cpu, resources.memory, gpus, tolerations, node_selector, volumes
     )
@@ -329,7 +336,9 @@ def build_rayservice(
             "rayClusterConfig": {
                 "enableInTreeAutoscaling": pool.min_replicas != pool.max_replicas,
                 "headGroupSpec": head_group(image, settings, labels, volumes=volumes),
-                "workerGroupSpecs": [_worker_group(md, image, pool, labels, volumes, settings)],
+                "workerGroupSpecs": [
+                    _worker_group(md, image, pool, labels, volumes, settings, cluster)
+                ],
             },
         },
     }

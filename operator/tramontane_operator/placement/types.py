@@ -42,11 +42,16 @@ class ClusterView:
     cordoned: bool = False
     in_cluster: bool = False
     grpc_endpoint: str | None = None
+    gpu_node_selectors: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def selector_labels(self) -> dict[str, str]:
         """metadata.labels plus the implied cloud and region labels (explicit labels win)."""
         return {CLOUD_LABEL: self.cloud, REGION_LABEL: self.region, **self.labels}
+
+    def gpu_nodes(self, gpu_type: str | None) -> dict[str, str]:
+        """The node labels of `gpu_type`'s nodes here (none declared: {})."""
+        return dict(self.gpu_node_selectors.get(gpu_type or "", {}))
 
     def free_gpus(self, gpu_type: str) -> int:
         """GPUs of `gpu_type` not allocated to other pools (0 when the type is absent)."""
@@ -76,6 +81,7 @@ class ClusterView:
             cordoned=spec.cordoned,
             in_cluster=bool(spec.connection.in_cluster),
             grpc_endpoint=spec.ingress.grpc_endpoint if spec.ingress else None,
+            gpu_node_selectors={t: dict(s) for t, s in (spec.gpu_node_selectors or {}).items()},
         )
 
 

@@ -148,8 +148,25 @@ def _fact_checks(obj: Any, facts: Facts) -> tuple[list[Problem], list[Problem]]:
     if isinstance(obj, Tenant):
         return _tenant(obj, facts)
     if isinstance(obj, ComputeCluster):
-        return _compute_cluster(obj, facts), []
+        return _compute_cluster(obj, facts), _gpu_types_told_apart(obj)
     return [], []
+
+
+def _gpu_types_told_apart(cc: ComputeCluster) -> list[Problem]:
+    """A warning where `gpus` lists several GPU types and `gpuNodeSelectors` does not say
+    where each one's nodes are: a pool asking for one type may land on another's nodes."""
+    types = [t for t, n in cc.spec.gpus.items() if n > 0]
+    missing = [t for t in types if t not in (cc.spec.gpu_node_selectors or {})]
+    if len(types) < 2 or not missing:
+        return []
+    return [
+        Problem(
+            "spec.gpuNodeSelectors",
+            f"gpus lists {len(types)} GPU types and this does not give the nodes of "
+            f"{', '.join(missing)}: their pools and jobs may be scheduled on another type's "
+            "nodes",
+        )
+    ]
 
 
 def _compute_cluster(cc: ComputeCluster, facts: Facts) -> list[Problem]:
