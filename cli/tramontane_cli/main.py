@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tramontane_cli.commands.validate",
     "tramontane_cli.commands.dataset",
     "tramontane_cli.commands.finetune",
+    "tramontane_cli.commands.eval",
     "tramontane_cli.commands.serve",
     "tramontane_cli.commands.operator",
     "tramontane_cli.commands.router",
