@@ -11,7 +11,9 @@ API models (what `crds/*.yaml` holds), KubeRay's v1.7.0 RayJob and RayService CR
 `kuberay_crds/` — plus metadata names and labels. A write a real server would reject gets a
 422 and is recorded in `violations` (tests assert it empty at the end). `faults` inject HTTP
 errors (and stalls) on chosen requests. A pod's log (`GET .../pods/NAME/log`, with `tailLines`,
-`limitBytes` and `follow`) is the text stored in `pod_logs[(namespace, name)]`. It is local
+`limitBytes` and `follow`) is the text stored in `pod_logs[(namespace, name)]`, or else the file
+`pod_log_files[(namespace, name)]` names (local mode's RayJob submitter pods, whose processes
+write there: see `kuberay.controller`). It is local
 mode's API server (`apiserver.ApiServer`) and the operator test tier's, and it answers plain
 `kubectl` (lists carry their kind, discovery is a real server's shape, `/openapi/v3` declares
 server-side field validation: see `openapi`); protobuf bodies get a 415 saying so.
@@ -221,6 +223,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
     created_at: dict[tuple[str, str | None, str], float] = attrs.field(factory=dict)
     namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)  # (namespace, pod) -> log
+    pod_log_files: dict[tuple[str, str], Path] = attrs.field(factory=dict)  # ... -> log file
     _versions: Versions = attrs.field(factory=Versions)
 
     def __attrs_post_init__(self) -> None:
@@ -324,7 +327,7 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         first `limitBytes` bytes; None for a pod that does not exist."""
         if self.stored("v1/pods", namespace, name) is None:
             return None
-        text = self.pod_logs.get((namespace, name), "")
+        text = self._log_text(namespace, name)
         if "tailLines" in query:
             lines = text.splitlines(keepends=True)
             text = "".join(lines[len(lines) - min(len(lines), int(query["tailLines"])) :])
@@ -332,6 +335,16 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         if "limitBytes" in query:
             data = data[: int(query["limitBytes"])]
         return data
+
+    def _log_text(self, namespace: str, name: str) -> str:
+        """The pod's log so far: stored text, else its log file's (empty when unreadable)."""
+        key = (namespace, name)
+        if key in self.pod_logs or key not in self.pod_log_files:
+            return self.pod_logs.get(key, "")
+        try:
+            return self.pod_log_files[key].read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
 
     async def _follow_pod_log(
         self, raw: aiohttp.web.BaseRequest, namespace: str, name: str
@@ -345,10 +358,10 @@ class ValidatingEmulator(kmock.KubernetesEmulator):
         await response.prepare(raw)
         with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
             await response.write(head)
-            sent = len(self.pod_logs.get((namespace, name), ""))
+            sent = len(self._log_text(namespace, name))
             while True:
                 pod = self.stored("v1/pods", namespace, name)
-                text = self.pod_logs.get((namespace, name), "")
+                text = self._log_text(namespace, name)
                 if len(text) > sent:
                     await response.write(text[sent:].encode())
                     sent = len(text)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tramontane_kube import COMPUTECLUSTER, NAMESPACE, ClusterConfig, KubeClient, ResourceRef
-from tramontane_kube.resources import FINETUNEJOB, MODELDEPLOYMENT, SECRET, TENANT
+from tramontane_kube.resources import EVALUATION, FINETUNEJOB, MODELDEPLOYMENT, SECRET, TENANT
 
 from .apiserver import LOCAL_CONTEXT, ApiServer
 from .manifests import Manifest
@@ -39,6 +39,7 @@ REFS: dict[str, ResourceRef] = {
     "Tenant": TENANT,
     "ModelDeployment": MODELDEPLOYMENT,
     "FineTuneJob": FINETUNEJOB,
+    "Evaluation": EVALUATION,
     "ComputeCluster": COMPUTECLUSTER,
     "Secret": SECRET,
     "Namespace": NAMESPACE,
@@ -156,7 +157,10 @@ class LocalStack:
         await self.client.create(COMPUTECLUSTER, self._compute_cluster())
         runner = EntrypointRunner({"RAY_ADDRESS": gcs}, self.paths.logs / "rayjobs")
         self._kuberay = LocalKubeRay(
-            self.config, ServeApps(self.serve_grpc_port, _free_port()), runner
+            self.config,
+            ServeApps(self.serve_grpc_port, _free_port()),
+            runner,
+            pod_log_files=self.api.emulator.pod_log_files,
         )
         await self._kuberay.start()
         self._operator = OperatorThread(_operator_settings(self.api.url))

@@ -8,7 +8,10 @@ and reconciles level-triggered, on every change and every `interval_s`:
   healthy once deployed, failed (with Serve's error) when a deploy fails;
 - a RayJob's entrypoint runs as a local process (`entrypoints.EntrypointRunner`) once its
   status reaches Running; `spec.suspend` kills it; its exit moves the RayJob to
-  Complete/SUCCEEDED or Failed/FAILED; a deleted RayJob's process is killed.
+  Complete/SUCCEEDED or Failed/FAILED; a deleted RayJob's process is killed. Each run also gets
+  the Pod KubeRay's submitter Job would make (`<rayjob>-run<N>`, labelled with the Job's name),
+  whose log the API server serves from the process's log file (`pod_log_files`): the operator
+  reads an Evaluation's scores there, as it does in a cluster.
 Deploys block for a while (replicas load the model): they run one at a time in a thread, so
 RayJobs keep moving meanwhile.
 """
@@ -19,10 +22,20 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
-from tramontane_kube import RAYSERVICE, ApiError, ClusterConfig, Informer, KubeClient, Unreachable
+from tramontane_kube import (
+    POD,
+    RAYSERVICE,
+    ApiError,
+    ClusterConfig,
+    Informer,
+    KubeClient,
+    NotFound,
+    Unreachable,
+)
 from tramontane_kube import ResourceRef as _Ref
 
 from .entrypoints import EntrypointRunner
@@ -44,8 +57,12 @@ class LocalKubeRay:
         runner: EntrypointRunner,
         *,
         interval_s: float = 0.5,
+        pod_log_files: MutableMapping[tuple[str, str], Path] | None = None,
     ) -> None:
         self.config = config
+        # (namespace, submitter pod) -> the run's log file, read by the API server.
+        self.pod_log_files = {} if pod_log_files is None else pod_log_files
+        self.pods: dict[str, list[tuple[str, str]]] = {}  # RayJob name -> its submitter pods
         self.serve_apps = serve_apps
         self.runner = runner
         self.interval_s = interval_s
@@ -107,6 +124,7 @@ class LocalKubeRay:
         names = {name for _, name in rayjobs}
         for name in self.runner.names() - names:
             await self.runner.forget(name)  # the RayJob was deleted
+            await self._delete_pods(name)
         for rayjob in rayjobs.values():
             await self._sync_rayjob(rayjob)
 
@@ -172,8 +190,38 @@ class LocalKubeRay:
             and name not in self.runner.outcomes
         ):
             await self.runner.spawn(name, str(spec.get("entrypoint") or ""))
+            await self._submitter_pod(meta["namespace"], name)
         if want != old:
             await self._write_status(RAYJOB, rayjob, want)
+
+    async def _submitter_pod(self, namespace: str, name: str) -> None:
+        """The Pod of the run just started, its log being the run's log file."""
+        run = self.runner.runs.get(name, 0) - 1
+        path = self.runner.log_path(name, run)
+        if self._client is None or run < 0 or path is None:
+            return
+        pod = f"{name}-run{run}"
+        self.pod_log_files[(namespace, pod)] = path
+        self.pods.setdefault(name, []).append((namespace, pod))
+        labels = {"batch.kubernetes.io/job-name": name, "job-name": name,
+                  "app.kubernetes.io/created-by": "tramontane-local-kuberay"}  # fmt: skip
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod, "namespace": namespace, "labels": labels},
+            "spec": {"containers": [{"name": "ray-job-submitter", "image": "local"}]},
+        }
+        try:
+            await self._client.create(POD, body)
+        except ApiError as exc:  # e.g. left from an earlier process: the log is still served
+            log.debug("submitter pod %s/%s: %s", namespace, pod, exc)
+
+    async def _delete_pods(self, name: str) -> None:
+        for namespace, pod in self.pods.pop(name, []):
+            self.pod_log_files.pop((namespace, pod), None)
+            if self._client is not None:
+                with contextlib.suppress(NotFound):
+                    await self._client.delete(POD, namespace, pod)
 
     async def _write_status(
         self, ref: _Ref, obj: Mapping[str, Any], status: Mapping[str, Any]
