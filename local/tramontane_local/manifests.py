@@ -25,6 +25,7 @@ from tramontane_api.yamlload import ManifestError, load_documents
 CORE_KINDS = {("v1", "Secret"), ("v1", "Namespace")}
 QUICKSTART_FILES = ("tenant.yaml", "modeldeployment.yaml", "finetunejob.yaml")
 QUICKSTART_DATA = "qa.jsonl"
+QUICKSTART_EVAL_DATA = "qa-eval.jsonl"  # the deployment gate's questions
 
 
 class ManifestProblems(Exception):
@@ -62,7 +63,8 @@ def check(text: str, name: str) -> list[Manifest]:
             what = f"{skipped.api_version or '(no apiVersion)'} {skipped.kind or '(no kind)'}"
             problems.append(
                 f"{name}:{skipped.line}: kind: local mode serves Tenant, ModelDeployment, "
-                f"FineTuneJob, ComputeCluster, Secret and Namespace objects, not {what}"
+                f"FineTuneJob, Evaluation, ComputeCluster, Secret and Namespace objects, "
+                f"not {what}"
             )
     if problems:
         raise ManifestProblems(problems)
@@ -110,6 +112,11 @@ def quickstart(local_uri: str, api_key: str) -> list[Manifest]:
 def quickstart_dataset() -> str:
     """The quickstart's Q&A pairs (Mistral chat JSONL)."""
     return _data(QUICKSTART_DATA)
+
+
+def quickstart_eval_dataset() -> str:
+    """The quickstart's deployment gate dataset (Mistral chat JSONL)."""
+    return _data(QUICKSTART_EVAL_DATA)
 
 
 def quickstart_pairs() -> list[tuple[str, str]]:

@@ -2,7 +2,9 @@
 
 1. the tiny Mistral (written on first use: random weights, the real v3 tokenizer) becomes
    Ready; 2. a chat through the router's HTTP API with the tenant's key (the `mistralai` SDK);
-3. the FineTuneJob trains a LoRA adapter on the bundled Q&A pairs and deploys it; 4. through
+3. the FineTuneJob trains a LoRA adapter on the bundled Q&A pairs; 4. its deployment gate, the
+Evaluation `qa-tune-gate`, scores the adapter and the base model on the same questions (exact
+match 1.0 needed, and 0.5 better than the base model) and lets the adapter be deployed; 5. through
 the router, the adapter (`<model>:qa`) answers each question with its trained answer while
 the base model does not. Each step reports its result through `report`; a step that fails
 raises `StepFailed` with what it saw.
@@ -16,14 +18,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tramontane_kube import FINETUNEJOB, MODELDEPLOYMENT
+from tramontane_kube import EVALUATION, FINETUNEJOB, MODELDEPLOYMENT
 
-from .manifests import quickstart_dataset, quickstart_pairs
+from .manifests import quickstart_dataset, quickstart_eval_dataset, quickstart_pairs
 from .observe import condition, ready
 from .stack import LocalStack
 
 MODEL = "tiny-mistral"
 ADAPTER = "qa"
+GATE = "qa-tune-gate"
 NAMESPACE = "default"
 Report = Callable[[str, bool, str], None]  # (step, succeeded, result)
 
@@ -42,6 +45,7 @@ def prepare(root: Path) -> None:
     data = root / "data" / "qa.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text(quickstart_dataset())
+    (data.parent / "qa-eval.jsonl").write_text(quickstart_eval_dataset())
 
 
 async def _until(
@@ -109,6 +113,18 @@ async def run(stack: LocalStack, api_key: str, report: Report) -> bool:
         loss = (final.get("progress") or {}).get("trainLoss")
         report(step, True, f"Succeeded in {time.monotonic() - started:.0f} s, train loss {loss}")
 
+        step = f"gate {GATE}"
+        started = time.monotonic()
+        gate = await _until(step, lambda: _judged(client), 300, 1.0)
+        scores = gate_scores(gate)
+        if gate.get("phase") != "Passed":
+            obj = {"status": gate}
+            why = condition(obj, "Passed").get("message") or condition(obj, "Evaluated").get(
+                "message"
+            )
+            raise StepFailed(f"{step} {gate.get('phase')}: {scores}: {why}")
+        report(step, True, f"Passed: {scores} in {time.monotonic() - started:.0f} s")
+
         step = f"adapter {MODEL}:{ADAPTER} deployed"
         await _until(step, lambda: _deployed(ftj, md), 240)
         model = f"{MODEL}:{ADAPTER}"
@@ -130,6 +146,24 @@ async def run(stack: LocalStack, api_key: str, report: Report) -> bool:
         report(step, False, str(exc))
         return False
     return True
+
+
+def gate_scores(status: dict[str, Any]) -> str:
+    """`exactMatch 1.00 (base model 0.00)` for each of the gate's results."""
+    parts = []
+    for r in status.get("results") or []:
+        score, base = r.get("score"), r.get("baseline")
+        text = f"{r.get('metric')} {'-' if score is None else f'{score:.2f}'}"
+        if base is not None:
+            text += f" (base model {base:.2f})"
+        parts.append(text)
+    return ", ".join(parts) or "no scores"
+
+
+async def _judged(client: Any) -> dict[str, Any] | None:
+    """The gate's status once its run ended (Passed, Failed or Error)."""
+    status = ((await client.get(EVALUATION, NAMESPACE, GATE)) or {}).get("status") or {}
+    return dict(status) if status.get("phase") in ("Passed", "Failed", "Error") else None
 
 
 async def _ready(md: Callable[[], Awaitable[dict[str, Any]]]) -> bool:

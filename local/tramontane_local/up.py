@@ -25,7 +25,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from tramontane_kube import FINETUNEJOB, MODELDEPLOYMENT, TENANT, ClusterConfig, KubeClient
+from tramontane_kube import (
+    EVALUATION,
+    FINETUNEJOB,
+    MODELDEPLOYMENT,
+    TENANT,
+    ClusterConfig,
+    KubeClient,
+)
 from tramontane_kube.resources import COMPUTECLUSTER
 
 from . import manifests as mf
@@ -33,7 +40,8 @@ from .observe import models, summary
 from .stack import LocalPaths, LocalStack, ray_processes
 
 KINDS = (("Tenant", TENANT), ("ComputeCluster", COMPUTECLUSTER),
-         ("ModelDeployment", MODELDEPLOYMENT), ("FineTuneJob", FINETUNEJOB))  # fmt: skip
+         ("ModelDeployment", MODELDEPLOYMENT), ("FineTuneJob", FINETUNEJOB),
+         ("Evaluation", EVALUATION))  # fmt: skip
 
 
 class LocalError(Exception):

@@ -163,6 +163,11 @@ def test_the_quickstart_runs_the_whole_loop(tmp_path: Path) -> None:
     out = _output(tmp_path)
     assert proc.returncode == 0, out[-5000:]
     assert "every step succeeded" in out
+    # The deployment gate ran for real (the evaluator as a RayJob): both scores, before the
+    # adapter was deployed and asked.
+    gate = "gate qa-tune-gate: Passed: exactMatch 1.00 (base model 0.00)"
+    assert gate in out, out[-5000:]
+    assert out.index(gate) < out.index("adapter tiny-mistral:qa deployed")
     for question, answer in quickstart_pairs():
         assert f"tiny-mistral:qa: {question}: {answer!r}" in out, out[-5000:]
     assert "(no adapter) does not know the trained answers" in out
