@@ -154,7 +154,7 @@ async def test_run_wait_passes_then_get_show_plot_and_a_rerun(
         ["tokenF1", "0.8", "0.5", "+0.3", "delta", ">=", "0.1", "pass"],
         ["validationLoss", "1", "1.4", "-0.4", "<=", "1.5", "pass"],
     ]
-    failing = lines[lines.index("Failing samples:") + 1:]
+    failing = lines[lines.index("Failing samples:") + 1 :]
     assert failing[0].split() == ["LINE", "INPUT", "EXPECTED", "GOT"]
     assert [r.split() for r in failing[1:3]] == [["1", "Q0?", "Paris", "Lyon"],
                                                  ["2", "Q1?", "Paris", "Lyon"]]  # fmt: skip
@@ -176,8 +176,12 @@ async def test_run_wait_passes_then_get_show_plot_and_a_rerun(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out.splitlines()[0].startswith(
-        f"evaluation {NS}/qa exists: running it again (local mode) with spec.runId=cli-")
-    assert out.splitlines()[1] == "evaluation qa Passed: exactMatch 1, tokenF1 0.95, validationLoss 0.4"
+        f"evaluation {NS}/qa exists: running it again (local mode) with spec.runId=cli-"
+    )
+    assert (
+        out.splitlines()[1]
+        == "evaluation qa Passed: exactMatch 1, tokenF1 0.95, validationLoss 0.4"
+    )
     assert phase(clusters) == "Passed"
     code, _, err = await cli(capsys, "eval", "show", "qa", "--local", "--plot", str(plot))
     assert code == 0, err
@@ -223,7 +227,8 @@ async def test_bad_input_is_refused_before_creating_anything(
     code, _, err = await cli(capsys, "eval", "run", "-f", str(bad), "--local")
     assert code == 1 and f"{(tmp_path / 'bad.jsonl').as_uri()}:2: " in err
     assert err.strip().endswith(
-        f"{bad}: the evaluation's dataset is invalid (see above); not created")
+        f"{bad}: the evaluation's dataset is invalid (see above); not created"
+    )
 
     # A line whose last message is not the assistant's expected answer: evaluation rules.
     unanswered = {"messages": [{"role": "user", "content": "Capital of France?"}]}
@@ -234,7 +239,9 @@ async def test_bad_input_is_refused_before_creating_anything(
     wrong = manifest(tmp_path, "wrong", metrics=[{"name": "exactMatch", "min": 2, "max": 1}])
     line = wrong.read_text().splitlines().index("    min: 2") + 1
     code, _, err = await cli(capsys, "eval", "run", "-f", str(wrong), "--local")
-    assert code == 1 and err.strip() == f"{wrong}:{line}: spec.metrics[0].min: min must not exceed max"
+    assert (
+        code == 1 and err.strip() == f"{wrong}:{line}: spec.metrics[0].min: min must not exceed max"
+    )
 
     config = tmp_path / "kc"
     config.write_text(yaml.safe_dump(kubeconfig(clusters)))
