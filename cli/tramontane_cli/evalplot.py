@@ -60,7 +60,7 @@ def write(path: str, name: str, results: Sequence[Mapping[str, Any]]) -> None:
         axes.set_xticks(xs, labels, fontsize=8)
         axes.set_ylim(0, top * 1.2)
         axes.set_title(f"evaluation {name}", fontsize=10)
-        axes.legend(fontsize=8, loc="upper right")
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         figure.tight_layout()
         try:
             figure.savefig(path, format="png")

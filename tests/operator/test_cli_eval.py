@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,20 @@ async def test_bad_input_is_refused_before_creating_anything(
     assert clusters.hub.emulator.stored_all(EVS) == []  # nothing was created
     for text in capsys.readouterr():
         assert "Traceback" not in text
+
+
+def test_plot_without_matplotlib_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tramontane_cli import evalplot
+    from tramontane_cli.errors import CliError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    scores = [{"metric": "exactMatch", "score": 1.0, "threshold": ">= 1", "passed": True}]
+    with pytest.raises(CliError) as raised:
+        evalplot.write(str(tmp_path / "x.png"), "qa", scores)
+    assert raised.value.code == 2 and raised.value.message == (
+        "--plot: needs matplotlib, which is not installed: "
+        "pip install 'tramontane[plot]' (the plot extra)"
+    )
+    assert not (tmp_path / "x.png").exists()
