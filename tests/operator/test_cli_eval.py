@@ -217,6 +217,41 @@ async def test_run_wait_fails_naming_each_missed_threshold(
     assert out.splitlines()[1].split()[2:5] == ["Failed", "3/3", "1/3"]
 
 
+async def test_run_wait_ends_in_error_with_the_reason(
+    tmp_path: Path, clusters: Clusters, rayjobs: FakeRayJobs, operator: OperatorRun,
+    home: Path, capsys: Any,
+) -> None:  # fmt: skip
+    path = manifest(tmp_path)
+    capsys.readouterr()
+    waiting = await start_run("-f", str(path), "--local", "--wait", "--interval", "0.1")
+    await eventually(lambda: rayjob(clusters))
+    await submitter_pod(rayjobs, clusters, "qa-eval")
+    rayjobs.append_log(clusters[AKS], NS, "qa-eval", "CUDA out of memory\n")
+    rayjobs.finish("qa-eval", "FAILED")
+    code = await asyncio.wait_for(waiting, 30)
+    _, err = capsys.readouterr()
+    assert code == 1 and phase(clusters) == "Error"
+    last = err.splitlines()[-1]
+    assert last.startswith("evaluation qa Error: ") and "Traceback" not in err
+    evaluated = next(c for c in clusters.hub.emulator.stored(EVS, NS, "qa")["status"]["conditions"]
+                     if c["type"] == "Evaluated")  # fmt: skip
+    assert last == f"evaluation qa Error: {evaluated['reason']}: {evaluated['message']}"
+    code, out, _ = await cli(capsys, "eval", "show", "qa", "--local")
+    assert code == 0 and "No scores yet." in out and f"Error: {evaluated['reason']}" in out
+    code, _, err = await cli(capsys, "eval", "show", "qa", "--local", "--plot", "x.png")
+    assert code == 1 and err.strip() == "--plot: evaluation qa has no scores yet"
+
+
+def test_the_followed_summary_says_queue_position_and_samples() -> None:
+    from tramontane_cli.commands.eval import summary
+
+    queued = {"status": {"phase": "Queued", "queuePosition": 2, "message": "tenant GPUs in use"}}
+    assert summary(queued) == "Queued queue position 2 (tenant GPUs in use)"
+    running = {"status": {"phase": "Running", "samples": 40, "done": 12}}
+    assert summary(running) == "Running 12/40 samples"
+    assert summary({}) == "Pending"
+
+
 async def test_bad_input_is_refused_before_creating_anything(
     tmp_path: Path, clusters: Clusters, home: Path, capsys: Any,
 ) -> None:  # fmt: skip
