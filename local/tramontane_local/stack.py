@@ -34,6 +34,10 @@ from .manifests import Manifest
 
 log = logging.getLogger(__name__)
 CLUSTER = "local"
+# Where the router writes its Lease (its figures of adapter canaries, which the operator reads
+# to step or roll back a canary) and the operator looks for it, as the chart's release
+# namespace is for both in a cluster.
+SYSTEM_NAMESPACE = "tramontane-system"
 LOCAL_MODE_ENV = "TRAMONTANE_LOCAL_MODE"
 REFS: dict[str, ResourceRef] = {
     "Tenant": TENANT,
@@ -102,8 +106,20 @@ def _operator_settings(server: str) -> Any:
         # The local API server calls no admission webhook: `local up` checks the files as
         # `tramontane validate` does before applying them.
         "webhook_port": None,
+        "router_namespace": SYSTEM_NAMESPACE,
     }
     return OperatorSettings(**values)
+
+
+def _router_settings() -> Any:
+    from tramontane_router.server import RouterSettings
+
+    return RouterSettings(
+        grpc_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        drain_grace_s=2.0,
+        budget_namespace=SYSTEM_NAMESPACE,  # its Lease: canary figures for the operator
+    )
 
 
 class LocalStack:
@@ -137,7 +153,7 @@ class LocalStack:
     async def _start(self) -> None:
         from tramontane_operator.handlers.finetunejob import POLL_ENV
         from tramontane_router.hub import HubSource
-        from tramontane_router.server import Router, RouterSettings
+        from tramontane_router.server import Router
 
         from .kuberay.controller import LocalKubeRay
         from .kuberay.entrypoints import EntrypointRunner
@@ -165,10 +181,7 @@ class LocalStack:
         await self._kuberay.start()
         self._operator = OperatorThread(_operator_settings(self.api.url))
         await self._operator.start(ready_timeout_s=60.0)
-        settings = RouterSettings(
-            grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0", drain_grace_s=2.0
-        )
-        self.router = Router(HubSource(self.config), settings)
+        self.router = Router(HubSource(self.config), _router_settings())
         await self.router.start()
 
     def _start_ray(self) -> str:

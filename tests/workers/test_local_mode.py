@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,23 @@ def test_status_and_down_say_when_nothing_runs(tmp_path: Path) -> None:
         assert "local mode is not running" in result.stderr and "Traceback" not in result.stderr
 
 
+def _router_leases(api_server: str, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+    """The router Leases in local mode's API server (the operator lists the same)."""
+    from tramontane_api.rollouts import ROUTER_LEASE_LABELS
+    from tramontane_local.stack import SYSTEM_NAMESPACE
+
+    selector = ",".join(f"{k}={v}" for k, v in ROUTER_LEASE_LABELS.items())
+    url = (f"{api_server}/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NAMESPACE}/leases"
+           f"?labelSelector={urllib.parse.quote(selector)}")  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            items: list[dict[str, Any]] = json.load(response).get("items") or []
+        if items or time.monotonic() > deadline:
+            return items
+        time.sleep(0.5)
+
+
 # ----------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_the_quickstart_runs_the_whole_loop(tmp_path: Path) -> None:
@@ -153,6 +172,8 @@ def test_the_quickstart_runs_the_whole_loop(tmp_path: Path) -> None:
         assert {"name": "tiny-mistral", "tenant": "quickstart"}.items() <= shown["models"][
             0
         ].items()
+        # The router publishes its Lease (canary figures) where the operator reads them.
+        assert _router_leases(state["apiServer"]), "no router Lease in tramontane-system"
         kinds = {o["kind"] for o in shown["objects"]}
         assert kinds == {"Tenant", "ComputeCluster", "ModelDeployment", "FineTuneJob"}
         proc.wait(timeout=600)
