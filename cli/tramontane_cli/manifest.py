@@ -83,3 +83,17 @@ def load_model(path: str, model: type[M], kind: str) -> M:
             for p in pydantic_problems(exc)
         ]
         raise ManifestError(EXIT_INVALID, problems) from exc
+
+
+def checked_model(path: str, model: type[M], kind: str) -> M:
+    """`load_model`, then the CRD schema and its CEL rules, as `tramontane validate` checks
+    them (each problem `FILE:LINE: field: message`)."""
+    obj = load_model(path, model, kind)
+    from tramontane_api.validate import check_text  # loads CEL: only once the file parsed
+    from tramontane_api.yamlload import decode_bounded
+
+    with open(path, "rb") as handle:
+        report = check_text(decode_bounded(handle.read()))
+    if report.problems:
+        raise ManifestError(EXIT_INVALID, [p.format(path) for p in report.problems])
+    return obj

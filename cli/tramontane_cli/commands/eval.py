@@ -26,7 +26,7 @@ from tramontane_cli import errors, kubeaccess, output
 from tramontane_cli.args import EXIT_INVALID, EXIT_OK, EXIT_USAGE, positive_float
 from tramontane_cli.commands import get as get_cmd
 from tramontane_cli.errors import CliError
-from tramontane_cli.manifest import ManifestError, load_model
+from tramontane_cli.manifest import checked_model
 from tramontane_kube import EVALUATION, Conflict, KubeClient
 
 EPILOG = (
@@ -91,15 +91,7 @@ def register(subparsers: Any) -> None:
 # ----------------------------------------------------------------------------- run
 def _check_manifest(path: str) -> Evaluation:
     """The Evaluation in `path`, checked by the model, the CRD schema and its CEL rules."""
-    ev = load_model(path, Evaluation, "Evaluation")
-    from tramontane_api.validate import check_text  # loads CEL: only once the file parsed
-    from tramontane_api.yamlload import decode_bounded
-
-    with open(path, "rb") as handle:
-        report = check_text(decode_bounded(handle.read()))
-    if report.problems:
-        raise ManifestError(EXIT_INVALID, [p.format(path) for p in report.problems])
-    return ev
+    return checked_model(path, Evaluation, "Evaluation")
 
 
 def _check_dataset(path: str, ev: Evaluation, local: bool) -> None:

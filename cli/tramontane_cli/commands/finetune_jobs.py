@@ -29,7 +29,7 @@ from tramontane_cli import errors, follow, kubeaccess, local_state, output, uplo
 from tramontane_cli.args import EXIT_INVALID, EXIT_OK, EXIT_USAGE, positive_float, positive_int
 from tramontane_cli.commands import get as get_cmd
 from tramontane_cli.errors import CliError
-from tramontane_cli.manifest import ManifestError, load_model
+from tramontane_cli.manifest import checked_model
 from tramontane_kube import (
     COMPUTECLUSTER,
     FINETUNEJOB,
@@ -106,15 +106,7 @@ def register_actions(actions: Any) -> None:
 # ----------------------------------------------------------------------------- submit
 def _check_manifest(path: str) -> FineTuneJob:
     """The FineTuneJob in `path`, checked by the model, the CRD schema and its CEL rules."""
-    job = load_model(path, FineTuneJob, "FineTuneJob")
-    from tramontane_api.validate import check_text  # loads CEL: only once the file parsed
-    from tramontane_api.yamlload import decode_bounded
-
-    with open(path, "rb") as handle:
-        report = check_text(decode_bounded(handle.read()))
-    if report.problems:
-        raise ManifestError(EXIT_INVALID, [p.format(path) for p in report.problems])
-    return job
+    return checked_model(path, FineTuneJob, "FineTuneJob")
 
 
 def _file_uris(job: FineTuneJob) -> list[tuple[str, str]]:

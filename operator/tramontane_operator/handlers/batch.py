@@ -14,9 +14,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
-from tramontane_api.v1alpha1 import ComputeCluster
+from tramontane_api.v1alpha1 import ComputeCluster, EvaluationStatus, FineTuneJobStatus
 from tramontane_kube import ApiError, ResourceRef, Unreachable
 from tramontane_operator.builders.labels import OWNER_KIND_LABEL, OWNER_NAME_LABEL
+from tramontane_operator.reconcile.conditions import status_differs
 
 from .controller import Body, Controller, Key, Requeue
 from .finalizers import add_finalizer, has_finalizer, remove_finalizer
@@ -34,6 +35,7 @@ class Decided(Protocol):
     def actions(self) -> Collection[Any]: ...
 
 
+BatchStatus = FineTuneJobStatus | EvaluationStatus
 Reconcile = Callable[[Runtime, Mapping[str, Any], float], Awaitable[Decided]]
 Cleanup = Callable[[Runtime, Mapping[str, Any]], Awaitable[None]]
 
@@ -117,3 +119,20 @@ async def delete_rayjobs(
 def owned_by(child: Mapping[str, Any], kind: str, name: str) -> bool:
     labels = (child.get("metadata") or {}).get("labels") or {}
     return bool(labels.get(OWNER_KIND_LABEL) == kind and labels.get(OWNER_NAME_LABEL) == name)
+
+
+async def write_phase_status(
+    rt: Runtime, kind: str, ref: ResourceRef, obj: Any, key: Key, status: BatchStatus
+) -> bool:
+    """Write `status` of the batch object `obj` (at `key`) when it differs from its own, and
+    keep the runtime's record of it; True when the write changed its phase (time for an
+    Event)."""
+    previous = obj.status
+    if not status_differs(previous, status):
+        return False
+    namespace, name = key
+    if not await rt.write_status(ref, namespace, name, previous, status):
+        return False
+    rt.remember_status(kind, obj.model_dump(by_alias=True), status)
+    rt.phases[kind].set(namespace, name, status.phase)
+    return previous is None or previous.phase != status.phase

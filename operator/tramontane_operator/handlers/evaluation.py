@@ -41,7 +41,6 @@ from tramontane_operator.builders.evaluation_rayjob import (
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.reconcile.admission import admission_for, created_at
-from tramontane_operator.reconcile.conditions import status_differs
 from tramontane_operator.reconcile.evaluation import (
     TERMINAL,
     Decision,
@@ -70,7 +69,7 @@ from tramontane_operator.reconcile.finetunejob_trust import is_local
 from tramontane_workers.contract.datasets_report import validate_files
 from tramontane_workers.contract.eval_config import last_result
 
-from .batch import BatchController, delete_rayjobs
+from .batch import BatchController, delete_rayjobs, write_phase_status
 from .controller import Invalid, Key, Retry, key_of
 from .finetunejob import poll_interval
 from .finetunejob_children import RAYJOB, read_rayjob, submitter_log
@@ -318,18 +317,11 @@ async def _apply(
 
 async def _write(rt: Runtime, ev: Evaluation, status: EvaluationStatus) -> Evaluation:
     """Write `status` if it differs; an Event when the phase changed; wake a gate's job."""
-    previous = ev.status
-    if not status_differs(previous, status):
-        return ev
-    namespace, name = _key(ev)
-    if await rt.write_status(EVALUATION, namespace, name, previous, status):
-        rt.remember_status(EVALUATIONS, ev.model_dump(by_alias=True), status)
-        rt.phases[EVALUATIONS].set(namespace, name, status.phase)
-        if previous is None or previous.phase != status.phase:
-            _phase_event(rt, ev, status)
-            gate_of = (ev.metadata.labels or {}).get(GATE_OF_LABEL)
-            if gate_of and status.phase in TERMINAL:
-                rt.wake(FINETUNEJOBS, (namespace, gate_of))
+    if await write_phase_status(rt, EVALUATIONS, EVALUATION, ev, _key(ev), status):
+        _phase_event(rt, ev, status)
+        gate_of = (ev.metadata.labels or {}).get(GATE_OF_LABEL)
+        if gate_of and status.phase in TERMINAL:
+            rt.wake(FINETUNEJOBS, (_key(ev)[0], gate_of))
     return ev.model_copy(update={"status": status})
 
 

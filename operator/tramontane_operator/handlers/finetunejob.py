@@ -35,7 +35,7 @@ from tramontane_operator.builders.volumes import pod_volumes
 from tramontane_operator.observability import reconcile_scope
 from tramontane_operator.placement import ClusterView
 from tramontane_operator.reconcile.admission import admission_for, job_workload
-from tramontane_operator.reconcile.conditions import find, status_differs
+from tramontane_operator.reconcile.conditions import find
 from tramontane_operator.reconcile.finetunejob import (
     DEPLOYED,
     TERMINAL,
@@ -70,7 +70,7 @@ from tramontane_workers.contract.datasets_report import DatasetsReport
 from tramontane_workers.contract.train_config import TrainProgress
 
 from . import finetunejob_io as io
-from .batch import BatchController, delete_rayjobs
+from .batch import BatchController, delete_rayjobs, write_phase_status
 from .controller import Key, Retry, key_of
 from .finetunejob_children import apply_actions, base_model, read_progress, read_rayjob
 from .finetunejob_validation import delete_validation_job, validate_in_cluster
@@ -342,17 +342,11 @@ def _within(job: FineTuneJob, views: Mapping[str, ClusterView], cluster: str) ->
 
 
 async def _write(rt: Runtime, job: FineTuneJob, status: FineTuneJobStatus) -> FineTuneJob:
-    """Write `status` if it differs from the job's; the job as it now is."""
-    previous = job.status
-    if not status_differs(previous, status):
-        return job
-    namespace, name = _key_of(job)
-    if await rt.write_status(FINETUNEJOB, namespace, name, previous, status):
-        rt.remember_status(FINETUNEJOBS, job.model_dump(by_alias=True), status)
-        rt.phases[FINETUNEJOBS].set(namespace, name, status.phase)
-        if previous is None or previous.phase != status.phase:
-            kind = "Warning" if status.phase in ("Failed", "FailedValidation") else "Normal"
-            rt.events.post(job, kind, status.phase or "Unknown", f"phase {status.phase}")
+    """Write `status` if it differs from the job's (an Event when its phase changed); the
+    job as it now is."""
+    if await write_phase_status(rt, FINETUNEJOBS, FINETUNEJOB, job, _key_of(job), status):
+        kind = "Warning" if status.phase in ("Failed", "FailedValidation") else "Normal"
+        rt.events.post(job, kind, status.phase or "Unknown", f"phase {status.phase}")
     return job.model_copy(update={"status": status})
 
 
