@@ -259,8 +259,8 @@ def test_aks_values(helm: str) -> None:
     settings = OperatorSettings.from_env(operator_env(docs)).build_settings()
     assert settings.image_for(0) == "<registry>.azurecr.io/tramontane-worker:0.1.0"
     assert settings.image_for(1) == "<registry>.azurecr.io/tramontane-worker-gpu:0.1.0"
+    # Which pool holds which GPU type is each ComputeCluster's gpuNodeSelectors.
     assert settings.gpu_node_selector == {
-        "kubernetes.azure.com/agentpool": "a100",
         "kubernetes.azure.com/accelerator": "nvidia",
     }
     assert settings.gpu_tolerations == (

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,12 +96,22 @@ def test_hf_is_offline_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         materialize("hf://nobody/nothing-here")
 
 
-def test_object_store_without_backend_names_the_extra() -> None:
+@pytest.mark.parametrize(
+    ("uri", "module", "extra"),
+    [("az://container/model", "adlfs", "azure"), ("s3://bucket/model", "s3fs", "aws"),
+     ("gs://bucket/model", "gcsfs", "gcp")],
+)  # fmt: skip
+def test_object_store_without_backend_names_the_extra(
+    uri: str, module: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever back-ends this machine has: each is made missing (an import of it fails, and
+    fsspec's registry has not imported it yet), and the error names the extra to install."""
     pytest.importorskip("fsspec")
-    if importlib.util.find_spec("adlfs") is not None:
-        pytest.skip("adlfs installed; the missing-extra path cannot be exercised")
-    with pytest.raises(ModelLoadError, match=r"tramontane\[azure\]"):
-        materialize("az://container/model")
+    registry = importlib.import_module("fsspec.registry")  # the module (fsspec.registry is not)
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
+    monkeypatch.setattr(registry, "_registry", {})  # forget the implementations imported
+    with pytest.raises(ModelLoadError, match=rf"tramontane\[{extra}\]"):
+        materialize(uri)
 
 
 def test_object_store_via_fsspec_memory_layout(
