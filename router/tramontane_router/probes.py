@@ -129,5 +129,5 @@ class Probes:
             if answer is None:
                 return  # no pool to ask (or draining): nothing to judge
             why = judge(answer, check.expect)
-        if why is not None and self.plane.canaries.veto(app, canary.served_as, why):
-            log.warning("online check of %s in %s: %s", canary.served_as, app, why)
+        if why is not None:
+            self.plane.canaries.veto(app, canary.served_as, why)  # logs it

@@ -90,7 +90,7 @@ async def test_a_wrong_answer_vetoes_the_canary_with_the_reason_and_no_request_f
         for i in range(20):
             await stub.Chat(pb.ChatRequest(model=MODEL, messages=[
                 pb.Message(role="user", content=f"after{i}")]), metadata=AUTH)  # fmt: skip
-        after = [c.request.model for w in (west, north) for c in w.calls][len(seen):]
+        after = [c.request.model for w in (west, north) for c in w.calls][len(seen) :]
         assert set(after) == {STABLE}
         await asyncio.sleep(1.5)
         assert len(probes(west, north)) == sent

@@ -4,12 +4,15 @@ on an answer, the probe's request, and which canaries are probed (`Canaries.onli
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from tramontane_api.v1alpha1.modeldeployment import OnlineCheck, RolloutAnalysis
+from tramontane_api.validate import validate_object
 from tramontane_router.canary import Canaries
 from tramontane_router.probes import judge, request_for
 from tramontane_router.table import Version, Versions
@@ -17,6 +20,7 @@ from tramontane_router.table import Version, Versions
 APP = "acme-ml.chat"
 STABLE = Version("support@aaaa0000", "aaaa0000", 90, "Stable")
 CANARY = Version("support@bbbb0000", "bbbb0000", 10, "Canary")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples/modeldeployment-mistral-7b-aks.yaml"
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -41,8 +45,11 @@ def test_defaults_and_wire_names() -> None:
         ({"expect": "(Paris"}, "onlineCheck.expect", "not a valid regular expression"),
         ({"expect": "x" * 257}, "expect", "at most 256"),
         ({"expect": ""}, "expect", "at least 1"),
-        ({"messages": [{"role": "system", "content": "hi"}]}, "onlineCheck.messages",
-         "at least one message must have role user"),  # fmt: skip
+        (
+            {"messages": [{"role": "system", "content": "hi"}]},
+            "onlineCheck.messages",
+            "at least one message must have role user",
+        ),
         ({"messages": []}, "messages", "at least 1"),
         ({"intervalSeconds": 0}, "intervalSeconds", "greater than or equal to 1"),
         ({"intervalSeconds": 3601}, "intervalSeconds", "less than or equal to 3600"),
@@ -58,6 +65,19 @@ def test_invalid_checks_are_refused_naming_the_field(
     assert field in text and words in text
 
 
+def test_admission_refuses_a_bad_expect_at_its_path() -> None:
+    """What the webhook and `tramontane validate` answer (the CRD cannot compile a regex)."""
+    md = yaml.safe_load(EXAMPLE.read_text())
+    assert validate_object(md) == []
+    check = md["spec"]["adapters"][0]["rollout"]["analysis"]["onlineCheck"]
+    check["expect"] = "(Paris"
+    (problem,) = [str(p) for p in validate_object(md)]
+    assert problem.startswith(
+        "spec.adapters[0].rollout.analysis.onlineCheck.expect: '(Paris' is not a valid "
+        "regular expression (missing ), unterminated subpattern"
+    )
+
+
 def test_the_breach_decision_searches_the_answer() -> None:
     assert judge("The capital is Paris.", "Paris") is None  # search, not fullmatch
     assert judge("paris", "(?i)^paris$") is None
@@ -68,8 +88,11 @@ def test_the_breach_decision_searches_the_answer() -> None:
 
 def test_the_probe_request_is_greedy_and_capped() -> None:
     check = OnlineCheck.model_validate(
-        {"messages": [{"role": "system", "content": "One word."}, *USER], "expect": "Paris",
-         "maxTokens": 4}  # fmt: skip
+        {
+            "messages": [{"role": "system", "content": "One word."}, *USER],
+            "expect": "Paris",
+            "maxTokens": 4,
+        }
     )
     request = request_for(check)
     assert request.HasField("temperature") and request.temperature == 0.0

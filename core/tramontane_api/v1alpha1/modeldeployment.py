@@ -156,7 +156,7 @@ class OnlineCheck(ApiModel):
     @classmethod
     def _a_user_message(cls, messages: list[ProbeMessage]) -> list[ProbeMessage]:
         if not any(m.role == "user" for m in messages):
-            raise ValueError("onlineCheck.messages: at least one message must have role user")
+            raise ValueError("at least one message must have role user")
         return messages
 
     @field_validator("expect")
@@ -166,7 +166,7 @@ class OnlineCheck(ApiModel):
             re.compile(expect)
         except re.error as exc:
             raise ValueError(
-                f"onlineCheck.expect: {expect!r} is not a valid regular expression ({exc})"
+                f"{expect!r} is not a valid regular expression ({exc})"
             ) from None
         return expect
 
