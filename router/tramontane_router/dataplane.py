@@ -50,7 +50,7 @@ from .errors import (
 )
 from .limits.queues import ModelQueues, Slot
 from .sources import RoutingSource
-from .table import Endpoint, Route, TenantView, Version, Versions
+from .table import Endpoint, Route, TenantView, Version
 from .usage import UsageLog
 
 log = logging.getLogger(__name__)
@@ -465,45 +465,6 @@ class DataPlane:
                 call.cancel()  # no-op once finished; frees the replica when the caller left
                 self._finished(attempt)
         raise last
-
-    # --------------------------------------------------------------- system traffic
-    async def probe(
-        self, versions: Versions, version: Version, request: pb.ChatRequest, timeout_s: float
-    ) -> str | None:
-        """Send `request` to `version` of an adapter as system traffic (an online check,
-        `probes.py`): the endpoint the balancer picks for the deployment's pools and the
-        versioned served name, as a client's attempt would get, but no tenant, limits, fair
-        queue or usage, and not in the version's figures. The answer's text; None when the
-        deployment has no pool to send it to (nothing to judge). Raises `RouterError` when
-        the probe fails (an upstream error, or `timeout_s` passed)."""
-        if self.draining:
-            return None
-        deployment = next(
-            (d for d in self.source.table.by_namespace.get(versions.namespace, ())
-             if d.name == versions.deployment),
-            None,
-        )  # fmt: skip
-        endpoint = self.balancer.pick(deployment.endpoints) if deployment is not None else None
-        if endpoint is None:
-            return None
-        upstream = pb.ChatRequest()
-        upstream.CopyFrom(request)
-        upstream.model = version.served_as
-        metadata = [("application", endpoint.application),
-                    ("multiplexed_model_id", version.served_as),
-                    (PROBE_METADATA, "online-check")]  # fmt: skip
-        self.balancer.started(endpoint)
-        try:
-            response: pb.ChatResponse = await self.backends.stub(endpoint).Chat(
-                upstream, metadata=metadata, timeout=timeout_s
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded(f"no answer within {timeout_s:g}s") from None
-            raise from_upstream(exc.code(), exc.details()) from None
-        finally:
-            self.balancer.finished(endpoint, None)  # the version's fault, not the endpoint's
-        return response.choices[0].message.content if response.choices else ""
 
     def _record(self, tenant: TenantView, route: Route, usage: pb.Usage, span: trace.Span) -> None:
         span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)

@@ -2,7 +2,7 @@
 
 A canary whose rollout has `analysis.onlineCheck` is sent the check's chat (greedy:
 temperature 0, at most `maxTokens`) every `intervalSeconds` by every router replica, through
-the data plane's `probe`: the endpoint the balancer picks for the deployment and the
+`send`: the endpoint the balancer picks for the deployment and the
 versioned served name, as a client's request would get, but as system traffic (no tenant's
 limits or usage, not in the version's request and error figures). An answer that does not
 contain a match of `expect`, or a probe that fails or times out (`timeout_s`, 30 s), is a
@@ -24,11 +24,13 @@ import re
 import time
 from collections.abc import Callable
 
+import grpc
+
 from tramontane_api.v1alpha1.modeldeployment import OnlineCheck
 from tramontane_workers.contract import inference_pb2 as pb
 
-from .dataplane import DataPlane
-from .errors import RouterError
+from .dataplane import PROBE_METADATA, DataPlane
+from .errors import DeadlineExceeded, RouterError, from_upstream
 from .table import Version, Versions
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,66 @@ def judge(answer: str, expect: str) -> str | None:
 def failed(error: str) -> str:
     """The breach for a probe that got no answer."""
     return f"online check: the probe failed ({error})"
+
+
+async def send(
+    plane: DataPlane,
+    versions: Versions,
+    version: Version,
+    request: pb.ChatRequest,
+    timeout_s: float,
+) -> str | None:
+    """Send `request` to `version` of an adapter as system traffic: the endpoint the balancer
+    picks for the deployment's pools and the versioned served name, as a client's attempt
+    would get, but no tenant, limits, fair queue or usage, and not in the version's figures.
+    The answer's text; None when the deployment has no pool to send it to (nothing to
+    judge). Raises `RouterError` when the probe fails: an upstream error (UNAVAILABLE once
+    no other cluster is left to fail over to, as for a client's request), or no answer
+    within `timeout_s`."""
+    if plane.draining:
+        return None
+    deployment = next(
+        (d for d in plane.source.table.by_namespace.get(versions.namespace, ())
+         if d.name == versions.deployment),
+        None,
+    )  # fmt: skip
+    if deployment is None:
+        return None
+    upstream = pb.ChatRequest()
+    upstream.CopyFrom(request)
+    upstream.model = version.served_as
+    deadline = time.monotonic() + timeout_s
+    tried: list[str] = []
+    error: RouterError | None = None
+    for _ in range(plane.settings.attempts):  # UNAVAILABLE fails over, as a client's does
+        endpoint = plane.balancer.pick(deployment.endpoints, tried)
+        if endpoint is None:
+            break
+        tried.append(endpoint.cluster)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"no answer within {timeout_s:g}s")
+        metadata = [("application", endpoint.application),
+                    ("multiplexed_model_id", version.served_as),
+                    (PROBE_METADATA, "online-check")]  # fmt: skip
+        plane.balancer.started(endpoint)
+        try:
+            response: pb.ChatResponse = await plane.backends.stub(endpoint).Chat(
+                upstream, metadata=metadata, timeout=remaining
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceeded(f"no answer within {timeout_s:g}s") from None
+            error = from_upstream(exc.code(), exc.details())
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise error from None
+            continue
+        finally:
+            plane.balancer.finished(endpoint, None)  # the version's fault, not the endpoint's
+        return response.choices[0].message.content if response.choices else ""
+    if error is not None:
+        raise error
+    return None
 
 
 class Probes:
@@ -118,10 +180,10 @@ class Probes:
         why: str | None
         try:
             answer = await asyncio.wait_for(
-                self.plane.probe(vs, canary, request_for(check), self.timeout_s),
+                send(self.plane, vs, canary, request_for(check), self.timeout_s),
                 self.timeout_s,
             )
-        except TimeoutError:
+        except (TimeoutError, DeadlineExceeded):  # whichever of the two timers fires first
             why = failed(f"no answer within {self.timeout_s:g}s")
         except RouterError as exc:
             why = failed(f"{exc.grpc_code.name}: {exc}")

@@ -16,6 +16,7 @@ from canary_harness import CANARY, MODEL, STABLE, versioned, worker_kw
 
 from conftest import ACME_KEY
 from tramontane_router.dataplane import NoLimits, Permit
+from tramontane_router.sources import StaticSource
 from tramontane_router.table import Route, TenantView
 from tramontane_workers.contract import inference_pb2 as pb
 from tramontane_workers.contract import inference_pb2_grpc as pb_grpc
@@ -134,3 +135,37 @@ async def test_a_failing_probe_is_a_breach(workers: Any, routers: Any) -> None:
     router = await routers(versioned({"west": west.address}, 10, online_check=check("x")))
     why = await _verdict(router, within_s=2.0)
     assert why.startswith("online check: the probe failed (") and "INTERNAL" in why
+
+
+async def test_an_unavailable_cluster_fails_the_probe_over_as_a_client_request(
+    workers: Any, routers: Any
+) -> None:
+    west, north = await workers("west", **worker_kw()), await workers("north", **worker_kw())
+    pools = {"west": west.address, "north": north.address}
+    source = StaticSource(versioned(pools, 10))
+    router = await routers(source)
+    (deployment,) = router.source.table.by_namespace["acme-ml"]
+    for endpoint in deployment.endpoints:  # west first: north looks busy
+        router.balancer.report_stats(endpoint, 0 if endpoint.cluster == "west" else 1000, 0)
+    west.fail_next(grpc.StatusCode.UNAVAILABLE)
+    source.update(versioned(pools, 10, online_check=check(r"support@\w+\|capital")))
+    await asyncio.sleep(0.5)
+    assert [c.metadata["x-tramontane-probe"] for c in west.calls] == ["online-check"]
+    assert len(probes(north)) == 1  # the retry, answered rightly
+    assert not router.plane.canaries.vetoed
+    # With nowhere left to fail over to, UNAVAILABLE is the probe's failure.
+    west.fail_next(grpc.StatusCode.UNAVAILABLE)
+    north.fail_next(grpc.StatusCode.UNAVAILABLE)
+    why = await _verdict(router, within_s=2.0)
+    assert why.startswith("online check: the probe failed (UNAVAILABLE: ")
+
+
+async def test_a_probe_without_an_answer_in_time_is_a_breach(workers: Any, routers: Any) -> None:
+    west = await workers("west", **worker_kw())
+    west.model_delay_s[CANARY] = 2.0
+    source = StaticSource(versioned({"west": west.address}, 10))
+    router = await routers(source)
+    router.probes.timeout_s = 0.3
+    source.update(versioned({"west": west.address}, 10, online_check=check("west")))
+    why = await _verdict(router, within_s=1.5)
+    assert why == "online check: the probe failed (no answer within 0.3s)"
