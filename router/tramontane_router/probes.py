@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 30.0
 TICK_S = 0.25  # how often the loop looks for probes that are due
 _SHOWN = 60  # characters of a wrong answer quoted in the verdict
+MAX_ANSWER_CHARS = 16_384  # what `expect` is searched in (maxTokens is at most 1024)
+MATCH_TIMEOUT_S = 1.0
 
 
 def request_for(check: OnlineCheck) -> pb.ChatRequest:
@@ -51,10 +53,20 @@ def request_for(check: OnlineCheck) -> pb.ChatRequest:
 
 def judge(answer: str, expect: str) -> str | None:
     """The breach for an answer (None: it contains a match of `expect`)."""
-    if re.search(expect, answer) is not None:
+    if re.search(expect, answer[:MAX_ANSWER_CHARS]) is not None:
         return None
     shown = answer if len(answer) <= _SHOWN else answer[:_SHOWN] + "..."
     return f"online check: answer {shown!r} does not match /{expect}/"
+
+
+async def verdict(answer: str, expect: str, timeout_s: float = MATCH_TIMEOUT_S) -> str | None:
+    """`judge` off the event loop and within `timeout_s`: `expect` is the tenant's, and a
+    pattern that backtracks without end must not stall the router (the thread is left to
+    finish; the canary is vetoed, so it is not probed again)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(judge, answer, expect), timeout_s)
+    except TimeoutError:
+        return f"online check: matching the answer against /{expect}/ took over {timeout_s:g}s"
 
 
 def failed(error: str) -> str:
@@ -190,6 +202,6 @@ class Probes:
         else:
             if answer is None:
                 return  # no pool to ask (or draining): nothing to judge
-            why = judge(answer, check.expect)
+            why = await verdict(answer, check.expect)
         if why is not None:
             self.plane.canaries.veto(app, canary.served_as, why)  # logs it

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from tramontane_api.v1alpha1.modeldeployment import OnlineCheck, RolloutAnalysis
 from tramontane_api.validate import validate_object
 from tramontane_router.canary import Canaries
-from tramontane_router.probes import judge, request_for
+from tramontane_router.probes import judge, request_for, verdict
 from tramontane_router.table import Version, Versions
 
 APP = "acme-ml.chat"
@@ -117,3 +117,11 @@ def test_only_unvetoed_canaries_with_a_check_are_probed_and_a_veto_is_sticky() -
     plain = Canaries()
     plain.watch([Versions("support", "acme-ml", "chat", (CANARY, STABLE), RolloutAnalysis())])
     assert plain.online_checks() == []
+
+
+async def test_a_pattern_that_backtracks_without_end_does_not_stall_the_router() -> None:
+    assert await verdict("The capital is Paris.", "Paris") is None
+    assert await verdict("Lyon", "Paris") == judge("Lyon", "Paris")
+    # (a+)+$ on a run of a's ending in b backtracks ~2^22 times: the loop does not wait for it.
+    slow = await verdict("a" * 22 + "b", "(a+)+$", timeout_s=0.01)
+    assert slow == "online check: matching the answer against /(a+)+$/ took over 0.01s"
