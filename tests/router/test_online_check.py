@@ -127,6 +127,11 @@ async def test_a_right_answer_keeps_the_canary_and_its_weight(workers: Any, rout
     assert router.plane.canaries.report()[KEY].breach == ""
     # Probes are not in the version's figures: only the 10 client requests are.
     assert router.plane.canaries.report()[KEY].requests == 10
+    # Draining stops the loop: no probe after it.
+    await router.drain()
+    sent = len(probes(west))
+    await asyncio.sleep(1.5)
+    assert len(probes(west)) == sent
 
 
 async def test_a_failing_probe_is_a_breach(workers: Any, routers: Any) -> None:
