@@ -19,6 +19,9 @@ operator, which reads the verdict from this replica's Lease (`report`,
 A request whose attempt on a canary fails before any byte reached the caller is retried on
 the stable version (`fallback`), so a bad canary fails no request that the stable would have
 served.
+
+An online check (`analysis.onlineCheck`, `probes.py`) vetoes through `veto` too; its probes
+are not recorded here, so they are not in the figures.
 """
 
 from __future__ import annotations
@@ -152,13 +155,40 @@ class Canaries:
                 continue
             why = self._breach(app, vs, canary, stable)
             if why is not None:
-                self.vetoed[(app, canary.served_as)] = why
-                self.vetoed_at[(app, canary.served_as)] = self.clock()
-                obs.CANARY_VETOES.labels(app, canary.served_as).inc()
-                log.warning("canary %s of %s breached (%s): 0 %% on this replica",
-                            canary.served_as, app, why)  # fmt: skip
-                if self.on_veto is not None:
-                    self.on_veto(app, canary.served_as, why)
+                self.veto(app, canary.served_as, why)
+
+    def veto(self, app: str, served_as: str, why: str) -> bool:
+        """Veto a canary on this replica (sticky while it is a canary); False when it is no
+        longer a canary of a watched adapter, or is vetoed already."""
+        key = (app, served_as)
+        is_canary = any(
+            k.rpartition("/")[0] == app and vs.canary is not None
+            and vs.canary.served_as == served_as
+            for k, vs in self._watched.items()
+        )  # fmt: skip
+        if not is_canary or key in self.vetoed:
+            return False
+        self.vetoed[key] = why
+        self.vetoed_at[key] = self.clock()
+        obs.CANARY_VETOES.labels(app, served_as).inc()
+        log.warning("canary %s of %s breached (%s): 0 %% on this replica", served_as, app, why)
+        if self.on_veto is not None:
+            self.on_veto(app, served_as, why)
+        return True
+
+    def online_checks(self) -> list[tuple[str, Versions, Version]]:
+        """(application, versions, canary) of each canary with an online check, not vetoed."""
+        out = []
+        for key, vs in self._watched.items():
+            app, canary = key.rpartition("/")[0], vs.canary
+            if (
+                canary is not None
+                and vs.analysis is not None
+                and vs.analysis.online_check is not None
+                and (app, canary.served_as) not in self.vetoed
+            ):
+                out.append((app, vs, canary))
+        return out
 
     def _breach(
         self, app: str, vs: Versions, canary: Version, stable: Version | None

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 TENANT_METADATA = "x-tramontane-tenant"
+PROBE_METADATA = "x-tramontane-probe"  # system traffic: an online check
 # The model label of requests that named no model of theirs: a label per name a client
 # invents would make the metrics' series unbounded.
 UNRESOLVED = "-"

@@ -33,6 +33,7 @@ from .limits.report import BudgetReporter
 from .limits.tokens import warm_up
 from .observability import setup_tracing
 from .periodic import Periodic
+from .probes import Probes
 from .sources import RoutingSource
 from .table import TenantView
 from .usage import UsageLog, replica_name
@@ -112,6 +113,8 @@ class Router:
         )  # fmt: skip
         # Canaries are judged every second (and at once after a failure on one).
         self.canary_checks = Periodic("canary", settings.canary_check_s, self._check_canaries)
+        # Canaries with an online check are sent its probe (one task; `probes.py`).
+        self.probes = Probes(self.plane)
         self.exchange: BudgetExchange | None = None
         self.reporter: BudgetReporter | None = None
         self.grpc_port = 0
@@ -153,6 +156,7 @@ class Router:
         await self.source.start()
         self._watch_versions()
         self.canary_checks.start()
+        self.probes.start()
         self._start_hub_tasks()
         server, self._health = build_server(self.plane, max_message_bytes=cfg.max_body_bytes)
         if cfg.tls is not None:
@@ -257,6 +261,7 @@ class Router:
         await asyncio.gather(*stops, return_exceptions=True)
         await self.stats.stop()
         await self.canary_checks.stop()
+        await self.probes.stop()
         if self.exchange is not None:
             await self.exchange.stop()
         if self.reporter is not None:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from canary_stack import V1, V1_URI, V2, V2_URI, Load, Stack
+from canary_stack import ROLLOUT, V1, V1_URI, V2, V2_URI, Load, Stack
 from operator_harness import eventually
 
 
@@ -88,3 +88,24 @@ async def test_a_failing_canary_is_rolled_back_with_no_failed_request(stack: Sta
     # And the pin rolls back by hand: one field.
     await stack.set_adapter(uri=V2_URI, version=V1)
     await eventually(lambda: stack.versions() == {V1: ("Stable", 100), V2: ("Previous", 0)})
+
+
+async def test_a_canary_failing_its_online_check_is_rolled_back_with_the_reason() -> None:
+    check = {"messages": [{"role": "user", "content": "capital of France?"}],
+             "expect": "Paris", "intervalSeconds": 1}  # fmt: skip
+    rollout = {**ROLLOUT, "analysis": {**ROLLOUT["analysis"], "onlineCheck": check}}
+    stack = await Stack.start(rollout)
+    try:
+        await stack.create(V1_URI)
+        await eventually(lambda: stack.versions() == {V1: ("Stable", 100)})
+        await eventually(stack.routable)
+        await stack.set_adapter(uri=V2_URI)  # the worker answers "<name>|<model>|<question>"
+        await eventually(lambda: stack.versions().get(V2) == ("RolledBack", 0), timeout_s=15)
+        reason = stack.row()["lastRollback"]["reason"]
+        assert "online check: answer " in reason and "does not match /Paris/" in reason
+        await eventually(lambda: len(stack.events("AdapterRolledBack")) == 1)
+        (event,) = stack.events("AdapterRolledBack")
+        assert event["type"] == "Warning" and "online check" in event["message"]
+        assert stack.clusters.violations() == [], "writes a real API server would reject"
+    finally:
+        await stack.close()

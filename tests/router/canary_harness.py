@@ -45,6 +45,7 @@ def versioned(
     max_error_rate: float = 0.05,
     max_p99_latency_ratio: float = 2.0,
     states: tuple[str, str] = ("Canary", "Stable"),
+    online_check: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The platform objects: acme's `chat` with `support` at v2 (`states[0]`, at
     `canary_weight` %) and v1 (`states[1]`, the rest), as the operator publishes them."""
@@ -56,6 +57,8 @@ def versioned(
     ]  # fmt: skip
     analysis = {"minRequests": min_requests, "maxErrorRate": max_error_rate,
                 "maxP99LatencyRatio": max_p99_latency_ratio}  # fmt: skip
+    if online_check is not None:
+        analysis["onlineCheck"] = online_check
     md = {
         "apiVersion": "tramontane.dev/v1alpha1",
         "kind": "ModelDeployment",

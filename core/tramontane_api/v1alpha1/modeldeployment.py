@@ -8,10 +8,11 @@ what to serve (model, runtime, adapters), on what hardware (resources), how many
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .common import (
     AGE_COLUMN,
@@ -114,9 +115,66 @@ class RolloutStep(ApiModel):
     )
 
 
+MAX_EXPECT_LENGTH = 256
+
+
+class ProbeMessage(ApiModel):
+    """One message of an online check's chat."""
+
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(min_length=1, max_length=2048)]
+
+
+class OnlineCheck(ApiModel):
+    """A probe every router sends to the new version during its steps (greedy, temperature
+    0), through the path real requests take; an answer that does not match `expect`, or a
+    probe that fails or times out, is a breach. Probes are system traffic: no tenant's
+    limits or usage, and not in the version's request and error figures."""
+
+    model_config = config_with_rules(
+        Rule(
+            "self.messages.exists(m, m.role == 'user')",
+            "messages: at least one message must have role user",
+        )
+    )
+
+    messages: Annotated[list[ProbeMessage], Field(min_length=1, max_length=16)] = Field(
+        description="The probe's chat (at least one user message)."
+    )
+    expect: Annotated[str, Field(min_length=1, max_length=MAX_EXPECT_LENGTH)] = Field(
+        description="A regular expression (Python syntax) the answer must contain a match "
+        "of (searched, not matched in full)."
+    )
+    interval_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
+        default=10, description="How often each router sends the probe."
+    )
+    max_tokens: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=32, description="Most tokens the answer may have."
+    )
+
+    @field_validator("messages")
+    @classmethod
+    def _a_user_message(cls, messages: list[ProbeMessage]) -> list[ProbeMessage]:
+        if not any(m.role == "user" for m in messages):
+            raise ValueError("at least one message must have role user")
+        return messages
+
+    @field_validator("expect")
+    @classmethod
+    def _compiles(cls, expect: str) -> str:
+        try:
+            re.compile(expect)
+        except re.error as exc:
+            raise ValueError(
+                f"{expect!r} is not a valid regular expression ({exc})"
+            ) from None
+        return expect
+
+
 class RolloutAnalysis(ApiModel):
     """What a canary is judged on, by every router and by the operator: the new version
-    against the version it replaces, over the routers' last 30 s."""
+    against the version it replaces, over the routers' last 10 s (their window), and, with
+    `onlineCheck`, on the answers to a probe."""
 
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.05, description="Most failed requests the new version may have (fraction)."
@@ -130,6 +188,11 @@ class RolloutAnalysis(ApiModel):
         default=20,
         description="Requests the new version must have served before it is judged (and "
         "before a step may end).",
+    )
+    online_check: OnlineCheck | None = Field(
+        default=None,
+        description="A probe the routers send to the new version during its steps; a wrong "
+        "or failed answer rolls it back.",
     )
 
 
