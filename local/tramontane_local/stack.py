@@ -248,9 +248,11 @@ class LocalStack:
 
     async def close(self) -> None:
         """Stop the router, the operator, KubeRay (Serve apps, RayJob processes), the API
-        server and Ray; remove state.json."""
-        with contextlib.suppress(FileNotFoundError):
-            self.paths.state.unlink()
+        server and Ray; remove state.json, and the kubeconfig (its port will answer no more:
+        with it gone, the CLI says local mode is not running instead of failing to connect)."""
+        for written in (self.paths.state, self.paths.kubeconfig):
+            with contextlib.suppress(FileNotFoundError):
+                written.unlink()
         if self.router is not None:
             with contextlib.suppress(Exception):
                 await self.router.drain()

@@ -311,8 +311,9 @@ def down(timeout_s: float = 120.0) -> list[str]:
         if address and _listening(str(address)):
             left.append(f"{what} still answers on {address}")
     if not left:
-        with contextlib.suppress(FileNotFoundError):
-            paths.state.unlink()
+        for written in (paths.state, paths.kubeconfig):
+            with contextlib.suppress(FileNotFoundError):
+                written.unlink()
     return left
 
 

@@ -45,6 +45,14 @@ def _cli(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPr
     )  # fmt: skip
 
 
+def _cli_main(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`tramontane ARGS` (any command, not only `local`) with local mode's home."""
+    return subprocess.run(
+        [sys.executable, "-m", "tramontane_cli.main", *args],
+        env=_env(home), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 def _start(home: Path, *args: str) -> subprocess.Popen[str]:
     # Output to a file: an unread pipe would fill and block the process.
     home.mkdir(parents=True, exist_ok=True)
@@ -197,6 +205,10 @@ def test_the_quickstart_runs_the_whole_loop(tmp_path: Path) -> None:
     assert not [n for n in noise if n in out], out[-5000:]
     _nothing_left(state)
     assert not (tmp_path / "local" / "state.json").exists()
+    # Stopped, the CLI says so (the kubeconfig to a closed port is gone too).
+    assert not (tmp_path / "local" / "kubeconfig").exists()
+    after = _cli_main(tmp_path, "get", "md", "--local")
+    assert after.returncode == 2 and "local mode is not running" in after.stderr, after.stderr
     print(f"quickstart end to end: {elapsed:.0f} s")
 
 
