@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,3 +198,21 @@ def check_session(accesses: set[Access]) -> list[str]:
             return ["helm not found: the chart's RBAC cannot be checked"]
         return []
     return refused(accesses, render(helm))
+
+
+def grants_every_request() -> Iterator[None]:
+    """The body of the operator and router tiers' session fixture: record every request the
+    tier's components send, and fail the session if the chart's roles do not grant one
+    (`TRAMONTANE_RBAC_RECORD=DIR` also writes what was sent)."""
+    import pytest
+
+    from tramontane_local.kube_access import RECORDER
+
+    RECORDER.enabled = True
+    try:
+        yield
+    finally:
+        RECORDER.enabled = False
+    problems = check_session(RECORDER.take())
+    if problems:
+        pytest.fail("requests the chart's RBAC does not grant:\n" + "\n".join(problems))

@@ -12,7 +12,7 @@ import base64
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from tests.rbac import check_session
+from tests.rbac import grants_every_request
 
 from fake_rayjob import FakeRayJobs
 from manifests import (
@@ -27,7 +27,6 @@ from manifests import (
 )
 from operator_harness import Clusters, FakeKubeRay, OperatorRun
 from tramontane_kube import COMPUTECLUSTER, SECRET, ClusterConfig, KubeClient
-from tramontane_local.kube_access import RECORDER
 from tramontane_operator.handlers.finetunejob import POLL_ENV
 
 # Re-exported: test modules import these names from here or from `manifests`.
@@ -36,17 +35,9 @@ __all__ = ["AKS", "HUB", "NS", "ONPREM", "SYSTEM_NS", "model_deployment", "opera
 
 @pytest.fixture(scope="session", autouse=True)
 def chart_rbac_grants_every_request() -> Iterator[None]:
-    """Every request the operator (its clients and Kopf's) sends to the hub in this session must be granted by
-    the chart's roles for its ServiceAccount (tests/rbac.py); TRAMONTANE_RBAC_RECORD=DIR also
-    writes what was sent."""
-    RECORDER.enabled = True
-    try:
-        yield
-    finally:
-        RECORDER.enabled = False
-    problems = check_session(RECORDER.take())
-    if problems:
-        pytest.fail("requests the chart's RBAC does not grant:\n" + "\n".join(problems))
+    """Every request the operator (its clients and Kopf's) sends to the hub in this session is granted by the chart's
+    roles for its ServiceAccount (tests/rbac.py)."""
+    yield from grants_every_request()
 
 
 @pytest.fixture

@@ -20,11 +20,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.append(str(Path(__file__).parents[1] / "operator"))  # the hub emulator
 
 from fake_worker import FakeWorker
-from tests.rbac import check_session
+from tests.rbac import grants_every_request
 
 from operator_harness import Cluster, Clusters
 from tramontane_kube import ClusterConfig, KubeClient
-from tramontane_local.kube_access import RECORDER
 from tramontane_router.dataplane import Limits
 from tramontane_router.hub import HubSource
 from tramontane_router.server import Router, RouterSettings
@@ -37,17 +36,9 @@ KEYS_NS = "tramontane-keys"
 
 @pytest.fixture(scope="session", autouse=True)
 def chart_rbac_grants_every_request() -> Iterator[None]:
-    """Every request the router sends to the hub in this session must be granted by
-    the chart's roles for its ServiceAccount (tests/rbac.py); TRAMONTANE_RBAC_RECORD=DIR also
-    writes what was sent."""
-    RECORDER.enabled = True
-    try:
-        yield
-    finally:
-        RECORDER.enabled = False
-    problems = check_session(RECORDER.take())
-    if problems:
-        pytest.fail("requests the chart's RBAC does not grant:\n" + "\n".join(problems))
+    """Every request the router sends to the hub in this session is granted by the chart's
+    roles for its ServiceAccount (tests/rbac.py)."""
+    yield from grants_every_request()
 
 
 def secret(name: str, value: str, namespace: str = KEYS_NS, key: str = "api-key") -> dict[str, Any]:
